@@ -38,7 +38,7 @@ from circuits.patching.engine import (
     scalar_metric,
 )
 from circuits.patching.result import PatchingResult
-from circuits.patching.targets import IndexSpace, index_space
+from circuits.patching.targets import IndexSpace, check_patchable, index_space
 from interp.tasks.base import TaskBatch
 
 METHOD = "attribution"
@@ -121,6 +121,7 @@ def attribute(
         `[n_layers, ...]`), with `method="attribution"`.
     """
     space = index_space(target)
+    check_patchable(space, model)
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     if not isinstance(batch, TaskBatch):

@@ -6,7 +6,10 @@ no hooks, wrappers or module state. It composes with `torch.func`: `torch.func.g
 gradients, `torch.func.vmap` over parameters stacked along a leading axis
 (`stack_params`, `batched_forward`), so S seeds of one model train as one batched
 computation. After training, `load_params(model, params)` puts the weights back into a
-bridge, which then gives the same logits.
+bridge, which then gives the same logits. The pieces of a block (`normalize`,
+`head_projection`, `mix_heads`, `attention_output`, `mlp`, `unembed`) are public so that
+other engines, such as incremental activation patching, can rerun part of a forward pass
+with exactly the same arithmetic.
 
 The math mirrors TransformerLens's `NativeModel` and its bridge (pre-norm blocks of causal
 multi-head attention, Vaswani et al. 2017, "Attention Is All You Need", and an MLP):
@@ -59,7 +62,7 @@ _NORMS_WITH_BIAS = ("LN",)
 
 
 @dataclass(frozen=True)
-class _Architecture:
+class Architecture:
     """What the forward pass needs from a spec, resolved through the bridge config."""
 
     n_layers: int
@@ -79,7 +82,7 @@ class _Architecture:
     attn_scale: float
 
 
-def _architecture(spec: ModelSpec | Mapping[str, Any]) -> _Architecture:
+def architecture(spec: ModelSpec | Mapping[str, Any]) -> Architecture:
     """Resolve a spec; raise a one-line ValueError for settings this module does not cover."""
     if isinstance(spec, Mapping):
         try:
@@ -106,7 +109,7 @@ def _architecture(spec: ModelSpec | Mapping[str, Any]) -> _Architecture:
     use_scale = cfg.use_attn_scale and cfg.attn_scale > 0
     d_head = cast(int, spec.d_head)  # ModelSpec resolves both defaults
     d_vocab_out = cast(int, spec.d_vocab_out)
-    return _Architecture(
+    return Architecture(
         n_layers=spec.n_layers,
         n_heads=spec.n_heads,
         d_head=d_head,
@@ -127,10 +130,10 @@ def _architecture(spec: ModelSpec | Mapping[str, Any]) -> _Architecture:
 
 def param_shapes(spec: ModelSpec | Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Every key of the bridge's `state_dict()` for `spec`, with its shape, in bridge order."""
-    return _param_shapes(_architecture(spec))
+    return _param_shapes(architecture(spec))
 
 
-def _param_shapes(arch: _Architecture) -> dict[str, tuple[int, ...]]:
+def _param_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
     d, hd = arch.d_model, arch.n_heads * arch.d_head
     shapes: dict[str, tuple[int, ...]] = {"embed.weight": (arch.d_vocab, d)}
     if not arch.rotary:
@@ -199,6 +202,8 @@ def forward(
             `blocks.{l}.hook_resid_pre`, `.hook_attn_out`, `.hook_resid_mid`,
             `.hook_mlp_out`, `.hook_resid_post` [batch pos d_model],
             `blocks.{l}.attn.hook_pattern` [batch head query key],
+            `blocks.{l}.attn.hook_q`, `.hook_k`, `.hook_v` (before rotary), `.hook_z`
+            [batch pos head d_head],
             `blocks.{l}.mlp.hook_pre`, `blocks.{l}.mlp.hook_post` [batch pos d_mlp].
             Leave it None inside `torch.func.vmap`.
         validate: Check keys, shapes and token ids first (one host sync for the id range).
@@ -209,7 +214,7 @@ def forward(
             is exact and, for a one-layer model such as the grokking one, about 2.5x less
             work. Cache entries of the last layer then cover that position only.
     """
-    arch = _architecture(spec)
+    arch = architecture(spec)
     if validate:
         _check_layout(params, _param_shapes(arch), leading=0, what="params")
         _check_tokens(tokens, arch)
@@ -224,7 +229,7 @@ def batched_forward(
 ) -> Float[Tensor, "S batch pos d_vocab_out"]:
     """`forward` of S models at once: `stacked` holds each parameter with a leading axis S
     (`stack_params`); the tokens are shared. One `torch.func.vmap` over the leading axis."""
-    arch = _architecture(spec)
+    arch = architecture(spec)
     _check_layout(stacked, _param_shapes(arch), leading=1, what="stacked params")
     _check_tokens(tokens, arch)
 
@@ -297,7 +302,7 @@ def _few(names: Sequence[str]) -> str:
     return shown + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
-def _check_tokens(tokens: Any, arch: _Architecture) -> None:
+def _check_tokens(tokens: Any, arch: Architecture) -> None:
     if not isinstance(tokens, Tensor) or tokens.dim() != 2:
         shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
         raise ValueError(f"tokens must be a [batch, pos] tensor, got {shape}")
@@ -316,7 +321,7 @@ def _check_tokens(tokens: Any, arch: _Architecture) -> None:
 def _logits(
     params: Mapping[str, Tensor],
     tokens: Tensor,
-    arch: _Architecture,
+    arch: Architecture,
     cache: dict[str, Tensor] | None,
     final_position_only: bool = False,
 ) -> Tensor:
@@ -330,25 +335,33 @@ def _logits(
     else:
         pos = params["pos_embed.weight"][:seq].expand(batch, seq, arch.d_model)
         resid = resid + record("hook_pos_embed", pos)
-    causal = torch.triu(torch.ones(seq, seq, dtype=torch.bool, device=tokens.device), 1)
 
     for layer in range(arch.n_layers):
         block = f"blocks.{layer}"
         record(f"{block}.hook_resid_pre", resid)
-        normed = _normalize(params, f"{block}.ln1", resid, arch.normalization, arch.eps)
+        normed = normalize(params, f"{block}.ln1", resid, arch.normalization, arch.eps)
         last = final_position_only and layer == arch.n_layers - 1
         query = slice(seq - 1, seq) if last else slice(0, seq)
-        attn_out, pattern = _attention(params, f"{block}.attn", normed, arch, causal, rope, query)
+        attn_out, pattern = _attention(
+            params, f"{block}.attn", normed, arch, rope, query, record
+        )
         record(f"{block}.attn.hook_pattern", pattern)
         resid = resid[:, query] + record(f"{block}.hook_attn_out", attn_out)
         if arch.d_mlp is not None:
             record(f"{block}.hook_resid_mid", resid)
-            normed = _normalize(params, f"{block}.ln2", resid, arch.normalization, arch.eps)
-            mlp_out = _mlp(params, f"{block}.mlp", normed, arch, record)
+            normed = normalize(params, f"{block}.ln2", resid, arch.normalization, arch.eps)
+            mlp_out = mlp(params, f"{block}.mlp", normed, arch, record)
             resid = resid + record(f"{block}.hook_mlp_out", mlp_out)
         record(f"{block}.hook_resid_post", resid)
 
-    normed = _normalize(params, "ln_final", resid, arch.normalization, arch.eps)
+    return unembed(params, resid, arch)
+
+
+def unembed(
+    params: Mapping[str, Tensor], resid: Float[Tensor, "batch pos d_model"], arch: Architecture
+) -> Float[Tensor, "batch pos d_vocab_out"]:
+    """Logits from the final residual stream: the final norm, then the unembedding."""
+    normed = normalize(params, "ln_final", resid, arch.normalization, arch.eps)
     return F.linear(normed, params["unembed.weight"], params["unembed.bias"])
 
 
@@ -363,7 +376,7 @@ def _recorder(cache: dict[str, Tensor] | None) -> Callable[[str, Tensor], Tensor
     return record
 
 
-def _normalize(
+def normalize(
     params: Mapping[str, Tensor], prefix: str, x: Tensor, kind: str | None, eps: float
 ) -> Tensor:
     """Pre-norm as the bridge computes it, in float32: LayerNorm (Ba et al. 2016) centres
@@ -389,35 +402,73 @@ def _attention(
     params: Mapping[str, Tensor],
     prefix: str,
     x: Float[Tensor, "batch pos d_model"],
-    arch: _Architecture,
-    causal: Tensor,
+    arch: Architecture,
     rope: tuple[Tensor, Tensor] | None,
     query: slice,
+    record: Callable[[str, Tensor], Tensor],
 ) -> tuple[Float[Tensor, "batch query d_model"], Float[Tensor, "batch head query key"]]:
     """Causal multi-head attention of the `query` positions over every position; returns
     the output and the pattern."""
-    batch = x.shape[0]
-
-    def heads(name: str, inputs: Tensor) -> Float[Tensor, "batch head pos d_head"]:
-        weight, bias = params[f"{prefix}.{name}.weight"], params[f"{prefix}.{name}.bias"]
-        flat = F.linear(inputs, weight, bias)
-        return flat.reshape(batch, inputs.shape[1], arch.n_heads, arch.d_head).transpose(1, 2)
-
-    q, k, v = heads("q", x[:, query]), heads("k", x), heads("v", x)
-    if rope is not None:
-        q_rope = (rope[0][query], rope[1][query])
-        q, k = _apply_rotary(q, q_rope, arch.rotary_dim), _apply_rotary(k, rope, arch.rotary_dim)
-    mask = causal[query]
-    scores = torch.matmul(q, k.transpose(-2, -1)) / arch.attn_scale
-    pattern = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
-    pattern = pattern.masked_fill(mask, 0.0)
-    n_query = q.shape[2]
-    z = torch.matmul(pattern, v).transpose(1, 2).reshape(batch, n_query, -1)
-    out = F.linear(z, params[f"{prefix}.o.weight"], params[f"{prefix}.o.bias"])
-    return out, pattern
+    q = record(f"{prefix}.hook_q", head_projection(params, prefix, "q", x[:, query], arch))
+    k = record(f"{prefix}.hook_k", head_projection(params, prefix, "k", x, arch))
+    v = record(f"{prefix}.hook_v", head_projection(params, prefix, "v", x, arch))
+    positions = torch.arange(x.shape[1], device=x.device)[query]
+    z, pattern = mix_heads(q, k, v, positions, arch, rope)
+    return attention_output(params, prefix, record(f"{prefix}.hook_z", z)), pattern
 
 
-def _rotary_tables(arch: _Architecture, seq: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def head_projection(
+    params: Mapping[str, Tensor],
+    prefix: str,
+    name: str,
+    x: Float[Tensor, "batch pos d_model"],
+    arch: Architecture,
+) -> Float[Tensor, "batch pos head d_head"]:
+    """The `name` ("q", "k" or "v") of every head of the attention at `prefix`, in
+    TransformerLens's hook layout (before rotary embedding)."""
+    weight, bias = params[f"{prefix}.{name}.weight"], params[f"{prefix}.{name}.bias"]
+    flat = F.linear(x, weight, bias)
+    return flat.reshape(x.shape[0], x.shape[1], arch.n_heads, arch.d_head)
+
+
+def mix_heads(
+    q: Float[Tensor, "batch query head d_head"] | None,
+    k: Float[Tensor, "batch key head d_head"] | None,
+    v: Float[Tensor, "batch key head d_head"],
+    query_positions: Int[Tensor, " query"],
+    arch: Architecture,
+    rope: tuple[Tensor, Tensor] | None = None,
+    pattern: Float[Tensor, "batch head query key"] | None = None,
+) -> tuple[Float[Tensor, "batch query head d_head"], Float[Tensor, "batch head query key"]]:
+    """Causal attention of queries at `query_positions` over keys 0..key-1: returns each
+    head's output `z` and the pattern. With `pattern` given, q and k are not read (pass
+    None) and `z = pattern @ v`. `rope`: the cos/sin tables of every key position."""
+    values = v.transpose(1, 2)
+    if pattern is None:
+        if q is None or k is None:
+            raise ValueError("mix_heads needs q and k, or a pattern")
+        queries, keys = q.transpose(1, 2), k.transpose(1, 2)
+        if rope is not None:
+            query_rope = (rope[0][query_positions], rope[1][query_positions])
+            queries = _apply_rotary(queries, query_rope, arch.rotary_dim)
+            keys = _apply_rotary(keys, rope, arch.rotary_dim)
+        key_positions = torch.arange(keys.shape[2], device=keys.device)
+        mask = key_positions[None, :] > query_positions[:, None]
+        scores = torch.matmul(queries, keys.transpose(-2, -1)) / arch.attn_scale
+        pattern = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+        pattern = pattern.masked_fill(mask, 0.0)
+    return torch.matmul(pattern, values).transpose(1, 2), pattern
+
+
+def attention_output(
+    params: Mapping[str, Tensor], prefix: str, z: Float[Tensor, "batch query head d_head"]
+) -> Float[Tensor, "batch query d_model"]:
+    """The attention's output: every head's `z` through `W_O`, plus the output bias."""
+    flat = z.reshape(z.shape[0], z.shape[1], -1)
+    return F.linear(flat, params[f"{prefix}.o.weight"], params[f"{prefix}.o.bias"])
+
+
+def _rotary_tables(arch: Architecture, seq: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Cos and sin [pos, rotary_dim] of rotary embeddings (Su et al. 2021, RoFormer), in the
     adjacent-pair layout: dimensions 2i and 2i+1 rotate together at frequency i."""
     dim = arch.rotary_dim
@@ -436,20 +487,22 @@ def _apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor], dim: int) -> Tensor:
     return torch.cat([rotated, passed], dim=-1) if passed.shape[-1] else rotated
 
 
-def _mlp(
+def mlp(
     params: Mapping[str, Tensor],
     prefix: str,
     x: Float[Tensor, "batch pos d_model"],
-    arch: _Architecture,
-    record: Callable[[str, Tensor], Tensor],
+    arch: Architecture,
+    record: Callable[[str, Tensor], Tensor] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
+    """The MLP at `prefix` on its (normalised) input; `record` sees `hook_pre`/`hook_post`."""
+    record = record or _recorder(None)
     pre = record(
         f"{prefix}.hook_pre",
         F.linear(x, params[f"{prefix}.in.weight"], params[f"{prefix}.in.bias"]),
     )
     post = _activation(arch.act_fn, pre)
     if arch.act_fn == "solu_ln":
-        post = _normalize(params, f"{prefix}.ln", post, "LN", arch.eps)
+        post = normalize(params, f"{prefix}.ln", post, "LN", arch.eps)
     record(f"{prefix}.hook_post", post)
     return F.linear(post, params[f"{prefix}.out.weight"], params[f"{prefix}.out.bias"])
 

@@ -9,13 +9,16 @@ corrupted run; noising patches the corrupted activation into the clean run.
 Instead of one forward pass per index (TransformerLens's `patching.py`), a chunk of K
 indices is folded into the batch: the base tokens are repeated K times (K*B examples), one
 hook per layer writes into copy k the source activation at copy k's index, and the metric
-is read on each copy's B examples. Indices of every layer share a forward pass.
+is read on each copy's B examples. On native models the incremental engine
+(`circuits.patching.incremental`) also skips what a patch cannot change: earlier layers,
+earlier positions, and every position but the one the metric reads.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -24,8 +27,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from circuits.patching import incremental
+from circuits.patching.incremental import IncrementalPatcher
 from circuits.patching.result import PatchingResult
-from circuits.patching.targets import IndexSpace, index_space
+from circuits.patching.targets import IndexSpace, check_patchable, index_space
 from interp.metrics import normalise as normalise_metric
 from interp.tasks.base import TaskBatch
 
@@ -33,6 +38,7 @@ PatchMetric = Callable[[Float[Tensor, "batch pos vocab"], TaskBatch], Tensor]
 """Logits of one patched copy and its batch -> a scalar (or `[batch]`, then averaged)."""
 
 Direction = Literal["denoise", "noise"]
+Engine = Literal["incremental", "hooks"]
 
 
 def model_device(model: TransformerBridge) -> torch.device:
@@ -108,6 +114,92 @@ def _chunk_hooks(
     return [(space.hook_name(layer), make_hook(layer)) for layer in by_layer]
 
 
+def _chunks(indices: Sequence[tuple[int, ...]], per_pass: int) -> list[list[tuple[int, ...]]]:
+    """`indices` in order, cut into chunks of at most `per_pass` that stay within a layer."""
+    chunks: list[list[tuple[int, ...]]] = []
+    for _, group in itertools.groupby(indices, key=lambda index: index[0]):
+        layer_indices = list(group)
+        chunks += [layer_indices[i : i + per_pass] for i in range(0, len(layer_indices), per_pass)]
+    return chunks
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """What both engines need for one sweep: the target, its indices cut into chunks, the
+    base and source prompts, the batch and the metric."""
+
+    space: IndexSpace
+    chunks: list[list[tuple[int, ...]]]
+    base_tokens: Tensor
+    source_tokens: Tensor
+    batch: TaskBatch
+    metric: PatchMetric
+    progress: bool
+
+    def bar(self) -> Any:
+        return tqdm(self.chunks, disable=not self.progress, desc=f"patching {self.space.name}")
+
+
+SweepValues = tuple[Tensor, Tensor, Tensor]
+"""`(values [n_indices], metric of the base run, metric of the source run)`."""
+
+
+def _hook_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
+    """Every chunk as one forward pass of the bridge, patched by hooks."""
+    space, batch = sweep.space, sweep.batch
+    n_examples = len(batch)
+    hook_names = {space.hook_name(layer): layer for layer in range(model.cfg.n_layers)}
+    source_logits, cache = model.run_with_cache(
+        sweep.source_tokens, names_filter=lambda name: name in hook_names
+    )
+    sources = {layer: cache[name].clone() for name, layer in hook_names.items()}
+    base_value = _metric_value(sweep.metric, model(sweep.base_tokens), batch)
+    source_value = _metric_value(sweep.metric, source_logits, batch)
+    values = []
+    for chunk in sweep.bar():
+        hooks = _chunk_hooks(space, chunk, n_examples, sources)
+        tokens = sweep.base_tokens.repeat(len(chunk), 1)
+        with model.hooks(fwd_hooks=hooks):
+            logits = model(tokens).unflatten(0, (len(chunk), n_examples))
+        values += [_metric_value(sweep.metric, logits[copy], batch) for copy in range(len(chunk))]
+    return torch.stack(values).cpu(), base_value, source_value
+
+
+def _incremental_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
+    """Every chunk through `IncrementalPatcher`: only what the patch can change is rerun."""
+    batch = sweep.batch
+    patcher = IncrementalPatcher(
+        model, sweep.base_tokens, sweep.source_tokens, batch.position.tolist()
+    )
+    base_value = _metric_value(sweep.metric, patcher.base_logits, batch)
+    source_value = _metric_value(sweep.metric, patcher.source_logits, batch)
+    values = []
+    for chunk in sweep.bar():
+        logits_of_copy = patcher.assemble(*patcher.patched_logits(sweep.space, chunk))
+        for copy in range(len(chunk)):
+            value = _metric_value(sweep.metric, logits_of_copy(copy), batch)
+            if bool(value.isnan()) and not bool(base_value.isnan()):
+                raise ValueError(
+                    "the metric read logits at positions other than batch.position, which the "
+                    "incremental engine does not compute; pass engine='hooks'"
+                )
+            values.append(value)
+    return torch.stack(values).cpu(), base_value, source_value
+
+
+def _resolve_engine(engine: str, model: TransformerBridge) -> Engine:
+    if engine == "auto":
+        return "incremental" if incremental.supports(model) else "hooks"
+    if engine == "incremental" and not incremental.supports(model):
+        raise ValueError(
+            "engine='incremental' needs a native model built by interp.models.build without "
+            "rotary embeddings; use engine='hooks' or 'auto'"
+        )
+    if engine not in ("incremental", "hooks"):
+        raise ValueError(f"engine must be 'auto', 'incremental' or 'hooks', got {engine!r}")
+    return engine  # type: ignore[return-value]
+
+
 def patch(
     model: TransformerBridge,
     batch: TaskBatch,
@@ -119,6 +211,7 @@ def patch(
     normalise: bool = False,
     tokenizer: Any | None = None,
     progress: bool = True,
+    engine: str = "auto",
 ) -> PatchingResult:
     """Patch every index of `target` and read `metric` after each patch.
 
@@ -136,6 +229,13 @@ def patch(
         normalise: Rescale to `(value - corrupted) / (clean - corrupted)`.
         tokenizer: Labels positions with token strings of the first clean prompt.
         progress: Show a progress bar over forward passes.
+        engine: `"incremental"` reruns only the layers and positions a patch can change
+            and computes the logits at `batch.position` only (native models of
+            `interp.models.build` without rotary embeddings; the metric must read the
+            logits at `batch.position`, as every metric of `interp.metrics` does);
+            `"hooks"` runs the whole bridge with hooks (any model, any metric, and the
+            user's own hooks on the model run too); `"auto"` picks incremental where it
+            applies. Both give the same values (see `circuits.patching.incremental`).
 
     Returns:
         A `PatchingResult` with `values` shaped `[n_layers, ...]` over the target's axes.
@@ -147,38 +247,31 @@ def patch(
         raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    check_patchable(space, model)
+    chosen = _resolve_engine(engine, model)
     batch = batch.to(model_device(model))
     n_examples, n_pos = batch.clean.shape
     sizes = space.sizes(model, n_pos)
     source_tokens, base_tokens = (
         (batch.clean, batch.corrupted) if direction == "denoise" else (batch.corrupted, batch.clean)
     )
-    hook_names = {space.hook_name(layer): layer for layer in range(sizes[0])}
     indices = list(itertools.product(*(range(n) for n in sizes)))
-    per_pass = max(1, max_batch // n_examples)
-    chunks = [indices[i : i + per_pass] for i in range(0, len(indices), per_pass)]
+    sweep = _Sweep(
+        space=space,
+        chunks=_chunks(indices, max(1, max_batch // n_examples)),
+        base_tokens=base_tokens,
+        source_tokens=source_tokens,
+        batch=batch,
+        metric=metric,
+        progress=progress,
+    )
+    run_sweep = _incremental_sweep if chosen == "incremental" else _hook_sweep
 
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            source_logits, cache = model.run_with_cache(
-                source_tokens, names_filter=lambda name: name in hook_names
-            )
-            sources = {layer: cache[name].clone() for name, layer in hook_names.items()}
-            base_logits = model(base_tokens)
-            source_value = _metric_value(metric, source_logits, batch)
-            base_value = _metric_value(metric, base_logits, batch)
-            values = torch.empty(len(indices), dtype=torch.float32)
-            done = 0
-            for chunk in tqdm(chunks, disable=not progress, desc=f"patching {target}"):
-                hooks = _chunk_hooks(space, chunk, n_examples, sources)
-                tokens = base_tokens.repeat(len(chunk), 1)
-                with model.hooks(fwd_hooks=hooks):
-                    logits = model(tokens).unflatten(0, (len(chunk), n_examples))
-                for copy in range(len(chunk)):
-                    values[done + copy] = _metric_value(metric, logits[copy], batch).cpu()
-                done += len(chunk)
+            values, base_value, source_value = run_sweep(model, sweep)
     finally:
         model.train(was_training)
 

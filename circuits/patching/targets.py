@@ -112,6 +112,27 @@ TARGETS: Mapping[str, IndexSpace] = MappingProxyType(_spaces())
 """
 
 
+def check_patchable(space: IndexSpace, model: TransformerBridge) -> None:
+    """Raise a one-line ValueError where `model` only lets the target's hook observe.
+
+    TransformerLens 4 bridges whose attention runs inside a wrapped Hugging Face module
+    (e.g. BERT's) fire `hook_pattern` after that module has already used the pattern, so
+    an edit there changes nothing (TransformerLens's own pattern patching then silently
+    returns the unpatched metric for every head). Only attentions that take the pattern
+    hook inside their computation (`accepts_pattern_fn`, as native ones do) can be patched.
+    """
+    if space.name != "pattern":
+        return
+    for block in getattr(model, "blocks", ()):
+        attention = getattr(getattr(block, "attn", None), "original_component", None)
+        if not getattr(attention, "accepts_pattern_fn", False):
+            raise ValueError(
+                f"target 'pattern' cannot be patched on this model: its attention "
+                f"({type(attention).__name__}) uses the pattern before hook_pattern fires, "
+                f"so a patch would change nothing; patch 'q', 'k' or 'z' instead"
+            )
+
+
 def index_space(target: str) -> IndexSpace:
     """The index space called `target`; a ValueError lists the known ones."""
     if target not in TARGETS:

@@ -12,7 +12,9 @@ import transformer_lens.patching as tl_patching
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from circuits.attribution import attribute
 from circuits.patching import TARGETS, PatchingResult, patch
+from interp import models
 from interp.metrics import logit_diff, mean_metric, normalise
 from interp.runs import RunStore
 from interp.tasks.base import TaskBatch
@@ -86,10 +88,14 @@ def test_every_target_has_a_reference() -> None:
     assert set(TARGETS) == set(REFERENCES)
 
 
+@pytest.mark.parametrize("engine", ["incremental", "hooks"])
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 @pytest.mark.parametrize("target", sorted(REFERENCES))
-def test_matches_transformer_lens(model, batch, target, direction) -> None:
-    result = patch(model, batch, target, METRIC, direction=direction, max_batch=7, progress=False)
+def test_matches_transformer_lens(model, batch, target, direction, engine) -> None:
+    result = patch(
+        model, batch, target, METRIC, direction=direction, max_batch=7, progress=False,
+        engine=engine,
+    )
     expected = reference(model, batch, target, direction)
     assert result.values.shape == expected.shape
     assert result.values.std() > 1e-4  # the patches really change the metric
@@ -98,13 +104,72 @@ def test_matches_transformer_lens(model, batch, target, direction) -> None:
     assert_no_hooks(model)
 
 
+@pytest.mark.parametrize("engine", ["incremental", "hooks"])
 @pytest.mark.parametrize("target", ["resid_pre", "z_by_pos"])
-def test_max_batch_does_not_change_values(model, batch, target) -> None:
-    one = patch(model, batch, target, METRIC, max_batch=1, progress=False)
-    many = patch(model, batch, target, METRIC, max_batch=1000, progress=False)
-    uneven = patch(model, batch, target, METRIC, max_batch=15, progress=False)  # 5 per pass
-    torch.testing.assert_close(one.values, many.values, atol=1e-5, rtol=0)
-    torch.testing.assert_close(one.values, uneven.values, atol=1e-5, rtol=0)
+def test_max_batch_does_not_change_values(model, batch, target, engine) -> None:
+    def run(max_batch: int) -> Tensor:
+        return patch(
+            model, batch, target, METRIC, max_batch=max_batch, progress=False, engine=engine
+        ).values
+
+    one = run(1)
+    torch.testing.assert_close(one, run(1000), atol=1e-5, rtol=0)
+    torch.testing.assert_close(one, run(15), atol=1e-5, rtol=0)  # 5 indices per pass
+
+
+VARIANTS = {
+    "attn-only, no norm": dict(attn_only=True, normalization=None),
+    "RMS, solu_ln": dict(normalization="RMS", act_fn="solu_ln", d_mlp=48),
+    "LNPre, relu, 3 layers": dict(normalization="LNPre", act_fn="relu", n_layers=3),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_incremental_engine_equals_hook_engine_on_model_variants(batch, variant) -> None:
+    """The hook engine equals TransformerLens (above); the incremental engine must equal it
+    for every architecture it accepts, every target, both directions."""
+    spec = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=20, n_ctx=8, seed=3)
+    model = models.build(spec | VARIANTS[variant], device="cpu")
+    for target in sorted(TARGETS):
+        if model.cfg.attn_only and target in ("resid_mid", "mlp_out"):
+            continue
+        for direction in ("denoise", "noise"):
+            fast, slow = (
+                patch(
+                    model, batch, target, METRIC, direction=direction, max_batch=30,
+                    progress=False, engine=engine,
+                )
+                for engine in ("incremental", "hooks")
+            )
+            base = fast.metric_corrupted if direction == "denoise" else fast.metric_clean
+            assert (fast.values - base).abs().max() > 1e-5, (target, direction)  # not a no-op
+            torch.testing.assert_close(fast.values, slow.values, atol=1e-5, rtol=0)
+
+
+def test_incremental_engine_refuses_metrics_that_read_other_positions(model, batch) -> None:
+    def mean_over_positions(logits: Tensor, batch: TaskBatch) -> Tensor:
+        return logits[:, :, 0].mean()
+
+    with pytest.raises(ValueError, match="positions other than batch.position.*engine='hooks'"):
+        patch(model, batch, "resid_pre", mean_over_positions, progress=False)
+    hooks = patch(model, batch, "resid_pre", mean_over_positions, progress=False, engine="hooks")
+    assert hooks.values.isfinite().all()
+
+
+def test_pattern_patching_is_refused_where_the_hook_only_observes(minilm, minilm_batch) -> None:
+    """On MiniLM (BERT) the bridge fires hook_pattern after the HF module used the pattern:
+    TransformerLens's own pattern patching returns the unpatched metric for every head."""
+    expected = reference(minilm, minilm_batch, "pattern", "denoise")
+    assert expected.std() < 1e-5  # the silent no-op we refuse to reproduce
+    with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this model"):
+        patch(minilm, minilm_batch, "pattern", METRIC, progress=False)
+    with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this model"):
+        attribute(minilm, minilm_batch, "pattern", METRIC)
+
+
+def test_incremental_engine_is_refused_where_it_does_not_apply(minilm, minilm_batch) -> None:
+    with pytest.raises(ValueError, match="engine='incremental' needs a native model"):
+        patch(minilm, minilm_batch, "z", METRIC, progress=False, engine="incremental")
 
 
 def test_metric_of_wrong_shape_raises(model, batch) -> None:
@@ -171,6 +236,7 @@ def test_inputs_are_not_modified(model, batch) -> None:
         (dict(target="nope"), "unknown patching target"),
         (dict(direction="sideways"), "direction"),
         (dict(max_batch=0), "max_batch"),
+        (dict(engine="fast"), "engine must be"),
     ],
 )
 def test_bad_arguments_raise_one_line(model, batch, kwargs, message) -> None:
@@ -222,7 +288,11 @@ def minilm_batch(minilm) -> TaskBatch:
     )
 
 
-@pytest.mark.parametrize("target, direction", [("resid_pre", "denoise"), ("z", "noise")])
+@pytest.mark.parametrize(
+    "target, direction",
+    [(target, "denoise") for target in sorted(REFERENCES) if target != "pattern"]
+    + [("resid_pre", "noise"), ("z", "noise")],
+)
 def test_matches_transformer_lens_on_minilm(minilm, minilm_batch, target, direction) -> None:
     before = hook_counts(minilm)
     result = patch(

@@ -1,0 +1,271 @@
+"""Incremental activation patching: rerun only the part of the forward pass a patch can change.
+
+A patch at layer l cannot change any earlier layer; under causal attention, a patch at
+position p cannot change any position before p; and a metric that reads the logits at
+`batch.position` needs the last layer and the unembedding at those positions only. So for
+a chunk of indices of one layer, starting from the base run's cached activations, this
+engine reruns:
+
+- layer l from the patched activation on (the layers before it are skipped);
+- positions >= p0, the smallest position patched in the chunk (0 for targets over all
+  positions); the keys and values of earlier positions come from the base run's cache;
+- the last layer and the unembedding at the read positions only.
+
+The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
+those of the hook engine (and of TransformerLens) to float rounding. It covers the native
+models of `interp.models.build` without rotary embeddings (`supports(model)`); other models
+go through the hook engine. Hooks a user attached to the bridge are not run here.
+
+The metric sees full `[batch, pos, vocab]` logits: positions before p0 hold the base run's
+logits (exact), read positions the patched ones, and positions not computed NaN, so that a
+metric reading them gives NaN, which `patch` reports instead of returning wrong numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from circuits.patching.targets import IndexSpace
+from interp import functional
+from interp.functional import Architecture
+from interp.models import spec_of
+
+Params = dict[str, Tensor]
+
+
+def supports(model: TransformerBridge) -> bool:
+    """Whether `model` is a native model this engine reproduces exactly."""
+    return _architecture_of(model) is not None
+
+
+def _architecture_of(model: TransformerBridge) -> Architecture | None:
+    spec = spec_of(model)
+    if spec is None:
+        return None
+    try:
+        arch = functional.architecture(spec)
+    except ValueError:
+        return None
+    return None if arch.rotary else arch
+
+
+def first_position(space: IndexSpace, index: tuple[int, ...]) -> int:
+    """The first position a patch at `index` (layer first) can change: its `pos`, else 0."""
+    return index[space.axes.index("pos")] if "pos" in space.axes else 0
+
+
+class IncrementalPatcher:
+    """Patched logits at the read positions for chunks of indices of one layer.
+
+    Built once per sweep: runs the base and source prompts through `interp.functional`,
+    caching every activation, then `logits(space, chunk, sources)` answers each chunk.
+    """
+
+    def __init__(
+        self,
+        model: TransformerBridge,
+        base_tokens: Tensor,
+        source_tokens: Tensor,
+        read_positions: Sequence[int],
+    ) -> None:
+        arch = _architecture_of(model)
+        if arch is None:
+            raise ValueError(
+                "the incremental patching engine covers native models built by "
+                "interp.models.build without rotary embeddings; use engine='hooks'"
+            )
+        self.arch = arch
+        self.params: Params = {name: t.detach() for name, t in model.state_dict().items()}
+        self.base: dict[str, Tensor] = {}
+        self.source: dict[str, Tensor] = {}
+        spec = spec_of(model)
+        assert spec is not None  # checked by _architecture_of
+        self.base_logits = functional.forward(self.params, base_tokens, spec, cache=self.base)
+        self.source_logits = functional.forward(self.params, source_tokens, spec, cache=self.source)
+        self.n_examples, self.n_pos = base_tokens.shape
+        self.read = torch.tensor(sorted(set(read_positions)), device=base_tokens.device)
+
+    def patched_logits(
+        self, space: IndexSpace, chunk: Sequence[tuple[int, ...]]
+    ) -> tuple[Tensor, Tensor, int]:
+        """Logits of each copy at the read positions after patching its index.
+
+        Args:
+            space: The target; every index of `chunk` starts with the same layer.
+            chunk: K indices; copy k of the base batch is patched at `chunk[k]`.
+
+        Returns:
+            `(logits [K, batch, n_read, vocab], read positions [n_read], p0)`: only read
+            positions >= p0 are computed (the others are unchanged by the patch).
+        """
+        layer = chunk[0][0]
+        if any(index[0] != layer for index in chunk):
+            raise ValueError("a chunk of incremental patching must stay within one layer")
+        p0 = min(first_position(space, index) for index in chunk)
+        read = self.read[self.read >= p0]
+        n_copies = len(chunk)
+        if read.numel() == 0:
+            empty = self.base_logits.new_empty((n_copies, self.n_examples, 0, 0))
+            return empty, read, p0
+        step = _Step(self, n_copies, p0, read)
+        full = step.patched(space, chunk)
+        resid = step.enter(_activation_name(space), layer, full)
+        logits = functional.unembed(self.params, resid, self.arch)
+        return logits.unflatten(0, (n_copies, self.n_examples)), read, p0
+
+    def assemble(self, logits: Tensor, read: Tensor, p0: int) -> Callable[[int], Tensor]:
+        """`copy -> [batch, pos, vocab]` logits of one copy: base logits before p0, the
+        computed ones at `read`, NaN elsewhere. Reuses one buffer (read it before the next
+        call)."""
+        buffer = self.base_logits.clone()
+        buffer[:, p0:] = float("nan")
+
+        def of_copy(copy: int) -> Tensor:
+            if read.numel():
+                buffer[:, read] = logits[copy]
+            return buffer
+
+        return of_copy
+
+
+def _activation_name(space: IndexSpace) -> str:
+    """`resid_pre`, `z`, `pattern`, ... from the hook name of `space`."""
+    return space.hook.rsplit("hook_", 1)[1]
+
+
+class _Step:
+    """One chunk's forward pass from the patched activation on (K copies of the batch)."""
+
+    def __init__(self, patcher: IncrementalPatcher, n_copies: int, p0: int, read: Tensor):
+        self.patcher = patcher
+        self.params = patcher.params
+        self.arch = patcher.arch
+        self.n_copies = n_copies
+        self.p0 = p0
+        self.read = read
+        self.live = torch.arange(p0, patcher.n_pos, device=read.device)
+
+    def repeat(self, tensor: Tensor) -> Tensor:
+        """`[batch, ...]` -> `[K * batch, ...]`, copy-major like the patched batch."""
+        return tensor.repeat(self.n_copies, *([1] * (tensor.ndim - 1)))
+
+    def base(self, name: str) -> Tensor:
+        return self.repeat(self.patcher.base[name])
+
+    def queries(self, layer: int) -> Tensor:
+        """Positions whose output layer `layer` must compute: all from p0 on, or, in the
+        last layer, the read positions."""
+        return self.read if layer == self.arch.n_layers - 1 else self.live
+
+    def patched(self, space: IndexSpace, chunk: Sequence[tuple[int, ...]]) -> Tensor:
+        """The hooked activation of the chunk's layer, `[K * batch, ...]`, with copy k
+        patched at `chunk[k]` from the source run (the setters of `targets.py`)."""
+        name = space.hook_name(chunk[0][0])
+        full = self.base(name)
+        per_copy = full.unflatten(0, (self.n_copies, self.patcher.n_examples))
+        source = self.patcher.source[name]
+        for copy, index in enumerate(chunk):
+            space.setter(per_copy[copy], tuple(index[1:]), source)
+        return full
+
+    def enter(self, name: str, layer: int, full: Tensor) -> Tensor:
+        """Continue the forward pass from activation `name` of `layer` (all positions);
+        returns the final residual stream at the read positions."""
+        block = f"blocks.{layer}"
+        rows = self.queries(layer)
+        if name == "resid_pre":
+            return self.layers(layer, full[:, self.p0 :])
+        if name == "resid_mid":
+            return self.after_mid(layer, full[:, rows])
+        if name == "attn_out":
+            return self.after_mid(
+                layer, self.base(f"{block}.hook_resid_pre")[:, rows] + full[:, rows]
+            )
+        if name == "mlp_out":
+            return self.after_post(
+                layer, self.base(f"{block}.hook_resid_mid")[:, rows] + full[:, rows]
+            )
+        if name == "resid_post":
+            return self.after_post(layer, full[:, rows])
+        return self.after_z(layer, self.head_outputs(name, layer, full, rows), rows)
+
+    def head_outputs(self, name: str, layer: int, full: Tensor, rows: Tensor) -> Tensor:
+        """Each head's `z` at `rows` when the attention's `name` (z, q, k, v or pattern)
+        is `full` and everything else is the base run's."""
+        if name == "z":
+            return full[:, rows]
+        attn = f"blocks.{layer}.attn"
+        q, k, v = (self.base(f"{attn}.hook_{part}") for part in ("q", "k", "v"))
+        if name == "pattern":
+            z, _ = functional.mix_heads(None, None, v, rows, self.arch, pattern=full[:, :, rows])
+            return z
+        if name == "v":
+            pattern = self.base(f"{attn}.hook_pattern")[:, :, rows]
+            z, _ = functional.mix_heads(None, None, full, rows, self.arch, pattern=pattern)
+            return z
+        if name == "q":
+            q = full
+        elif name == "k":
+            k = full
+        else:
+            raise ValueError(f"incremental patching has no rule for activation {name!r}")
+        z, _ = functional.mix_heads(q[:, rows], k, v, rows, self.arch)
+        return z
+
+    def after_z(self, layer: int, z: Tensor, rows: Tensor) -> Tensor:
+        block = f"blocks.{layer}"
+        attn_out = functional.attention_output(self.params, f"{block}.attn", z)
+        return self.after_mid(layer, self.base(f"{block}.hook_resid_pre")[:, rows] + attn_out)
+
+    def after_mid(self, layer: int, resid: Tensor) -> Tensor:
+        return self.after_post(layer, self.with_mlp(layer, resid))
+
+    def with_mlp(self, layer: int, resid: Tensor) -> Tensor:
+        """`resid_mid` -> `resid_post` of `layer` (the identity in attention-only models)."""
+        if self.arch.d_mlp is None:
+            return resid
+        normed = self.norm(f"blocks.{layer}.ln2", resid)
+        return resid + functional.mlp(self.params, f"blocks.{layer}.mlp", normed, self.arch)
+
+    def after_post(self, layer: int, resid: Tensor) -> Tensor:
+        if layer == self.arch.n_layers - 1:
+            return resid
+        return self.layers(layer + 1, resid)
+
+    def layers(self, start: int, resid: Tensor) -> Tensor:
+        """Blocks `start..` on the residual stream at positions p0.. (`[K * batch, live,
+        d_model]`), reusing the base run's keys and values before p0."""
+        for layer in range(start, self.arch.n_layers):
+            attn = f"blocks.{layer}.attn"
+            rows = self.queries(layer)
+            normed = self.norm(f"blocks.{layer}.ln1", resid)
+            q = functional.head_projection(
+                self.params, attn, "q", normed[:, rows - self.p0], self.arch
+            )
+            k, v = (
+                self.with_prefix(
+                    f"{attn}.hook_{part}",
+                    functional.head_projection(self.params, attn, part, normed, self.arch),
+                )
+                for part in ("k", "v")
+            )
+            z, _ = functional.mix_heads(q, k, v, rows, self.arch)
+            attn_out = functional.attention_output(self.params, attn, z)
+            resid = self.with_mlp(layer, resid[:, rows - self.p0] + attn_out)
+        return resid
+
+    def with_prefix(self, name: str, live: Tensor) -> Tensor:
+        """Keys or values of every position: the base run's before p0, then `live`."""
+        if self.p0 == 0:
+            return live
+        prefix = self.repeat(self.patcher.base[name][:, : self.p0])
+        return torch.cat([prefix, live], dim=1)
+
+    def norm(self, prefix: str, resid: Tensor) -> Tensor:
+        return functional.normalize(
+            self.params, prefix, resid, self.arch.normalization, self.arch.eps
+        )
