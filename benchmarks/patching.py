@@ -95,7 +95,7 @@ FULL = Sizes(
     d_vocab=1000,
     n_examples=32,
     n_pos=24,
-    max_batches=(64, 256, 512),
+    max_batches=(32, 64, 256, 512),
     repeats=3,
 )
 QUICK = Sizes(

@@ -171,19 +171,20 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
     patcher = IncrementalPatcher(
         model, sweep.base_tokens, sweep.source_tokens, batch.position.tolist()
     )
-    base_value = _metric_value(sweep.metric, patcher.base_logits, batch)
-    source_value = _metric_value(sweep.metric, patcher.source_logits, batch)
+
+    def value_of(at_read: Tensor) -> Tensor:
+        value = _metric_value(sweep.metric, patcher.full_logits(at_read), batch)
+        if bool(value.isnan()):
+            raise ValueError(
+                "the metric read logits at positions other than batch.position, which the "
+                "incremental engine does not compute; pass engine='hooks'"
+            )
+        return value
+
+    base_value, source_value = value_of(patcher.base_logits), value_of(patcher.source_logits)
     values = []
     for chunk in sweep.bar():
-        logits_of_copy = patcher.assemble(*patcher.patched_logits(sweep.space, chunk))
-        for copy in range(len(chunk)):
-            value = _metric_value(sweep.metric, logits_of_copy(copy), batch)
-            if bool(value.isnan()) and not bool(base_value.isnan()):
-                raise ValueError(
-                    "the metric read logits at positions other than batch.position, which the "
-                    "incremental engine does not compute; pass engine='hooks'"
-                )
-            values.append(value)
+        values += [value_of(copy) for copy in patcher.patched_logits(sweep.space, chunk)]
     return torch.stack(values).cpu(), base_value, source_value
 
 
@@ -265,15 +266,16 @@ def patch(
         metric=metric,
         progress=progress,
     )
-    run_sweep = _incremental_sweep if chosen == "incremental" else _hook_sweep
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            values, base_value, source_value = run_sweep(model, sweep)
-    finally:
-        model.train(was_training)
+    with torch.inference_mode():
+        if chosen == "incremental":  # a pure function of the weights: no mode to set
+            values, base_value, source_value = _incremental_sweep(model, sweep)
+        else:
+            was_training = model.training
+            model.eval()
+            try:
+                values, base_value, source_value = _hook_sweep(model, sweep)
+            finally:
+                model.train(was_training)
 
     return build_result(
         values.reshape(sizes), space, batch, tokenizer, target, direction,
