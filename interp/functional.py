@@ -190,6 +190,7 @@ def forward(
     cache: dict[str, Tensor] | None = None,
     validate: bool = True,
     final_position_only: bool = False,
+    logit_positions: Int[Tensor, " n"] | None = None,
 ) -> Float[Tensor, "batch pos d_vocab_out"]:
     """Logits of the native model `spec` with weights `params` on `tokens`.
 
@@ -213,12 +214,15 @@ def forward(
             that position alone (earlier positions still give its keys and values), which
             is exact and, for a one-layer model such as the grokking one, about 2.5x less
             work. Cache entries of the last layer then cover that position only.
+        logit_positions: Unembed only these positions: logits `[batch, n, d_vocab_out]`
+            (every layer still runs at every position; the cache is complete). The
+            unembedding is often the largest matmul of a small model.
     """
     arch = architecture(spec)
     if validate:
         _check_layout(params, _param_shapes(arch), leading=0, what="params")
         _check_tokens(tokens, arch)
-    return _logits(params, tokens, arch, cache, final_position_only)
+    return _logits(params, tokens, arch, cache, final_position_only, logit_positions)
 
 
 def batched_forward(
@@ -324,6 +328,7 @@ def _logits(
     arch: Architecture,
     cache: dict[str, Tensor] | None,
     final_position_only: bool = False,
+    logit_positions: Tensor | None = None,
 ) -> Tensor:
     """The forward pass proper: no checks and no data-dependent Python control flow."""
     batch, seq = tokens.shape
@@ -354,6 +359,8 @@ def _logits(
             resid = resid + record(f"{block}.hook_mlp_out", mlp_out)
         record(f"{block}.hook_resid_post", resid)
 
+    if logit_positions is not None:
+        resid = resid[:, logit_positions]
     return unembed(params, resid, arch)
 
 

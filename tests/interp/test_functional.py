@@ -84,6 +84,7 @@ def test_forward_equals_bridge_logits_and_cache(case) -> None:
     expected = {*CACHED_HOOKS, f"blocks.{last}.attn.hook_pattern", f"blocks.{last}.hook_resid_post"}
     if not spec.attn_only:
         expected |= {f"blocks.{layer}.mlp.hook_post" for layer in range(spec.n_layers)}
+    expected |= {f"blocks.{last}.attn.hook_{part}" for part in ("q", "k", "v", "z")}
     assert expected <= set(cache)
     for name, value in cache.items():
         torch.testing.assert_close(value, reference_cache[name], atol=1e-5, rtol=0, msg=name)
@@ -243,3 +244,18 @@ def test_final_position_only_equals_the_last_position_of_the_full_forward(overri
     stacked = functional.stack_params([params, params])
     batched = functional.batched_forward(stacked, tokens, spec, final_position_only=True)
     torch.testing.assert_close(batched[1, :, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_logit_positions_unembed_only_those_positions() -> None:
+    spec = ModelSpec(n_layers=2, d_model=32, n_heads=4, d_vocab=20, n_ctx=8)
+    params = functional.params_of(build(spec, device="cpu"))
+    tokens = torch.randint(0, 20, (3, 7), generator=torch.Generator().manual_seed(2))
+    full_cache: dict[str, torch.Tensor] = {}
+    some_cache: dict[str, torch.Tensor] = {}
+    full = functional.forward(params, tokens, spec, cache=full_cache)
+    some = functional.forward(
+        params, tokens, spec, cache=some_cache, logit_positions=torch.tensor([2, 6])
+    )
+    assert some.shape == (3, 2, 20)
+    torch.testing.assert_close(some, full[:, [2, 6]], rtol=0, atol=1e-6)
+    assert set(some_cache) == set(full_cache)  # the cache stays complete
