@@ -27,8 +27,8 @@ engine, `circuits.patching.incremental`, which these native models get by defaul
 only the layers after the patched one, the positions from the patched one on, and the last
 layer and unembedding at the read position, folding `max_batch // batch` indices into each
 pass. Clean and corrupted prompts here differ at every position, the worst case for ours
-(prompts that share a prefix skip it too). Ours is timed with a couple of `max_batch` values first and
-the fastest is used for the printed line (named in it). max |diff| is between the two value
+(prompts that share a prefix skip it too). Ours is timed with a few `max_batch` values first
+and the fastest is used for the printed line (named in it). max |diff| is between the two value
 tensors (`[layer, pos]` and `[layer, head]`). A final line starting with `#` gives the load
 average: timings on a small CPU are noisy when anything else runs.
 

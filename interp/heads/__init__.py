@@ -1,0 +1,74 @@
+"""Attention-head specialization: scores from attention patterns and from weights, role
+labels and groups of heads.
+
+```python
+from interp.heads import (
+    assign_roles, cluster_heads, copying_scores, head_composition, head_weights,
+    induction_probe_scores,
+)
+
+scores = induction_probe_scores(model, n_sequences=16, seed=0)   # HeadScores
+scores.to_frame()                            # one row per head, one column per score
+copying = copying_scores(head_weights(model))                    # [layer, head]
+roles = assign_roles(scores, copying=copying)                     # roles per head
+groups = cluster_heads(roles, n_groups=4, seed=0)                 # + a `group` column
+composition = head_composition(model)        # Q/K/V composition + random baseline
+```
+
+The package, one job per module:
+
+```
+patterns.py   scores from attention patterns (previous/next/duplicate token, induction,
+              sink and special-token mass, entropy, confidence, offset profile,
+              positional heads, TransformerLens's detector scores); HeadScores
+weights.py    per-head weights, copying scores, Q/K/V composition; HeadComposition
+roles.py      role thresholds, role labels, k-means groups
+```
+"""
+
+from interp.heads.patterns import (
+    DEFAULT_OFFSETS,
+    SCORE_NAMES,
+    HeadScores,
+    induction_probe_scores,
+    model_pattern_scores,
+    pattern_scores,
+    repeated_random_tokens,
+)
+from interp.heads.roles import ROLE_NAMES, RoleThresholds, assign_roles, cluster_heads
+from interp.heads.weights import (
+    COMPOSITION_KINDS,
+    HeadComposition,
+    HeadWeights,
+    composition_baseline,
+    composition_scores,
+    copying_scores,
+    full_ov_eigenvalues,
+    head_composition,
+    head_weights,
+    weights_from_params,
+)
+
+__all__ = [
+    "COMPOSITION_KINDS",
+    "DEFAULT_OFFSETS",
+    "ROLE_NAMES",
+    "SCORE_NAMES",
+    "HeadComposition",
+    "HeadScores",
+    "HeadWeights",
+    "RoleThresholds",
+    "assign_roles",
+    "cluster_heads",
+    "composition_baseline",
+    "composition_scores",
+    "copying_scores",
+    "full_ov_eigenvalues",
+    "head_composition",
+    "head_weights",
+    "induction_probe_scores",
+    "model_pattern_scores",
+    "pattern_scores",
+    "repeated_random_tokens",
+    "weights_from_params",
+]
