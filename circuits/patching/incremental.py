@@ -82,7 +82,7 @@ class IncrementalPatcher:
                 "interp.models.build without rotary embeddings; use engine='hooks'"
             )
         self.arch = arch
-        self.params: Params = {name: t.detach() for name, t in model.state_dict().items()}
+        self.params: Params = functional.live_params(model)
         spec = spec_of(model)
         assert spec is not None  # checked by _architecture_of
         self.n_examples, self.n_pos = base_tokens.shape

@@ -259,3 +259,18 @@ def test_logit_positions_unembed_only_those_positions() -> None:
     assert some.shape == (3, 2, 20)
     torch.testing.assert_close(some, full[:, [2, 6]], rtol=0, atol=1e-6)
     assert set(some_cache) == set(full_cache)  # the cache stays complete
+
+
+def test_live_params_are_the_state_dict_without_copies_and_follow_loads() -> None:
+    model = build(ModelSpec(n_layers=1, d_model=16, n_heads=2, d_vocab=10, n_ctx=4), device="cpu")
+    live = functional.live_params(model)
+    state = model.state_dict()
+    assert list(live) == list(state)
+    for name, tensor in state.items():
+        assert torch.equal(live[name], tensor), name
+        assert live[name].data_ptr() == tensor.data_ptr(), name  # a view, not a copy
+    changed = {name: tensor + 1.0 for name, tensor in functional.params_of(model).items()}
+    functional.load_params(model, changed)
+    again = functional.live_params(model)
+    for name, tensor in changed.items():
+        assert torch.equal(again[name], tensor), name
