@@ -28,9 +28,13 @@ only the layers after the patched one, the positions from the patched one on, an
 layer and unembedding at the read position, folding `max_batch // batch` indices into each
 pass. Clean and corrupted prompts here differ at every position, the worst case for ours
 (prompts that share a prefix skip it too). Ours is timed with a few `max_batch` values first
-and the fastest is used for the printed line (named in it). max |diff| is between the two value
-tensors (`[layer, pos]` and `[layer, head]`). A final line starting with `#` gives the load
-average: timings on a small CPU are noisy when anything else runs.
+and the fastest is used for the printed line (named in it). After each such line, attribution
+patching (`circuits.attribution.attribute`: two forward passes and one backward pass) is
+set against our exact patching as the reference, with the Pearson correlation of the two
+grids in the line; its max |diff| is the first-order approximation's error, not a bug.
+Otherwise max |diff| is between the two value tensors (`[layer, pos]` and `[layer, head]`).
+A final line starting with `#` gives the load average: timings on a small CPU are noisy
+when anything else runs.
 
 `--quick` shrinks it (the 2-layer model only, batch 4, 8 positions) so CI runs it in seconds.
 TransformerLens shows a progress bar per sweep on stderr.
@@ -53,7 +57,8 @@ from transformer_lens.patching import (
     get_act_patch_resid_pre,
 )
 
-from circuits.patching import patch
+from circuits.attribution import attribute, correlation
+from circuits.patching import PatchingResult, patch
 from interp.metrics import logit_diff, mean_metric
 from interp.models import build
 from interp.tasks.base import TaskBatch
@@ -125,13 +130,24 @@ def random_batch(sizes: Sizes, seed: int) -> TaskBatch:
     )
 
 
-def ours(model: TransformerBridge, batch: TaskBatch, target: str, max_batch: int) -> Tensor:
-    """The patching grid of `target` from `circuits.patching.patch` (denoising)."""
+def exact(
+    model: TransformerBridge, batch: TaskBatch, target: str, max_batch: int
+) -> PatchingResult:
+    """`circuits.patching.patch` of `target` (denoising)."""
     with torch.inference_mode():
-        result = patch(
+        return patch(
             model, batch, target, mean_metric(logit_diff), max_batch=max_batch, progress=False
         )
-    return result.values
+
+
+def ours(model: TransformerBridge, batch: TaskBatch, target: str, max_batch: int) -> Tensor:
+    """The patching grid of `target` from `circuits.patching.patch` (denoising)."""
+    return exact(model, batch, target, max_batch).values
+
+
+def attribution(model: TransformerBridge, batch: TaskBatch, target: str) -> PatchingResult:
+    """Attribution patching of `target` (denoising): two forward passes and one backward."""
+    return attribute(model, batch, target, mean_metric(logit_diff))
 
 
 def reference(model: TransformerBridge, batch: TaskBatch, target: str) -> Tensor:
@@ -185,6 +201,17 @@ def compare_model(shape: ModelShape, sizes: Sizes, device: torch.device) -> list
                 what,
                 lambda target=target, max_batch=max_batch: ours(model, batch, target, max_batch),
                 lambda target=target: reference(model, batch, target),
+                device=device,
+                repeats=sizes.repeats,
+            )
+        )
+        r = correlation(attribution(model, batch, target), exact(model, batch, target, max_batch))
+        comparisons.append(
+            compare(
+                f"{shape.label()}, {sizes.n_examples}x{sizes.n_pos} tokens, {target} "
+                f"attribution vs our exact patching (reference), correlation {r:.2f}",
+                lambda target=target: attribution(model, batch, target).values,
+                lambda target=target, max_batch=max_batch: ours(model, batch, target, max_batch),
                 device=device,
                 repeats=sizes.repeats,
             )

@@ -29,13 +29,19 @@ def test_quick_patching_benchmark_matches_transformer_lens() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 3, done.stdout
-    matches = [LINE.match(line) for line in lines[:2]]
+    assert len(lines) == 5, done.stdout
+    matches = [LINE.match(line) for line in lines[:4]]
     assert all(matches), done.stdout
     whats = [match["what"] for match in matches]
     assert all(what.startswith("native 2L 4h d64, 4x8 tokens") for what in whats), whats
-    assert "resid_pre [layer, pos]" in whats[0] and "z [layer, head]" in whats[1], whats
-    assert all(re.search(r"ours max_batch \d+$", what) for what in whats), whats
+    assert "resid_pre [layer, pos]" in whats[0] and "z [layer, head]" in whats[2], whats
+    exact = [matches[0], matches[2]]
+    assert all(re.search(r"ours max_batch \d+$", match["what"]) for match in exact), whats
     # Ours and TransformerLens patch the same activations: the value grids must agree.
-    assert all(float(match["diff"]) < 1e-4 for match in matches), done.stdout
-    assert lines[2].startswith("# load average "), done.stdout
+    assert all(float(match["diff"]) < 1e-4 for match in exact), done.stdout
+    for match in (matches[1], matches[3]):
+        found = re.search(
+            r"attribution vs our exact patching \(reference\), correlation (\S+)$", match["what"]
+        )
+        assert found and -1.0 <= float(found[1]) <= 1.0, match["what"]
+    assert lines[4].startswith("# load average "), done.stdout
