@@ -1,0 +1,254 @@
+"""Edge patching: run a model with any set of edges of its computational graph ablated.
+
+Each destination (a head's q, k or v input, an MLP's input, the logits) receives the sum
+of its sources' outputs: the output computed in this run for the sources whose edge is in
+the circuit, and the ablated output for the others,
+
+    input_d = sum_s mask[s, d] * out_s + (1 - mask[s, d]) * ablated_s + biases,
+
+the edge-level patching of ACDC (Conmy et al. 2023) and auto-circuit (Miller et al. 2024).
+Ablations: `"resample"` (the source's output on the corrupted prompt of the same example),
+`"mean"` (its mean over the batch's clean prompts, per position), `"zero"`. The attention
+output bias `b_O` belongs to no head and is never ablated.
+
+The forward pass is `interp.functional`'s, with each head's q, k and v computed from its
+own input (so each input has its own LayerNorm), which makes the patching exact for the
+pre-LayerNorm native models it covers: with every edge in the circuit it gives the model's
+logits (to float rounding), with none it gives the ablated run's. Post-LayerNorm models
+(BERT) have no such decomposition of the residual stream; they are refused. Circuits are
+batched: C masks run as one forward pass of C copies of the batch, and the masks are
+differentiable, which edge attribution patching (`circuits.eap`) uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from circuits.graph import ComputationalGraph
+from circuits.patching.engine import PatchMetric, scalar_metric
+from interp import functional
+from interp.functional import Architecture
+from interp.models import spec_of
+from interp.tasks.base import TaskBatch
+
+Ablation = Literal["resample", "mean", "zero"]
+ABLATIONS: tuple[Ablation, ...] = ("resample", "mean", "zero")
+
+
+def _architecture(model: TransformerBridge) -> Architecture:
+    spec = spec_of(model)
+    if spec is None:
+        raise ValueError(
+            "edge patching covers native models built by interp.models.build (pre-LayerNorm, "
+            "where the residual stream is a sum of source outputs); this model is not one"
+        )
+    arch = functional.architecture(spec)
+    if arch.rotary:
+        raise ValueError("edge patching does not cover rotary embeddings yet")
+    return arch
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Rows of the dense `[destination, source]` mask read by each group of destinations."""
+
+    heads: list[Tensor]  # per layer: the 3H rows (head-major, then q, k, v)
+    mlps: list[int]  # per layer: the MLP's row (empty for attention-only models)
+    logits: int
+
+
+class EdgePatcher:
+    """Edge-ablated forward passes of one native model.
+
+    Args:
+        model: A native model from `interp.models.build` (not rotary).
+        graph: Its `ComputationalGraph` (default: `ComputationalGraph.from_model(model)`).
+    """
+
+    def __init__(self, model: TransformerBridge, graph: ComputationalGraph | None = None):
+        self.arch = _architecture(model)
+        self.graph = graph or ComputationalGraph.from_model(model)
+        expected = ComputationalGraph.from_model(model)
+        if self.graph != expected:
+            raise ValueError(f"graph {self.graph} does not fit the model ({expected})")
+        self.params = functional.live_params(model)
+        self.device = self.params["embed.weight"].device
+        sources = {node: i for i, node in enumerate(self.graph.sources)}
+        destinations = {node: i for i, node in enumerate(self.graph.destinations)}
+        self._edge_destination = torch.tensor(
+            [destinations[e.destination] for e in self.graph.edges], device=self.device
+        )
+        self._edge_source = torch.tensor(
+            [sources[e.source] for e in self.graph.edges], device=self.device
+        )
+        heads, mlps = [], []
+        for layer in range(self.arch.n_layers):
+            rows = [
+                i for node, i in destinations.items() if node.kind == "head" and node.layer == layer
+            ]
+            heads.append(torch.tensor(rows, device=self.device))
+            mlps += [
+                i for node, i in destinations.items() if node.kind == "mlp" and node.layer == layer
+            ]
+        self._groups = _Groups(heads, mlps, len(self.graph.destinations) - 1)
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.graph.edges)
+
+    # -- masks -----------------------------------------------------------------------
+
+    def dense(self, masks: Float[Tensor, "circuit edge"]) -> Float[Tensor, "circuit dest source"]:
+        """Edge masks as dense `[circuit, destination, source]` weights (1 = in the circuit)."""
+        if masks.ndim != 2 or masks.shape[1] != self.n_edges:
+            raise ValueError(
+                f"masks must be [n_circuits, {self.n_edges}] (one value per edge), got "
+                f"{tuple(masks.shape)}"
+            )
+        n_dest, n_src = len(self.graph.destinations), len(self.graph.sources)
+        dense = masks.new_zeros(
+            (masks.shape[0], n_dest, n_src), dtype=self.params["embed.weight"].dtype
+        )
+        dense[:, self._edge_destination, self._edge_source] = masks.to(dense.dtype)
+        return dense
+
+    # -- runs ------------------------------------------------------------------------
+
+    def source_outputs(self, tokens: Tensor) -> Float[Tensor, "batch pos source d_model"]:
+        """Every source's output on `tokens` in the unablated model."""
+        full = torch.ones((1, self.n_edges), device=self.device)
+        outputs: list[Tensor] = []
+        self.run(tokens, self.dense(full), None, record=outputs)
+        return torch.stack(outputs, dim=3)[0]
+
+    def ablated_outputs(
+        self, clean: Tensor, corrupted: Tensor | None, ablation: Ablation
+    ) -> Float[Tensor, "batch pos source d_model"]:
+        """What an ablated edge carries, per source: see the module docstring."""
+        if ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+        if ablation == "resample":
+            if corrupted is None:
+                raise ValueError("resample ablation needs corrupted tokens")
+            return self.source_outputs(corrupted)
+        clean_outputs = self.source_outputs(clean)
+        if ablation == "zero":
+            return torch.zeros_like(clean_outputs)
+        return clean_outputs.mean(dim=0, keepdim=True).expand_as(clean_outputs)
+
+    def run(
+        self,
+        tokens: Tensor,
+        dense: Float[Tensor, "circuit dest source"],
+        ablated: Float[Tensor, "batch pos source d_model"] | None,
+        *,
+        record: list[Tensor] | None = None,
+        inputs: list[Tensor] | None = None,
+        embed_override: Tensor | None = None,
+    ) -> Float[Tensor, "circuit batch pos vocab"]:
+        """Logits of each circuit (C copies of the batch).
+
+        Args:
+            tokens: `[batch, pos]`.
+            dense: From `dense(masks)`.
+            ablated: From `ablated_outputs` (None: every mask must be all ones).
+            record: Filled with each source's output `[circuit, batch, pos, d_model]`.
+            inputs: Filled with each destination group's input, `[circuit, batch, pos, n,
+                d_model]` (heads of a layer: n = 3H; an MLP or the logits: n = 1), as the
+                tensors the rest of the pass reads (gradients can be taken w.r.t. them).
+            embed_override: The embedding source's output to use instead of the tokens'.
+        """
+        arch, params = self.arch, self.params
+        n_circuits = dense.shape[0]
+        batch, n_pos = tokens.shape
+        outputs: list[Tensor] = [] if record is None else record
+        embed = embed_override if embed_override is not None else self._embed(tokens)
+        outputs.append(embed.expand(n_circuits, batch, n_pos, arch.d_model))
+        bias = torch.zeros(arch.d_model, device=self.device, dtype=embed.dtype)
+        positions = torch.arange(n_pos, device=self.device)
+
+        def gather(rows: Tensor | list[int]) -> Tensor:
+            """Inputs of destinations `rows` from every source so far: [C, B, P, n, d]."""
+            n_sources = len(outputs)
+            stacked = torch.stack(outputs, dim=3)
+            weights = dense[:, rows, :n_sources]
+            mixed = torch.einsum("cbpsd,cns->cbpnd", stacked, weights)
+            if ablated is not None:
+                mixed = mixed + torch.einsum(
+                    "bpsd,cns->cbpnd", ablated[:, :, :n_sources], 1.0 - weights
+                )
+            mixed = mixed + bias
+            if inputs is not None:
+                inputs.append(mixed)
+            return mixed
+
+        for layer in range(arch.n_layers):
+            block = f"blocks.{layer}"
+            x = gather(self._groups.heads[layer]).unflatten(3, (arch.n_heads, 3))
+            normed = self._norm(f"{block}.ln1", x).flatten(0, 1)  # [CB, P, H, 3, d]
+            q, k, v = (
+                self._project(block, part, normed[:, :, :, i]) for i, part in enumerate("qkv")
+            )
+            z, _ = functional.mix_heads(q, k, v, positions, arch)
+            per_head = torch.einsum("bphe,hde->bphd", z, self._w_out(block))
+            per_head = per_head.unflatten(0, (n_circuits, batch))
+            outputs += [per_head[:, :, :, head] for head in range(arch.n_heads)]
+            bias = bias + params[f"{block}.attn.o.bias"]
+            if arch.d_mlp is not None:
+                x = gather([self._groups.mlps[layer]])[:, :, :, 0]
+                normed = self._norm(f"{block}.ln2", x)
+                outputs.append(functional.mlp(params, f"{block}.mlp", normed, arch))
+        final = gather([self._groups.logits])[:, :, :, 0]
+        return functional.unembed(params, final, arch)
+
+    def evaluate(
+        self,
+        batch: TaskBatch,
+        masks: Tensor,
+        metric: PatchMetric,
+        *,
+        ablation: Ablation = "resample",
+        max_circuits: int = 16,
+    ) -> Float[Tensor, " circuit"]:
+        """The metric of each circuit (row of `masks`, `[n_circuits, n_edges]`, 1 = kept) on
+        the clean prompts of `batch`, `max_circuits` per forward pass."""
+        if isinstance(max_circuits, bool) or not isinstance(max_circuits, int) or max_circuits < 1:
+            raise ValueError(f"max_circuits must be a positive int, got {max_circuits!r}")
+        batch = batch.to(self.device)
+        masks = torch.as_tensor(masks, device=self.device)
+        values = []
+        with torch.inference_mode():
+            ablated = self.ablated_outputs(batch.clean, batch.corrupted, ablation)
+            for start in range(0, masks.shape[0], max_circuits):
+                dense = self.dense(masks[start : start + max_circuits])
+                logits = self.run(batch.clean, dense, ablated)
+                values += [scalar_metric(metric, copy, batch).float() for copy in logits]
+        return torch.stack(values).cpu()
+
+    # -- pieces ----------------------------------------------------------------------
+
+    def _embed(self, tokens: Tensor) -> Tensor:
+        embed = torch.nn.functional.embedding(tokens, self.params["embed.weight"])
+        return embed + self.params["pos_embed.weight"][: tokens.shape[1]]
+
+    def _norm(self, prefix: str, x: Tensor) -> Tensor:
+        return functional.normalize(self.params, prefix, x, self.arch.normalization, self.arch.eps)
+
+    def _project(self, block: str, part: str, x: Tensor) -> Tensor:
+        """Each head's `part` (q, k or v) from its own input `[b, p, head, d_model]`."""
+        arch = self.arch
+        weight = self.params[f"{block}.attn.{part}.weight"].view(arch.n_heads, arch.d_head, -1)
+        bias = self.params[f"{block}.attn.{part}.bias"].view(arch.n_heads, arch.d_head)
+        return torch.einsum("bphd,hed->bphe", x, weight) + bias
+
+    def _w_out(self, block: str) -> Tensor:
+        """`W_O` per head, `[head, d_model, d_head]`."""
+        arch = self.arch
+        weight = self.params[f"{block}.attn.o.weight"]  # [d_model, H * d_head]
+        return weight.view(arch.d_model, arch.n_heads, arch.d_head).transpose(0, 1)

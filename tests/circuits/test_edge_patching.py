@@ -1,0 +1,127 @@
+"""Tests for circuits.edge_patching: known answers of edge-ablated forward passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuits.edge_patching import EdgePatcher
+from circuits.patching import patch
+from circuits.path_patching import path_patch
+from interp import functional, models
+from interp.metrics import logit_diff, mean_metric
+from interp.tasks.base import TaskBatch
+
+METRIC = mean_metric(logit_diff)
+
+
+@pytest.fixture(scope="module")
+def attn_only() -> models.TransformerBridge:
+    spec = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=20, n_ctx=8, attn_only=True, seed=1)
+    return models.build(spec, device="cpu")
+
+
+def keep_all_but(patcher: EdgePatcher, removed: set[str]) -> torch.Tensor:
+    mask = torch.ones(1, patcher.n_edges)
+    for name in removed:
+        mask[0, patcher.graph.edge_index[name]] = 0.0
+    return mask
+
+
+def reference_logits(model, tokens) -> torch.Tensor:
+    return functional.forward(functional.params_of(model), tokens, models.spec_of(model))
+
+
+@pytest.mark.parametrize("which", ["model", "attn_only"])
+def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_run(
+    request, batch, which
+) -> None:
+    model = request.getfixturevalue(which)
+    patcher = EdgePatcher(model)
+    ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, "resample")
+    masks = torch.stack([torch.ones(patcher.n_edges), torch.zeros(patcher.n_edges)])
+    with torch.no_grad():
+        logits = patcher.run(batch.clean, patcher.dense(masks), ablated)
+        torch.testing.assert_close(
+            logits[0], reference_logits(model, batch.clean), atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(
+            logits[1], reference_logits(model, batch.corrupted), atol=1e-5, rtol=0
+        )
+
+
+def test_cutting_every_edge_out_of_a_head_is_activation_patching_its_output(model, batch) -> None:
+    patcher = EdgePatcher(model)
+    noised = patch(model, batch, "z", METRIC, direction="noise", progress=False).values
+    for layer, head in [(0, 1), (1, 3)]:
+        source = f"L{layer}H{head}"
+        removed = {e.name for e in patcher.graph.edges if e.source.name == source}
+        value = patcher.evaluate(batch, keep_all_but(patcher, removed), METRIC)[0]
+        assert value.item() == pytest.approx(noised[layer, head].item(), abs=1e-5)
+    embed_cut = {e.name for e in patcher.graph.edges if e.source.name == "embed"}
+    corrupted = METRIC(reference_logits(model, batch.corrupted), batch)
+    value = patcher.evaluate(batch, keep_all_but(patcher, embed_cut), METRIC)[0]
+    assert value.item() == pytest.approx(corrupted.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("receiver", ["L1H2.v", "L1H0.k", "L1H3.q", "logits"])
+def test_one_edge_in_an_attention_only_model_is_path_patching(attn_only, batch, receiver) -> None:
+    """Without MLPs, path patching sender -> receiver (other heads frozen clean) is exactly
+    the one edge carrying the sender's corrupted output."""
+    patcher = EdgePatcher(attn_only)
+    value = patcher.evaluate(batch, keep_all_but(patcher, {f"L0H1->{receiver}"}), METRIC)[0]
+    expected = path_patch(attn_only, batch, ["L0H1"], [receiver], METRIC, direction="noise")
+    assert value.item() == pytest.approx(expected.value, abs=1e-5)
+    assert abs(expected.value - expected.metric_clean) > 1e-4  # the edge matters
+
+
+def test_empty_zero_ablated_circuit_reads_only_the_biases(model, batch) -> None:
+    patcher = EdgePatcher(model)
+    ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, "zero")
+    with torch.no_grad():
+        logits = patcher.run(batch.clean, patcher.dense(torch.zeros(1, patcher.n_edges)), ablated)
+    params = functional.params_of(model)
+    arch = patcher.arch
+    biases = sum(params[f"blocks.{layer}.attn.o.bias"] for layer in range(arch.n_layers))
+    expected = functional.unembed(params, biases.expand(1, 1, -1), arch)[0, 0]
+    torch.testing.assert_close(logits[0], expected.expand_as(logits[0]), atol=1e-5, rtol=0)
+
+
+def test_mean_ablation_of_a_head_uses_its_batch_mean(model, batch) -> None:
+    patcher = EdgePatcher(model)
+    clean = patcher.source_outputs(batch.clean)
+    mean = patcher.ablated_outputs(batch.clean, None, "mean")
+    torch.testing.assert_close(mean[1], clean.mean(dim=0))
+    full = patcher.evaluate(batch, torch.ones(1, patcher.n_edges), METRIC, ablation="mean")
+    assert full.item() == pytest.approx(
+        METRIC(reference_logits(model, batch.clean), batch).item(), abs=1e-5
+    )
+
+
+def test_batched_circuits_equal_one_at_a_time(model, batch) -> None:
+    patcher = EdgePatcher(model)
+    masks = (
+        torch.rand(5, patcher.n_edges, generator=torch.Generator().manual_seed(0)) > 0.3
+    ).float()
+    together = patcher.evaluate(batch, masks, METRIC, max_circuits=5)
+    apart = patcher.evaluate(batch, masks, METRIC, max_circuits=1)
+    torch.testing.assert_close(together, apart, atol=1e-5, rtol=0)
+    assert together.std() > 1e-3
+
+
+def test_bad_inputs_raise_one_line(minilm, model, batch) -> None:
+    with pytest.raises(ValueError, match="edge patching covers native models"):
+        EdgePatcher(minilm)
+    patcher = EdgePatcher(model)
+    with pytest.raises(ValueError, match=r"masks must be \[n_circuits, \d+\]"):
+        patcher.dense(torch.ones(3))
+    with pytest.raises(ValueError, match="ablation must be one of"):
+        patcher.ablated_outputs(batch.clean, batch.corrupted, "noise")
+    with pytest.raises(ValueError, match="resample ablation needs corrupted tokens"):
+        patcher.ablated_outputs(batch.clean, None, "resample")
+
+
+def test_batch_is_untouched(model, batch: TaskBatch) -> None:
+    before = batch.clean.clone()
+    EdgePatcher(model).evaluate(batch, torch.zeros(2, EdgePatcher(model).n_edges), METRIC)
+    assert torch.equal(batch.clean, before)
