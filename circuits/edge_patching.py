@@ -16,8 +16,8 @@ own input (so each input has its own LayerNorm), which makes the patching exact 
 pre-LayerNorm native models it covers: with every edge in the circuit it gives the model's
 logits (to float rounding), with none it gives the ablated run's. Post-LayerNorm models
 (BERT) have no such decomposition of the residual stream; they are refused. Circuits are
-batched: C masks run as one forward pass of C copies of the batch, and the masks are
-differentiable, which edge attribution patching (`circuits.eap`) uses.
+batched: C masks run as one forward pass of C copies of the batch. Edge attribution
+patching (`circuits.eap`) takes gradients at the destination inputs of a run.
 """
 
 from __future__ import annotations
@@ -81,10 +81,10 @@ class EdgePatcher:
         self.device = self.params["embed.weight"].device
         sources = {node: i for i, node in enumerate(self.graph.sources)}
         destinations = {node: i for i, node in enumerate(self.graph.destinations)}
-        self._edge_destination = torch.tensor(
+        self.edge_destinations = torch.tensor(
             [destinations[e.destination] for e in self.graph.edges], device=self.device
         )
-        self._edge_source = torch.tensor(
+        self.edge_sources = torch.tensor(
             [sources[e.source] for e in self.graph.edges], device=self.device
         )
         heads, mlps = [], []
@@ -115,7 +115,7 @@ class EdgePatcher:
         dense = masks.new_zeros(
             (masks.shape[0], n_dest, n_src), dtype=self.params["embed.weight"].dtype
         )
-        dense[:, self._edge_destination, self._edge_source] = masks.to(dense.dtype)
+        dense[:, self.edge_destinations, self.edge_sources] = masks.to(dense.dtype)
         return dense
 
     # -- runs ------------------------------------------------------------------------
@@ -149,7 +149,7 @@ class EdgePatcher:
         ablated: Float[Tensor, "batch pos source d_model"] | None,
         *,
         record: list[Tensor] | None = None,
-        inputs: list[Tensor] | None = None,
+        inputs: list[tuple[Tensor | list[int], int, Tensor]] | None = None,
         embed_override: Tensor | None = None,
     ) -> Float[Tensor, "circuit batch pos vocab"]:
         """Logits of each circuit (C copies of the batch).
@@ -159,9 +159,11 @@ class EdgePatcher:
             dense: From `dense(masks)`.
             ablated: From `ablated_outputs` (None: every mask must be all ones).
             record: Filled with each source's output `[circuit, batch, pos, d_model]`.
-            inputs: Filled with each destination group's input, `[circuit, batch, pos, n,
-                d_model]` (heads of a layer: n = 3H; an MLP or the logits: n = 1), as the
-                tensors the rest of the pass reads (gradients can be taken w.r.t. them).
+            inputs: Filled with `(rows, n_sources, input)` per destination group: the
+                group's rows of `dense`, how many sources it reads (the first ones), and
+                its input `[circuit, batch, pos, n, d_model]` (heads of a layer: n = 3H;
+                an MLP or the logits: n = 1), the tensor the rest of the pass reads, so
+                gradients can be taken with respect to it.
             embed_override: The embedding source's output to use instead of the tokens'.
         """
         arch, params = self.arch, self.params
@@ -185,7 +187,7 @@ class EdgePatcher:
                 )
             mixed = mixed + bias
             if inputs is not None:
-                inputs.append(mixed)
+                inputs.append((rows, n_sources, mixed))
             return mixed
 
         for layer in range(arch.n_layers):
