@@ -1,0 +1,216 @@
+"""How good is a circuit: faithfulness, KL from the full model, and ROC against the truth.
+
+- Faithfulness of a circuit C (Wang et al. 2022; Hanna et al. 2024):
+  `(m(C) - m(empty)) / (m(full) - m(empty))`, 1 when the circuit alone does what the model
+  does, 0 when it does no better than the model with every edge ablated.
+- KL divergence of the circuit's next-token distribution from the full model's, at
+  `batch.position` (the faithfulness loss of ACDC, Conmy et al. 2023).
+- Faithfulness against circuit size: the circuits made of the top-k edges of a score.
+- ROC against a ground-truth circuit: true and false positive rates over every threshold
+  of a score (or over a set of discovered circuits, e.g. ACDC at several thresholds), AUC
+  by the trapezoid rule and by ACDC's pessimistic staircase (each step goes right, then up,
+  so the area never credits what lies between two measured points), at edge level and at
+  node level (q, k and v folded into their head; a node is in a circuit when any edge of
+  it is, and its score is the largest |score| of its edges).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuits.edge_patching import Ablation, EdgePatcher
+from circuits.graph import ComputationalGraph
+from circuits.patching.engine import PatchMetric
+from interp.metrics import kl_divergence
+from interp.tasks.base import TaskBatch
+
+
+def masks_of(graph: ComputationalGraph, circuits: Sequence[Iterable[str]]) -> Tensor:
+    """`[n_circuits, n_edges]` masks (1 = kept) of circuits given as edge names."""
+    masks = torch.zeros(len(circuits), len(graph))
+    for row, edges in enumerate(circuits):
+        for name in edges:
+            graph.edge(name)  # a one-line ValueError for a name the graph lacks
+            masks[row, graph.edge_index[name]] = 1.0
+    return masks
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """Metric of circuits next to the full model and the fully ablated one.
+
+    Attributes:
+        values: Metric of each circuit, `[n_circuits]`.
+        full: Metric with every edge kept.
+        empty: Metric with every edge ablated.
+    """
+
+    values: Float[Tensor, " circuit"]
+    full: float
+    empty: float
+
+    @property
+    def faithfulness(self) -> Float[Tensor, " circuit"]:
+        """`(m(C) - m(empty)) / (m(full) - m(empty))` per circuit."""
+        gap = self.full - self.empty
+        if gap == 0:
+            raise ValueError("faithfulness is undefined: the full and empty circuits score alike")
+        return (self.values - self.empty) / gap
+
+
+def faithfulness(
+    patcher: EdgePatcher,
+    batch: TaskBatch,
+    masks: Tensor,
+    metric: PatchMetric,
+    *,
+    ablation: Ablation = "resample",
+    max_circuits: int = 16,
+) -> Faithfulness:
+    """The metric of each circuit in `masks` with the full and empty circuits for scale."""
+    ends = torch.stack([torch.ones(patcher.n_edges), torch.zeros(patcher.n_edges)])
+    values = patcher.evaluate(
+        batch,
+        torch.cat([ends, masks.float().cpu()]),
+        metric,
+        ablation=ablation,
+        max_circuits=max_circuits,
+    )
+    return Faithfulness(values=values[2:], full=float(values[0]), empty=float(values[1]))
+
+
+def circuit_kl(
+    patcher: EdgePatcher, batch: TaskBatch, masks: Tensor, *, ablation: Ablation = "resample"
+) -> Float[Tensor, " circuit"]:
+    """Mean KL(full model || circuit) of next-token distributions at `batch.position`."""
+    batch = batch.to(patcher.device)
+    with torch.inference_mode():
+        ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, ablation)
+        full = patcher.run(batch.clean, patcher.dense(torch.ones(1, patcher.n_edges)), None)[0]
+        logits = patcher.run(batch.clean, patcher.dense(masks.float()), ablated)
+        return torch.stack(
+            [kl_divergence(copy, full, batch.position).mean() for copy in logits]
+        ).cpu()
+
+
+def top_k_masks(scores: Tensor, sizes: Sequence[int]) -> Tensor:
+    """`[len(sizes), n_edges]`: for each k, the k edges of largest |score| kept."""
+    order = scores.abs().argsort(descending=True)
+    masks = torch.zeros(len(sizes), scores.numel())
+    for row, k in enumerate(sizes):
+        if not 0 <= k <= scores.numel():
+            raise ValueError(f"circuit size {k} outside 0..{scores.numel()}")
+        masks[row, order[:k]] = 1.0
+    return masks
+
+
+@dataclass(frozen=True)
+class ROC:
+    """Points of a ROC curve, sorted by false positive rate, from (0, 0) to (1, 1).
+
+    Attributes:
+        fpr: False positive rates.
+        tpr: True positive rates.
+    """
+
+    fpr: Float[Tensor, " point"]
+    tpr: Float[Tensor, " point"]
+
+    @property
+    def auc(self) -> float:
+        """Area under the curve by the trapezoid rule."""
+        return float(torch.trapezoid(self.tpr, self.fpr))
+
+    @property
+    def pessimistic_auc(self) -> float:
+        """Area under ACDC's pessimistic staircase: right at the lower TPR, then up."""
+        return float(((self.fpr[1:] - self.fpr[:-1]) * self.tpr[:-1]).sum())
+
+
+def _roc_from_points(points: list[tuple[float, float]]) -> ROC:
+    points = sorted({(0.0, 0.0), (1.0, 1.0), *points})
+    # keep, for each FPR, the best TPR (a monotone curve through measured points)
+    fpr = torch.tensor([p[0] for p in points], dtype=torch.float64)
+    tpr = torch.tensor([p[1] for p in points], dtype=torch.float64)
+    tpr = torch.cummax(tpr, dim=0).values
+    return ROC(fpr=fpr, tpr=tpr)
+
+
+def _rates(predicted: Tensor, truth: Tensor) -> tuple[float, float]:
+    positives, negatives = int(truth.sum()), int((~truth).sum())
+    if positives == 0 or negatives == 0:
+        raise ValueError("ROC needs a ground truth with both members and non-members")
+    tp = int((predicted & truth).sum())
+    fp = int((predicted & ~truth).sum())
+    return fp / negatives, tp / positives
+
+
+def roc_of_scores(scores: Tensor, truth: Tensor) -> ROC:
+    """ROC of `|scores|` as a detector of `truth` (bool, same shape), over every threshold."""
+    if scores.shape != truth.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and truth {tuple(truth.shape)} differ")
+    magnitude = scores.abs().double()
+    thresholds = torch.unique(magnitude).flip(0)
+    points = [_rates(magnitude >= t, truth.bool()) for t in thresholds]
+    return _roc_from_points(points)
+
+
+def roc_of_circuits(masks: Tensor, truth: Tensor) -> ROC:
+    """ROC through discovered circuits (rows of `masks`, e.g. ACDC at several thresholds)."""
+    return _roc_from_points([_rates(row.bool(), truth.bool()) for row in masks])
+
+
+def node_view(
+    graph: ComputationalGraph, edge_values: Tensor, reduce: str = "max"
+) -> tuple[list[str], Tensor]:
+    """Per component (q/k/v folded into heads; a source and a destination of the same
+    component merged): the largest |value| of the edges touching it (`reduce="max"`), or
+    whether any is nonzero (`"any"`, for masks). Returns component names and values."""
+    if reduce not in ("max", "any"):
+        raise ValueError(f"reduce must be 'max' or 'any', got {reduce!r}")
+    names = sorted(
+        {n for edge in graph.edges for n in (edge.source.component, edge.destination.component)}
+    )
+    index = {name: i for i, name in enumerate(names)}
+    ends = torch.tensor(
+        [
+            [index[edge.source.component] for edge in graph.edges],
+            [index[edge.destination.component] for edge in graph.edges],
+        ]
+    )
+    magnitude = edge_values.detach().abs().double().cpu()
+    values = torch.zeros(len(names), dtype=torch.float64)
+    for side in ends:
+        values = values.scatter_reduce(0, side, magnitude, reduce="amax")
+    return names, (values > 0 if reduce == "any" else values)
+
+
+def roc(
+    graph: ComputationalGraph,
+    truth_edges: Iterable[str],
+    scores: Tensor | None = None,
+    circuits: Tensor | None = None,
+    level: str = "edge",
+) -> ROC:
+    """ROC of edge `scores` (or of discovered `circuits`) against `truth_edges`, at edge or
+    node level."""
+    if (scores is None) == (circuits is None):
+        raise ValueError("give exactly one of scores (per edge) or circuits (masks)")
+    truth = masks_of(graph, [list(truth_edges)])[0].bool()
+    if level == "edge":
+        if scores is not None:
+            return roc_of_scores(scores, truth)
+        return roc_of_circuits(circuits, truth)
+    if level != "node":
+        raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+    _, node_truth = node_view(graph, truth.float(), reduce="any")
+    if scores is not None:
+        _, node_scores = node_view(graph, scores)
+        return roc_of_scores(node_scores, node_truth)
+    rows = [node_view(graph, row.float(), reduce="any")[1] for row in circuits]
+    return roc_of_circuits(torch.stack(rows), node_truth)

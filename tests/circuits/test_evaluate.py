@@ -1,0 +1,77 @@
+"""Tests for circuits.evaluate: faithfulness, KL and ROC on cases with known answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuits.edge_patching import EdgePatcher
+from circuits.evaluate import (
+    ROC,
+    circuit_kl,
+    faithfulness,
+    masks_of,
+    node_view,
+    roc,
+    roc_of_circuits,
+    roc_of_scores,
+    top_k_masks,
+)
+from circuits.graph import ComputationalGraph
+from interp.metrics import logit_diff, mean_metric
+
+METRIC = mean_metric(logit_diff)
+
+
+def test_roc_of_perfect_inverted_and_tied_scores() -> None:
+    truth = torch.tensor([True, True, False, False, False])
+    perfect = roc_of_scores(torch.tensor([0.9, 0.8, 0.1, 0.2, 0.0]), truth)
+    assert perfect.auc == pytest.approx(1.0) and perfect.pessimistic_auc == pytest.approx(1.0)
+    inverted = roc_of_scores(torch.tensor([0.0, 0.1, 0.9, 0.8, 0.7]), truth)
+    assert inverted.auc == pytest.approx(0.0) and inverted.pessimistic_auc == pytest.approx(0.0)
+    tied = roc_of_scores(torch.ones(5), truth)  # one threshold: everything or nothing
+    assert tied.auc == pytest.approx(0.5) and tied.pessimistic_auc == pytest.approx(0.0)
+
+
+def test_trapezoid_and_pessimistic_staircase_by_hand() -> None:
+    # points (0, 0), (0.5, 0.5), (1, 1): trapezoid 0.5; staircase right-then-up 0.25
+    truth = torch.tensor([True, True, False, False])
+    circuits = torch.tensor([[1, 0, 1, 0]], dtype=torch.bool)  # TPR 0.5 at FPR 0.5
+    curve = roc_of_circuits(circuits, truth)
+    assert torch.equal(curve.fpr, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+    assert curve.auc == pytest.approx(0.5) and curve.pessimistic_auc == pytest.approx(0.25)
+    assert ROC(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0])).pessimistic_auc == 1.0
+
+
+def test_node_level_folds_head_inputs_and_merges_sources() -> None:
+    graph = ComputationalGraph(n_layers=2, n_heads=2, has_mlp=False)
+    truth = ["embed->L0H0.v", "L0H0->L1H1.k", "L1H1->logits"]
+    names, member = node_view(graph, masks_of(graph, [truth])[0], reduce="any")
+    assert {n for n, m in zip(names, member.tolist(), strict=True) if m} == {
+        "embed",
+        "L0H0",
+        "L1H1",
+        "logits",
+    }
+    scores = torch.zeros(len(graph))
+    for name in truth:
+        scores[graph.edge_index[name]] = 1.0
+    assert roc(graph, truth, scores=scores, level="node").auc == pytest.approx(1.0)
+    assert roc(graph, truth, scores=scores).pessimistic_auc == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="exactly one of scores"):
+        roc(graph, truth)
+    with pytest.raises(ValueError, match="no edge 'L1H1->L0H0.q'"):
+        masks_of(graph, [["L1H1->L0H0.q"]])
+
+
+def test_faithfulness_kl_and_top_k(model, batch) -> None:
+    patcher = EdgePatcher(model)
+    ones, zeros = torch.ones(1, patcher.n_edges), torch.zeros(1, patcher.n_edges)
+    result = faithfulness(patcher, batch, torch.cat([ones, zeros]), METRIC)
+    torch.testing.assert_close(result.faithfulness, torch.tensor([1.0, 0.0]), atol=1e-5, rtol=0)
+    kl = circuit_kl(patcher, batch, torch.cat([ones, zeros]))
+    assert kl[0].item() == pytest.approx(0.0, abs=1e-6) and kl[1] > 1e-3
+    masks = top_k_masks(torch.tensor([0.1, -3.0, 2.0, 0.0]), [0, 1, 2, 4])
+    assert masks.tolist() == [[0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1]]
+    with pytest.raises(ValueError, match="circuit size 5 outside 0..4"):
+        top_k_masks(torch.zeros(4), [5])
