@@ -81,6 +81,7 @@ class Architecture:
     rotary_base: float
     eps: float
     attn_scale: float
+    causal: bool = True
 
 
 def architecture(spec: ModelSpec | Mapping[str, Any]) -> Architecture:
@@ -101,7 +102,6 @@ def architecture(spec: ModelSpec | Mapping[str, Any]) -> Architecture:
         "n_key_value_heads (GQA)": cfg.n_key_value_heads not in (None, cfg.n_heads),
         "attn_scores_soft_cap": cfg.attn_scores_soft_cap > 0,
         "output_logits_soft_cap": cfg.output_logits_soft_cap > 0,
-        "non-causal attention": cfg.attention_dir != "causal",
         "rope_scaling": bool(getattr(cfg, "rope_scaling", None)),
     }
     named = [name for name, present in unsupported.items() if present]
@@ -126,6 +126,7 @@ def architecture(spec: ModelSpec | Mapping[str, Any]) -> Architecture:
         rotary_base=float(cfg.rotary_base),
         eps=float(cfg.eps),
         attn_scale=float(cfg.attn_scale) if use_scale else math.sqrt(d_head),
+        causal=spec.attention == "causal",
     )
 
 
@@ -473,8 +474,8 @@ def mix_heads(
     rope: tuple[Tensor, Tensor] | None = None,
     pattern: Float[Tensor, "batch head query key"] | None = None,
 ) -> tuple[Float[Tensor, "batch query head d_head"], Float[Tensor, "batch head query key"]]:
-    """Causal attention of queries at `query_positions` over keys 0..key-1: returns each
-    head's output `z` and the pattern. With `pattern` given, q and k are not read (pass
+    """Attention of queries at `query_positions` over keys 0..key-1 (causal unless the
+    model is bidirectional): returns each head's output `z` and the pattern. With `pattern` given, q and k are not read (pass
     None) and `z = pattern @ v`. `rope`: the cos/sin tables of every key position."""
     values = v.transpose(1, 2)
     if pattern is None:
@@ -485,11 +486,14 @@ def mix_heads(
             query_rope = (rope[0][query_positions], rope[1][query_positions])
             queries = _apply_rotary(queries, query_rope, arch.rotary_dim)
             keys = _apply_rotary(keys, rope, arch.rotary_dim)
-        key_positions = torch.arange(keys.shape[2], device=keys.device)
-        mask = key_positions[None, :] > query_positions[:, None]
         scores = torch.matmul(queries, keys.transpose(-2, -1)) / arch.attn_scale
-        pattern = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
-        pattern = pattern.masked_fill(mask, 0.0)
+        if arch.causal:
+            key_positions = torch.arange(keys.shape[2], device=keys.device)
+            mask = key_positions[None, :] > query_positions[:, None]
+            pattern = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+            pattern = pattern.masked_fill(mask, 0.0)
+        else:
+            pattern = F.softmax(scores, dim=-1)
     return torch.matmul(pattern, values).transpose(1, 2), pattern
 
 

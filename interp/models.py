@@ -54,6 +54,9 @@ class ModelSpec(BaseModel):
         normalization: LayerNorm kind before each sublayer and the unembedding, or None.
         attn_only: Blocks without MLPs.
         positional_embedding: Learned absolute ("standard") or "rotary".
+        attention: "causal" (each position attends to itself and earlier ones) or
+            "bidirectional" (every position to every position, as in BERT or tracr's
+            compiled programs).
         seed: Seed of the weight initialisation.
     """
 
@@ -71,6 +74,7 @@ class ModelSpec(BaseModel):
     normalization: NormalizationName | None = "LN"
     attn_only: bool = False
     positional_embedding: Literal["standard", "rotary"] = "standard"
+    attention: Literal["causal", "bidirectional"] = "causal"
     seed: int = 0
 
     @model_validator(mode="after")
@@ -106,6 +110,7 @@ class ModelSpec(BaseModel):
             normalization_type=self.normalization,
             attn_only=self.attn_only,
             positional_embedding_type=self.positional_embedding,
+            attention_dir=self.attention,
             seed=self.seed,
             default_prepend_bos=False,
         )

@@ -193,8 +193,8 @@ def _resolve_engine(engine: str, model: TransformerBridge) -> Engine:
         return "incremental" if incremental.supports(model) else "hooks"
     if engine == "incremental" and not incremental.supports(model):
         raise ValueError(
-            "engine='incremental' needs a native model built by interp.models.build without "
-            "rotary embeddings; use engine='hooks' or 'auto'"
+            "engine='incremental' needs a causal native model built by interp.models.build "
+            "without rotary embeddings; use engine='hooks' or 'auto'"
         )
     if engine not in ("incremental", "hooks"):
         raise ValueError(f"engine must be 'auto', 'incremental' or 'hooks', got {engine!r}")
@@ -231,7 +231,7 @@ def patch(
         tokenizer: Labels positions with token strings of the first clean prompt.
         progress: Show a progress bar over forward passes.
         engine: `"incremental"` reruns only the layers and positions a patch can change
-            and computes the logits at `batch.position` only (native models of
+            and computes the logits at `batch.position` only (causal native models of
             `interp.models.build` without rotary embeddings; the metric must read the
             logits at `batch.position`, as every metric of `interp.metrics` does);
             `"hooks"` runs the whole bridge with hooks (any model, any metric, and the

@@ -14,9 +14,9 @@ engine reruns:
 - the last layer and the unembedding at the read positions only.
 
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
-those of the hook engine (and of TransformerLens) to float rounding. It covers the native
-models of `interp.models.build` without rotary embeddings (`supports(model)`); other models
-go through the hook engine. Hooks a user attached to the bridge are not run here.
+those of the hook engine (and of TransformerLens) to float rounding. It covers the causal
+native models of `interp.models.build` without rotary embeddings (`supports(model)`);
+other models go through the hook engine. Hooks a user attached to the bridge are not run here.
 
 The metric sees full `[batch, pos, vocab]` logits holding the patched logits at the read
 positions and NaN everywhere else, so that a metric reading other positions gives NaN,
@@ -53,7 +53,7 @@ def _architecture_of(model: TransformerBridge) -> Architecture | None:
         arch = functional.architecture(spec)
     except ValueError:
         return None
-    return None if arch.rotary else arch
+    return None if arch.rotary or not arch.causal else arch
 
 
 def first_position(space: IndexSpace, index: tuple[int, ...]) -> int:
@@ -78,7 +78,7 @@ class IncrementalPatcher:
         arch = _architecture_of(model)
         if arch is None:
             raise ValueError(
-                "the incremental patching engine covers native models built by "
+                "the incremental patching engine covers causal native models built by "
                 "interp.models.build without rotary embeddings; use engine='hooks'"
             )
         self.arch = arch

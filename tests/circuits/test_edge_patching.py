@@ -125,3 +125,29 @@ def test_batch_is_untouched(model, batch: TaskBatch) -> None:
     before = batch.clean.clone()
     EdgePatcher(model).evaluate(batch, torch.zeros(2, EdgePatcher(model).n_edges), METRIC)
     assert torch.equal(batch.clean, before)
+
+
+def test_bidirectional_models_are_covered(batch) -> None:
+    spec = dict(
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        d_vocab=20,
+        n_ctx=8,
+        normalization=None,
+        attention="bidirectional",
+        seed=4,
+    )
+    model = models.build(spec, device="cpu")
+    patcher = EdgePatcher(model)
+    ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, "resample")
+    masks = torch.stack([torch.ones(patcher.n_edges), torch.zeros(patcher.n_edges)])
+    with torch.no_grad():
+        logits = patcher.run(batch.clean, patcher.dense(masks), ablated)
+        bridge = model(batch.clean)
+    torch.testing.assert_close(logits[0], bridge, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[1], model(batch.corrupted).detach(), atol=1e-5, rtol=0)
+    # a later position changes an earlier one's logits: attention really is bidirectional
+    moved = batch.clean.clone()
+    moved[:, -1] = (moved[:, -1] + 1) % 20
+    assert not torch.allclose(model(moved)[:, 0], bridge[:, 0])

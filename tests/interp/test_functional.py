@@ -28,6 +28,7 @@ SPECS: dict[str, ModelSpec] = {
     ),
     "lnpre-solu-ln": ModelSpec(**BASE, act_fn="solu_ln", normalization="LNPre"),
     "rmspre-silu": ModelSpec(**BASE, act_fn="silu", normalization="RMSPre"),
+    "bidirectional-none": ModelSpec(**BASE, normalization=None, attention="bidirectional"),
 }
 
 CACHED_HOOKS = ("hook_embed", "blocks.0.attn.hook_pattern", "blocks.0.hook_resid_post")
