@@ -475,8 +475,9 @@ def mix_heads(
     pattern: Float[Tensor, "batch head query key"] | None = None,
 ) -> tuple[Float[Tensor, "batch query head d_head"], Float[Tensor, "batch head query key"]]:
     """Attention of queries at `query_positions` over keys 0..key-1 (causal unless the
-    model is bidirectional): returns each head's output `z` and the pattern. With `pattern` given, q and k are not read (pass
-    None) and `z = pattern @ v`. `rope`: the cos/sin tables of every key position."""
+    model is bidirectional): returns each head's output `z` and the pattern. With
+    `pattern` given, q and k are not read (pass None) and `z = pattern @ v`. `rope`: the
+    cos/sin tables of every key position."""
     values = v.transpose(1, 2)
     if pattern is None:
         if q is None or k is None:
