@@ -12,8 +12,10 @@ incoming edges without a test, as ACDC does for nodes cut off from the output.
 
 Damage is the KL divergence of the circuit's next-token distribution at `batch.position`
 from the full model's (ACDC's default), or, given a task metric, |m(circuit) - m(full)|.
-Each test is one forward pass of the edge-patched model (exact, sequential, as in ACDC);
-the change of damage measured when an edge was tested is kept as its score.
+Each test is one forward pass of the edge-patched model (exact, sequential, as in ACDC),
+begun at the destination's own layer: every earlier source still computes what it does
+in the full model, so it is read from a cache. The change of damage measured when an edge
+was tested is kept as its score.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from interp.metrics import kl_divergence
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
 
-Damage = Callable[[Tensor], float]
-"""Edge mask `[n_edges]` -> damage of that circuit (lower is better)."""
+Damage = Callable[[Tensor, int], float]
+"""`(edge mask [n_edges], start stage) -> damage of that circuit` (lower is better); the
+forward pass begins at the start stage (`EdgePatcher.stage`), earlier sources cached."""
 
 
 @dataclass(frozen=True)
@@ -127,25 +130,28 @@ def damage_function(
     batch = batch.to(patcher.device)
     with torch.inference_mode():
         ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, ablation)
+        upstream = patcher.source_outputs(batch.clean)
         full_mask = patcher.dense(torch.ones(1, patcher.n_edges, device=patcher.device))
         full_logits = patcher.run(batch.clean, full_mask, None)[0]
 
-    def logits_of(mask: Tensor) -> Tensor:
+    def logits_of(mask: Tensor, start: int) -> Tensor:
         with torch.inference_mode():
-            return patcher.run(batch.clean, patcher.dense(mask[None]), ablated)[0]
+            dense = patcher.dense(mask[None])
+            return patcher.run(batch.clean, dense, ablated, start=start, upstream=upstream)[0]
 
     if objective == "kl":
 
-        def kl(mask: Tensor) -> float:
-            return float(kl_divergence(logits_of(mask), full_logits, batch.position).mean())
+        def kl(mask: Tensor, start: int) -> float:
+            logits = logits_of(mask, start)
+            return float(kl_divergence(logits, full_logits, batch.position).mean())
 
         return kl, "kl"
     if not callable(objective):
         raise ValueError(f"objective must be 'kl' or a metric function, got {objective!r}")
     full_value = float(scalar_metric(objective, full_logits, batch))
 
-    def distance(mask: Tensor) -> float:
-        return abs(float(scalar_metric(objective, logits_of(mask), batch)) - full_value)
+    def distance(mask: Tensor, start: int) -> float:
+        return abs(float(scalar_metric(objective, logits_of(mask, start), batch)) - full_value)
 
     return distance, getattr(objective, "__name__", "metric")
 
@@ -158,6 +164,7 @@ def acdc(
     objective: str | PatchMetric = "kl",
     ablation: Ablation = "resample",
     progress: bool = True,
+    incremental: bool = True,
 ) -> ACDCResult:
     """Prune the computational graph of `model` on `batch` with ACDC.
 
@@ -170,6 +177,11 @@ def acdc(
             damage.
         ablation: What a removed edge carries: `"resample"`, `"mean"` or `"zero"`.
         progress: A progress bar over destinations.
+        incremental: Start each test's forward pass at the destination's own layer, with
+            the outputs of every earlier source taken from the full model: exact, since
+            in reverse topological order no edge into an earlier destination has been
+            touched yet. False runs every test from the embedding (the plain ACDC loop;
+            same circuit, for comparison).
     """
     if (
         not isinstance(threshold, int | float)
@@ -187,7 +199,7 @@ def acdc(
     for i, edge in enumerate(graph.edges):
         incoming.setdefault(edge.destination.name, []).append(i)
         outgoing.setdefault(edge.source.component, []).append(i)
-    current = damage(kept.float())
+    current = damage(kept.float(), 0)
     n_tests = 0
     destinations = list(reversed(graph.destinations))
     for destination in tqdm(destinations, disable=not progress, desc="ACDC"):
@@ -196,9 +208,10 @@ def acdc(
         if destination.kind != "logits" and not bool(kept[feeds].any()):
             kept[edges] = False
             continue
+        start = patcher.stage(destination) if incremental else 0
         for i in reversed(edges):
             kept[i] = False
-            trial = damage(kept.float())
+            trial = damage(kept.float(), start)
             n_tests += 1
             scores[i] = trial - current
             if trial - current < threshold:
