@@ -1,0 +1,151 @@
+"""Side by side: circuit discovery against the cost it is measured by.
+
+    python benchmarks/circuits.py [--quick] [--device cpu|cuda|auto]
+
+1. EAP (`circuits.eap.edge_attribution`) over every edge of a GPT-2-small-shaped random
+   native model (12 layers x 12 heads, d_model 768, 32,491 edges; batch 8 x 32 tokens,
+   vocabulary 2,000 to keep the model in memory; resample ablation, mean logit
+   difference), against the reference cost the issue names: one forward plus one
+   backward pass of the model (TransformerBridge, loss on the same logits). Target: EAP
+   takes at most 3x that, i.e. the printed "speedup" is at least 0.33x. max |diff| is 0:
+   there is nothing to compare numerically.
+2. ACDC (`circuits.acdc.acdc`, KL objective, resample ablation) on the 2-layer
+   attention-only induction model (`experiments/induction_2l.yaml`, trained here for 250
+   steps), ours (each test's forward pass begun at the destination's layer, earlier
+   sources cached) against the plain ACDC loop (`incremental=False`: every test a full
+   forward pass of the edge-patched model). Both must find the identical circuit; max
+   |diff| compares the two kept-edge masks (0 = identical).
+
+`--quick` shrinks both (a 2-layer model for EAP, 60 training steps) for CI. A final line
+starting with `#` gives the load average.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import torch
+
+# This script's name shadows the `circuits` package: leave its folder off the path while
+# the package is imported, then put it back for `_common`.
+_HERE = sys.path.pop(0)
+from circuits.acdc import acdc  # noqa: E402
+from circuits.eap import edge_attribution  # noqa: E402
+from circuits.graph import ComputationalGraph  # noqa: E402
+from interp import models  # noqa: E402
+from interp.config import load_config  # noqa: E402
+from interp.metrics import logit_diff, mean_metric  # noqa: E402
+from interp.tasks import Induction  # noqa: E402
+from interp.tasks.base import TaskBatch  # noqa: E402
+from interp.training import train  # noqa: E402
+
+sys.path.insert(0, _HERE)
+from _common import Comparison, compare, parse_args  # noqa: E402
+
+METRIC = mean_metric(logit_diff)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def random_batch(n_examples: int, n_pos: int, d_vocab: int, seed: int) -> TaskBatch:
+    generator = torch.Generator().manual_seed(seed)
+    shape = (n_examples, n_pos)
+    return TaskBatch(
+        clean=torch.randint(0, d_vocab, shape, generator=generator),
+        corrupted=torch.randint(0, d_vocab, shape, generator=generator),
+        answer=torch.randint(0, d_vocab, (n_examples,), generator=generator),
+        wrong=torch.randint(0, d_vocab, (n_examples,), generator=generator),
+        position=torch.full((n_examples,), n_pos - 1),
+    )
+
+
+def eap_comparison(quick: bool, device: torch.device) -> Comparison:
+    shape = (
+        dict(n_layers=2, n_heads=4, d_model=64)
+        if quick
+        else dict(n_layers=12, n_heads=12, d_model=768)
+    )
+    n_examples, n_pos, d_vocab = (4, 8, 100) if quick else (8, 32, 2000)
+    spec = dict(**shape, d_vocab=d_vocab, n_ctx=n_pos, act_fn="gelu_new", normalization="LN")
+    model = models.build(spec, device=device)
+    model.eval()
+    batch = random_batch(n_examples, n_pos, d_vocab, seed=0).to(device)
+    n_edges = len(ComputationalGraph.from_model(model))
+
+    def ours() -> torch.Tensor:
+        edge_attribution(model, batch, METRIC)
+        return torch.zeros(1)
+
+    def forward_backward() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        METRIC(model(batch.clean), batch).backward()
+        model.zero_grad(set_to_none=True)
+        return torch.zeros(1)
+
+    what = (
+        f"EAP over all {n_edges} edges, native {shape['n_layers']}L {shape['n_heads']}h "
+        f"d{shape['d_model']}, {n_examples}x{n_pos} tokens, vs one forward + backward"
+    )
+    return compare(what, ours, forward_backward, device=device, repeats=1 if quick else 3)
+
+
+def trained_induction(
+    quick: bool, device: torch.device
+) -> tuple[models.TransformerBridge, TaskBatch]:
+    """The induction_2l model, briefly trained, and an induction batch of 32 prompts."""
+    steps = 60 if quick else 250
+    path = os.path.join(REPO, "experiments", "induction_2l.yaml")
+    _, config = load_config(path, [f"train.steps={steps}", f"device={device.type}"])
+    model = models.build(config.model, device=device)
+    task = Induction(config.task)
+    train(model, task, config.train, seed=config.seed, progress=False)
+    model.eval()
+    batch = task.batch()[: 8 if quick else 32]
+    return model, batch.to(device)
+
+
+def acdc_comparison(quick: bool, device: torch.device) -> Comparison:
+    model, batch = trained_induction(quick, device)
+    threshold = 0.05
+
+    def run(incremental: bool) -> torch.Tensor:
+        result = acdc(model, batch, threshold, progress=False, incremental=incremental)
+        return result.kept.float()
+
+    n_edges = len(ComputationalGraph.from_model(model))
+    kept = int(run(True).sum())
+    what = (
+        f"ACDC (KL, tau {threshold}) on induction_2l ({n_edges} edges, {kept} kept), "
+        f"{len(batch)}x{batch.clean.shape[1]} tokens, vs every test a full forward pass"
+    )
+    return compare(
+        what,
+        lambda: run(True),
+        lambda: run(False),
+        device=device,
+        repeats=1 if quick else 3,
+    )
+
+
+def load_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return (
+        f"# load average {one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min) "
+        f"on {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    for comparison in (
+        eap_comparison(args.quick, args.device),
+        acdc_comparison(args.quick, args.device),
+    ):
+        print(comparison.line(), flush=True)
+    print(load_line(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
