@@ -1,0 +1,203 @@
+"""Experiment kind `circuit`: discover a circuit with EAP, EAP-IG and ACDC, and score it.
+
+    kind: circuit
+    source: {planted: induction}        # or {tracr: reverse}, or {model: ..., task: ...}
+    methods: [eap, eap-ig, acdc]
+    ablation: resample
+    eap_ig_steps: 5
+    acdc_thresholds: [0.001, 0.01, 0.03, 0.1, 0.3]
+    acdc_objective: kl
+    sizes: [1, 2, 4, 8, 16, 32]         # circuit sizes of the faithfulness curve
+
+Saved per method: EAP / EAP-IG scores (`artifacts/edge_scores_<method>.*` and a table), each
+ACDC threshold's circuit (`artifacts/acdc_<i>.*`) and a table of all of them, and the
+faithfulness-against-size curve of each score (`tables/faithfulness.parquet`). Where the
+source has a ground truth (planted models, tracr programs), the summary holds the ROC AUC
+of each method at edge and node level, by trapezoid and by ACDC's pessimistic staircase,
+and whether some threshold recovers the true edge set exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from transformer_lens.model_bridge import TransformerBridge
+
+from circuits.acdc import ACDCResult, acdc
+from circuits.eap import EdgeScores, edge_attribution
+from circuits.edge_patching import Ablation, EdgePatcher
+from circuits.evaluate import faithfulness, masks_of, roc, top_k_masks
+from circuits.patching.engine import PatchMetric
+from interp import models
+from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
+from interp.metrics import mean_metric
+from interp.model_refs import ModelRef, resolve_model_and_task
+from interp.runs import Run
+from interp.tasks import AnyTaskConfig
+from interp.tasks.base import TaskBatch
+
+Method = Literal["eap", "eap-ig", "acdc"]
+
+
+class Source(BaseModel):
+    """Where the model, prompts and (maybe) the true circuit come from: exactly one of a
+    planted model, a tracr program, or a model with a task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    planted: str | None = None
+    tracr: str | None = None
+    model: ModelRef | None = None
+    task: AnyTaskConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        given = [self.planted is not None, self.tracr is not None, self.model is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of planted, tracr, or model (with task)")
+        if (self.model is None) != (self.task is None):
+            raise ValueError("model and task go together")
+        return self
+
+
+class CircuitConfig(ExperimentConfig):
+    """A `circuit` experiment."""
+
+    kind: Literal["circuit"] = "circuit"
+    source: Source
+    methods: list[Method] = Field(default_factory=lambda: ["eap", "eap-ig", "acdc"], min_length=1)
+    ablation: Ablation = "resample"
+    metric: str | None = None
+    eap_ig_steps: int = Field(default=5, ge=1)
+    acdc_thresholds: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.03, 0.1, 0.3])
+    acdc_objective: Literal["kl", "metric"] = "kl"
+    sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A model, its prompts, the metric, and the true circuit's edges when known."""
+
+    model: TransformerBridge
+    batch: TaskBatch
+    metric: PatchMetric
+    truth: frozenset[str] | None
+
+
+def load_benchmark(config: CircuitConfig, context: RunContext) -> Benchmark:
+    """The benchmark the config's `source` names."""
+    source = config.source
+    if source.planted is not None:
+        from circuits.planted import planted
+
+        case = planted(source.planted)
+        return Benchmark(case.model, case.batch, mean_metric_of(config, None), case.edges)
+    if source.tracr is not None:
+        from circuits.tracr_models import tracr_benchmark
+
+        return tracr_benchmark(source.tracr, config.ablation)
+    model, task = resolve_model_and_task(
+        source.model, source.task, context.store, config.device, context.config_dir
+    )
+    batch = task.batch().to(models.resolve_device(config.device))
+    return Benchmark(model, batch, mean_metric(task.metric(config.metric)), None)
+
+
+def mean_metric_of(config: CircuitConfig, task: Any) -> PatchMetric:
+    """The metric a config names (logit difference by default) as a batch mean."""
+    from interp.metrics import METRICS
+
+    name = config.metric or "logit_diff"
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose from {sorted(METRICS)}")
+    return mean_metric(METRICS[name])
+
+
+def _roc_summary(graph: Any, truth: frozenset[str], **kind: Any) -> dict[str, float]:
+    summary = {}
+    for level in ("edge", "node"):
+        curve = roc(graph, truth, level=level, **kind)
+        summary[f"auc_{level}"] = curve.auc
+        summary[f"auc_{level}_pessimistic"] = curve.pessimistic_auc
+    return summary
+
+
+def run_circuit(config: CircuitConfig, run: Run, context: RunContext) -> dict[str, Any]:
+    """Run every method, save each result, and score it against the truth if there is one."""
+    torch.manual_seed(config.seed)
+    bench = load_benchmark(config, context)
+    patcher = EdgePatcher(bench.model)
+    graph = patcher.graph
+    summary: dict[str, Any] = {"n_edges": len(graph), "ablation": config.ablation}
+    if bench.truth is not None:
+        summary["n_true_edges"] = len(bench.truth)
+    curves = []
+    for method in config.methods:
+        if method in ("eap", "eap-ig"):
+            scores = edge_attribution(
+                bench.model, bench.batch, bench.metric, method=method,
+                ablation=config.ablation, steps=config.eap_ig_steps,
+            )
+            scores.save(run, name=f"edge_scores_{method}")
+            run.save_table(f"edge_scores_{method}", scores.to_frame())
+            sizes = [k for k in config.sizes if k <= len(graph)]
+            curve = faithfulness(
+                patcher, bench.batch, top_k_masks(scores.scores, sizes), bench.metric,
+                ablation=config.ablation,
+            )
+            curves.append(
+                pd.DataFrame(
+                    {"method": method, "size": sizes, "faithfulness": curve.faithfulness.tolist()}
+                )
+            )
+            entry: dict[str, Any] = {"top_edges": scores.top(10)}
+            if bench.truth is not None:
+                entry |= _roc_summary(graph, bench.truth, scores=scores.scores)
+                k = len(bench.truth)
+                entry["recovers_truth"] = set(scores.top(k)) == set(bench.truth)
+            summary[method] = entry
+        else:
+            summary["acdc"] = _run_acdc(config, bench, run)
+    if curves:
+        run.save_table("faithfulness", pd.concat(curves, ignore_index=True))
+    return summary
+
+
+def _run_acdc(config: CircuitConfig, bench: Benchmark, run: Run) -> dict[str, Any]:
+    objective = "kl" if config.acdc_objective == "kl" else bench.metric
+    results: list[ACDCResult] = []
+    rows = []
+    for i, threshold in enumerate(config.acdc_thresholds):
+        result = acdc(
+            bench.model, bench.batch, threshold, objective=objective, ablation=config.ablation,
+            progress=False,
+        )
+        result.save(run, name=f"acdc_{i}")
+        results.append(result)
+        rows.append(
+            {"threshold": threshold, "n_edges": len(result.edges), "damage": result.damage,
+             "n_tests": result.n_tests}
+        )
+    run.save_table("acdc", pd.DataFrame(rows))
+    entry: dict[str, Any] = {"thresholds": rows}
+    if bench.truth is not None and results:
+        graph = results[0].graph
+        masks = torch.stack([r.kept.float() for r in results])
+        entry |= _roc_summary(graph, bench.truth, circuits=masks)
+        truth_mask = masks_of(graph, [list(bench.truth)])[0].bool()
+        entry["recovers_truth"] = any(torch.equal(r.kept, truth_mask) for r in results)
+    return entry
+
+
+CIRCUIT = ExperimentKind(
+    name="circuit",
+    config_model=CircuitConfig,
+    run=run_circuit,
+    description="circuit discovery (EAP, EAP-IG, ACDC) with faithfulness and ROC against truth",
+)
+
+__all__ = ["CIRCUIT", "Benchmark", "CircuitConfig", "EdgeScores", "load_benchmark"]
