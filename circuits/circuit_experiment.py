@@ -97,9 +97,16 @@ def load_benchmark(config: CircuitConfig, context: RunContext) -> Benchmark:
         case = planted(source.planted)
         return Benchmark(case.model, case.batch, mean_metric_of(config, None), case.edges)
     if source.tracr is not None:
-        from circuits.tracr_models import tracr_benchmark
+        from circuits.tracr_models import load_tracr, tracr_program
 
-        return tracr_benchmark(source.tracr, config.ablation)
+        program = tracr_program(source.tracr)
+        device = models.resolve_device(config.device)
+        return Benchmark(
+            load_tracr(source.tracr, device=device),
+            program.batch().to(device),
+            mean_metric(program.metric()),
+            frozenset(program.truth_edges(config.ablation)),
+        )
     model, task = resolve_model_and_task(
         source.model, source.task, context.store, config.device, context.config_dir
     )
