@@ -10,7 +10,7 @@
    takes at most 3x that, i.e. the printed "speedup" is at least 0.33x. max |diff| is 0:
    there is nothing to compare numerically.
 2. ACDC (`circuits.acdc.acdc`, KL objective, resample ablation) on the 2-layer
-   attention-only induction model (`experiments/induction_2l.yaml`, trained here for 250
+   attention-only induction model (`experiments/induction_2l.yaml`, trained here for 300
    steps), ours (each test's forward pass begun at the destination's layer, earlier
    sources cached) against the plain ACDC loop (`incremental=False`: every test a full
    forward pass of the edge-patched model). Both must find the identical circuit; max
@@ -94,7 +94,7 @@ def trained_induction(
     quick: bool, device: torch.device
 ) -> tuple[models.TransformerBridge, TaskBatch]:
     """The induction_2l model, briefly trained, and an induction batch of 32 prompts."""
-    steps = 60 if quick else 250
+    steps = 60 if quick else 300
     path = os.path.join(REPO, "experiments", "induction_2l.yaml")
     _, config = load_config(path, [f"train.steps={steps}", f"device={device.type}"])
     model = models.build(config.model, device=device)

@@ -197,6 +197,28 @@ def test_induction_oracle_accuracy_clean_vs_corrupted() -> None:
     assert float(corrupted_acc.mean()) < 0.1  # chance is about 1/63
 
 
+def test_induction_with_gaps_varies_the_distance_and_keeps_the_oracle_exact() -> None:
+    length, gap = 6, 4
+    task = Induction(d_vocab=20, half_len=length, max_gap=gap, n_examples=64, seed=2)
+    batch = task.batch()
+    assert task.n_ctx == 2 * length - 1 + gap + 1 and batch.clean.shape == (64, task.n_ctx)
+    assert batch.corrupted.shape == batch.clean.shape
+    repeat = batch.clean[:, -(length - 1) :]
+    distances = set()
+    for row, tokens in zip(batch.clean.tolist(), repeat.tolist(), strict=True):
+        start = row.index(tokens[0])  # first copy: x_1 occurs exactly twice
+        assert row[start : start + length - 1] == tokens
+        distances.add(len(row) - (length - 1) - start)
+        copies = row[start : start + length]
+        fillers = set(row[1:start]) | set(row[start + length : len(row) - (length - 1)])
+        assert not fillers & set(copies)  # fillers never repeat a copied token
+    assert len(distances) > 1  # no single offset finds the previous occurrence
+    has_target = batch.targets != IGNORE_INDEX
+    oracle = induction_oracle_logits(batch.clean, 20).argmax(-1)
+    assert torch.equal(oracle[has_target], batch.targets[has_target])
+    assert float(accuracy(induction_oracle_logits(batch.clean, 20), batch).mean()) == 1.0
+
+
 def test_induction_without_bos() -> None:
     task = Induction(d_vocab=10, half_len=4, n_examples=5, bos=False)
     batch = task.batch()

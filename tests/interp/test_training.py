@@ -53,7 +53,7 @@ def test_modular_training_fits_its_training_split() -> None:
 def test_induction_2l_config_learns_induction() -> None:
     """The shipped config, shortened: its loss on the repeated half falls far below the
     ln(63) ~ 4.1 nats of guessing, and the induction prediction is right."""
-    _, config = load_config("experiments/induction_2l.yaml", ["train.steps=250", "device=cpu"])
+    _, config = load_config("experiments/induction_2l.yaml", ["train.steps=300", "device=cpu"])
     model = models.build(config.model, device="cpu")
     task = Induction(config.task)
     result = train(model, task, config.train, seed=config.seed, progress=False)
