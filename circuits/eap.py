@@ -115,28 +115,48 @@ def _gradient_scores(
     patcher: EdgePatcher,
     batch: TaskBatch,
     metric: PatchMetric,
-    clean_outputs: Tensor,
     ablated: Tensor,
     alphas: list[float],
-) -> Float[Tensor, "dest source"]:
+) -> tuple[Float[Tensor, "dest source"], float]:
     """sum over batch, positions of (ablated_s - clean_s) . mean over alpha of the gradient
-    at destination d's input, with the embedding at ablated + alpha (clean - ablated)."""
-    difference = ablated - clean_outputs  # [batch, pos, source, d_model]
+    at destination d's input, with the embedding at ablated + alpha (clean - ablated); and
+    the metric of the full model. The run at alpha = 1 is the clean run: it also gives the
+    clean sources' outputs and the metric, so no other forward pass is needed."""
+    if 1.0 not in alphas:
+        raise ValueError("the interpolation must end at the clean input (alpha = 1)")
     full = patcher.dense(torch.ones(1, patcher.n_edges, device=patcher.device))
-    n_dest, n_src = full.shape[1:]
-    total = torch.zeros(n_dest, n_src, device=patcher.device)
-    for alpha in alphas:
-        embed = ablated[:, :, 0] + alpha * (clean_outputs[:, :, 0] - ablated[:, :, 0])
+    clean_embed, ablated_embed = patcher.embed(batch.clean), ablated[:, :, 0]
+    sums: list[Tensor] = []
+    groups: list[tuple[Tensor | list[int], int]] = []
+    clean_outputs, metric_full = None, float("nan")
+    for alpha in sorted(alphas):
+        embed = (ablated_embed + alpha * (clean_embed - ablated_embed)).detach()
         inputs: list[tuple[Tensor | list[int], int, Tensor]] = []
+        record: list[Tensor] = []
         with torch.enable_grad():
-            embed = embed.detach().requires_grad_(True)  # so that every input has a graph
-            logits = patcher.run(batch.clean, full, None, inputs=inputs, embed_override=embed)
+            embed.requires_grad_(True)  # so that every destination input has a graph
+            logits = patcher.run(
+                batch.clean, full, None, inputs=inputs, record=record, embed_override=embed
+            )
             value = scalar_metric(metric, logits[0], batch)
             grads = torch.autograd.grad(value, [tensor for *_, tensor in inputs])
-        for (rows, n_sources, _), grad in zip(inputs, grads, strict=True):
-            part = torch.einsum("bpsd,bpnd->ns", difference[:, :, :n_sources], grad[0])
-            total[torch.as_tensor(rows, device=patcher.device), :n_sources] += part
-    return total / len(alphas)
+        if not sums:
+            sums = [grad[0].detach() for grad in grads]
+            groups = [(rows, n_sources) for rows, n_sources, _ in inputs]
+        else:
+            for total, grad in zip(sums, grads, strict=True):
+                total += grad[0]
+        if alpha == 1.0:
+            clean_outputs = torch.stack([out[0].detach() for out in record], dim=2)
+            metric_full = float(value.detach())
+    assert clean_outputs is not None
+    difference = ablated - clean_outputs  # [batch, pos, source, d_model]
+    n_dest, n_src = full.shape[1:]
+    scores = torch.zeros(n_dest, n_src, device=patcher.device)
+    for (rows, n_sources), grad in zip(groups, sums, strict=True):
+        part = torch.einsum("bpsd,bpnd->ns", difference[:, :, :n_sources], grad)
+        scores[torch.as_tensor(rows, device=patcher.device), :n_sources] = part / len(alphas)
+    return scores, metric_full
 
 
 def edge_attribution(
@@ -172,13 +192,8 @@ def edge_attribution(
     patcher = EdgePatcher(model)
     batch = batch.to(patcher.device)
     with torch.no_grad():
-        clean_outputs = patcher.source_outputs(batch.clean)
         ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, ablation)
-        full_logits = patcher.run(
-            batch.clean, patcher.dense(torch.ones(1, patcher.n_edges, device=patcher.device)), None
-        )
-        metric_full = float(scalar_metric(metric, full_logits[0], batch))
     alphas = [1.0] if method == "eap" else [k / steps for k in range(1, steps + 1)]
-    dense = _gradient_scores(patcher, batch, metric, clean_outputs, ablated, alphas)
+    dense, metric_full = _gradient_scores(patcher, batch, metric, ablated, alphas)
     scores = dense[patcher.edge_destinations, patcher.edge_sources].detach().cpu()
     return EdgeScores(patcher.graph, scores, method, ablation, metric_full)

@@ -181,7 +181,7 @@ class EdgePatcher:
         bias = torch.zeros(arch.d_model, device=self.device, dtype=dtype)
         positions = torch.arange(n_pos, device=self.device)
         if start == 0:
-            embed = embed_override if embed_override is not None else self._embed(tokens)
+            embed = embed_override if embed_override is not None else self.embed(tokens)
             outputs.append(embed.expand(n_circuits, batch, n_pos, arch.d_model))
         else:
             if upstream is None:
@@ -274,7 +274,8 @@ class EdgePatcher:
 
     # -- pieces ----------------------------------------------------------------------
 
-    def _embed(self, tokens: Tensor) -> Tensor:
+    def embed(self, tokens: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """The embedding source's output: token plus position embeddings."""
         embed = torch.nn.functional.embedding(tokens, self.params["embed.weight"])
         return embed + self.params["pos_embed.weight"][: tokens.shape[1]]
 
