@@ -30,7 +30,8 @@ import torch
 
 # This script's name shadows the `circuits` package: leave its folder off the path while
 # the package is imported, then put it back for `_common`.
-_HERE = sys.path.pop(0)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != _HERE]
 from circuits.acdc import acdc  # noqa: E402
 from circuits.eap import edge_attribution  # noqa: E402
 from circuits.graph import ComputationalGraph  # noqa: E402

@@ -150,11 +150,13 @@ def _gradient_scores(
             clean_outputs = torch.stack([out[0].detach() for out in record], dim=2)
             metric_full = float(value.detach())
     assert clean_outputs is not None
-    difference = ablated - clean_outputs  # [batch, pos, source, d_model]
+    # (ablated - clean) as [source, batch * pos * d_model], laid out once for every group
+    difference = (ablated - clean_outputs).permute(2, 0, 1, 3).flatten(1)
     n_dest, n_src = full.shape[1:]
     scores = torch.zeros(n_dest, n_src, device=patcher.device)
     for (rows, n_sources), grad in zip(groups, sums, strict=True):
-        part = torch.einsum("bpsd,bpnd->ns", difference[:, :, :n_sources], grad)
+        per_destination = grad.permute(2, 0, 1, 3).flatten(1)  # [n, batch * pos * d_model]
+        part = per_destination @ difference[:n_sources].T
         scores[torch.as_tensor(rows, device=patcher.device), :n_sources] = part / len(alphas)
     return scores, metric_full
 

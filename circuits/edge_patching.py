@@ -173,6 +173,8 @@ class EdgePatcher:
                 those sources compute what they compute in the full model).
             upstream: `source_outputs(tokens)`, needed when `start > 0`.
         """
+        if ablated is None and start == 0:
+            return self._run_unablated(tokens, dense.shape[0], record, inputs, embed_override)
         arch, params = self.arch, self.params
         n_circuits = dense.shape[0]
         batch, n_pos = tokens.shape
@@ -233,6 +235,53 @@ class EdgePatcher:
                 normed = self._norm(f"{block}.ln2", x)
                 outputs.append(functional.mlp(params, f"{block}.mlp", normed, arch))
         final = gather([self._groups.logits])[:, :, :, 0]
+        return functional.unembed(params, final, arch)
+
+    def _run_unablated(
+        self,
+        tokens: Tensor,
+        n_circuits: int,
+        record: list[Tensor] | None,
+        inputs: list[tuple[Tensor | list[int], int, Tensor]] | None,
+        embed_override: Tensor | None,
+    ) -> Tensor:
+        """`run` with every edge kept: each destination reads the whole residual stream, so
+        the stream is summed as it goes (no stack of source outputs) and each destination
+        group's input is a broadcast view of it, which still has a gradient of its own."""
+        arch, params = self.arch, self.params
+        batch, n_pos = tokens.shape
+        shape = (n_circuits, batch, n_pos, arch.d_model)
+        outputs: list[Tensor] = [] if record is None else record
+        resid = embed_override if embed_override is not None else self.embed(tokens)
+        resid = resid.expand(shape)
+        outputs.append(resid)
+        positions = torch.arange(n_pos, device=self.device)
+
+        def read(rows: Tensor | list[int]) -> Tensor:
+            """The stream as the input of destinations `rows`: [C, B, P, n, d]."""
+            view = resid.unsqueeze(3).expand(*shape[:3], len(rows), arch.d_model)
+            if inputs is not None:
+                inputs.append((rows, len(outputs), view))
+            return view
+
+        for layer in range(arch.n_layers):
+            block = f"blocks.{layer}"
+            x = read(self._groups.heads[layer]).unflatten(3, (arch.n_heads, 3))
+            normed = self._norm(f"{block}.ln1", x).flatten(0, 1)
+            q, k, v = (
+                self._project(block, part, normed[:, :, :, i]) for i, part in enumerate("qkv")
+            )
+            z, _ = functional.mix_heads(q, k, v, positions, arch)
+            per_head = torch.einsum("bphe,hde->bphd", z, self._w_out(block))
+            per_head = per_head.unflatten(0, (n_circuits, batch))
+            outputs += [per_head[:, :, :, head] for head in range(arch.n_heads)]
+            resid = resid + per_head.sum(dim=3) + params[f"{block}.attn.o.bias"]
+            if arch.d_mlp is not None:
+                x = read([self._groups.mlps[layer]])[:, :, :, 0]
+                out = functional.mlp(params, f"{block}.mlp", self._norm(f"{block}.ln2", x), arch)
+                outputs.append(out)
+                resid = resid + out
+        final = read([self._groups.logits])[:, :, :, 0]
         return functional.unembed(params, final, arch)
 
     def stage(self, destination: Node) -> int:
