@@ -216,24 +216,13 @@ class EdgePatcher:
             if 2 * layer + 1 < start:
                 continue
             if 2 * layer < start:  # start at this block's MLP
-                x = gather([self._groups.mlps[layer]])[:, :, :, 0]
-                normed = self._norm(f"{block}.ln2", x)
-                outputs.append(functional.mlp(params, f"{block}.mlp", normed, arch))
+                outputs.append(self._mlp(layer, gather([self._groups.mlps[layer]])[:, :, :, 0]))
                 continue
-            x = gather(self._groups.heads[layer]).unflatten(3, (arch.n_heads, 3))
-            normed = self._norm(f"{block}.ln1", x).flatten(0, 1)  # [CB, P, H, 3, d]
-            q, k, v = (
-                self._project(block, part, normed[:, :, :, i]) for i, part in enumerate("qkv")
-            )
-            z, _ = functional.mix_heads(q, k, v, positions, arch)
-            per_head = torch.einsum("bphe,hde->bphd", z, self._w_out(block))
-            per_head = per_head.unflatten(0, (n_circuits, batch))
+            per_head = self._heads(layer, gather(self._groups.heads[layer]), positions)
             outputs += [per_head[:, :, :, head] for head in range(arch.n_heads)]
             bias = bias + params[f"{block}.attn.o.bias"]
             if arch.d_mlp is not None:
-                x = gather([self._groups.mlps[layer]])[:, :, :, 0]
-                normed = self._norm(f"{block}.ln2", x)
-                outputs.append(functional.mlp(params, f"{block}.mlp", normed, arch))
+                outputs.append(self._mlp(layer, gather([self._groups.mlps[layer]])[:, :, :, 0]))
         final = gather([self._groups.logits])[:, :, :, 0]
         return functional.unembed(params, final, arch)
 
@@ -266,19 +255,11 @@ class EdgePatcher:
 
         for layer in range(arch.n_layers):
             block = f"blocks.{layer}"
-            x = read(self._groups.heads[layer]).unflatten(3, (arch.n_heads, 3))
-            normed = self._norm(f"{block}.ln1", x).flatten(0, 1)
-            q, k, v = (
-                self._project(block, part, normed[:, :, :, i]) for i, part in enumerate("qkv")
-            )
-            z, _ = functional.mix_heads(q, k, v, positions, arch)
-            per_head = torch.einsum("bphe,hde->bphd", z, self._w_out(block))
-            per_head = per_head.unflatten(0, (n_circuits, batch))
+            per_head = self._heads(layer, read(self._groups.heads[layer]), positions)
             outputs += [per_head[:, :, :, head] for head in range(arch.n_heads)]
             resid = resid + per_head.sum(dim=3) + params[f"{block}.attn.o.bias"]
             if arch.d_mlp is not None:
-                x = read([self._groups.mlps[layer]])[:, :, :, 0]
-                out = functional.mlp(params, f"{block}.mlp", self._norm(f"{block}.ln2", x), arch)
+                out = self._mlp(layer, read([self._groups.mlps[layer]])[:, :, :, 0])
                 outputs.append(out)
                 resid = resid + out
         final = read([self._groups.logits])[:, :, :, 0]
@@ -322,6 +303,24 @@ class EdgePatcher:
         return torch.stack(values).cpu()
 
     # -- pieces ----------------------------------------------------------------------
+
+    def _heads(
+        self, layer: int, inputs: Float[Tensor, "circuit batch pos n d_model"], positions: Tensor
+    ) -> Float[Tensor, "circuit batch pos head d_model"]:
+        """Each head's output (through its own `W_O`, no bias) from its own q, k and v
+        inputs (`n = 3 * n_heads`, head-major)."""
+        arch, block = self.arch, f"blocks.{layer}"
+        n_circuits, batch = inputs.shape[:2]
+        x = inputs.unflatten(3, (arch.n_heads, 3))
+        normed = self._norm(f"{block}.ln1", x).flatten(0, 1)  # [CB, P, H, 3, d]
+        q, k, v = (self._project(block, part, normed[:, :, :, i]) for i, part in enumerate("qkv"))
+        z, _ = functional.mix_heads(q, k, v, positions, arch)
+        per_head = torch.einsum("bphe,hde->bphd", z, self._w_out(block))
+        return per_head.unflatten(0, (n_circuits, batch))
+
+    def _mlp(self, layer: int, x: Float[Tensor, "circuit batch pos d_model"]) -> Tensor:
+        block = f"blocks.{layer}"
+        return functional.mlp(self.params, f"{block}.mlp", self._norm(f"{block}.ln2", x), self.arch)
 
     def embed(self, tokens: Tensor) -> Float[Tensor, "batch pos d_model"]:
         """The embedding source's output: token plus position embeddings."""
