@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +25,20 @@ def minilm(minilm_path: str):
     from interp import models
 
     return models.load(minilm_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def induction_2l_model():
+    """The 2-layer attention-only model of experiments/induction_2l.yaml, trained once per
+    session for 300 steps on CPU (as in tests/interp/test_training.py); in eval mode."""
+    from interp import models
+    from interp.config import load_config
+    from interp.tasks import Induction
+    from interp.training import train
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "induction_2l.yaml"
+    _, config = load_config(path, ["train.steps=300", "device=cpu"])
+    model = models.build(config.model, device="cpu")
+    train(model, Induction(config.task), config.train, seed=config.seed, progress=False)
+    model.eval()
+    return model
