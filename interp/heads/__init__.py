@@ -3,8 +3,8 @@ labels and groups of heads.
 
 ```python
 from interp.heads import (
-    assign_roles, cluster_heads, copying_scores, head_composition, head_weights,
-    induction_probe_scores,
+    ablation_importance, assign_roles, cluster_heads, copying_scores, head_composition,
+    head_weights, induction_probe_scores,
 )
 
 scores = induction_probe_scores(model, n_sequences=16, seed=0)   # HeadScores
@@ -13,6 +13,7 @@ copying = copying_scores(head_weights(model))                    # [layer, head]
 roles = assign_roles(scores, copying=copying)                     # roles per head
 groups = cluster_heads(roles, n_groups=4, seed=0)                 # + a `group` column
 composition = head_composition(model)        # Q/K/V composition + random baseline
+importance = ablation_importance(model, task.batch(), mean_metric(logit_diff))  # .values [L, H]
 ```
 
 The package, one job per module:
@@ -23,9 +24,13 @@ patterns.py   scores from attention patterns (previous/next/duplicate token, ind
               positional heads, TransformerLens's detector scores); HeadScores
 weights.py    per-head weights, copying scores, Q/K/V composition; HeadComposition
 roles.py      role thresholds, role labels, k-means groups
+ablation.py   ablation importance of each head on a task (zero or mean), batched over heads
+sentences.py  plain English sentences (written for this toolkit) and their tokenization
+experiment.py the `heads` experiment kind (imported by its entry point, not here)
 ```
 """
 
+from interp.heads.ablation import ABLATION_MODES, AblationResult, ablation_importance
 from interp.heads.patterns import (
     DEFAULT_OFFSETS,
     SCORE_NAMES,
@@ -36,6 +41,7 @@ from interp.heads.patterns import (
     repeated_random_tokens,
 )
 from interp.heads.roles import ROLE_NAMES, RoleThresholds, assign_roles, cluster_heads
+from interp.heads.sentences import ENGLISH_SENTENCES, tokenize_sentences
 from interp.heads.weights import (
     COMPOSITION_KINDS,
     HeadComposition,
@@ -50,14 +56,18 @@ from interp.heads.weights import (
 )
 
 __all__ = [
+    "ABLATION_MODES",
     "COMPOSITION_KINDS",
     "DEFAULT_OFFSETS",
+    "ENGLISH_SENTENCES",
     "ROLE_NAMES",
     "SCORE_NAMES",
+    "AblationResult",
     "HeadComposition",
     "HeadScores",
     "HeadWeights",
     "RoleThresholds",
+    "ablation_importance",
     "assign_roles",
     "cluster_heads",
     "composition_baseline",
@@ -70,5 +80,6 @@ __all__ = [
     "model_pattern_scores",
     "pattern_scores",
     "repeated_random_tokens",
+    "tokenize_sentences",
     "weights_from_params",
 ]

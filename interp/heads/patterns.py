@@ -229,10 +229,76 @@ def _targets(
 # -- sums and counts of one layer
 
 
+@dataclass(frozen=True)
+class _TargetMatrix:
+    """Every target mask of one batch as the columns of one matrix, so that one batched
+    matrix product per layer reads each attention pattern once for all of them.
+
+    Attributes:
+        weights: `Float[Tensor, "batch query*key column"]` (float64 0/1).
+        column: Mask name -> its column: the mass scores' masks, and for the "mul"
+            detector scores each detection pattern restricted to the kept pairs and the
+            kept pairs themselves (`_KEEP`).
+        offset_weights: `Float[Tensor, "query*key offset"]`, 1 where key - query is the
+            offset (the same for every sequence; applied to visible attention only).
+        offset_counts: `Float[Tensor, " offset"]`, visible (query, key) pairs at each offset.
+        has_target: Mass score -> `Bool[Tensor, "batch query"]`, the queries with a target.
+    """
+
+    weights: Tensor
+    column: dict[str, int]
+    offset_weights: Tensor
+    offset_counts: Tensor
+    has_target: dict[str, Tensor]
+
+
+_KEEP = "_detector_keep"
+
+
+def _detector_keep(
+    targets: _Targets, exclude_bos: bool, exclude_current_token: bool
+) -> Bool[Tensor, "batch query key"]:
+    """The (query, key) pairs the detector scores sum over (see `_detector_sums`)."""
+    keep = targets.pair_valid.clone()
+    n = keep.shape[1]
+    if exclude_current_token:
+        keep &= ~torch.eye(n, dtype=torch.bool, device=keep.device)
+    if exclude_bos:
+        column = torch.arange(n, device=keep.device)[None, None, :] == targets.first[:, None, None]
+        keep &= ~column
+    return keep
+
+
+def _target_matrix(
+    targets: _Targets, offsets: Sequence[int], detector: tuple[bool, bool, ErrorMeasure]
+) -> _TargetMatrix:
+    exclude_bos, exclude_current_token, error_measure = detector
+    columns = dict(targets.masks)
+    if error_measure == "mul":
+        keep = _detector_keep(targets, exclude_bos, exclude_current_token)
+        for name, target in _DETECTOR_TARGETS.items():
+            columns[name] = targets.masks[target] & targets.pair_valid & keep
+        columns[_KEEP] = keep
+    weights = torch.stack(list(columns.values()), dim=-1).flatten(1, 2).to(torch.float64)
+    n = targets.visible.shape[1]
+    pos = torch.arange(n, device=weights.device)
+    relative = (pos[None, :] - pos[:, None]).reshape(-1)  # [q*k]: key - query
+    wanted = torch.tensor(list(offsets), device=weights.device)
+    at_offset = relative[:, None] == wanted[None, :]  # [q*k, offset]
+    counts = (targets.visible.flatten(1)[:, :, None] & at_offset).sum((0, 1))
+    return _TargetMatrix(
+        weights,
+        {name: i for i, name in enumerate(columns)},
+        offset_weights=at_offset.to(torch.float64),
+        offset_counts=counts.to(torch.float64),
+        has_target={name: mask.any(-1) for name, mask in targets.masks.items()},
+    )
+
+
 def _layer_sums(
     pattern: Float[Tensor, "batch head query key"],
     targets: _Targets,
-    offsets: Sequence[int],
+    matrix: _TargetMatrix,
     detector: tuple[bool, bool, ErrorMeasure],
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """Score name -> (sum over queries [head], number of queries counted [head])."""
@@ -241,33 +307,46 @@ def _layer_sums(
     qv = targets.query_valid
     n_valid = qv.sum().to(torch.float64).expand(n_heads)
     out: dict[str, tuple[Tensor, Tensor]] = {}
-    for name, mask in targets.masks.items():
-        mass = torch.einsum("bhqk,bqk->h", attn, mask.to(attn.dtype))
-        out[name] = (mass, mask.any(-1).sum().to(torch.float64).expand(n_heads))
+    # [b, h, column]: each sequence's attention mass on each mask, summed over queries
+    per_sequence = torch.bmm(attn.flatten(2), matrix.weights)
+    for name in targets.masks:
+        mass = per_sequence[:, :, matrix.column[name]].sum(0)
+        count = matrix.has_target[name].sum().to(torch.float64).expand(n_heads)
+        out[name] = (mass, count)
 
     entropy = -torch.special.xlogy(attn, attn).sum(-1)  # [b, h, q]
     out["entropy"] = ((entropy * qv[:, None]).sum((0, 2)), n_valid)
-    seen = attn.masked_fill(~targets.visible[:, None], -1.0)
-    top, argmax = seen.max(dim=-1)  # [b, h, q]
-    out["confidence"] = ((top.clamp_min(0.0) * qv[:, None]).sum((0, 2)), n_valid)
+    # Attention on visible pairs only, 0 elsewhere. A real query's row has a visible key
+    # with positive attention, so its max and argmax are those of the visible keys.
+    visible = attn * targets.visible[:, None]
+    top, argmax = visible.max(dim=-1)  # [b, h, q]
+    out["confidence"] = ((top * qv[:, None]).sum((0, 2)), n_valid)
     offset_of_max = argmax - torch.arange(attn.shape[2], device=attn.device)
     for name, target, d in (
         ("positional_prev", "previous_token", -1),
         ("positional_next", "next_token", 1),
     ):
-        has = targets.masks[target].any(-1)  # [b, q]
+        has = matrix.has_target[target]  # [b, q]
         hits = ((offset_of_max == d) & has[:, None]).sum((0, 2)).to(torch.float64)
         out[name] = (hits, has.sum().to(torch.float64).expand(n_heads))
 
-    profile_sum, profile_count = [], []
-    for d in offsets:
-        diag = attn.diagonal(offset=d, dim1=-2, dim2=-1)  # [b, h, m]: attn[q, q + d]
-        ok = targets.visible.diagonal(offset=d, dim1=-2, dim2=-1)  # [b, m]
-        profile_sum.append((diag * ok[:, None]).sum((0, 2)))
-        profile_count.append(ok.sum().to(torch.float64).expand(n_heads))
-    out[_PROFILE_KEY] = (torch.stack(profile_sum, -1), torch.stack(profile_count, -1))
-    out.update(_detector_sums(attn, targets, *detector))
+    profile_sum = (visible.flatten(2) @ matrix.offset_weights).sum(0)  # [h, offset]
+    out[_PROFILE_KEY] = (profile_sum, matrix.offset_counts.expand(n_heads, -1))
+    if _KEEP in matrix.column:  # "mul": sum(A' * D) / sum(A') from the matrix product
+        denominator = per_sequence[:, :, matrix.column[_KEEP]]
+        for name in _DETECTOR_TARGETS:
+            ratio = per_sequence[:, :, matrix.column[name]] / denominator  # [b, h]
+            out[name] = _sequence_mean_sums(ratio)
+    else:
+        out.update(_detector_sums(attn, targets, *detector))
     return out
+
+
+def _sequence_mean_sums(per_sequence: Float[Tensor, "batch head"]) -> tuple[Tensor, Tensor]:
+    """(sum over sequences with a finite score, their number), per head."""
+    counted = torch.isfinite(per_sequence)
+    total = torch.where(counted, per_sequence, torch.zeros_like(per_sequence)).sum(0)
+    return total, counted.sum(0).to(per_sequence.dtype)
 
 
 def _detector_sums(
@@ -291,15 +370,9 @@ def _detector_sums(
     not. Every query counts, those without a target too (unlike the mass scores). `detect_head`
     on a list of prompts averages the per-prompt scores; so does this, over the batch. With
     padding, sums run over real positions only and "BOS" is the first real position.
+    (`_layer_sums` computes "mul" from its matrix product; this is the direct form.)
     """
-    keep = targets.pair_valid.clone()
-    n = keep.shape[1]
-    if exclude_current_token:
-        keep &= ~torch.eye(n, dtype=torch.bool, device=keep.device)
-    if exclude_bos:
-        column = torch.arange(n, device=keep.device)[None, None, :] == targets.first[:, None, None]
-        keep &= ~column
-    keep_f = keep[:, None].to(attn.dtype)  # [b, 1, q, k]
+    keep_f = _detector_keep(targets, exclude_bos, exclude_current_token)[:, None].to(attn.dtype)
     out: dict[str, tuple[Tensor, Tensor]] = {}
     for name, target in _DETECTOR_TARGETS.items():
         detection = (targets.masks[target] & targets.pair_valid)[:, None].to(attn.dtype)
@@ -310,9 +383,7 @@ def _detector_sums(
         else:
             length = targets.query_valid.sum(-1).to(attn.dtype)[:, None]
             per_sequence = 1 - ((attn - detection).abs() * keep_f).sum((2, 3)) / length
-        counted = torch.isfinite(per_sequence)
-        total = torch.where(counted, per_sequence, torch.zeros_like(per_sequence)).sum(0)
-        out[name] = (total, counted.sum(0).to(attn.dtype))
+        out[name] = _sequence_mean_sums(per_sequence)
     return out
 
 
@@ -351,7 +422,8 @@ class _ScoreAccumulator:
             self.causal = all(_is_causal(p) for p in layers)
         special = torch.tensor(self.special_token_ids, dtype=tokens.dtype, device=device)
         targets = _targets(tokens, valid, special, self.causal)
-        per_layer = [_layer_sums(p, targets, self.offsets, self.detector) for p in layers]
+        matrix = _target_matrix(targets, self.offsets, self.detector)
+        per_layer = [_layer_sums(p, targets, matrix, self.detector) for p in layers]
         for name in per_layer[0]:
             layer_sum = torch.stack([sums[name][0] for sums in per_layer]).cpu()
             layer_count = torch.stack([sums[name][1] for sums in per_layer]).cpu()
@@ -482,7 +554,7 @@ def pattern_scores(
 
 
 @contextmanager
-def _eval_mode(model: TransformerBridge) -> Iterator[None]:
+def eval_mode(model: TransformerBridge) -> Iterator[None]:
     """Eval mode for the block; every module's own training flag is restored afterwards."""
     modules = list(model.modules())
     original = getattr(model, "original_model", None)
@@ -561,7 +633,7 @@ def model_pattern_scores(
     )
     parameter = next(iter(model.parameters()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for start in range(0, tokens.shape[0], batch_size):
             batch = tokens[start : start + batch_size].to(device)
             extra: dict[str, Tensor] = {}
