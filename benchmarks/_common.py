@@ -14,6 +14,7 @@ Python puts `benchmarks/` first on `sys.path`. Running this file itself does not
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -133,4 +134,13 @@ def format_line(what: str, ours_s: float, reference_s: float, max_diff: float) -
     return (
         f"{what}: ours {ours_s:.3f} s, reference {reference_s:.3f} s, "
         f"speedup {speedup:.1f}x, max |diff| {diff}"
+    )
+
+
+def load_line() -> str:
+    """`# load average ...`: how busy the machine was while the timings ran."""
+    one, five, fifteen = os.getloadavg()
+    return (
+        f"# load average {one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min) "
+        f"on {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
     )

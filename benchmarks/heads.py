@@ -35,14 +35,13 @@ tokens (ablation on 4 prompts of 16 tokens), so CI runs it in seconds.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from _common import Comparison, compare, max_abs_diff, parse_args, time_once
+from _common import Comparison, compare, load_line, max_abs_diff, parse_args, time_once
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -234,14 +233,6 @@ def weight_only_line(model: TransformerBridge, device: torch.device) -> str:
         f"baseline (4 draws) {baseline_s:.3f} s"
     )
 
-
-def load_line() -> str:
-    """`# load average ...`: how busy the machine was while the timings ran."""
-    one, five, fifteen = os.getloadavg()
-    return (
-        f"# load average {one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min) "
-        f"on {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

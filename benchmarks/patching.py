@@ -42,13 +42,12 @@ TransformerLens shows a progress bar per sweep on stderr.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from _common import Comparison, compare, parse_args, time_once
+from _common import Comparison, compare, load_line, parse_args, time_once
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
@@ -218,14 +217,6 @@ def compare_model(shape: ModelShape, sizes: Sizes, device: torch.device) -> list
         )
     return comparisons
 
-
-def load_line() -> str:
-    """`# load average ...`: how busy the machine was while the timings ran."""
-    one, five, fifteen = os.getloadavg()
-    return (
-        f"# load average {one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min) "
-        f"on {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

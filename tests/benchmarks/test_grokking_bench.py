@@ -19,8 +19,11 @@ LINE = re.compile(
 def test_quick_grokking_benchmark_prints_the_standard_lines() -> None:
     done = subprocess.run(
         [sys.executable, "benchmarks/grokking.py", "--quick", "--device", "cpu"],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()

@@ -1,6 +1,10 @@
 """Side by side: circuit discovery against the cost it is measured by.
 
-    python benchmarks/circuits.py [--quick] [--device cpu|cuda|auto]
+    python benchmarks/circuit_discovery.py [--quick] [--device cpu|cuda|auto]
+
+(Not `circuits.py`, the issue's name: a script of that name in this folder would shadow the
+`circuits` package for every benchmark, since Python puts the script's folder first on the
+path.)
 
 1. EAP (`circuits.eap.edge_attribution`) over every edge of a GPT-2-small-shaped random
    native model (12 layers x 12 heads, d_model 768, 32,491 edges; batch 8 x 32 tokens,
@@ -27,23 +31,17 @@ import sys
 from collections.abc import Sequence
 
 import torch
+from _common import Comparison, compare, load_line, parse_args
 
-# This script's name shadows the `circuits` package: leave its folder off the path while
-# the package is imported, then put it back for `_common`.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != _HERE]
-from circuits.acdc import acdc  # noqa: E402
-from circuits.eap import edge_attribution  # noqa: E402
-from circuits.graph import ComputationalGraph  # noqa: E402
-from interp import models  # noqa: E402
-from interp.config import load_config  # noqa: E402
-from interp.metrics import logit_diff, mean_metric  # noqa: E402
-from interp.tasks import Induction  # noqa: E402
-from interp.tasks.base import TaskBatch  # noqa: E402
-from interp.training import train  # noqa: E402
-
-sys.path.insert(0, _HERE)
-from _common import Comparison, compare, parse_args  # noqa: E402
+from circuits.acdc import acdc
+from circuits.eap import edge_attribution
+from circuits.graph import ComputationalGraph
+from interp import models
+from interp.config import load_config
+from interp.metrics import logit_diff, mean_metric
+from interp.tasks import Induction
+from interp.tasks.base import TaskBatch
+from interp.training import train
 
 METRIC = mean_metric(logit_diff)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,13 +126,6 @@ def acdc_comparison(quick: bool, device: torch.device) -> Comparison:
         repeats=1 if quick else 3,
     )
 
-
-def load_line() -> str:
-    one, five, fifteen = os.getloadavg()
-    return (
-        f"# load average {one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min) "
-        f"on {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

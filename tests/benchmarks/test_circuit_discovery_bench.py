@@ -1,0 +1,17 @@
+"""Smoke test of benchmarks/circuit_discovery.py: the quick run prints the standard lines."""
+
+from __future__ import annotations
+
+import pytest
+from quick_run import LINE, run_quick
+
+
+@pytest.mark.slow
+def test_quick_circuits_benchmark_prints_eap_and_acdc_lines() -> None:
+    lines = run_quick("circuit_discovery.py")
+    assert len(lines) == 3, lines
+    eap, acdc = (LINE.match(line) for line in lines[:2])
+    assert eap and eap["what"].startswith("EAP over all 110 edges"), lines
+    assert acdc and acdc["what"].startswith("ACDC (KL, tau 0.05) on induction_2l"), lines
+    assert acdc["diff"] == "0", lines  # incremental and plain ACDC keep the same edges
+    assert lines[2].startswith("# load average "), lines
