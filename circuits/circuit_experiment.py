@@ -28,13 +28,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.acdc import ACDCResult, acdc
-from circuits.eap import EdgeScores, edge_attribution
+from circuits.eap import edge_attribution
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.evaluate import faithfulness, masks_of, roc, top_k_masks
+from circuits.graph import ComputationalGraph
 from circuits.patching.engine import PatchMetric
+from circuits.planted import planted
+from circuits.tracr_models import load_tracr, tracr_program
 from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
-from interp.metrics import mean_metric
+from interp.metrics import METRICS, mean_metric
 from interp.model_refs import ModelRef, resolve_model_and_task
 from interp.runs import Run
 from interp.tasks import AnyTaskConfig
@@ -92,13 +95,9 @@ def load_benchmark(config: CircuitConfig, context: RunContext) -> Benchmark:
     """The benchmark the config's `source` names."""
     source = config.source
     if source.planted is not None:
-        from circuits.planted import planted
-
         case = planted(source.planted)
-        return Benchmark(case.model, case.batch, mean_metric_of(config, None), case.edges)
+        return Benchmark(case.model, case.batch, _named_metric(config), case.edges)
     if source.tracr is not None:
-        from circuits.tracr_models import load_tracr, tracr_program
-
         program = tracr_program(source.tracr)
         device = models.resolve_device(config.device)
         return Benchmark(
@@ -114,17 +113,15 @@ def load_benchmark(config: CircuitConfig, context: RunContext) -> Benchmark:
     return Benchmark(model, batch, mean_metric(task.metric(config.metric)), None)
 
 
-def mean_metric_of(config: CircuitConfig, task: Any) -> PatchMetric:
+def _named_metric(config: CircuitConfig) -> PatchMetric:
     """The metric a config names (logit difference by default) as a batch mean."""
-    from interp.metrics import METRICS
-
     name = config.metric or "logit_diff"
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; choose from {sorted(METRICS)}")
     return mean_metric(METRICS[name])
 
 
-def _roc_summary(graph: Any, truth: frozenset[str], **kind: Any) -> dict[str, float]:
+def _roc_summary(graph: ComputationalGraph, truth: frozenset[str], **kind: Any) -> dict[str, float]:
     summary = {}
     for level in ("edge", "node"):
         curve = roc(graph, truth, level=level, **kind)
@@ -146,14 +143,21 @@ def run_circuit(config: CircuitConfig, run: Run, context: RunContext) -> dict[st
     for method in config.methods:
         if method in ("eap", "eap-ig"):
             scores = edge_attribution(
-                bench.model, bench.batch, bench.metric, method=method,
-                ablation=config.ablation, steps=config.eap_ig_steps,
+                bench.model,
+                bench.batch,
+                bench.metric,
+                method=method,
+                ablation=config.ablation,
+                steps=config.eap_ig_steps,
             )
             scores.save(run, name=f"edge_scores_{method}")
             run.save_table(f"edge_scores_{method}", scores.to_frame())
             sizes = [k for k in config.sizes if k <= len(graph)]
             curve = faithfulness(
-                patcher, bench.batch, top_k_masks(scores.scores, sizes), bench.metric,
+                patcher,
+                bench.batch,
+                top_k_masks(scores.scores, sizes),
+                bench.metric,
                 ablation=config.ablation,
             )
             curves.append(
@@ -180,14 +184,22 @@ def _run_acdc(config: CircuitConfig, bench: Benchmark, run: Run) -> dict[str, An
     rows = []
     for i, threshold in enumerate(config.acdc_thresholds):
         result = acdc(
-            bench.model, bench.batch, threshold, objective=objective, ablation=config.ablation,
+            bench.model,
+            bench.batch,
+            threshold,
+            objective=objective,
+            ablation=config.ablation,
             progress=False,
         )
         result.save(run, name=f"acdc_{i}")
         results.append(result)
         rows.append(
-            {"threshold": threshold, "n_edges": len(result.edges), "damage": result.damage,
-             "n_tests": result.n_tests}
+            {
+                "threshold": threshold,
+                "n_edges": len(result.edges),
+                "damage": result.damage,
+                "n_tests": result.n_tests,
+            }
         )
     run.save_table("acdc", pd.DataFrame(rows))
     entry: dict[str, Any] = {"thresholds": rows}
@@ -206,5 +218,3 @@ CIRCUIT = ExperimentKind(
     run=run_circuit,
     description="circuit discovery (EAP, EAP-IG, ACDC) with faithfulness and ROC against truth",
 )
-
-__all__ = ["CIRCUIT", "Benchmark", "CircuitConfig", "EdgeScores", "load_benchmark"]
