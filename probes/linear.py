@@ -1,0 +1,646 @@
+"""Linear probes for every layer at once: logistic (classification) or ridge (regression).
+
+A linear probe asks whether a property is linearly decodable from a layer's activations
+(Alain & Bengio 2016, "Understanding intermediate layers using linear classifier probes";
+Belinkov 2022, "Probing Classifiers: Promises, Shortcomings, and Advances"). `fit_probes`
+trains one probe per layer in a single call: the torch backend fits all layers together
+(a batched weight `[layer, d, n_out]`, full-batch L-BFGS for the logistic probe, a batched
+closed-form solve for ridge); the sklearn backend fits the same objective layer by layer
+with scikit-learn and serves as the reference (or cross-validates the penalty).
+
+Both backends standardise each feature with the training split's mean and standard
+deviation, so `l2` means the same thing at every layer. The objectives, per layer, are
+
+    logistic:  mean cross-entropy(x_std @ W + b, y) + l2 * ||W||^2
+    ridge:     mean squared error(x_std @ W + b, y) + l2 * ||W||^2
+
+and the directions stored in a `ProbeResult` are mapped back to the original feature space.
+Train/test splits are by example, or by group (e.g. the sentence a token came from) so that
+no group is on both sides. `fit_probes_over_seeds` repeats split and fit over seeds and
+reports a Student-t 95% interval of the mean score per layer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.runs import Run
+
+__all__ = [
+    "BACKENDS",
+    "KINDS",
+    "ProbeResult",
+    "ProbeSweep",
+    "confidence_interval",
+    "fit_probes",
+    "fit_probes_over_seeds",
+    "split_examples",
+]
+
+KINDS = ("logistic", "ridge")
+BACKENDS = ("torch", "sklearn")
+MIN_EXAMPLES_PER_CLASS = 2
+_CV_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+_STD_FLOOR = 1e-8
+
+
+# -- results
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One linear probe per layer, fitted on a train split and scored on a test split.
+
+    Attributes:
+        test_score: `[layer]` accuracy (logistic) or R^2 (ridge, averaged over outputs) on
+            the test split.
+        train_score: `[layer]` the same score on the training split.
+        directions: `[layer, d, n_out]` probe weights in the original feature space:
+            the probe's output for activation `x` at layer `l` is
+            `x @ directions[l] + biases[l]` (logits for logistic, predictions for ridge).
+            `n_out` is the number of classes (logistic) or of regression targets (ridge).
+        biases: `[layer, n_out]`.
+        kind: `"logistic"` or `"ridge"`.
+        backend: `"torch"` or `"sklearn"`.
+        classes: Logistic: the label value of each output column; ridge: `()`.
+        train_index: `[n_train]` indices of the training examples.
+        test_index: `[n_test]` indices of the test examples.
+        l2: The penalty used (`None`: chosen per layer by cross-validation, sklearn only).
+        majority_baseline: Logistic: accuracy on the test split of always predicting the
+            most frequent training class (chance level); ridge: `nan`.
+    """
+
+    test_score: Tensor
+    train_score: Tensor
+    directions: Tensor
+    biases: Tensor
+    kind: str
+    backend: str
+    classes: tuple[int, ...]
+    train_index: Tensor
+    test_index: Tensor
+    l2: float | None
+    majority_baseline: float = math.nan
+
+    def __post_init__(self) -> None:
+        n_layers = self.test_score.shape[0]
+        if self.directions.ndim != 3 or self.biases.ndim != 2:
+            raise ValueError(
+                f"ProbeResult: directions must be [layer, d, n_out] and biases [layer, n_out], "
+                f"got {tuple(self.directions.shape)} and {tuple(self.biases.shape)}"
+            )
+        if {self.train_score.shape[0], self.directions.shape[0], self.biases.shape[0]} != {
+            n_layers
+        }:
+            raise ValueError("ProbeResult: scores, directions and biases disagree on layers")
+
+    @property
+    def metric(self) -> str:
+        """`"accuracy"` (logistic) or `"r2"` (ridge)."""
+        return "accuracy" if self.kind == "logistic" else "r2"
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.test_score.shape[0])
+
+    def predict(self, features: Float[Tensor, "layer n d"]) -> Float[Tensor, "layer n n_out"]:
+        """Each layer's probe output (logits or predictions) on `features`."""
+        _check_features(features)
+        if features.shape[0] != self.n_layers or features.shape[2] != self.directions.shape[1]:
+            raise ValueError(
+                f"predict: features {tuple(features.shape)} do not match probes "
+                f"[{self.n_layers}, n, {self.directions.shape[1]}]"
+            )
+        weights = self.directions.to(features.device, features.dtype)
+        biases = self.biases.to(features.device, features.dtype)
+        return torch.baddbmm(biases[:, None, :], features, weights)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per layer: layer, test_score, train_score, metric, kind, backend."""
+        return pd.DataFrame(
+            {
+                "layer": range(self.n_layers),
+                "test_score": self.test_score.tolist(),
+                "train_score": self.train_score.tolist(),
+                "metric": self.metric,
+                "kind": self.kind,
+                "backend": self.backend,
+            }
+        )
+
+    def save(self, run: Run | str | os.PathLike[str], name: str = "probes") -> None:
+        """Write `artifacts/<name>.safetensors` (tensors) and `artifacts/<name>.json` (the rest)."""
+        run = run if isinstance(run, Run) else Run.open(run)
+        run.save_tensors(
+            name,
+            {
+                "test_score": self.test_score,
+                "train_score": self.train_score,
+                "directions": self.directions,
+                "biases": self.biases,
+                "train_index": self.train_index,
+                "test_index": self.test_index,
+            },
+        )
+        run.save_json(
+            name,
+            {
+                "kind": self.kind,
+                "backend": self.backend,
+                "classes": list(self.classes),
+                "l2": self.l2,
+                "majority_baseline": None
+                if math.isnan(self.majority_baseline)
+                else self.majority_baseline,
+            },
+        )
+
+    @classmethod
+    def load(cls, run: Run | str | os.PathLike[str], name: str = "probes") -> ProbeResult:
+        """The result written by `save(run, name)`."""
+        run = run if isinstance(run, Run) else Run.open(run)
+        meta = run.load_json(name)
+        tensors = run.load_tensors(name)
+        baseline = meta.get("majority_baseline")
+        return cls(
+            test_score=tensors["test_score"],
+            train_score=tensors["train_score"],
+            directions=tensors["directions"],
+            biases=tensors["biases"],
+            kind=str(meta["kind"]),
+            backend=str(meta["backend"]),
+            classes=tuple(int(c) for c in meta["classes"]),
+            train_index=tensors["train_index"],
+            test_index=tensors["test_index"],
+            l2=None if meta["l2"] is None else float(meta["l2"]),
+            majority_baseline=math.nan if baseline is None else float(baseline),
+        )
+
+
+@dataclass(frozen=True)
+class ProbeSweep:
+    """Probe test scores over several seeds (each seed a different split), with an interval.
+
+    Attributes:
+        scores: `[seed, layer]` test score of each seed's probes.
+        seeds: The seeds, one per row of `scores`.
+        mean: `[layer]` mean over seeds.
+        low: `[layer]` lower end of the `level` confidence interval of the mean.
+        high: `[layer]` upper end.
+        level: Confidence level of the interval (0.95).
+        kind: `"logistic"` or `"ridge"`.
+        backend: `"torch"` or `"sklearn"`.
+    """
+
+    scores: Tensor
+    seeds: tuple[int, ...]
+    mean: Tensor
+    low: Tensor
+    high: Tensor
+    level: float
+    kind: str
+    backend: str
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per layer: layer, mean, low, high, n_seeds, metric, kind, backend."""
+        return pd.DataFrame(
+            {
+                "layer": range(self.scores.shape[1]),
+                "mean": self.mean.tolist(),
+                "low": self.low.tolist(),
+                "high": self.high.tolist(),
+                "n_seeds": len(self.seeds),
+                "metric": "accuracy" if self.kind == "logistic" else "r2",
+                "kind": self.kind,
+                "backend": self.backend,
+            }
+        )
+
+    def save(self, run: Run | str | os.PathLike[str], name: str = "probe_sweep") -> None:
+        """Write `artifacts/<name>.safetensors` (scores) and `artifacts/<name>.json`."""
+        run = run if isinstance(run, Run) else Run.open(run)
+        run.save_tensors(name, {"scores": self.scores})
+        run.save_json(
+            name,
+            {
+                "seeds": list(self.seeds),
+                "level": self.level,
+                "kind": self.kind,
+                "backend": self.backend,
+            },
+        )
+
+    @classmethod
+    def load(cls, run: Run | str | os.PathLike[str], name: str = "probe_sweep") -> ProbeSweep:
+        """The sweep written by `save(run, name)` (interval recomputed from the scores)."""
+        run = run if isinstance(run, Run) else Run.open(run)
+        meta = run.load_json(name)
+        scores = run.load_tensors(name)["scores"]
+        mean, low, high = confidence_interval(scores, level=float(meta["level"]))
+        return cls(
+            scores=scores,
+            seeds=tuple(int(s) for s in meta["seeds"]),
+            mean=mean,
+            low=low,
+            high=high,
+            level=float(meta["level"]),
+            kind=str(meta["kind"]),
+            backend=str(meta["backend"]),
+        )
+
+
+# -- splitting
+
+
+def split_examples(
+    n: int,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    groups: Int[Tensor, " n"] | None = None,
+    labels: Int[Tensor, " n"] | None = None,
+) -> tuple[Int[Tensor, " n_train"], Int[Tensor, " n_test"]]:
+    """Random train/test split of `n` examples (sorted index tensors).
+
+    With `groups`, whole groups go to one side (about `test_fraction` of the groups to test),
+    so no group is in both. Otherwise, with `labels`, the split is stratified: each class
+    sends `round(test_fraction * count)` of its examples (at least one, at most all but
+    one) to test. Without either, `round(test_fraction * n)` random examples are the test set.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    generator = torch.Generator().manual_seed(int(seed))
+    if groups is not None:
+        if groups.shape != (n,):
+            raise ValueError(f"groups must have shape [{n}], got {tuple(groups.shape)}")
+        names, group_of = torch.unique(groups.cpu(), return_inverse=True)
+        if len(names) < 2:
+            raise ValueError("groups: need at least 2 distinct groups to split by group")
+        order = torch.randperm(len(names), generator=generator)
+        n_test = min(max(round(test_fraction * len(names)), 1), len(names) - 1)
+        is_test = torch.zeros(len(names), dtype=torch.bool)
+        is_test[order[:n_test]] = True
+        test_mask = is_test[group_of]
+    elif labels is not None:
+        test_mask = torch.zeros(n, dtype=torch.bool)
+        for value in torch.unique(labels.cpu()):
+            members = torch.nonzero(labels.cpu() == value).flatten()
+            members = members[torch.randperm(len(members), generator=generator)]
+            n_test = min(max(round(test_fraction * len(members)), 1), len(members) - 1)
+            test_mask[members[:n_test]] = True
+    else:
+        if n < 2:
+            raise ValueError(f"need at least 2 examples to split, got {n}")
+        n_test = min(max(round(test_fraction * n), 1), n - 1)
+        test_mask = torch.zeros(n, dtype=torch.bool)
+        test_mask[torch.randperm(n, generator=generator)[:n_test]] = True
+    indices = torch.arange(n)
+    return indices[~test_mask], indices[test_mask]
+
+
+# -- fitting
+
+
+def fit_probes(
+    features: Float[Tensor, "layer n d"],
+    labels: Int[Tensor, " n"] | Float[Tensor, " n"] | Float[Tensor, "n k"],
+    *,
+    kind: str = "logistic",
+    backend: str = "torch",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    groups: Int[Tensor, " n"] | None = None,
+    l2: float | None = 1e-3,
+    epochs: int = 500,
+    device: str | torch.device | None = None,
+) -> ProbeResult:
+    """Fit one linear probe per layer and score it on a held-out split.
+
+    Args:
+        features: Activations, one row per example at every layer.
+        labels: Logistic: integer class labels `[n]`. Ridge: real targets `[n]` or `[n, k]`.
+        kind: `"logistic"` (multinomial logistic regression, scored by accuracy) or
+            `"ridge"` (ridge regression, scored by R^2).
+        backend: `"torch"` (all layers at once) or `"sklearn"` (per layer, the reference).
+        test_fraction: Fraction of examples (or of groups) held out for testing.
+        seed: Seed of the split.
+        groups: Optional group id per example; the split never separates a group.
+        l2: Penalty on the standardised-space weights (see the module docstring). `None`
+            cross-validates it per layer over a small grid (sklearn backend only).
+        epochs: Maximum L-BFGS iterations (torch logistic) or solver iterations (sklearn).
+        device: Where the torch backend computes (default: the features' device).
+    """
+    kind, backend = _check_choice(kind, KINDS, "kind"), _check_choice(backend, BACKENDS, "backend")
+    _check_features(features)
+    n_layers, n, _ = features.shape
+    if not isinstance(labels, Tensor) or labels.ndim not in (1, 2) or labels.shape[0] != n:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be a tensor with {n} rows (one per example), got {shape}")
+    if l2 is None and backend == "torch":
+        raise ValueError("l2=None (cross-validated penalty) needs backend='sklearn'")
+    if l2 is not None and not l2 >= 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if groups is not None and (not isinstance(groups, Tensor) or groups.shape != (n,)):
+        shape = tuple(groups.shape) if isinstance(groups, Tensor) else type(groups).__name__
+        raise ValueError(f"groups must be a tensor of shape [{n}], got {shape}")
+
+    device = torch.device(device) if device is not None else features.device
+    dtype = features.dtype if features.dtype == torch.float64 else torch.float32
+    x = features.to(device, dtype)
+
+    if kind == "logistic":
+        classes, targets = _class_targets(labels)
+        train_index, test_index = split_examples(
+            n,
+            test_fraction=test_fraction,
+            seed=seed,
+            groups=groups,
+            labels=None if groups is not None else targets,
+        )
+        missing = set(range(len(classes))) - set(targets[train_index].tolist())
+        if missing:
+            raise ValueError(
+                f"the training split has no example of class(es) "
+                f"{sorted(classes[i] for i in missing)}; add examples or lower test_fraction"
+            )
+        y = targets.to(device)
+    else:
+        if labels.dtype == torch.bool or labels.is_complex():
+            raise ValueError(f"ridge labels must be numbers, got dtype {labels.dtype}")
+        classes = ()
+        train_index, test_index = split_examples(
+            n, test_fraction=test_fraction, seed=seed, groups=groups
+        )
+        y = labels.to(device, dtype)
+        y = y[:, None] if y.ndim == 1 else y
+        if len(train_index) < 2:
+            raise ValueError(f"ridge needs at least 2 training examples, got {len(train_index)}")
+
+    train_index, test_index = train_index.to(device), test_index.to(device)
+    x_train = x[:, train_index]
+    mean = x_train.mean(dim=1)
+    std = x_train.std(dim=1, correction=0).clamp_min(_STD_FLOOR)
+    standardised = (x_train - mean[:, None]) / std[:, None]
+    y_train = y[train_index]
+
+    if backend == "torch" and kind == "logistic":
+        weights, biases = _fit_logistic_torch(standardised, y_train, len(classes), l2, epochs)
+    elif backend == "torch":
+        weights, biases = _fit_ridge_torch(standardised, y_train, l2)
+    else:
+        weights, biases = _fit_sklearn(standardised, y_train, kind, len(classes), l2, epochs)
+        weights, biases = weights.to(device, dtype), biases.to(device, dtype)
+
+    directions = weights / std[:, :, None]
+    biases = biases - torch.einsum("ld,ldo->lo", mean / std, weights)
+    outputs = torch.baddbmm(biases[:, None, :], x, directions)
+    train_score = _score(outputs[:, train_index], y_train, kind)
+    test_score = _score(outputs[:, test_index], y[test_index], kind)
+    baseline = math.nan
+    if kind == "logistic":
+        majority = torch.bincount(y_train, minlength=len(classes)).argmax()
+        baseline = float((y[test_index] == majority).float().mean())
+    return ProbeResult(
+        test_score=test_score.cpu(),
+        train_score=train_score.cpu(),
+        directions=directions.detach().cpu(),
+        biases=biases.detach().cpu(),
+        kind=kind,
+        backend=backend,
+        classes=tuple(classes),
+        train_index=train_index.cpu(),
+        test_index=test_index.cpu(),
+        l2=l2,
+        majority_baseline=baseline,
+    )
+
+
+def _fit_logistic_torch(
+    x: Float[Tensor, "layer n d"], y: Int[Tensor, " n"], n_classes: int, l2: float, epochs: int
+) -> tuple[Float[Tensor, "layer d c"], Float[Tensor, "layer c"]]:
+    """All layers' multinomial logistic probes at once, full-batch L-BFGS from zero."""
+    n_layers, _, d = x.shape
+    weights = torch.zeros(
+        n_layers, d, n_classes, device=x.device, dtype=x.dtype, requires_grad=True
+    )
+    biases = torch.zeros(n_layers, n_classes, device=x.device, dtype=x.dtype, requires_grad=True)
+    optimiser = torch.optim.LBFGS(
+        [weights, biases],
+        lr=1.0,
+        max_iter=epochs,
+        history_size=20,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
+    )
+    targets = y.repeat(n_layers)
+
+    def closure() -> Tensor:
+        optimiser.zero_grad()
+        logits = torch.baddbmm(biases[:, None, :], x, weights)
+        # mean over examples of each layer, summed over layers: the layers are independent
+        loss = F.cross_entropy(logits.reshape(-1, n_classes), targets) * n_layers
+        loss = loss + l2 * weights.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimiser.step(closure)
+    return weights.detach(), biases.detach()
+
+
+def _fit_ridge_torch(
+    x: Float[Tensor, "layer n d"], y: Float[Tensor, "n k"], l2: float
+) -> tuple[Float[Tensor, "layer d k"], Float[Tensor, "layer k"]]:
+    """Closed-form ridge for every layer: (X^T X / n + l2 I) W = X^T y / n, X centred."""
+    n_layers, n, d = x.shape
+    y_mean = y.mean(dim=0)
+    centred_y = (y - y_mean).expand(n_layers, n, y.shape[1])
+    gram = x.transpose(1, 2) @ x / n
+    rhs = x.transpose(1, 2) @ centred_y / n
+    if l2 > 0:
+        eye = torch.eye(d, device=x.device, dtype=x.dtype)
+        weights = torch.linalg.solve(gram + l2 * eye, rhs)
+    else:
+        weights = torch.linalg.pinv(gram, hermitian=True) @ rhs
+    # x is centred (standardised on this split), so the intercept is the targets' mean
+    return weights, y_mean.expand(n_layers, y.shape[1]).clone()
+
+
+def _fit_sklearn(
+    x: Float[Tensor, "layer n d"],
+    y: Tensor,
+    kind: str,
+    n_classes: int,
+    l2: float | None,
+    epochs: int,
+) -> tuple[Float[Tensor, "layer d n_out"], Float[Tensor, "layer n_out"]]:
+    """The same objective per layer with scikit-learn (the reference implementation).
+
+    sklearn's `LogisticRegression` minimises `C * sum CE + ||W||^2 / 2`, so `C = 1/(2 n l2)`
+    for several classes. A binary sklearn model has one weight vector `w`, which becomes the
+    two columns `[-w/2, w/2]` (the minimiser of our penalty for that decision function) with
+    `||W||^2 = ||w||^2 / 2`, so there `C = 1/(n l2)`. `Ridge` minimises
+    `||y - Xw||^2 + alpha ||w||^2`, so `alpha = n l2`.
+    """
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
+
+    n = x.shape[1]
+    scale = 1 if n_classes == 2 else 2  # see the docstring
+    x_np = x.detach().cpu().double().numpy()
+    y_np = y.detach().cpu().numpy()
+    weights, biases = [], []
+    for layer in range(x.shape[0]):
+        model: Any
+        if kind == "logistic":
+            if l2 is None:
+                cs = [1.0 / (scale * n * value) for value in _CV_L2_GRID]
+                model = LogisticRegressionCV(Cs=cs, cv=3, max_iter=epochs, scoring="accuracy")
+            else:
+                c = 1.0 / (scale * n * l2) if l2 > 0 else 1e12
+                model = LogisticRegression(C=c, max_iter=epochs, tol=1e-8)
+            with warnings.catch_warnings():  # sklearn's notices of future default changes
+                warnings.simplefilter("ignore", FutureWarning)
+                model.fit(x_np[layer], y_np)
+            coef = torch.from_numpy(model.coef_).T
+            intercept = torch.from_numpy(model.intercept_)
+            if n_classes == 2:
+                coef = torch.cat([-coef / 2, coef / 2], dim=1)
+                intercept = torch.cat([-intercept / 2, intercept / 2])
+        else:
+            if l2 is None:
+                model = RidgeCV(alphas=[n * value for value in _CV_L2_GRID])
+            else:
+                model = Ridge(alpha=n * l2)
+            model.fit(x_np[layer], y_np)
+            coef = torch.from_numpy(model.coef_).reshape(y_np.shape[1], -1).T
+            intercept = torch.as_tensor(model.intercept_, dtype=torch.float64).reshape(-1)
+        weights.append(coef)
+        biases.append(intercept)
+    return torch.stack(weights), torch.stack(biases)
+
+
+def _score(
+    outputs: Float[Tensor, "layer n n_out"], y: Tensor, kind: str
+) -> Float[Tensor, " layer"]:
+    """Accuracy of argmax predictions (logistic) or R^2 averaged over outputs (ridge)."""
+    if kind == "logistic":
+        return (outputs.argmax(dim=-1) == y).float().mean(dim=1)
+    residual = (y - outputs).pow(2).sum(dim=1)
+    total = (y - y.mean(dim=0)).pow(2).sum(dim=0).clamp_min(torch.finfo(outputs.dtype).tiny)
+    return (1.0 - residual / total).mean(dim=-1).float()
+
+
+# -- sweeps over seeds
+
+
+def confidence_interval(
+    scores: Float[Tensor, "seed layer"], level: float = 0.95
+) -> tuple[Float[Tensor, " layer"], Float[Tensor, " layer"], Float[Tensor, " layer"]]:
+    """Mean over seeds and the Student-t `level` interval of that mean, per layer.
+
+    With one seed the interval is the mean itself (no spread can be estimated).
+    """
+    if scores.ndim != 2 or scores.shape[0] < 1:
+        raise ValueError(f"scores must be [seed, layer] with >= 1 seed, got {tuple(scores.shape)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    scores = scores.double()
+    n_seeds = scores.shape[0]
+    mean = scores.mean(dim=0)
+    if n_seeds == 1:
+        return mean.float(), mean.float(), mean.float()
+    from scipy.stats import t as student_t
+
+    half = (
+        float(student_t.ppf(0.5 + level / 2, df=n_seeds - 1))
+        * scores.std(dim=0)
+        / math.sqrt(n_seeds)
+    )
+    return mean.float(), (mean - half).float(), (mean + half).float()
+
+
+def fit_probes_over_seeds(
+    features: Float[Tensor, "layer n d"],
+    labels: Tensor,
+    *,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    level: float = 0.95,
+    **kwargs: Any,
+) -> ProbeSweep:
+    """`fit_probes` once per seed (a new split each time); the mean test score and its
+    `level` confidence interval per layer. `kwargs` go to `fit_probes` (not `seed`)."""
+    if "seed" in kwargs:
+        raise ValueError("fit_probes_over_seeds takes `seeds`, not `seed`")
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    results = [fit_probes(features, labels, seed=seed, **kwargs) for seed in seeds]
+    scores = torch.stack([result.test_score for result in results])
+    mean, low, high = confidence_interval(scores, level=level)
+    return ProbeSweep(
+        scores=scores,
+        seeds=seeds,
+        mean=mean,
+        low=low,
+        high=high,
+        level=level,
+        kind=results[0].kind,
+        backend=results[0].backend,
+    )
+
+
+# -- checks
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+def _check_features(features: Tensor) -> None:
+    if not isinstance(features, Tensor):
+        raise ValueError(f"features must be a tensor [layer, n, d], got {type(features).__name__}")
+    if features.ndim != 3:
+        hint = " (add a layer axis with features[None])" if features.ndim == 2 else ""
+        raise ValueError(f"features must be [layer, n, d], got shape {tuple(features.shape)}{hint}")
+    if not torch.is_floating_point(features):
+        raise ValueError(f"features must be floating point, got dtype {features.dtype}")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("features contain NaN or infinite values")
+
+
+def _class_targets(labels: Tensor) -> tuple[list[int], Int[Tensor, " n"]]:
+    """The sorted class values and each example's class index; checks counts per class."""
+    if labels.ndim != 1:
+        raise ValueError(f"logistic labels must be [n], got shape {tuple(labels.shape)}")
+    if torch.is_floating_point(labels):
+        if not bool((labels == labels.round()).all()):
+            raise ValueError("logistic labels must be integer class ids (use kind='ridge')")
+        labels = labels.long()
+    values, targets, counts = torch.unique(
+        labels.cpu().long(), return_inverse=True, return_counts=True
+    )
+    if len(values) < 2:
+        raise ValueError(f"logistic probes need at least 2 classes, got {len(values)}")
+    if int(counts.min()) < MIN_EXAMPLES_PER_CLASS:
+        rare = values[counts < MIN_EXAMPLES_PER_CLASS].tolist()
+        raise ValueError(
+            f"too few examples of class(es) {rare}: each class needs at least "
+            f"{MIN_EXAMPLES_PER_CLASS}"
+        )
+    return values.tolist(), targets
