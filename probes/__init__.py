@@ -1,5 +1,7 @@
-"""probes: see ARCHITECTURE.md."""
+"""probes: what the activations encode. `probes.data` builds (activation, label) datasets
+from a model; `probes.linear` fits a probe per layer."""
 
+from probes.data import IGNORE, ProbeDataset, residual_hooks, sequence_dataset, token_dataset
 from probes.linear import (
     ProbeResult,
     ProbeSweep,
@@ -10,6 +12,11 @@ from probes.linear import (
 )
 
 __all__ = [
+    "IGNORE",
+    "ProbeDataset",
+    "residual_hooks",
+    "sequence_dataset",
+    "token_dataset",
     "ProbeResult",
     "ProbeSweep",
     "confidence_interval",
