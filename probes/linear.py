@@ -16,8 +16,9 @@ deviation, so `l2` means the same thing at every layer. The objectives, per laye
 
 and the directions stored in a `ProbeResult` are mapped back to the original feature space.
 Train/test splits are by example, or by group (e.g. the sentence a token came from) so that
-no group is on both sides. `fit_probes_over_seeds` repeats split and fit over seeds and
-reports a Student-t 95% interval of the mean score per layer.
+no group is on both sides; `fit_probes_on_split` fits on a split the caller chose.
+`fit_probes_over_seeds` repeats split and fit over seeds and reports a Student-t 95% interval
+of the mean score per layer.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
     "ProbeSweep",
     "confidence_interval",
     "fit_probes",
+    "fit_probes_on_split",
     "fit_probes_over_seeds",
     "split_examples",
 ]
@@ -327,6 +329,9 @@ def fit_probes(
 ) -> ProbeResult:
     """Fit one linear probe per layer and score it on a held-out split.
 
+    The split comes from `split_examples` (by group, else stratified by class for logistic
+    probes); the fit is `fit_probes_on_split` on that split.
+
     Args:
         features: Activations, one row per example at every layer.
         labels: Logistic: integer class labels `[n]`. Ridge: real targets `[n]` or `[n, k]`.
@@ -341,37 +346,69 @@ def fit_probes(
         epochs: Maximum L-BFGS iterations (torch logistic) or solver iterations (sklearn).
         device: Where the torch backend computes (default: the features' device).
     """
-    kind, backend = _check_choice(kind, KINDS, "kind"), _check_choice(backend, BACKENDS, "backend")
-    _check_features(features)
-    n_layers, n, _ = features.shape
-    if not isinstance(labels, Tensor) or labels.ndim not in (1, 2) or labels.shape[0] != n:
-        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"labels must be a tensor with {n} rows (one per example), got {shape}")
-    if l2 is None and backend == "torch":
-        raise ValueError("l2=None (cross-validated penalty) needs backend='sklearn'")
-    if l2 is not None and not l2 >= 0:
-        raise ValueError(f"l2 must be >= 0, got {l2}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    kind, backend = _check_fit_args(features, labels, kind, backend, l2, epochs)
+    n = features.shape[1]
     if groups is not None and (not isinstance(groups, Tensor) or groups.shape != (n,)):
         shape = tuple(groups.shape) if isinstance(groups, Tensor) else type(groups).__name__
         raise ValueError(f"groups must be a tensor of shape [{n}], got {shape}")
+    strata = None
+    if kind == "logistic" and groups is None:
+        strata = _class_targets(labels)[1]
+    train_index, test_index = split_examples(
+        n, test_fraction=test_fraction, seed=seed, groups=groups, labels=strata
+    )
+    return fit_probes_on_split(
+        features,
+        labels,
+        train_index,
+        test_index,
+        kind=kind,
+        backend=backend,
+        l2=l2,
+        epochs=epochs,
+        device=device,
+    )
 
+
+def fit_probes_on_split(
+    features: Float[Tensor, "layer n d"],
+    labels: Int[Tensor, " n"] | Float[Tensor, " n"] | Float[Tensor, "n k"],
+    train_index: Int[Tensor, " n_train"],
+    test_index: Int[Tensor, " n_test"],
+    *,
+    kind: str = "logistic",
+    backend: str = "torch",
+    l2: float | None = 1e-3,
+    epochs: int = 500,
+    device: str | torch.device | None = None,
+    allow_missing_classes: bool = False,
+) -> ProbeResult:
+    """Fit one linear probe per layer on the examples `train_index`, score on `test_index`.
+
+    `fit_probes` is this on a split from `split_examples`; call it directly to fit on a split
+    you chose (the same split for a task and its control task, growing prefixes for an
+    online code: `probes.controls`). Arguments as in `fit_probes`.
+
+    Args:
+        train_index: `[n_train]` indices (into the `n` examples) to fit on; not empty.
+        test_index: `[n_test]` indices to score on; not empty.
+        allow_missing_classes: Logistic, torch backend: accept classes that have no training
+            example (or a single example in all): they keep an output column, which
+            training drives towards probability 0, so they are never predicted. The
+            classes are always those of `labels`, not of the training split.
+    """
+    kind, backend = _check_fit_args(features, labels, kind, backend, l2, epochs)
+    n = features.shape[1]
+    train_index = _check_index(train_index, n, "train_index")
+    test_index = _check_index(test_index, n, "test_index")
     device = torch.device(device) if device is not None else features.device
     dtype = features.dtype if features.dtype == torch.float64 else torch.float32
     x = features.to(device, dtype)
 
     if kind == "logistic":
-        classes, targets = _class_targets(labels)
-        train_index, test_index = split_examples(
-            n,
-            test_fraction=test_fraction,
-            seed=seed,
-            groups=groups,
-            labels=None if groups is not None else targets,
-        )
+        classes, targets = _class_targets(labels, 1 if allow_missing_classes else None)
         missing = set(range(len(classes))) - set(targets[train_index].tolist())
-        if missing:
+        if missing and (not allow_missing_classes or backend != "torch"):
             raise ValueError(
                 f"the training split has no example of class(es) "
                 f"{sorted(classes[i] for i in missing)}; add examples or lower test_fraction"
@@ -380,10 +417,7 @@ def fit_probes(
     else:
         if labels.dtype == torch.bool or labels.is_complex():
             raise ValueError(f"ridge labels must be numbers, got dtype {labels.dtype}")
-        classes = ()
-        train_index, test_index = split_examples(
-            n, test_fraction=test_fraction, seed=seed, groups=groups
-        )
+        classes = []
         y = labels.to(device, dtype)
         y = y[:, None] if y.ndim == 1 else y
         if len(train_index) < 2:
@@ -624,8 +658,44 @@ def _check_features(features: Tensor) -> None:
         raise ValueError("features contain NaN or infinite values")
 
 
-def _class_targets(labels: Tensor) -> tuple[list[int], Int[Tensor, " n"]]:
-    """The sorted class values and each example's class index; checks counts per class."""
+def _check_fit_args(
+    features: Tensor, labels: Tensor, kind: str, backend: str, l2: float | None, epochs: int
+) -> tuple[str, str]:
+    """The checks `fit_probes` and `fit_probes_on_split` share; returns (kind, backend)."""
+    kind, backend = _check_choice(kind, KINDS, "kind"), _check_choice(backend, BACKENDS, "backend")
+    _check_features(features)
+    n = features.shape[1]
+    if not isinstance(labels, Tensor) or labels.ndim not in (1, 2) or labels.shape[0] != n:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be a tensor with {n} rows (one per example), got {shape}")
+    if l2 is None and backend == "torch":
+        raise ValueError("l2=None (cross-validated penalty) needs backend='sklearn'")
+    if l2 is not None and not l2 >= 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    return kind, backend
+
+
+def _check_index(index: Tensor, n: int, what: str) -> Int[Tensor, " m"]:
+    """`index` as a CPU long tensor of positions in `0..n-1`, not empty."""
+    if not isinstance(index, Tensor) or index.ndim != 1 or torch.is_floating_point(index):
+        shape = tuple(index.shape) if isinstance(index, Tensor) else type(index).__name__
+        raise ValueError(f"{what} must be a 1-d integer tensor, got {shape}")
+    if len(index) == 0:
+        raise ValueError(f"{what} is empty")
+    index = index.cpu().long()
+    if int(index.min()) < 0 or int(index.max()) >= n:
+        raise ValueError(f"{what} must hold indices in 0..{n - 1}")
+    return index
+
+
+def _class_targets(
+    labels: Tensor, min_count: int | None = None
+) -> tuple[list[int], Int[Tensor, " n"]]:
+    """The sorted class values and each example's class index; checks there are at least two
+    classes and `min_count` (default `MIN_EXAMPLES_PER_CLASS`) examples of each."""
+    min_count = MIN_EXAMPLES_PER_CLASS if min_count is None else min_count
     if labels.ndim != 1:
         raise ValueError(f"logistic labels must be [n], got shape {tuple(labels.shape)}")
     if torch.is_floating_point(labels):
@@ -637,10 +707,9 @@ def _class_targets(labels: Tensor) -> tuple[list[int], Int[Tensor, " n"]]:
     )
     if len(values) < 2:
         raise ValueError(f"logistic probes need at least 2 classes, got {len(values)}")
-    if int(counts.min()) < MIN_EXAMPLES_PER_CLASS:
-        rare = values[counts < MIN_EXAMPLES_PER_CLASS].tolist()
+    if int(counts.min()) < min_count:
+        rare = values[counts < min_count].tolist()
         raise ValueError(
-            f"too few examples of class(es) {rare}: each class needs at least "
-            f"{MIN_EXAMPLES_PER_CLASS}"
+            f"too few examples of class(es) {rare}: each class needs at least {min_count}"
         )
     return values.tolist(), targets
