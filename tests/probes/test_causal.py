@@ -342,3 +342,31 @@ def test_bad_input(model) -> None:
         edit.apply(torch.ones(2, D_MODEL))
     with pytest.raises(ValueError, match="n_random"):
         intervention_effect(model, _batch(), HOOK, edit, max_logit_gap, n_random=-1)
+
+
+def test_activation_patterns_find_the_written_direction_not_the_read_one() -> None:
+    """x = z * u + noise along v, where the noise is shared by the readout: the best linear
+    readout of z subtracts the noise (weights lean on v), but z is written along u only."""
+    from probes.causal import activation_patterns
+
+    generator = torch.Generator().manual_seed(0)
+    n = 4000
+    z = torch.randn(n, 1, generator=generator, dtype=torch.float64)
+    noise = torch.randn(n, 1, generator=generator, dtype=torch.float64)
+    u, v = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), torch.tensor(
+        [0.6, 0.8, 0.0], dtype=torch.float64
+    )
+    x = z * u + noise * v
+    pattern = activation_patterns(x, z)[:, 0]
+    assert torch.allclose(pattern / pattern.norm(), u, atol=0.05)
+    # the least-squares readout is not along u: it cancels the noise through v's second axis
+    weights = torch.linalg.lstsq(x - x.mean(0), z - z.mean(0)).solution[:, 0]
+    assert abs(float(weights[1])) > 0.5
+    # classes: the pattern of each one-hot column is the class mean minus the overall mean
+    labels = torch.arange(n) % 2
+    shifted = x + labels[:, None] * torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64)
+    patterns = activation_patterns(shifted, labels)
+    assert patterns.shape == (3, 2)
+    assert float(patterns[2, 1]) == pytest.approx(0.5, abs=0.01)  # 2 * p(1 - p), p = 1/2
+    with pytest.raises(ValueError, match="x must be a float tensor"):
+        activation_patterns(torch.ones(3, dtype=torch.long), z[:3])

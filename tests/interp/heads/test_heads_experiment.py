@@ -14,13 +14,9 @@ from interp.cli import main
 from interp.config import ConfigError, load_config
 from interp.heads import HeadComposition, HeadScores, head_composition, model_pattern_scores
 from interp.heads.ablation import AblationResult, ablation_importance
-from interp.heads.experiment import (
-    PackageModelRef,
-    ProbeSettings,
-    probe_tokens,
-    special_token_ids,
-)
+from interp.heads.experiment import ProbeSettings, probe_tokens, special_token_ids
 from interp.metrics import mean_metric
+from interp.model_refs import PackageModelRef
 from interp.runs import RunStore
 from interp.tasks import Induction
 

@@ -1,0 +1,159 @@
+"""The `probe` experiment kind end to end on tiny runs, checked against the library calls it
+stands on (the same probes fitted by hand, the same accuracy computed by hand)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from interp import models
+from interp.activations import collect
+from interp.cli import main
+from interp.metrics import accuracy
+from interp.runs import RunStore
+from interp.tasks import ModularArithmetic
+from probes.linear import fit_probes_over_seeds
+from probes.probe_experiment import default_hooks
+
+GROK = """
+kind: grokking
+name: tiny_grok
+seed: 0
+seeds: [0]
+device: cpu
+model: {n_layers: 1, d_model: 32, n_heads: 4, d_mlp: 64, act_fn: relu, normalization: null}
+task: {name: modular, p: 11, frac_train: 0.5, seed: 0}
+epochs: 40
+optim: {lr: 0.01, weight_decay: 1.0, betas: [0.9, 0.98], warmup_epochs: 5}
+stop: {enabled: false}
+log_every: 20
+progress_every: 0
+checkpoint_every: 20
+"""
+
+PROBE_GROK = """
+kind: probe
+name: tiny_probe_grok
+device: cpu
+model: {run: tiny_grok, artifact: models/seed_0}
+study:
+  name: modular
+  task: {name: modular, p: 11, frac_train: 0.5, seed: 0}
+  key_frequencies: [1, 3]
+checkpoints: [{label: epoch_20, artifact: checkpoints/epoch_000020, seed: 0}]
+probe: {seeds: [0, 1], epochs: 50}
+controls: {selectivity: false, mdl: true, random_init: true}
+interventions: {targets: [fourier_key], kinds: [project_out, erase], n_random: 2}
+"""
+
+TRAIN_INDUCTION = """
+kind: train
+name: tiny_induction
+device: cpu
+model: {n_layers: 2, d_model: 16, n_heads: 2, d_vocab: 12, n_ctx: 8, attn_only: true}
+task: {name: induction, d_vocab: 12, half_len: 4, n_examples: 64}
+train: {steps: 5, batch_size: 16, eval_every: 5}
+"""
+
+PROBE_INDUCTION = """
+kind: probe
+name: tiny_probe_induction
+device: cpu
+model: {run: tiny_induction}
+study: {name: induction, task: {name: induction, d_vocab: 12, half_len: 4, n_examples: 40, seed: 3}}
+probe: {seeds: [0, 1], epochs: 30}
+controls: {selectivity: true, mdl: false, random_init: false}
+"""
+
+
+def _run_suite(tmp_path: Path, configs: dict[str, str]) -> RunStore:
+    for name, text in configs.items():
+        (tmp_path / f"{name}.yaml").write_text(textwrap.dedent(text))
+    (tmp_path / "suite.yaml").write_text(
+        "kind: suite\nexperiments: [" + ", ".join(f"{n}.yaml" for n in configs) + "]\n"
+    )
+    runs = tmp_path / "runs"
+    argv = ["run", str(tmp_path / "suite.yaml"), "--runs-dir", str(runs), "--no-progress"]
+    assert main(argv) == 0
+    return RunStore(runs)
+
+
+@pytest.fixture(scope="module")
+def grok_store(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
+    return _run_suite(
+        tmp_path_factory.mktemp("probe_grok"), {"tiny_grok": GROK, "tiny_probe_grok": PROBE_GROK}
+    )
+
+
+def test_modular_probe_tables_equal_probes_fitted_by_hand(grok_store: RunStore) -> None:
+    run = grok_store.latest("tiny_probe_grok")
+    assert run is not None and run.status == "done"
+    layers = run.load_table("probe_layers")
+    assert set(layers["variant"]) == {"final", "epoch_20", "random_init"}
+    targets = ["a", "b", "sum", "fourier_1", "fourier_3", "fourier_key"]
+    assert list(layers.loc[layers["variant"] == "final", "target"].unique()) == targets
+
+    # the final model's `sum` probes, refitted here from activations collected here
+    model = models.load_checkpoint(grok_store.latest("tiny_grok").artifacts_dir / "models/seed_0")
+    hooks = default_hooks(model)
+    task = ModularArithmetic(p=11, frac_train=0.5, seed=0)
+    batch = task.batch()
+    acts = collect(model, batch.clean, hooks, positions=3, progress=False)
+    features = torch.stack([acts[h] for h in hooks])
+    sweep = fit_probes_over_seeds(
+        features, batch.answer, seeds=(0, 1), kind="logistic", epochs=50, l2=1e-3
+    )
+    rows = layers[(layers["variant"] == "final") & (layers["target"] == "sum")]
+    assert rows["hook"].tolist() == hooks
+    assert rows["mean"].tolist() == pytest.approx(sweep.mean.tolist(), abs=1e-6)
+    # MDL columns for classification targets, not for the regression ones
+    assert rows["compression"].notna().all()
+    assert layers.loc[layers["target"] == "fourier_key", "compression"].isna().all()
+
+
+def test_modular_interventions_score_the_held_out_pairs(grok_store: RunStore) -> None:
+    run = grok_store.latest("tiny_probe_grok")
+    table = run.load_table("probe_interventions")
+    assert set(table["variant"]) == {"final", "epoch_20"}
+    assert set(table["intervention"]) == {"project_out", "erase"}
+    model = models.load_checkpoint(grok_store.latest("tiny_grok").artifacts_dir / "models/seed_0")
+    held_out = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()[1]
+    with torch.no_grad():
+        expected = float(accuracy(model(held_out.clean), held_out).mean())
+    final = table[table["variant"] == "final"]
+    assert final["before"].tolist() == pytest.approx([expected] * len(final), abs=1e-6)
+    assert final["n_random"].tolist() == [2] * len(final)
+    summary = run.summary
+    assert summary["final/fourier_key/project_out/before"] == pytest.approx(expected, abs=1e-6)
+    assert "epoch_20/sum/best_accuracy" in summary
+
+
+def test_checkpoint_variant_differs_from_final(grok_store: RunStore) -> None:
+    layers = grok_store.latest("tiny_probe_grok").load_table("probe_layers")
+    by_variant = layers[layers["target"] == "a"].groupby("variant")["mean"].apply(list)
+    assert by_variant["final"] != by_variant["epoch_20"]
+
+
+def test_token_level_study_with_selectivity(tmp_path: Path) -> None:
+    store = _run_suite(
+        tmp_path, {"tiny_induction": TRAIN_INDUCTION, "tiny_probe_induction": PROBE_INDUCTION}
+    )
+    layers: pd.DataFrame = store.latest("tiny_probe_induction").load_table("probe_layers")
+    assert set(layers["target"]) == {"occurred_before", "next_after_previous"}
+    assert set(layers["variant"]) == {"final"}
+    assert len(layers) == 2 * 3  # two targets x (resid_pre 0, resid_pre 1, resid_post 1)
+    # selectivity is the task probe's accuracy minus the control task's, on the same splits
+    gap = layers["selectivity"] - (layers["mean"] - layers["control_mean"])
+    assert gap.abs().max() < 1e-6
+
+
+def test_bad_probe_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("kind: probe\nmodel: {run: x}\nstudy: {name: nope}\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study" in err[0], err
