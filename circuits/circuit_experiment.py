@@ -11,10 +11,13 @@
 
 Saved per method: EAP / EAP-IG scores (`artifacts/edge_scores_<method>.*` and a table), each
 ACDC threshold's circuit (`artifacts/acdc_<i>.*`) and a table of all of them, and the
-faithfulness-against-size curve of each score (`tables/faithfulness.parquet`). Where the
-source has a ground truth (planted models, tracr programs), the summary holds the ROC AUC
-of each method at edge and node level, by trapezoid and by ACDC's pessimistic staircase,
-and whether some threshold recovers the true edge set exactly.
+faithfulness-against-size curve of each score (`tables/faithfulness.parquet`), and the
+graph's edge list in graph order (`artifacts/graph_edges.parquet`: edge, source,
+destination), which names the per-edge tensors. Where the source has a ground truth
+(planted models, tracr programs), the summary holds the ROC AUC of each method at edge and
+node level, by trapezoid and by ACDC's pessimistic staircase, and whether some threshold
+recovers the true edge set exactly; the true edges are saved (`artifacts/truth_edges.json`)
+and so are the ROC curves' points (`artifacts/roc.parquet`: method, level, fpr, tpr).
 """
 
 from __future__ import annotations
@@ -121,13 +124,41 @@ def _named_metric(config: CircuitConfig) -> PatchMetric:
     return mean_metric(METRICS[name])
 
 
-def _roc_summary(graph: ComputationalGraph, truth: frozenset[str], **kind: Any) -> dict[str, float]:
+def _roc_summary(
+    graph: ComputationalGraph,
+    truth: frozenset[str],
+    method: str,
+    points: list[pd.DataFrame],
+    **kind: Any,
+) -> dict[str, float]:
+    """AUCs at edge and node level; each curve's points are appended to `points`."""
     summary = {}
     for level in ("edge", "node"):
         curve = roc(graph, truth, level=level, **kind)
         summary[f"auc_{level}"] = curve.auc
         summary[f"auc_{level}_pessimistic"] = curve.pessimistic_auc
+        points.append(
+            pd.DataFrame(
+                {
+                    "method": method,
+                    "level": level,
+                    "fpr": curve.fpr.tolist(),
+                    "tpr": curve.tpr.tolist(),
+                }
+            )
+        )
     return summary
+
+
+def _edge_list(graph: ComputationalGraph) -> pd.DataFrame:
+    """One row per edge in graph order: `edge`, `source`, `destination` (node names)."""
+    return pd.DataFrame(
+        {
+            "edge": [edge.name for edge in graph.edges],
+            "source": [edge.source.name for edge in graph.edges],
+            "destination": [edge.destination.name for edge in graph.edges],
+        }
+    )
 
 
 def run_circuit(config: CircuitConfig, run: Run, context: RunContext) -> dict[str, Any]:
@@ -137,9 +168,12 @@ def run_circuit(config: CircuitConfig, run: Run, context: RunContext) -> dict[st
     patcher = EdgePatcher(bench.model)
     graph = patcher.graph
     summary: dict[str, Any] = {"n_edges": len(graph), "ablation": config.ablation}
+    run.save_table("graph_edges", _edge_list(graph))
     if bench.truth is not None:
         summary["n_true_edges"] = len(bench.truth)
+        run.save_json("truth_edges", sorted(bench.truth, key=graph.edge_index.__getitem__))
     curves = []
+    roc_points: list[pd.DataFrame] = []
     for method in config.methods:
         if method in ("eap", "eap-ig"):
             scores = edge_attribution(
@@ -167,18 +201,24 @@ def run_circuit(config: CircuitConfig, run: Run, context: RunContext) -> dict[st
             )
             entry: dict[str, Any] = {"top_edges": scores.top(10)}
             if bench.truth is not None:
-                entry |= _roc_summary(graph, bench.truth, scores=scores.scores)
+                entry |= _roc_summary(
+                    graph, bench.truth, method, roc_points, scores=scores.scores
+                )
                 k = len(bench.truth)
                 entry["recovers_truth"] = set(scores.top(k)) == set(bench.truth)
             summary[method] = entry
         else:
-            summary["acdc"] = _run_acdc(config, bench, run)
+            summary["acdc"] = _run_acdc(config, bench, run, roc_points)
     if curves:
         run.save_table("faithfulness", pd.concat(curves, ignore_index=True))
+    if roc_points:
+        run.save_table("roc", pd.concat(roc_points, ignore_index=True))
     return summary
 
 
-def _run_acdc(config: CircuitConfig, bench: Benchmark, run: Run) -> dict[str, Any]:
+def _run_acdc(
+    config: CircuitConfig, bench: Benchmark, run: Run, roc_points: list[pd.DataFrame]
+) -> dict[str, Any]:
     objective = "kl" if config.acdc_objective == "kl" else bench.metric
     results: list[ACDCResult] = []
     rows = []
@@ -206,7 +246,7 @@ def _run_acdc(config: CircuitConfig, bench: Benchmark, run: Run) -> dict[str, An
     if bench.truth is not None and results:
         graph = results[0].graph
         masks = torch.stack([r.kept.float() for r in results])
-        entry |= _roc_summary(graph, bench.truth, circuits=masks)
+        entry |= _roc_summary(graph, bench.truth, "acdc", roc_points, circuits=masks)
         truth_mask = masks_of(graph, [list(bench.truth)])[0].bool()
         entry["recovers_truth"] = any(torch.equal(r.kept, truth_mask) for r in results)
     return entry

@@ -9,9 +9,10 @@
     normalise: true
 
 Each target's result is saved as `artifacts/patching_<target>.safetensors` (+ `.json`) and
-as a long table `artifacts/patching_<target>.parquet` for the dashboard; the summary holds
-the metric on the clean and corrupted prompts and, per target, the index with the largest
-effect.
+as a long table `artifacts/patching_<target>.parquet` for the dashboard, and the prompts
+patched (token ids and token strings, clean and corrupted) as `artifacts/prompts.json`; the
+summary holds the metric on the clean and corrupted prompts and, per target, the index with
+the largest effect.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from interp.metrics import mean_metric
 from interp.model_refs import ModelRef, resolve_model_and_task
 from interp.runs import Run
 from interp.tasks import AnyTaskConfig
+from interp.tasks.base import TaskBatch
+
+PROMPTS_ARTIFACT = "prompts"
 
 
 class PatchingConfig(ExperimentConfig):
@@ -62,6 +66,33 @@ def strongest_index(result: PatchingResult) -> dict[str, Any]:
     return {**labels, "value": float(result.values.flatten()[flat])}
 
 
+def token_strings(ids: list[int], tokenizer: Any | None) -> list[str]:
+    """The tokens of `ids` as text: the tokenizer's tokens, or the ids themselves when the
+    model has no tokenizer (native models)."""
+    if tokenizer is None:
+        return [str(i) for i in ids]
+    return [str(token) for token in tokenizer.convert_ids_to_tokens(ids)]
+
+
+def prompts_record(batch: TaskBatch, tokenizer: Any | None) -> dict[str, Any]:
+    """The patched prompts as JSON data: per example the clean and corrupted token ids
+    (`[batch][pos]`) and strings, the answer and wrong tokens (ids and strings) and the
+    position the metric reads."""
+    clean, corrupted = batch.clean.tolist(), batch.corrupted.tolist()
+    answer, wrong = batch.answer.tolist(), batch.wrong.tolist()
+    return {
+        "clean": clean,
+        "corrupted": corrupted,
+        "clean_tokens": [token_strings(ids, tokenizer) for ids in clean],
+        "corrupted_tokens": [token_strings(ids, tokenizer) for ids in corrupted],
+        "answer": answer,
+        "wrong": wrong,
+        "answer_tokens": token_strings(answer, tokenizer),
+        "wrong_tokens": token_strings(wrong, tokenizer),
+        "position": batch.position.tolist(),
+    }
+
+
 def run_patching(config: PatchingConfig, run: Run, context: RunContext) -> dict[str, Any]:
     """Patch every target and save each result."""
     torch.manual_seed(config.seed)
@@ -72,6 +103,7 @@ def run_patching(config: PatchingConfig, run: Run, context: RunContext) -> dict[
     batch = task.batch().to(models.resolve_device(config.device))
     metric = mean_metric(task.metric(config.metric))
     summary: dict[str, Any] = {"metric": config.metric or task.default_metric}
+    run.save_json(PROMPTS_ARTIFACT, prompts_record(batch.to("cpu"), tokenizer))
     for target in config.targets:
         result = patch(
             model, batch, target, metric,

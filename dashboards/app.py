@@ -43,9 +43,21 @@ class PageSpec:
 
 def page_specs() -> list[PageSpec]:
     """The app's pages, the first one being the landing page."""
+    from dashboards.views.circuits import render_circuits_page
+    from dashboards.views.grokking import render_grokking_page
+    from dashboards.views.heads import render_heads_page
+    from dashboards.views.patching import render_patching_page
+    from dashboards.views.probes import render_probes_page
     from dashboards.views.runs import render_runs_page
 
-    return [PageSpec("Runs", "runs", render_runs_page, icon=":material/table_chart:")]
+    return [
+        PageSpec("Runs", "runs", render_runs_page, icon=":material/table_chart:"),
+        PageSpec("Grokking", "grokking", render_grokking_page, icon=":material/show_chart:"),
+        PageSpec("Patching", "patching", render_patching_page, icon=":material/grid_on:"),
+        PageSpec("Circuits", "circuits", render_circuits_page, icon=":material/hub:"),
+        PageSpec("Probes", "probes", render_probes_page, icon=":material/search:"),
+        PageSpec("Heads", "heads", render_heads_page, icon=":material/visibility:"),
+    ]
 
 
 def runs_dir_from(argv: Sequence[str], environ: Mapping[str, str]) -> str:

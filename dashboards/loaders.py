@@ -7,6 +7,8 @@ lines show up on the next rerun. `clear_caches()` forgets everything (the Refres
 
 from __future__ import annotations
 
+import importlib
+
 import pandas as pd
 import streamlit as st
 
@@ -14,6 +16,16 @@ from interp.runs import RunStore
 
 CACHE_TTL_S = 5
 """Seconds a cached read is reused before the store is read again."""
+
+PAGE_LOADERS = (
+    "dashboards.run_picker",
+    "dashboards.loaders_grokking",
+    "dashboards.loaders_patching",
+    "dashboards.loaders_circuits",
+    "dashboards.loaders_probes",
+    "dashboards.loaders_heads",
+)
+"""Modules with cached readers of their own; each has a `clear_caches()`."""
 
 
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=8, show_spinner=False)
@@ -35,7 +47,9 @@ def compare_runs(runs_dir: str, refs: tuple[str, ...], only_differences: bool) -
 
 
 def clear_caches() -> None:
-    """Forget every cached read, so the next rerun reads the store afresh."""
+    """Forget every cached read of every page, so the next rerun reads the store afresh."""
     runs_table.clear()
     run_metrics.clear()
     compare_runs.clear()
+    for name in PAGE_LOADERS:  # imported here: they import this module's CACHE_TTL_S
+        importlib.import_module(name).clear_caches()

@@ -15,7 +15,8 @@ fresh weights) is probed for every target of the study at every hook (default: t
 stream before each block and after the last), over several split seeds. Saved:
 
 - `tables/probe_layers`: one row per (variant, target, layer): mean score with its 95%
-  interval over seeds, and where computed the control-task accuracy and selectivity
+  interval over seeds, the majority-class rate (chance accuracy) of classification targets,
+  and where computed the control-task accuracy and selectivity
   (Hewitt & Liang 2019) and the MDL online codelength and compression (Voita & Titov 2020).
 - `tables/probe_interventions`: per (variant, target, intervention): the task metric before,
   after, and after the same intervention along random directions of equal rank and norm.
@@ -288,13 +289,17 @@ def probe_group(
     frame.insert(0, "hook", hooks)
     frame.insert(0, "target", target.name)
     frame.insert(0, "variant", variant)
+    if target.kind == "logistic":  # chance level: always answering the most common class
+        frame["majority"] = float(torch.unique(labels, return_counts=True)[1].max()) / len(labels)
     if variant != RANDOM_INIT and target.kind == "logistic":
         if controls.selectivity and types is not None:
             control = selectivity(x, labels, types, seeds=settings.seeds, **kwargs)
             frame["control_mean"] = control.control_mean.tolist()
             frame["selectivity"] = control.selectivity.tolist()
         if controls.mdl:
-            mdl = online_codelength(x, labels, seed=config.seed, l2=settings.l2)
+            mdl = online_codelength(
+                x, labels, seed=config.seed, l2=settings.l2, epochs=settings.epochs
+            )
             frame["mdl_bits"] = mdl.online_bits.tolist()
             frame["compression"] = mdl.compression.tolist()
     if variant != RANDOM_INIT:

@@ -1,9 +1,4 @@
-"""Plotly figures built from saved results: one function per figure.
-
-Every function takes what a run saved (DataFrames, arrays) and returns a `go.Figure`; the
-dashboard pages and scripts both call them. This module never imports torch, so drawing a
-figure never loads a model.
-"""
+"""Line plots of logged metrics against a step axis."""
 
 from __future__ import annotations
 

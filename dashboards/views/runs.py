@@ -97,9 +97,14 @@ def render_metrics(runs_dir: Path, refs: list[str]) -> None:
     except (ValueError, OSError) as error:
         st.warning(str(error))
         return
+    if "seed" in metrics.columns and metrics["seed"].nunique() > 1:
+        # runs that train several seeds together log one line per (step, seed)
+        seeds = sorted(metrics["seed"].dropna().unique().tolist())
+        seed = st.selectbox("Seed", seeds, key=f"runs_metrics_seed_{ref}")
+        metrics = metrics[metrics["seed"] == seed]
     numeric = [
         name for name in metrics.columns
-        if name not in ("step", "time") and pd.api.types.is_numeric_dtype(metrics[name])
+        if name not in ("step", "time", "seed") and pd.api.types.is_numeric_dtype(metrics[name])
         and not pd.api.types.is_bool_dtype(metrics[name])
     ]
     if metrics.empty or not numeric:

@@ -52,11 +52,15 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML has it (8x faster: listing 50 runs reads 50 configs)."""
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     """config.yaml of `run_dir` ({} when empty); CorruptRun if missing or not a mapping."""
     path = run_dir / CONFIG_FILE
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except FileNotFoundError:
         raise CorruptRun(f"{CONFIG_FILE} is missing") from None
     except (OSError, ValueError, yaml.YAMLError) as error:

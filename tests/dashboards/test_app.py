@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+from page_testing import figures
 from streamlit.testing.v1 import AppTest
 
 from dashboards.app import runs_dir_from
@@ -171,3 +172,22 @@ def test_importing_figures_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_metrics_of_a_multi_seed_run_are_drawn_one_seed_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    store = RunStore(tmp_path / "runs")
+    with store.create("grok", "grokking", {}, run_id="seeds") as run:
+        for step in range(3):
+            for seed in (0, 1):
+                run.log(step, seed=seed, loss=10.0 * seed + step)
+        run.write_summary({})
+    app = _app(monkeypatch, store.root)
+    assert not app.exception
+    assert app.selectbox(key="runs_metrics_seed_grok/seeds").options == ["0", "1"]
+    (figure,) = figures(app)
+    assert [trace.name for trace in figure.data] == ["loss"]  # seed is a selector, not a curve
+    assert list(figure.data[0].y) == [0.0, 1.0, 2.0]
+    app.selectbox(key="runs_metrics_seed_grok/seeds").set_value(1).run()
+    assert list(figures(app)[0].data[0].y) == [10.0, 11.0, 12.0]

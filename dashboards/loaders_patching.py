@@ -1,0 +1,141 @@
+"""Cached reads of what a `patching` run saves (circuits/patching_experiment.py), for the
+Patching page: per target `artifacts/patching_<target>.safetensors` (the values) and
+`.json` (axes, labels, metric on the clean and corrupted runs, ...), written by
+`circuits.patching.PatchingResult.save`, and `artifacts/prompts.json` (the prompts).
+
+The values are read with `safetensors.numpy`, so nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+from safetensors.numpy import load_file
+
+from dashboards.loaders import CACHE_TTL_S
+from interp.runs.errors import one_line
+
+PROMPTS_FILE = "prompts.json"
+VALUES_KEY = "values"
+"""The key of the values tensor in `patching_<target>.safetensors`."""
+
+_RESULT_FILE = re.compile(r"patching_(.+)\.json")
+_PROMPT_KEYS = ("clean_tokens", "corrupted_tokens")
+
+
+@dataclass(frozen=True)
+class SavedPatching:
+    """One target's saved `PatchingResult`, as numpy data.
+
+    Attributes:
+        target: The patched target, e.g. "resid_pre".
+        values: The metric after patching each index, shaped by `axes`.
+        axes: Axis names, e.g. ("layer", "pos").
+        labels: Per axis, one label per index.
+        metric_clean: The metric on the clean run.
+        metric_corrupted: The metric on the corrupted run.
+        direction: "denoise" or "noise".
+        normalised: Whether the values are normalised (1 clean, 0 corrupted).
+        method: "activation" or "attribution".
+    """
+
+    target: str
+    values: np.ndarray
+    axes: tuple[str, ...]
+    labels: tuple[tuple[str, ...], ...]
+    metric_clean: float
+    metric_corrupted: float
+    direction: str
+    normalised: bool
+    method: str
+
+
+def _artifacts(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "artifacts"
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
+def patching_targets(run_dir: str) -> list[str]:
+    """The targets with a saved result (`artifacts/patching_<target>.json`), sorted."""
+    folder = _artifacts(run_dir)
+    if not folder.is_dir():
+        return []
+    matches = (_RESULT_FILE.fullmatch(path.name) for path in folder.iterdir())
+    return sorted(match.group(1) for match in matches if match)
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path.name} is unreadable: {one_line(error)}") from None
+
+
+def _read_values(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name} is missing")
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for a bad file
+        raise ValueError(f"{path.name} is unreadable: {one_line(error)}") from None
+    if VALUES_KEY not in tensors:
+        raise ValueError(f"{path.name} has no {VALUES_KEY!r} tensor")
+    return tensors[VALUES_KEY].astype(np.float64)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
+def patching_result(run_dir: str, target: str) -> SavedPatching:
+    """The result saved for `target`. Raises FileNotFoundError when a file is missing and
+    ValueError when one is unreadable or the values disagree with the labels."""
+    stem = _artifacts(run_dir) / f"patching_{target}"
+    meta = _read_json(stem.with_name(stem.name + ".json"))
+    values = _read_values(stem.with_name(stem.name + ".safetensors"))
+    try:
+        axes = tuple(str(axis) for axis in meta["axes"])
+        labels = tuple(tuple(str(label) for label in names) for names in meta["labels"])
+        result = SavedPatching(
+            target=str(meta.get("target", target)), values=values, axes=axes, labels=labels,
+            metric_clean=float(meta["metric_clean"]),
+            metric_corrupted=float(meta["metric_corrupted"]),
+            direction=str(meta["direction"]), normalised=bool(meta["normalised"]),
+            method=str(meta.get("method", "activation")),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"patching_{target}.json is malformed: {one_line(error)}") from None
+    shape = tuple(len(names) for names in labels)
+    if values.shape != shape:
+        raise ValueError(
+            f"patching_{target}: values {values.shape} disagree with the labels {shape}"
+        )
+    return result
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=16, show_spinner=False)
+def patching_prompts(run_dir: str) -> dict[str, Any] | None:
+    """`artifacts/prompts.json` (see `circuits.patching_experiment.prompts_record`), or
+    None for a run made before prompts were saved. ValueError when it is malformed."""
+    path = _artifacts(run_dir) / PROMPTS_FILE
+    if not path.exists():
+        return None
+    prompts = _read_json(path)
+    if not isinstance(prompts, dict) or any(
+        not isinstance(prompts.get(key), list) for key in _PROMPT_KEYS
+    ):
+        raise ValueError(f"{PROMPTS_FILE} lacks the lists {list(_PROMPT_KEYS)}")
+    if len(prompts["clean_tokens"]) != len(prompts["corrupted_tokens"]):
+        raise ValueError(f"{PROMPTS_FILE} has unequal numbers of clean and corrupted prompts")
+    return prompts
+
+
+def clear_caches() -> None:
+    """Forget every cached read."""
+    for reader in (patching_targets, patching_result, patching_prompts):
+        reader.clear()

@@ -1,0 +1,144 @@
+"""The Patching page: the activation-patching results of a `patching` run as heatmaps
+(layer x position, layer x head, ...) with each value on hover, and the clean and
+corrupted prompts the run patched, token by token.
+
+It reads what the run saved (`artifacts/patching_<target>.*`, `artifacts/prompts.json`,
+summary.json) and never runs a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboards import loaders_patching as data
+from dashboards.figures.patching import patching_heatmap, prompt_table
+from dashboards.run_picker import pick_run
+from interp.runs import RunInfo
+
+KIND = "patching"
+
+HOW_TO_MAKE_ONE = (
+    "`interp run experiments/quickstart.yaml --runs-dir {runs_dir}` (it trains "
+    "induction_2l, then patches it), or `interp run experiments/patching_induction.yaml "
+    "--runs-dir {runs_dir}` once that store holds an induction_2l run"
+)
+
+DIRECTIONS = {
+    "denoise": "clean activations patched into the corrupted run",
+    "noise": "corrupted activations patched into the clean run",
+}
+
+DIFFERS_STYLE = "background-color: rgba(255, 170, 0, 0.35)"
+"""How a position where the corrupted prompt differs from the clean one is highlighted."""
+
+
+def render_patching_page(runs_dir: Path) -> None:
+    """Draw the Patching page for the run store at `runs_dir`."""
+    st.header("Patching")
+    info = pick_run(
+        runs_dir, KIND, key="patching_run", how=HOW_TO_MAKE_ONE.format(runs_dir=runs_dir),
+        shows_partial=True,
+    )
+    if info is None:
+        return
+    render_result(info)
+    render_prompts(info)
+
+
+def render_result(info: RunInfo) -> None:
+    """A target selector and the heatmap of that target's result."""
+    targets = data.patching_targets(str(info.path))
+    if not targets:
+        st.info(f"`{info.ref}` has saved no patching result yet.")
+        return
+    target = st.selectbox("Target", targets, key=f"patching_target_{info.ref}")
+    if target is None:
+        return
+    try:
+        result = data.patching_result(str(info.path), target)
+    except (ValueError, OSError) as error:
+        st.warning(f"`{info.ref}`: the result of target {target!r} cannot be read: {error}")
+        return
+    metric = str(info.summary.get("metric") or "metric")
+    value_name = f"normalised {metric}" if result.normalised else metric
+    st.plotly_chart(patching_heatmap(
+        result.values, result.axes, result.labels, value_name=value_name,
+        title=f"{target}: {' x '.join(result.axes)} ({result.method} patching)",
+    ))
+    st.caption(result_caption(result, metric, info.summary.get(f"strongest_{target}")))
+
+
+def result_caption(
+    result: data.SavedPatching, metric: str, strongest: dict[str, Any] | None
+) -> str:
+    """What the heatmap shows, in a sentence or three."""
+    what = DIRECTIONS.get(result.direction, result.direction)
+    text = (
+        f"{metric} after patching each index ({what}). Unpatched: clean "
+        f"{result.metric_clean:.4g}, corrupted {result.metric_corrupted:.4g}."
+    )
+    if result.normalised:
+        text += " Normalised: 1 = the clean run, 0 = the corrupted run."
+    if isinstance(strongest, dict) and "value" in strongest:
+        where = ", ".join(f"{k} {v}" for k, v in strongest.items() if k != "value")
+        text += f" Largest effect at {where}: {float(strongest['value']):.4g}."
+    return text
+
+
+def differing_style(table: pd.DataFrame) -> pd.DataFrame:
+    """CSS per cell of a `prompt_table`: positions whose tokens differ are highlighted."""
+    differs = table.loc["clean"] != table.loc["corrupted"]
+    styles = pd.DataFrame("", index=table.index, columns=table.columns)
+    styles.loc[:, differs] = DIFFERS_STYLE
+    return styles
+
+
+def render_prompts(info: RunInfo) -> None:
+    """The clean and corrupted prompt of one chosen example, token by token."""
+    st.subheader("Prompts")
+    try:
+        prompts = data.patching_prompts(str(info.path))
+    except (ValueError, OSError) as error:
+        st.warning(f"`{info.ref}`: the prompts cannot be read: {error}")
+        return
+    if prompts is None:
+        st.caption(f"`{info.ref}` did not save its prompts (prompts.json).")
+        return
+    n_examples = len(prompts["clean_tokens"])
+    if n_examples == 0:
+        st.caption("The run patched no prompts.")
+        return
+    index = int(st.number_input(
+        f"Example (0 to {n_examples - 1})", min_value=0, max_value=n_examples - 1, value=0,
+        key=f"patching_example_{info.ref}",
+    ))
+    try:
+        table = prompt_table(prompts["clean_tokens"][index], prompts["corrupted_tokens"][index])
+    except ValueError as error:
+        st.warning(f"`{info.ref}`: example {index}: {error}")
+        return
+    st.dataframe(table.style.apply(differing_style, axis=None))
+    st.caption(example_caption(prompts, index))
+
+
+def _item(values: Any, index: int) -> Any:
+    return values[index] if isinstance(values, Sequence) and index < len(values) else None
+
+
+def example_caption(prompts: dict[str, Any], index: int) -> str:
+    """The answer and wrong tokens of an example and the position the metric reads."""
+    parts = []
+    for name in ("answer", "wrong"):
+        token = _item(prompts.get(f"{name}_tokens"), index)
+        if token is not None:
+            parts.append(f"{name} token `{token}`")
+    position = _item(prompts.get("position"), index)
+    if position is not None:
+        parts.append(f"read at position {position}")
+    highlighted = "Highlighted: positions where the corrupted prompt differs."
+    return f"{'; '.join(parts)}. {highlighted}" if parts else highlighted

@@ -1,0 +1,134 @@
+"""The Probes page: a `probe` run's probe score per layer with its confidence band for each
+chosen target and model variant (final, earlier checkpoints, the random-init baseline), the
+control task and selectivity (Hewitt & Liang 2019), the MDL compression (Voita & Titov
+2020), and the causal interventions with their random-direction baseline.
+
+Reads only what the run saved (`dashboards.loaders_probes`); never runs a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboards.figures.probes import (
+    METRIC_NAMES,
+    interventions_chart,
+    layer_scores,
+    mdl_chart,
+    ordered_variants,
+    selectivity_chart,
+)
+from dashboards.loaders_probes import ProbeRunData, probe_run
+from dashboards.run_picker import pick_run
+from interp.runs.errors import one_line
+
+KIND = "probe"
+MAX_DEFAULT_TARGETS = 4
+"""How many targets are chosen when the page opens."""
+INTERVENTION_COLUMNS_SHOWN = (
+    "variant", "target", "intervention", "hook", "metric", "before", "after", "effect",
+    "random_mean", "random_std", "random_effect", "n_random",
+)
+
+
+def render_probes_page(runs_dir: Path) -> None:
+    """Draw the Probes page for the run store at `runs_dir`."""
+    st.header("Probes")
+    info = pick_run(runs_dir, KIND, key="probes_run")
+    if info is None:
+        return
+    try:
+        data = probe_run(str(runs_dir), info.ref)
+    except Exception as error:  # a damaged run must not take the page down
+        st.warning(f"Could not read run `{info.ref}`: {one_line(error)}")
+        return
+    rows = chosen_rows(data)
+    if rows.empty:
+        st.caption("Choose at least one target and one variant.")
+    else:
+        render_scores(data, rows)
+        render_selectivity(rows)
+        render_mdl(rows)
+    render_interventions(data)
+
+
+def chosen_rows(data: ProbeRunData) -> pd.DataFrame:
+    """Target and variant selectors; the `probe_layers` rows chosen."""
+    columns = st.columns(2)
+    targets = columns[0].multiselect(
+        "Targets", data.targets, default=data.targets[:MAX_DEFAULT_TARGETS],
+        key=f"probes_targets_{data.ref}",
+    )
+    variants = ordered_variants(data.variants)
+    chosen = columns[1].multiselect(
+        "Model variants", variants, default=variants, key=f"probes_variants_{data.ref}",
+        help="final: the trained model; epoch_*: earlier checkpoints; random_init: the same "
+        "architecture untrained, the baseline a probe must beat",
+    )
+    layers = data.layers
+    return layers[layers["target"].isin(targets) & layers["variant"].isin(chosen)]
+
+
+def render_scores(data: ProbeRunData, rows: pd.DataFrame) -> None:
+    """One chart per metric (accuracy, R²) of the score per layer with its band."""
+    st.subheader("Probe score per layer")
+    for metric in dict.fromkeys(rows["metric"]):
+        part = rows[rows["metric"] == metric]
+        st.plotly_chart(layer_scores(part), key=f"probes_scores_{data.ref}_{metric}")
+    n_seeds = sorted(set(rows["n_seeds"].dropna().astype(int))) if "n_seeds" in rows else []
+    seeds = f" over {', '.join(map(str, n_seeds))} split seeds" if n_seeds else ""
+    st.caption(
+        f"Mean held-out score{seeds}; the band is its 95% interval. Solid: the final "
+        "model; dashed: earlier checkpoints; dotted: the randomly initialised model. "
+        + ", ".join(f"{m} = {name}" for m, name in METRIC_NAMES.items() if m in set(rows["metric"]))
+    )
+
+
+def render_selectivity(rows: pd.DataFrame) -> None:
+    """Control-task accuracy and selectivity, when the run computed them."""
+    st.subheader("Control task and selectivity")
+    if not rows["selectivity"].notna().any():
+        st.caption("No selectivity for these targets (the run's `controls.selectivity` is "
+                   "off, or the targets are regression or sentence-level targets).")
+        return
+    st.plotly_chart(selectivity_chart(rows), key="probes_selectivity")
+    st.caption("Selectivity = probe accuracy minus the accuracy of the same probe on a "
+               "control task (Hewitt & Liang 2019): high selectivity means the probe reads "
+               "the property from the representation rather than memorising word types.")
+
+
+def render_mdl(rows: pd.DataFrame) -> None:
+    """MDL compression, when the run computed it."""
+    st.subheader("Minimum description length")
+    if not rows["compression"].notna().any():
+        st.caption("No MDL codelength for these targets (the run's `controls.mdl` is off, "
+                   "or the targets are regression targets).")
+        return
+    st.plotly_chart(mdl_chart(rows), key="probes_mdl")
+    st.caption("Compression = uniform codelength / online codelength (Voita & Titov 2020): "
+               "higher means the labels are easier to extract from that layer.")
+
+
+def render_interventions(data: ProbeRunData) -> None:
+    """The causal interventions of one chosen variant as bars, and the whole table."""
+    st.subheader("Causal interventions")
+    table = data.interventions
+    if table is None or table.empty:
+        st.info("This run made no causal interventions (its config has no `interventions:`).")
+        return
+    variants = ordered_variants(table["variant"].astype(str).tolist())
+    variant = st.radio(
+        "Variant", variants, horizontal=True, key=f"probes_intervention_variant_{data.ref}"
+    ) if len(variants) > 1 else variants[0]
+    st.plotly_chart(
+        interventions_chart(table, variant or variants[0]), key=f"probes_interventions_{data.ref}"
+    )
+    st.caption("The task metric before and after removing the probed information at the "
+               "hook (project_out: the class-mean directions; project_out_weights: the probe's "
+               "weight directions; erase: LEACE), against the same intervention along random "
+               "directions of equal rank (mean ± std).")
+    shown = [c for c in INTERVENTION_COLUMNS_SHOWN if c in table.columns]
+    st.dataframe(table[shown], hide_index=True)
