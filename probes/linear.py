@@ -37,6 +37,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.runs import Run
+from probes.lbfgs import minimise
 
 __all__ = [
     "BACKENDS",
@@ -465,35 +466,30 @@ def fit_probes_on_split(
 def _fit_logistic_torch(
     x: Float[Tensor, "layer n d"], y: Int[Tensor, " n"], n_classes: int, l2: float, epochs: int
 ) -> tuple[Float[Tensor, "layer d c"], Float[Tensor, "layer c"]]:
-    """All layers' multinomial logistic probes at once, full-batch L-BFGS from zero."""
-    n_layers, _, d = x.shape
-    weights = torch.zeros(
-        n_layers, d, n_classes, device=x.device, dtype=x.dtype, requires_grad=True
-    )
-    biases = torch.zeros(n_layers, n_classes, device=x.device, dtype=x.dtype, requires_grad=True)
-    optimiser = torch.optim.LBFGS(
-        [weights, biases],
-        lr=1.0,
-        max_iter=epochs,
-        history_size=20,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
-        line_search_fn="strong_wolfe",
-    )
-    targets = y.repeat(n_layers)
+    """All layers' multinomial logistic probes at once from zero: L-BFGS with a history, a
+    line search and a stopping test per layer (`probes.lbfgs`), one batched evaluation of
+    every layer's loss and gradient (written out, no autograd) per step."""
+    n_layers, n, d = x.shape
+    one_hot = F.one_hot(y, n_classes).to(x.dtype)
+    x_t = x.transpose(1, 2).contiguous()  # a strided bmm is ~3x slower on CPU
 
-    def closure() -> Tensor:
-        optimiser.zero_grad()
-        logits = torch.baddbmm(biases[:, None, :], x, weights)
-        # mean over examples of each layer, summed over layers: the layers are independent
-        loss = F.cross_entropy(logits.reshape(-1, n_classes), targets) * n_layers
-        loss = loss + l2 * weights.pow(2).sum()
-        loss.backward()
-        return loss
+    def objective(flat: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        k = len(rows)
+        weights = flat[:, : d * n_classes].view(k, d, n_classes)
+        biases = flat[:, -n_classes:]
+        all_rows = k == n_layers
+        logits = torch.baddbmm(biases[:, None, :], x if all_rows else x[rows], weights)
+        log_probs = logits.log_softmax(dim=-1)
+        loss = -(log_probs * one_hot).sum(dim=(1, 2)) / n + l2 * weights.pow(2).sum(dim=(1, 2))
+        error = (log_probs.exp() - one_hot) / n
+        grad_weights = torch.bmm(x_t if all_rows else x_t[rows], error) + 2 * l2 * weights
+        grad = torch.cat([grad_weights.reshape(k, -1), error.sum(dim=1)], dim=1)
+        return loss, grad
 
-    with torch.enable_grad():
-        optimiser.step(closure)
-    return weights.detach(), biases.detach()
+    start = x.new_zeros(n_layers, (d + 1) * n_classes)
+    flat = minimise(objective, start, max_iter=epochs, tolerance_grad=1e-6, tolerance_change=1e-10)
+    weights = flat[:, : d * n_classes].reshape(n_layers, d, n_classes)
+    return weights, flat[:, -n_classes:].clone()
 
 
 def _fit_ridge_torch(
