@@ -471,18 +471,18 @@ def _fit_logistic_torch(
     every layer's loss and gradient (written out, no autograd) per step."""
     n_layers, n, d = x.shape
     one_hot = F.one_hot(y, n_classes).to(x.dtype)
-    x_t = x.transpose(1, 2).contiguous()  # a strided bmm is ~3x slower on CPU
 
     def objective(flat: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         k = len(rows)
         weights = flat[:, : d * n_classes].view(k, d, n_classes)
         biases = flat[:, -n_classes:]
-        all_rows = k == n_layers
-        logits = torch.baddbmm(biases[:, None, :], x if all_rows else x[rows], weights)
+        xs = x if k == n_layers else x[rows]
+        logits = torch.baddbmm(biases[:, None, :], xs, weights)
         log_probs = logits.log_softmax(dim=-1)
         loss = -(log_probs * one_hot).sum(dim=(1, 2)) / n + l2 * weights.pow(2).sum(dim=(1, 2))
         error = (log_probs.exp() - one_hot) / n
-        grad_weights = torch.bmm(x_t if all_rows else x_t[rows], error) + 2 * l2 * weights
+        # (error^T x)^T, not x^T error: a bmm with x transposed is ~1.5x slower on CPU
+        grad_weights = torch.bmm(error.transpose(1, 2), xs).transpose(1, 2) + 2 * l2 * weights
         grad = torch.cat([grad_weights.reshape(k, -1), error.sum(dim=1)], dim=1)
         return loss, grad
 
@@ -650,7 +650,10 @@ def _check_features(features: Tensor) -> None:
         raise ValueError(f"features must be [layer, n, d], got shape {tuple(features.shape)}{hint}")
     if not torch.is_floating_point(features):
         raise ValueError(f"features must be floating point, got dtype {features.dtype}")
-    if not bool(torch.isfinite(features).all()):
+    # NaN propagates through amax / amin: two reductions, no [layer, n, d] bool temporary
+    if features.numel() and not (
+        bool(torch.isfinite(features.amax())) and bool(torch.isfinite(features.amin()))
+    ):
         raise ValueError("features contain NaN or infinite values")
 
 

@@ -224,3 +224,12 @@ def test_bad_input_gives_one_line_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message) as error:
         fit_probes(features, labels, **arguments)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_features_are_refused(bad: float) -> None:
+    features = torch.randn(2, 20, 3)
+    features[1, 7, 2] = bad
+    labels = torch.arange(20) % 2
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fit_probes(features, labels)
