@@ -317,8 +317,6 @@ def intervene(
     settings = config.interventions
     assert settings is not None
     hook = settings.hook or hooks[-1]
-    if hook not in hooks:
-        raise ValueError(f"interventions.hook {hook!r} is not among the probed hooks {hooks}")
     layer = hooks.index(hook)
     metric = mean_metric(METRICS[settings.metric])
     rows = []
@@ -358,6 +356,12 @@ def run_probe(config: ProbeConfig, run: Run, context: RunContext) -> dict[str, A
     if config.interventions is not None and batch is None:
         raise ValueError("interventions: this study has no task to score them on")
     hooks = config.hooks or default_hooks(model)
+    if config.interventions is not None:  # fail before any work, not after it
+        for name in config.interventions.targets:
+            data.target(name)
+        hook = config.interventions.hook or hooks[-1]
+        if hook not in hooks:
+            raise ValueError(f"interventions.hook {hook!r} is not among the probed hooks {hooks}")
     variants = [(FINAL, model)] + [
         (snap.label, snapshot_model(model, config.model, snap, context.store))
         for snap in config.checkpoints

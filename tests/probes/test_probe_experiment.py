@@ -157,3 +157,19 @@ def test_bad_probe_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "study" in err[0], err
+
+
+def test_unknown_intervention_target_fails_before_any_probe(tmp_path: Path) -> None:
+    path = tmp_path / "bad_target.yaml"
+    path.write_text(textwrap.dedent('''
+        kind: probe
+        device: cpu
+        model: {n_layers: 1, d_model: 16, n_heads: 2, d_vocab: 13, d_vocab_out: 11, n_ctx: 4}
+        study: {name: modular, task: {name: modular, p: 11, frac_train: 0.5}, key_frequencies: [1]}
+        interventions: {targets: [nope]}
+    '''))
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs), "--no-progress"]) != 0
+    (run,) = RunStore(runs).runs()
+    assert run.status == "failed" and "unknown probe target 'nope'" in (run.error or "")
+    assert not (run.path / "artifacts").exists() or not any((run.path / "artifacts").iterdir())
