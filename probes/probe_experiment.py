@@ -49,7 +49,7 @@ from interp.tasks.modular import ModularArithmetic, ModularConfig
 from probes.causal import Intervention, LeaceEraser, activation_patterns, intervention_effect
 from probes.controls import online_codelength, randomly_initialised, selectivity
 from probes.data import IGNORE
-from probes.linear import fit_probes, fit_probes_over_seeds
+from probes.linear import confidence_interval, fit_probes, fit_probes_over_seeds
 from probes.studies import (
     ProbeTarget,
     StudyData,
@@ -284,24 +284,32 @@ def probe_group(
     x, labels, groups, types = target_rows(data, target, stacked)
     kwargs = {"backend": settings.backend, "l2": settings.l2, "epochs": settings.epochs,
               "test_fraction": settings.test_fraction, "kind": target.kind, "groups": groups}
-    sweep = fit_probes_over_seeds(x, labels, seeds=settings.seeds, **kwargs)
-    frame = sweep.to_frame().drop(columns=["kind", "backend"])
-    frame.insert(0, "hook", hooks)
-    frame.insert(0, "target", target.name)
-    frame.insert(0, "variant", variant)
-    if target.kind == "logistic":  # chance level: always answering the most common class
+    logistic = target.kind == "logistic"
+    control = None
+    if variant != RANDOM_INIT and logistic and controls.selectivity and types is not None:
+        control = selectivity(x, labels, types, seeds=settings.seeds, **kwargs)
+    # selectivity fits the task's probes on the same seeds and splits: reuse its scores
+    scores = (
+        control.task_scores if control is not None
+        else fit_probes_over_seeds(x, labels, seeds=settings.seeds, **kwargs).scores
+    )
+    mean, low, high = confidence_interval(scores)
+    frame = pd.DataFrame({
+        "variant": variant, "target": target.name, "hook": hooks, "layer": range(len(hooks)),
+        "mean": mean.tolist(), "low": low.tolist(), "high": high.tolist(),
+        "n_seeds": len(settings.seeds), "metric": "accuracy" if logistic else "r2",
+    })
+    if logistic:  # chance level: always answering the most common class
         frame["majority"] = float(torch.unique(labels, return_counts=True)[1].max()) / len(labels)
-    if variant != RANDOM_INIT and target.kind == "logistic":
-        if controls.selectivity and types is not None:
-            control = selectivity(x, labels, types, seeds=settings.seeds, **kwargs)
-            frame["control_mean"] = control.control_mean.tolist()
-            frame["selectivity"] = control.selectivity.tolist()
-        if controls.mdl:
-            mdl = online_codelength(
-                x, labels, seed=config.seed, l2=settings.l2, epochs=settings.epochs
-            )
-            frame["mdl_bits"] = mdl.online_bits.tolist()
-            frame["compression"] = mdl.compression.tolist()
+    if control is not None:
+        frame["control_mean"] = control.control_mean.tolist()
+        frame["selectivity"] = control.selectivity.tolist()
+    if variant != RANDOM_INIT and logistic and controls.mdl:
+        mdl = online_codelength(
+            x, labels, seed=config.seed, l2=settings.l2, epochs=settings.epochs
+        )
+        frame["mdl_bits"] = mdl.online_bits.tolist()
+        frame["compression"] = mdl.compression.tolist()
     if variant != RANDOM_INIT:
         fit_probes(x, labels, seed=config.seed, **kwargs).save(
             run, name=f"probes_{variant}_{target.name}{suffix}"

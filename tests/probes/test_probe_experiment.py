@@ -15,9 +15,11 @@ from interp.activations import collect
 from interp.cli import main
 from interp.metrics import accuracy
 from interp.runs import RunStore
-from interp.tasks import ModularArithmetic
+from interp.tasks import Induction, ModularArithmetic
+from probes.data import IGNORE
 from probes.linear import fit_probes_over_seeds
 from probes.probe_experiment import default_hooks
+from probes.studies import induction_study
 
 GROK = """
 kind: grokking
@@ -149,6 +151,19 @@ def test_token_level_study_with_selectivity(tmp_path: Path) -> None:
     # selectivity is the task probe's accuracy minus the control task's, on the same splits
     gap = layers["selectivity"] - (layers["mean"] - layers["control_mean"])
     assert gap.abs().max() < 1e-6
+    # the task scores equal probes fitted here on the labelled tokens, split by prompt
+    model = models.load_checkpoint(store.latest("tiny_induction").artifacts_dir / "model")
+    tokens = Induction(d_vocab=12, half_len=4, n_examples=40, seed=3).batch().clean
+    hooks = default_hooks(model)
+    acts = collect(model, tokens, hooks, progress=False)
+    labels = induction_study(tokens).target("next_after_previous").labels
+    rows, columns = (labels != IGNORE).nonzero(as_tuple=True)
+    features = torch.stack([acts[h][rows, columns] for h in hooks])
+    sweep = fit_probes_over_seeds(
+        features, labels[rows, columns], seeds=(0, 1), groups=rows, epochs=30, l2=1e-3
+    )
+    ours = layers[layers["target"] == "next_after_previous"]["mean"].tolist()
+    assert ours == pytest.approx(sweep.mean.tolist(), abs=1e-6)
 
 
 def test_bad_probe_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
