@@ -19,6 +19,8 @@ path.)
    sources cached) against the plain ACDC loop (`incremental=False`: every test a full
    forward pass of the edge-patched model). Both must find the identical circuit; max
    |diff| compares the two kept-edge masks (0 = identical).
+3. The same ACDC against the issue's reference, the straightforward loop that runs one full
+   forward pass of the bridge with hooks per test (`hooked_acdc` below); same circuit.
 
 `--quick` shrinks both (a 2-layer model for EAP, 60 training steps) for CI. A final line
 starting with `#` gives the load average.
@@ -31,6 +33,7 @@ import sys
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from _common import Comparison, compare, load_line, parse_args
 
 from circuits.acdc import acdc
@@ -38,7 +41,7 @@ from circuits.eap import edge_attribution
 from circuits.graph import ComputationalGraph
 from interp import models
 from interp.config import load_config
-from interp.metrics import logit_diff, mean_metric
+from interp.metrics import kl_divergence, logit_diff, mean_metric
 from interp.tasks import Induction
 from interp.tasks.base import TaskBatch
 from interp.training import train
@@ -104,7 +107,125 @@ def trained_induction(
     return model, batch.to(device)
 
 
-def acdc_comparison(quick: bool, device: torch.device) -> Comparison:
+def hooked_acdc(
+    model: models.TransformerBridge, batch: TaskBatch, threshold: float
+) -> torch.Tensor:
+    """The straightforward ACDC loop (Conmy et al. 2023's code does the same through
+    TransformerLens hooks): the same edge order and rule as `circuits.acdc.acdc`, but every
+    test is one full forward pass of the bridge with hooks that give each destination its
+    input with the removed edges' sources swapped for their outputs on the corrupted
+    prompts (each head's q / k / v recomputed from its own LayerNorm'd input). Attention-only
+    pre-LayerNorm models. Returns the kept-edge mask over `ComputationalGraph` order."""
+    graph = ComputationalGraph.from_model(model)
+    if graph.has_mlp:
+        raise ValueError("hooked_acdc: attention-only models only")
+    n_layers, n_heads = graph.n_layers, graph.n_heads
+    params = model.state_dict()
+    w_o = model.W_O.detach()
+    projections = {
+        "q": (model.W_Q.detach(), model.b_Q.detach()),
+        "k": (model.W_K.detach(), model.b_K.detach()),
+        "v": (model.W_V.detach(), model.b_V.detach()),
+    }
+    last = f"blocks.{n_layers - 1}.hook_resid_post"
+
+    def outputs(store: dict[str, torch.Tensor]):  # hooks that record every source's output
+        def embed(act: torch.Tensor, hook: object) -> torch.Tensor:
+            store["embed"] = act
+            return act
+
+        def heads(layer: int):
+            def record(z: torch.Tensor, hook: object) -> torch.Tensor:
+                for head in range(n_heads):
+                    store[f"L{layer}H{head}"] = z[:, :, head] @ w_o[layer, head]
+                return z
+            return record
+
+        return [("blocks.0.hook_resid_pre", embed)] + [
+            (f"blocks.{layer}.attn.hook_z", heads(layer)) for layer in range(n_layers)
+        ]
+
+    with torch.inference_mode():
+        corrupted: dict[str, torch.Tensor] = {}
+        model.run_with_hooks(batch.corrupted, fwd_hooks=outputs(corrupted))
+        full_logits = model(batch.clean)
+
+    def logits_without(removed: dict[str, list[str]]) -> torch.Tensor:
+        current: dict[str, torch.Tensor] = {}
+        resid: dict[int, torch.Tensor] = {}
+
+        def swapped(destination: str) -> torch.Tensor | None:
+            sources = removed.get(destination)
+            if not sources:
+                return None
+            return sum(current[s] - corrupted[s] for s in sources)
+
+        def keep_resid(layer: int):
+            def hook(act: torch.Tensor, hook: object) -> torch.Tensor:
+                resid[layer] = act
+                return act
+            return hook
+
+        def head_input(layer: int, which: str):
+            weight, bias = projections[which]
+            ln_w, ln_b = params[f"blocks.{layer}.ln1.weight"], params[f"blocks.{layer}.ln1.bias"]
+
+            def hook(act: torch.Tensor, hook: object) -> torch.Tensor:
+                act = act.clone()
+                for head in range(n_heads):
+                    delta = swapped(f"L{layer}H{head}.{which}")
+                    if delta is not None:
+                        x = F.layer_norm(resid[layer] - delta, (x_dim,), ln_w, ln_b, model.cfg.eps)
+                        act[:, :, head] = x @ weight[layer, head] + bias[layer, head]
+                return act
+            return hook
+
+        def to_logits(act: torch.Tensor, hook: object) -> torch.Tensor:
+            delta = swapped("logits")
+            return act if delta is None else act - delta
+
+        x_dim = model.cfg.d_model
+        hooks = outputs(current) + [(f"blocks.{layer}.hook_resid_pre", keep_resid(layer))
+                                    for layer in range(n_layers)]
+        hooks += [(f"blocks.{layer}.attn.hook_{which}", head_input(layer, which))
+                  for layer in range(n_layers) for which in "qkv"]
+        hooks.append((last, to_logits))
+        return model.run_with_hooks(batch.clean, fwd_hooks=hooks)
+
+    def damage(kept: torch.Tensor) -> float:
+        removed: dict[str, list[str]] = {}
+        for i in torch.nonzero(~kept).flatten().tolist():
+            edge = graph.edges[i]
+            removed.setdefault(edge.destination.name, []).append(edge.source.component)
+        with torch.inference_mode():
+            logits = logits_without(removed)
+        return float(kl_divergence(logits, full_logits, batch.position).mean())
+
+    incoming: dict[str, list[int]] = {}
+    outgoing: dict[str, list[int]] = {}
+    for i, edge in enumerate(graph.edges):
+        incoming.setdefault(edge.destination.name, []).append(i)
+        outgoing.setdefault(edge.source.component, []).append(i)
+    kept = torch.ones(len(graph), dtype=torch.bool)
+    current_damage = damage(kept)
+    for destination in reversed(graph.destinations):
+        edges = incoming[destination.name]
+        feeds = outgoing.get(destination.component, [])
+        if destination.kind != "logits" and not bool(kept[feeds].any()):
+            kept[edges] = False
+            continue
+        for i in reversed(edges):
+            kept[i] = False
+            trial = damage(kept)
+            if trial - current_damage < threshold:
+                current_damage = trial
+            else:
+                kept[i] = True
+    return kept
+
+
+def acdc_comparisons(quick: bool, device: torch.device) -> list[Comparison]:
+    """Ours against the plain loop on our engine, and against the hook-based loop."""
     model, batch = trained_induction(quick, device)
     threshold = 0.05
 
@@ -118,13 +239,21 @@ def acdc_comparison(quick: bool, device: torch.device) -> Comparison:
         f"ACDC (KL, tau {threshold}) on induction_2l ({n_edges} edges, {kept} kept), "
         f"{len(batch)}x{batch.clean.shape[1]} tokens, vs every test a full forward pass"
     )
-    return compare(
-        what,
-        lambda: run(True),
-        lambda: run(False),
-        device=device,
-        repeats=1 if quick else 3,
+    repeats = 1 if quick else 3
+    hooked_what = (
+        f"ACDC (KL, tau {threshold}) on induction_2l ({n_edges} edges, {kept} kept), "
+        f"{len(batch)}x{batch.clean.shape[1]} tokens, vs a full forward pass with hooks per test"
     )
+    return [
+        compare(what, lambda: run(True), lambda: run(False), device=device, repeats=repeats),
+        compare(
+            hooked_what,
+            lambda: run(True),
+            lambda: hooked_acdc(model, batch, threshold).float(),
+            device=device,
+            repeats=repeats,
+        ),
+    ]
 
 
 
@@ -132,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv)
     for comparison in (
         eap_comparison(args.quick, args.device),
-        acdc_comparison(args.quick, args.device),
+        *acdc_comparisons(args.quick, args.device),
     ):
         print(comparison.line(), flush=True)
     print(load_line(), flush=True)
