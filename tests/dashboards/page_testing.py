@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,15 @@ def copy_run(run_dir: Path, run_id: str) -> Path:
     manifest["started"] = "2001-01-01T00:00:00Z"
     (copy / "manifest.json").write_text(json.dumps(manifest))
     return copy
+
+
+def assert_renders_without_torch(page: str, runs_dir: Path) -> None:
+    """Draw `dashboards.views.<page>`'s page over `runs_dir` in a fresh interpreter and
+    fail if that imported torch (pages read the run store without it)."""
+    code = (
+        "import sys; from pathlib import Path; "
+        f"from dashboards.views.{page} import render_{page}_page; "
+        f"render_{page}_page(Path({str(runs_dir)!r})); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True)

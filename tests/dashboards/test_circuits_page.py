@@ -3,8 +3,6 @@ its figure functions on hand-made data."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-from page_testing import copy_run, figures, open_page
+from page_testing import assert_renders_without_torch, copy_run, figures, open_page
 from streamlit.testing.v1 import AppTest
 
 from dashboards.figures.circuits import (
@@ -166,13 +164,7 @@ def test_no_circuit_runs_names_the_configs(tmp_path: Path) -> None:
 
 
 def test_opening_the_page_never_imports_torch(store: RunStore) -> None:
-    code = (
-        "import sys; from pathlib import Path; "
-        "from dashboards.views.circuits import render_circuits_page; "
-        f"render_circuits_page(Path({str(store.root)!r})); "
-        "assert 'torch' not in sys.modules, 'torch was imported'"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
+    assert_renders_without_torch("circuits", store.root)
 
 
 # -- figures on hand-made data

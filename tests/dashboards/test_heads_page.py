@@ -4,8 +4,6 @@ and its figure functions on hand-made data."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 import torch
-from page_testing import copy_run, figures_by_title, open_page
+from page_testing import assert_renders_without_torch, copy_run, figures_by_title, open_page
 from streamlit.testing.v1 import AppTest
 
 from dashboards.figures.heads import attention_pattern, head_heatmap, score_matrix
@@ -164,13 +162,7 @@ def test_no_heads_runs_names_the_configs(tmp_path: Path) -> None:
 
 
 def test_opening_the_page_never_imports_torch(store: RunStore) -> None:
-    code = (
-        "import sys; from pathlib import Path; "
-        "from dashboards.views.heads import render_heads_page; "
-        f"render_heads_page(Path({str(store.root)!r})); "
-        "assert 'torch' not in sys.modules, 'torch was imported'"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
+    assert_renders_without_torch("heads", store.root)
 
 
 # -- figures on hand-made data

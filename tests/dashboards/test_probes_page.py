@@ -4,8 +4,6 @@ interventions); and its figure functions on hand-made data."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-from page_testing import copy_run, figures_by_title, open_page
+from page_testing import assert_renders_without_torch, copy_run, figures_by_title, open_page
 from streamlit.testing.v1 import AppTest
 
 from dashboards.figures.probes import (
@@ -241,13 +239,7 @@ def test_reader_fills_absent_control_columns(store: RunStore) -> None:
 
 
 def test_opening_the_page_never_imports_torch(store: RunStore) -> None:
-    code = (
-        "import sys; from pathlib import Path; "
-        "from dashboards.views.probes import render_probes_page; "
-        f"render_probes_page(Path({str(store.root)!r})); "
-        "assert 'torch' not in sys.modules, 'torch was imported'"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
+    assert_renders_without_torch("probes", store.root)
 
 
 # -- figures on hand-made data
