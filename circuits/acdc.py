@@ -12,9 +12,10 @@ incoming edges without a test, as ACDC does for nodes cut off from the output.
 
 Damage is the KL divergence of the circuit's next-token distribution at `batch.position`
 from the full model's (ACDC's default), or, given a task metric, |m(circuit) - m(full)|.
-Each test is one forward pass of the edge-patched model (exact, sequential, as in ACDC),
-begun at the destination's own layer: every earlier source still computes what it does
-in the full model, so it is read from a cache. The change of damage measured when an edge
+Each test is exact and sequential, as in ACDC, but computed incrementally
+(`circuits.pruning_state`): the circuit's activations are held, and a test recomputes only
+the component whose input the edge feeds and what that component reaches through kept
+edges, at the read positions in the last block. The change of damage measured when an edge
 was tested is kept as its score.
 """
 
@@ -36,13 +37,14 @@ from transformer_lens.model_bridge import TransformerBridge
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import ComputationalGraph
 from circuits.patching.engine import PatchMetric, scalar_metric
+from circuits.pruning_state import PruningState, Trial
 from interp.metrics import kl_divergence
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
 
-Damage = Callable[[Tensor, int], float]
-"""`(edge mask [n_edges], start stage) -> damage of that circuit` (lower is better); the
-forward pass begins at the start stage (`EdgePatcher.stage`), earlier sources cached."""
+Damage = Callable[[Tensor], float]
+"""`edge mask [n_edges] -> damage of that circuit` (lower is better), from a full
+edge-patched forward pass."""
 
 
 @dataclass(frozen=True)
@@ -130,19 +132,19 @@ def damage_function(
     batch = batch.to(patcher.device)
     with torch.inference_mode():
         ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, ablation)
-        upstream = patcher.source_outputs(batch.clean)
         full_mask = patcher.dense(torch.ones(1, patcher.n_edges, device=patcher.device))
         full_logits = patcher.run(batch.clean, full_mask, None)[0]
 
-    def logits_of(mask: Tensor, start: int) -> Tensor:
+    def logits_of(mask: Tensor) -> Tensor:
         with torch.inference_mode():
-            dense = patcher.dense(mask[None])
-            return patcher.run(batch.clean, dense, ablated, start=start, upstream=upstream)[0]
+            return patcher.run(batch.clean, patcher.dense(mask[None].to(patcher.device)), ablated)[
+                0
+            ]
 
     if objective == "kl":
 
-        def kl(mask: Tensor, start: int) -> float:
-            logits = logits_of(mask, start)
+        def kl(mask: Tensor) -> float:
+            logits = logits_of(mask)
             return float(kl_divergence(logits, full_logits, batch.position).mean())
 
         return kl, "kl"
@@ -150,10 +152,38 @@ def damage_function(
         raise ValueError(f"objective must be 'kl' or a metric function, got {objective!r}")
     full_value = float(scalar_metric(objective, full_logits, batch))
 
-    def distance(mask: Tensor, start: int) -> float:
-        return abs(float(scalar_metric(objective, logits_of(mask, start), batch)) - full_value)
+    def distance(mask: Tensor) -> float:
+        return abs(float(scalar_metric(objective, logits_of(mask), batch)) - full_value)
 
     return distance, getattr(objective, "__name__", "metric")
+
+
+class FullPassTests:
+    """The plain ACDC loop's tests: each removal measured by one full edge-patched forward
+    pass from the embedding (`incremental=False`; the interface of `PruningState`)."""
+
+    def __init__(
+        self,
+        patcher: EdgePatcher,
+        batch: TaskBatch,
+        objective: str | PatchMetric,
+        ablation: Ablation,
+    ):
+        self.measure, _ = damage_function(patcher, batch, objective, ablation)
+        self.kept = torch.ones(patcher.n_edges)
+        self.damage = self.measure(self.kept)
+
+    def trial(self, edge: int) -> Trial:
+        mask = self.kept.clone()
+        mask[edge] = 0.0
+        return Trial(edge=edge, damage=self.measure(mask), writes=[])
+
+    def commit(self, trial: Trial) -> None:
+        self.kept[trial.edge] = 0.0
+        self.damage = trial.damage
+
+    def drop_untested(self, edges: list[int]) -> None:
+        self.kept[edges] = 0.0
 
 
 def acdc(
@@ -177,11 +207,11 @@ def acdc(
             damage.
         ablation: What a removed edge carries: `"resample"`, `"mean"` or `"zero"`.
         progress: A progress bar over destinations.
-        incremental: Start each test's forward pass at the destination's own layer, with
-            the outputs of every earlier source taken from the full model: exact, since
-            in reverse topological order no edge into an earlier destination has been
-            touched yet. False runs every test from the embedding (the plain ACDC loop;
-            same circuit, for comparison).
+        incremental: Hold the circuit's activations and let each test recompute only
+            what removing its edge changes (`circuits.pruning_state`; the metric must read
+            the logits at `batch.position` only, as every metric of `interp.metrics`
+            does). False runs every test as a full edge-patched forward pass from the
+            embedding (the plain ACDC loop; the same circuit, for comparison).
     """
     if (
         not isinstance(threshold, int | float)
@@ -191,15 +221,17 @@ def acdc(
         raise ValueError(f"threshold must be a number, got {threshold!r}")
     patcher = EdgePatcher(model)
     graph = patcher.graph
-    damage, name = damage_function(patcher, batch, objective, ablation)
-    kept = torch.ones(len(graph), dtype=torch.bool, device=patcher.device)
+    if incremental:
+        tests: PruningState | FullPassTests = PruningState(patcher, batch, ablation, objective)
+    else:
+        tests = FullPassTests(patcher, batch, objective, ablation)
+    kept = torch.ones(len(graph), dtype=torch.bool)
     scores = torch.full((len(graph),), float("nan"))
     incoming: dict[str, list[int]] = {}
     outgoing: dict[str, list[int]] = {}
     for i, edge in enumerate(graph.edges):
         incoming.setdefault(edge.destination.name, []).append(i)
         outgoing.setdefault(edge.source.component, []).append(i)
-    current = damage(kept.float(), 0)
     n_tests = 0
     destinations = list(reversed(graph.destinations))
     for destination in tqdm(destinations, disable=not progress, desc="ACDC"):
@@ -207,24 +239,22 @@ def acdc(
         feeds = outgoing.get(destination.component, [])
         if destination.kind != "logits" and not bool(kept[feeds].any()):
             kept[edges] = False
+            tests.drop_untested(edges)
             continue
-        start = patcher.stage(destination) if incremental else 0
         for i in reversed(edges):
-            kept[i] = False
-            trial = damage(kept.float(), start)
+            trial = tests.trial(i)
             n_tests += 1
-            scores[i] = trial - current
-            if trial - current < threshold:
-                current = trial
-            else:
-                kept[i] = True
+            scores[i] = trial.damage - tests.damage
+            if trial.damage - tests.damage < threshold:
+                kept[i] = False
+                tests.commit(trial)
     return ACDCResult(
         graph=graph,
-        kept=kept.cpu(),
+        kept=kept,
         scores=scores,
         threshold=float(threshold),
-        objective=name,
+        objective="kl" if objective == "kl" else getattr(objective, "__name__", "metric"),
         ablation=ablation,
-        damage=current,
+        damage=tests.damage,
         n_tests=n_tests,
     )

@@ -151,8 +151,6 @@ class EdgePatcher:
         record: list[Tensor] | None = None,
         inputs: list[tuple[Tensor | list[int], int, Tensor]] | None = None,
         embed_override: Tensor | None = None,
-        start: int = 0,
-        upstream: Float[Tensor, "batch pos source d_model"] | None = None,
     ) -> Float[Tensor, "circuit batch pos vocab"]:
         """Logits of each circuit (C copies of the batch).
 
@@ -167,13 +165,8 @@ class EdgePatcher:
                 an MLP or the logits: n = 1), the tensor the rest of the pass reads, so
                 gradients can be taken with respect to it.
             embed_override: The embedding source's output to use instead of the tokens'.
-            start: Begin at this stage (`stage(destination)`): the sources before it take
-                their outputs from `upstream` instead of being recomputed. Exact when
-                every mask keeps every edge into the destinations before that stage (then
-                those sources compute what they compute in the full model).
-            upstream: `source_outputs(tokens)`, needed when `start > 0`.
         """
-        if ablated is None and start == 0:
+        if ablated is None:
             return self._run_unablated(tokens, dense.shape[0], record, inputs, embed_override)
         arch, params = self.arch, self.params
         n_circuits = dense.shape[0]
@@ -182,19 +175,8 @@ class EdgePatcher:
         dtype = self.params["embed.weight"].dtype
         bias = torch.zeros(arch.d_model, device=self.device, dtype=dtype)
         positions = torch.arange(n_pos, device=self.device)
-        if start == 0:
-            embed = embed_override if embed_override is not None else self.embed(tokens)
-            outputs.append(embed.expand(n_circuits, batch, n_pos, arch.d_model))
-        else:
-            if upstream is None:
-                raise ValueError("run(start > 0) needs the full model's upstream outputs")
-            shape = (n_circuits, batch, n_pos, arch.d_model)
-            outputs += [
-                upstream[:, :, i].expand(shape) for i in range(self.n_sources_before(start))
-            ]
-            for layer in range(arch.n_layers):
-                if 2 * layer < start:
-                    bias = bias + params[f"blocks.{layer}.attn.o.bias"]
+        embed = embed_override if embed_override is not None else self.embed(tokens)
+        outputs.append(embed.expand(n_circuits, batch, n_pos, arch.d_model))
 
         def gather(rows: Tensor | list[int]) -> Tensor:
             """Inputs of destinations `rows` from every source so far: [C, B, P, n, d]."""
@@ -213,11 +195,6 @@ class EdgePatcher:
 
         for layer in range(arch.n_layers):
             block = f"blocks.{layer}"
-            if 2 * layer + 1 < start:
-                continue
-            if 2 * layer < start:  # start at this block's MLP
-                outputs.append(self._mlp(layer, gather([self._groups.mlps[layer]])[:, :, :, 0]))
-                continue
             per_head = self._heads(layer, gather(self._groups.heads[layer]), positions)
             outputs += [per_head[:, :, :, head] for head in range(arch.n_heads)]
             bias = bias + params[f"{block}.attn.o.bias"]
@@ -271,12 +248,6 @@ class EdgePatcher:
         if destination.kind == "logits":
             return 2 * self.arch.n_layers
         return 2 * destination.layer + (1 if destination.kind == "mlp" else 0)
-
-    def n_sources_before(self, stage: int) -> int:
-        """How many sources (in `graph.sources` order) write before `stage` reads."""
-        per_block = self.arch.n_heads + (1 if self.arch.d_mlp is not None else 0)
-        layer, part = divmod(stage, 2)
-        return 1 + layer * per_block + (self.arch.n_heads if part else 0)
 
     def evaluate(
         self,

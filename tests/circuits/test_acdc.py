@@ -54,22 +54,3 @@ def test_incremental_acdc_finds_the_same_circuit_as_the_plain_loop(model, batch,
     plain = acdc(model, batch, 0.01, objective=chosen, progress=False, incremental=False)
     assert torch.equal(fast.kept, plain.kept) and fast.n_tests == plain.n_tests
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
-
-
-def test_a_run_started_at_a_stage_equals_the_full_run(model, batch) -> None:
-    patcher = EdgePatcher(model)
-    upstream = patcher.source_outputs(batch.clean)
-    ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, "resample")
-    for destination in patcher.graph.destinations:
-        start = patcher.stage(destination)
-        mask = torch.ones(1, patcher.n_edges)
-        later = [
-            i for i, e in enumerate(patcher.graph.edges) if patcher.stage(e.destination) >= start
-        ]
-        mask[0, later[::2]] = 0.0  # ablate edges from the start stage on only
-        with torch.no_grad():
-            full = patcher.run(batch.clean, patcher.dense(mask), ablated)
-            resumed = patcher.run(
-                batch.clean, patcher.dense(mask), ablated, start=start, upstream=upstream
-            )
-        torch.testing.assert_close(resumed, full, atol=1e-5, rtol=0)

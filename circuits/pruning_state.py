@@ -1,0 +1,416 @@
+"""The activations of a circuit being pruned one edge at a time, so that each of ACDC's tests
+recomputes only what removing one edge can change (Conmy et al. 2023, computed incrementally).
+
+ACDC visits destinations in reverse topological order and tests the removal of one edge at
+a time. Every destination's input is a sum of its sources' outputs (`circuits.edge_patching`),
+so removing the edge s -> d changes d's input by exactly `ablated_s - out_s`, and nothing but
+d's component (one head, or one MLP) and what it feeds through kept edges can change after
+that. This state holds every source's output and every destination's input in the current
+circuit; a test
+
+1. adds `ablated_s - out_s` to d's input and recomputes d's component: one head's q, k or v
+   projection and its attention, or the MLP;
+2. carries the change of that output along the kept edges, stage by stage, recomputing only
+   the heads and MLPs whose input changed (the projections of inputs that did not change
+   come from the state);
+3. reads the logits at `batch.position` only: under causal attention the positions after
+   the last one read are dropped from the start, and the last block computes its queries,
+   its MLP and the logits at the read positions only.
+
+Accepting the removal writes the recomputed tensors into the state (`commit`). The
+arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm native models),
+so the damage equals that of a full edge-patched pass to float rounding.
+
+Memory: the outputs, inputs and q/k/v projections of every head are held, about
+`4 * n_heads * n_layers * batch * pos * d_model` floats; inputs that no removal has touched
+yet are views of one residual stream per block and cost nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from circuits.edge_patching import Ablation, EdgePatcher
+from circuits.graph import HEAD_INPUTS, Node
+from circuits.patching.engine import PatchMetric, scalar_metric
+from interp import functional
+from interp.metrics import kl_divergence
+from interp.tasks.base import TaskBatch
+
+
+@dataclass(frozen=True)
+class _Change:
+    """New outputs of some sources: their indices and `output - current` `[n, batch, rows,
+    d_model]`, the rows being every position, or the read positions (`at_reads`)."""
+
+    sources: np.ndarray
+    delta: Tensor
+    at_reads: bool
+
+
+@dataclass(frozen=True)
+class _Seed:
+    """The tested edge's change of its destination's input, `ablated_s - out_s`."""
+
+    node: Node
+    delta: Tensor
+    at_reads: bool
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One tested removal: its damage and the state tensors it would write.
+
+    Attributes:
+        edge: The edge's index in `graph.edges`.
+        damage: The damage of the circuit without it.
+        writes: `(container, key, head index or None, value)`, applied by `commit`.
+    """
+
+    edge: int
+    damage: float
+    writes: list[tuple[dict, object, Tensor | None, Tensor]]
+
+
+class PruningState:
+    """A circuit (initially the full model) held as activations, for ACDC.
+
+    Args:
+        patcher: The model's `EdgePatcher`.
+        batch: Clean prompts (the circuit's input), corrupted ones for resample ablation,
+            and `position`, where the logits are read.
+        ablation: `"resample"`, `"mean"` or `"zero"`.
+        objective: `"kl"` (KL from the full model at `batch.position`) or a task metric,
+            whose distance from the full model's value is the damage. The metric is given
+            logits that are NaN away from `batch.position`, so a metric reading other
+            positions is refused rather than misread.
+    """
+
+    def __init__(
+        self,
+        patcher: EdgePatcher,
+        batch: TaskBatch,
+        ablation: Ablation,
+        objective: str | PatchMetric = "kl",
+    ):
+        if objective != "kl" and not callable(objective):
+            raise ValueError(f"objective must be 'kl' or a metric function, got {objective!r}")
+        self.patcher, self.arch, self.params = patcher, patcher.arch, patcher.params
+        self.objective = objective
+        self.batch = batch = batch.to(patcher.device)
+        graph, device = patcher.graph, patcher.device
+        self.last = self.arch.n_layers - 1
+        self.has_mlp = self.arch.d_mlp is not None
+        self.kept = np.zeros((len(graph.destinations), len(graph.sources)), dtype=bool)
+        self.edge_pairs = np.stack(
+            [patcher.edge_destinations.cpu().numpy(), patcher.edge_sources.cpu().numpy()], axis=1
+        )
+        self.kept[self.edge_pairs[:, 0], self.edge_pairs[:, 1]] = True
+        self._index_nodes()
+
+        n_pos = batch.clean.shape[1]
+        n_rows = int(batch.position.max()) + 1 if self.arch.causal else n_pos
+        self.reads, row_of_example = torch.unique(batch.position, sorted=True, return_inverse=True)
+        self.row_of_example = row_of_example
+        self.examples = torch.arange(len(batch), device=device)
+        self.positions = torch.arange(n_rows, device=device)
+        clean = batch.clean[:, :n_rows]
+        corrupted = None if batch.corrupted is None else batch.corrupted[:, :n_rows]
+        with torch.inference_mode():
+            ablated = patcher.ablated_outputs(clean, corrupted, ablation)
+            self._build(clean, ablated)
+            self.full_logits = self._read(self.logit_in["logits"])
+            self.full_value = None if objective == "kl" else self._metric(self.full_logits)
+        if self.full_value is not None and not np.isfinite(self.full_value):
+            raise ValueError(
+                "the objective reads logits away from batch.position, where ACDC does not "
+                "compute them; run acdc with incremental=False for such a metric"
+            )
+        self.damage = self.damage_of(self.full_logits)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _index_nodes(self) -> None:
+        graph, n_heads = self.patcher.graph, self.arch.n_heads
+        destinations = {node.name: i for i, node in enumerate(graph.destinations)}
+        sources = {node.name: i for i, node in enumerate(graph.sources)}
+        self.head_destinations = [
+            {
+                part: np.array([destinations[f"L{layer}H{h}.{part}"] for h in range(n_heads)])
+                for part in HEAD_INPUTS
+            }
+            for layer in range(self.arch.n_layers)
+        ]
+        self.head_sources = [
+            np.array([sources[f"L{layer}H{h}"] for h in range(n_heads)])
+            for layer in range(self.arch.n_layers)
+        ]
+        self.mlp_destination = [
+            destinations.get(f"mlp{layer}") for layer in range(self.arch.n_layers)
+        ]
+        self.mlp_source = [sources.get(f"mlp{layer}") for layer in range(self.arch.n_layers)]
+        self.logits_destination = destinations["logits"]
+
+    def _at(self, x: Tensor, at_reads: bool, into_reads: bool) -> Tensor:
+        """`x` (positions on dim -2) as rows of a tensor that holds the read positions only
+        (`into_reads`) or every position."""
+        if at_reads or not into_reads:
+            return x
+        return x[..., self.reads, :]
+
+    # -- the full model ------------------------------------------------------------------
+
+    def _build(self, tokens: Tensor, ablated: Float[Tensor, "batch pos source d_model"]) -> None:
+        """Every source's output and destination's input with all edges kept; the ablated
+        output of each source in the same rows as its output."""
+        arch, params, n_heads = self.arch, self.params, self.arch.n_heads
+        every_head = torch.arange(n_heads, device=self.patcher.device)
+        resid = self.patcher.embed(tokens)
+        self.embed_out = resid
+        self.ablated = [ablated[:, :, 0]]
+        self.head_in: list[dict[str, Tensor]] = []
+        self.proj: list[dict[str, Tensor]] = []
+        self.head_out: list[dict[str, Tensor]] = []
+        self.mlp_in: list[dict[str, Tensor]] = []
+        self.mlp_out: list[dict[str, Tensor]] = []
+        for layer in range(arch.n_layers):
+            at_reads = layer == self.last
+            inputs, proj = {}, {}
+            for part in HEAD_INPUTS:
+                x = self._at(resid, False, at_reads and part == "q")
+                inputs[part] = x.expand(n_heads, *x.shape)
+                proj[part] = self._project(layer, part, inputs[part], every_head)
+            out = self._attend(layer, every_head, proj)
+            self.head_in.append(inputs)
+            self.proj.append(proj)
+            self.head_out.append({"out": out})
+            source = int(self.head_sources[layer][0])
+            self.ablated += [
+                self._at(ablated[:, :, source + h], False, at_reads) for h in range(n_heads)
+            ]
+            resid = self._at(resid, False, at_reads) + out.sum(0)
+            resid = resid + params[f"blocks.{layer}.attn.o.bias"]
+            if self.has_mlp:
+                mlp_out = self._mlp(layer, resid)
+                self.mlp_in.append({"in": resid})
+                self.mlp_out.append({"out": mlp_out})
+                self.ablated.append(self._at(ablated[:, :, source + n_heads], False, at_reads))
+                resid = resid + mlp_out
+        self.logit_in = {"logits": resid}
+
+    def output_of(self, source: int) -> Tensor:
+        """The current output of source `source` (`graph.sources` order)."""
+        if source == 0:
+            return self.embed_out
+        per_block = self.arch.n_heads + (1 if self.has_mlp else 0)
+        layer, index = divmod(source - 1, per_block)
+        if index == self.arch.n_heads:
+            return self.mlp_out[layer]["out"]
+        return self.head_out[layer]["out"][index]
+
+    def _source_at_reads(self, source: int) -> bool:
+        per_block = self.arch.n_heads + (1 if self.has_mlp else 0)
+        return source > 0 and (source - 1) // per_block == self.last
+
+    # -- pieces of the forward pass --------------------------------------------------------
+
+    def _project(
+        self, layer: int, part: str, x: Float[Tensor, "head batch row d_model"], heads: Tensor
+    ) -> Float[Tensor, "head batch row d_head"]:
+        """Heads `heads`' `part` (q, k or v) from their own inputs."""
+        arch, block = self.arch, f"blocks.{layer}"
+        weight = self.params[f"{block}.attn.{part}.weight"].view(arch.n_heads, arch.d_head, -1)
+        bias = self.params[f"{block}.attn.{part}.bias"].view(arch.n_heads, arch.d_head)
+        normed = self.patcher._norm(f"{block}.ln1", x)
+        return torch.einsum("hbrd,hed->hbre", normed, weight[heads]) + bias[heads][:, None, None]
+
+    def _attend(
+        self, layer: int, heads: Tensor, proj: dict[str, Tensor]
+    ) -> Float[Tensor, "head batch row d_model"]:
+        """Heads `heads`' outputs (through their own `W_O`) from their q, k and v; queries at
+        the read positions in the last block, at every position before it."""
+        q, k, v = proj["q"], proj["k"], proj["v"]
+        scores = torch.matmul(q, k.transpose(-2, -1)) / self.arch.attn_scale
+        if self.arch.causal:
+            queries = self.reads if layer == self.last else self.positions
+            future = self.positions[None, :] > queries[:, None]
+            scores = scores.masked_fill(future, float("-inf"))
+        z = torch.matmul(F.softmax(scores, dim=-1), v)
+        w_out = self.patcher._w_out(f"blocks.{layer}")[heads]  # [head, d_model, d_head]
+        return torch.einsum("hbre,hde->hbrd", z, w_out)
+
+    def _mlp(self, layer: int, x: Tensor) -> Tensor:
+        block = f"blocks.{layer}"
+        normed = self.patcher._norm(f"{block}.ln2", x)
+        return functional.mlp(self.params, f"{block}.mlp", normed, self.arch)
+
+    def _read(self, logit_in: Float[Tensor, "batch read d_model"]) -> Float[Tensor, "batch vocab"]:
+        """Each example's logits at its own read position."""
+        logits = functional.unembed(self.params, logit_in, self.arch)
+        return logits[self.examples, self.row_of_example]
+
+    # -- damage ------------------------------------------------------------------------
+
+    def _metric(self, read: Float[Tensor, "batch vocab"]) -> float:
+        batch = self.batch
+        logits = read.new_full((*batch.clean.shape, read.shape[-1]), float("nan"))
+        logits[self.examples, batch.position] = read
+        return float(scalar_metric(self.objective, logits, batch))  # type: ignore[arg-type]
+
+    def damage_of(self, read: Float[Tensor, "batch vocab"]) -> float:
+        """KL from the full model at the read positions, or |m(circuit) - m(full)|."""
+        if self.objective == "kl":
+            return float(kl_divergence(read[:, None], self.full_logits[:, None]).mean())
+        return abs(self._metric(read) - self.full_value)  # type: ignore[operator]
+
+    # -- tests ---------------------------------------------------------------------------
+
+    def trial(self, edge: int) -> Trial:
+        """The damage of the current circuit without edge `edge` (not applied)."""
+        destination, source = (int(i) for i in self.edge_pairs[edge])
+        node = self.patcher.graph.destinations[destination]
+        seed = _Seed(
+            node, self.ablated[source] - self.output_of(source), self._source_at_reads(source)
+        )
+        start = self.patcher.stage(node)
+        changes: list[_Change] = []
+        writes: list[tuple[dict, object, Tensor | None, Tensor]] = []
+        with torch.inference_mode():
+            for stage in range(start, 2 * self.arch.n_layers):
+                layer, is_mlp = divmod(stage, 2)
+                planted = seed if stage == start else None
+                if not is_mlp:
+                    change = self._heads_stage(layer, changes, planted, writes)
+                elif self.has_mlp:
+                    change = self._mlp_stage(layer, changes, planted, writes)
+                else:
+                    continue
+                if change is not None:
+                    changes.append(change)
+            planted = seed if node.kind == "logits" else None
+            damage = self._logits_stage(changes, planted, writes)
+        return Trial(edge=edge, damage=damage, writes=writes)
+
+    def commit(self, trial: Trial) -> None:
+        """Remove the trial's edge: write what it computed into the state."""
+        destination, source = self.edge_pairs[trial.edge]
+        self.kept[destination, source] = False
+        with torch.inference_mode():
+            for container, key, heads, value in trial.writes:
+                current = container[key]
+                if heads is None:
+                    container[key] = value
+                    continue
+                if current.stride(0) == 0:  # still a view of the residual stream
+                    current = container[key] = current.clone()
+                current[heads] = value
+        self.damage = trial.damage
+
+    def drop_untested(self, edges: list[int]) -> None:
+        """Remove `edges` without testing (their destination feeds nothing kept, so no read
+        activation changes)."""
+        pairs = self.edge_pairs[edges]
+        self.kept[pairs[:, 0], pairs[:, 1]] = False
+
+    # -- stages ------------------------------------------------------------------------
+
+    def _updated(
+        self,
+        current: Float[Tensor, "n batch row d_model"],
+        destinations: np.ndarray,
+        changes: list[_Change],
+        into_reads: bool,
+    ) -> Float[Tensor, "n batch row d_model"] | None:
+        """The inputs of `destinations` (currently `current`) after `changes`, carried along
+        the kept edges; None when no kept edge carries any of them."""
+        total: Tensor | None = None
+        for change in changes:
+            weights = self.kept[np.ix_(destinations, change.sources)]
+            if not weights.any():
+                continue
+            mix = torch.as_tensor(weights, dtype=change.delta.dtype, device=change.delta.device)
+            delta = self._at(change.delta, change.at_reads, into_reads)
+            term = torch.einsum("tn,nbrd->tbrd", mix, delta)
+            total = term if total is None else total + term
+        return None if total is None else current + total
+
+    def _planted(
+        self, new_in: Tensor | None, current: Tensor, row: int, seed: _Seed, into_reads: bool
+    ) -> Tensor:
+        """`new_in` (or `current` where nothing else changed) with the tested edge's change
+        added to destination `row`."""
+        updated = current.clone() if new_in is None else new_in
+        updated[row] += self._at(seed.delta, seed.at_reads, into_reads)
+        return updated
+
+    def _heads_stage(
+        self, layer: int, changes: list[_Change], seed: _Seed | None, writes: list
+    ) -> _Change | None:
+        """Recompute the heads of `layer` whose q, k or v input changed."""
+        n_heads, at_reads = self.arch.n_heads, layer == self.last
+        touched = np.zeros(n_heads, dtype=bool)
+        for part in HEAD_INPUTS:
+            rows = self.head_destinations[layer][part]
+            for change in changes:
+                touched |= self.kept[np.ix_(rows, change.sources)].any(axis=1)
+        if seed is not None:
+            touched[seed.node.head] = True
+        heads = np.flatnonzero(touched)
+        if heads.size == 0:
+            return None
+        index = torch.as_tensor(heads, device=self.patcher.device)
+        proj: dict[str, Tensor] = {}
+        for part in HEAD_INPUTS:
+            into_reads = at_reads and part == "q"
+            current = self.head_in[layer][part][index]
+            destinations = self.head_destinations[layer][part][heads]
+            new_in = self._updated(current, destinations, changes, into_reads)
+            if seed is not None and seed.node.input == part:
+                row = int(np.searchsorted(heads, seed.node.head))
+                new_in = self._planted(new_in, current, row, seed, into_reads)
+            if new_in is None:
+                proj[part] = self.proj[layer][part][index]
+                continue
+            proj[part] = self._project(layer, part, new_in, index)
+            writes.append((self.head_in[layer], part, index, new_in))
+            writes.append((self.proj[layer], part, index, proj[part]))
+        out = self._attend(layer, index, proj)
+        writes.append((self.head_out[layer], "out", index, out))
+        delta = out - self.head_out[layer]["out"][index]
+        return _Change(self.head_sources[layer][heads], delta, at_reads)
+
+    def _mlp_stage(
+        self, layer: int, changes: list[_Change], seed: _Seed | None, writes: list
+    ) -> _Change | None:
+        """Recompute the MLP of `layer` if its input changed."""
+        at_reads = layer == self.last
+        current = self.mlp_in[layer]["in"][None]
+        destination = np.array([self.mlp_destination[layer]])
+        new_in = self._updated(current, destination, changes, at_reads)
+        if seed is not None:
+            new_in = self._planted(new_in, current, 0, seed, at_reads)
+        if new_in is None:
+            return None
+        out = self._mlp(layer, new_in[0])
+        writes.append((self.mlp_in[layer], "in", None, new_in[0]))
+        writes.append((self.mlp_out[layer], "out", None, out))
+        source = self.mlp_source[layer]
+        return _Change(np.array([source]), (out - self.mlp_out[layer]["out"])[None], at_reads)
+
+    def _logits_stage(self, changes: list[_Change], seed: _Seed | None, writes: list) -> float:
+        """The damage of the circuit whose logit input these changes give."""
+        current = self.logit_in["logits"][None]
+        destination = np.array([self.logits_destination])
+        new_in = self._updated(current, destination, changes, True)
+        if seed is not None:
+            new_in = self._planted(new_in, current, 0, seed, True)
+        if new_in is None:
+            return self.damage
+        writes.append((self.logit_in, "logits", None, new_in[0]))
+        return self.damage_of(self._read(new_in[0]))
