@@ -299,11 +299,7 @@ class EdgePatcher:
         return embed + self.params["pos_embed.weight"][: tokens.shape[1]]
 
     def _norm(self, prefix: str, x: Tensor) -> Tensor:
-        """The pre-norm at `prefix`; LayerNorm as one fused kernel (the same formula as
-        `functional.normalize`, to float rounding), the other kinds through it."""
-        if self.arch.normalization == "LN" and x.dtype == torch.float32:
-            weight, bias = self.params[f"{prefix}.weight"], self.params[f"{prefix}.bias"]
-            return torch.nn.functional.layer_norm(x, weight.shape, weight, bias, self.arch.eps)
+        """The pre-norm at `prefix`."""
         return functional.normalize(self.params, prefix, x, self.arch.normalization, self.arch.eps)
 
     def _project(self, block: str, part: str, x: Tensor) -> Tensor:
