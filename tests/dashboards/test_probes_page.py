@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import pytest
 from page_testing import assert_renders_without_torch, copy_run, figures_by_title, open_page
 from streamlit.testing.v1 import AppTest
+from tiny_probe_configs import tiny_probe_configs
 
 from dashboards.figures.probes import (
     band_traces,
@@ -30,62 +31,10 @@ from dashboards.loaders_probes import read_probe_run
 from interp.cli import main
 from interp.runs import RunStore
 
-# the tiny configs of tests/probes/test_probe_experiment.py, but MDL (200 probe epochs per
-# block, whatever the config says) moved from the grokking run to the cheaper induction run
-GROK = """
-kind: grokking
-name: tiny_grok
-seed: 0
-seeds: [0]
-device: cpu
-model: {n_layers: 1, d_model: 32, n_heads: 4, d_mlp: 64, act_fn: relu, normalization: null}
-task: {name: modular, p: 11, frac_train: 0.5, seed: 0}
-epochs: 40
-optim: {lr: 0.01, weight_decay: 1.0, betas: [0.9, 0.98], warmup_epochs: 5}
-stop: {enabled: false}
-log_every: 20
-progress_every: 0
-checkpoint_every: 20
-"""
-
-PROBE_GROK = """
-kind: probe
-name: tiny_probe_grok
-device: cpu
-model: {run: tiny_grok, artifact: models/seed_0}
-study:
-  name: modular
-  task: {name: modular, p: 11, frac_train: 0.5, seed: 0}
-  key_frequencies: [1, 3]
-checkpoints: [{label: epoch_20, artifact: checkpoints/epoch_000020, seed: 0}]
-probe: {seeds: [0, 1], epochs: 50}
-controls: {selectivity: false, mdl: false, random_init: true}
-interventions: {targets: [fourier_key], kinds: [project_out, erase], n_random: 2}
-"""
-
-TRAIN_INDUCTION = """
-kind: train
-name: tiny_induction
-device: cpu
-model: {n_layers: 2, d_model: 16, n_heads: 2, d_vocab: 12, n_ctx: 8, attn_only: true}
-task: {name: induction, d_vocab: 12, half_len: 4, n_examples: 64}
-train: {steps: 5, batch_size: 16, eval_every: 5}
-"""
-
-PROBE_INDUCTION = """
-kind: probe
-name: tiny_probe_induction
-device: cpu
-model: {run: tiny_induction}
-study: {name: induction, task: {name: induction, d_vocab: 12, half_len: 4, n_examples: 40, seed: 3}}
-probe: {seeds: [0, 1], epochs: 30}
-controls: {selectivity: true, mdl: true, random_init: false}
-"""
-
 GROK_RUN, INDUCTION_RUN = "tiny_probe_grok/good", "tiny_probe_induction/good"
-CONFIGS = {"tiny_grok": GROK, "tiny_induction": TRAIN_INDUCTION,
-           "tiny_probe_induction": PROBE_INDUCTION, "tiny_probe_grok": PROBE_GROK}
-"""Made in this order, so the grokking probe run is the newest finished probe run."""
+CONFIGS = tiny_probe_configs(mdl_on="induction")
+"""Made in this order, so the grokking probe run is the newest finished probe run; MDL on
+the induction run, the cheaper one."""
 
 
 @pytest.fixture(scope="module")

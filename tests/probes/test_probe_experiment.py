@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from tiny_probe_configs import tiny_probe_configs
 
 from interp import models
 from interp.activations import collect
@@ -21,55 +22,11 @@ from probes.linear import fit_probes_over_seeds
 from probes.probe_experiment import default_hooks
 from probes.studies import induction_study
 
-GROK = """
-kind: grokking
-name: tiny_grok
-seed: 0
-seeds: [0]
-device: cpu
-model: {n_layers: 1, d_model: 32, n_heads: 4, d_mlp: 64, act_fn: relu, normalization: null}
-task: {name: modular, p: 11, frac_train: 0.5, seed: 0}
-epochs: 40
-optim: {lr: 0.01, weight_decay: 1.0, betas: [0.9, 0.98], warmup_epochs: 5}
-stop: {enabled: false}
-log_every: 20
-progress_every: 0
-checkpoint_every: 20
-"""
+CONFIGS = tiny_probe_configs(mdl_on="grok")
 
-PROBE_GROK = """
-kind: probe
-name: tiny_probe_grok
-device: cpu
-model: {run: tiny_grok, artifact: models/seed_0}
-study:
-  name: modular
-  task: {name: modular, p: 11, frac_train: 0.5, seed: 0}
-  key_frequencies: [1, 3]
-checkpoints: [{label: epoch_20, artifact: checkpoints/epoch_000020, seed: 0}]
-probe: {seeds: [0, 1], epochs: 50}
-controls: {selectivity: false, mdl: true, random_init: true}
-interventions: {targets: [fourier_key], kinds: [project_out, erase], n_random: 2}
-"""
 
-TRAIN_INDUCTION = """
-kind: train
-name: tiny_induction
-device: cpu
-model: {n_layers: 2, d_model: 16, n_heads: 2, d_vocab: 12, n_ctx: 8, attn_only: true}
-task: {name: induction, d_vocab: 12, half_len: 4, n_examples: 64}
-train: {steps: 5, batch_size: 16, eval_every: 5}
-"""
-
-PROBE_INDUCTION = """
-kind: probe
-name: tiny_probe_induction
-device: cpu
-model: {run: tiny_induction}
-study: {name: induction, task: {name: induction, d_vocab: 12, half_len: 4, n_examples: 40, seed: 3}}
-probe: {seeds: [0, 1], epochs: 30}
-controls: {selectivity: true, mdl: false, random_init: false}
-"""
+def _configs(*names: str) -> dict[str, str]:
+    return {name: CONFIGS[name] for name in names}
 
 
 def _run_suite(tmp_path: Path, configs: dict[str, str]) -> RunStore:
@@ -87,7 +44,7 @@ def _run_suite(tmp_path: Path, configs: dict[str, str]) -> RunStore:
 @pytest.fixture(scope="module")
 def grok_store(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
     return _run_suite(
-        tmp_path_factory.mktemp("probe_grok"), {"tiny_grok": GROK, "tiny_probe_grok": PROBE_GROK}
+        tmp_path_factory.mktemp("probe_grok"), _configs("tiny_grok", "tiny_probe_grok")
     )
 
 
@@ -142,7 +99,7 @@ def test_checkpoint_variant_differs_from_final(grok_store: RunStore) -> None:
 
 def test_token_level_study_with_selectivity(tmp_path: Path) -> None:
     store = _run_suite(
-        tmp_path, {"tiny_induction": TRAIN_INDUCTION, "tiny_probe_induction": PROBE_INDUCTION}
+        tmp_path, _configs("tiny_induction", "tiny_probe_induction")
     )
     layers: pd.DataFrame = store.latest("tiny_probe_induction").load_table("probe_layers")
     assert set(layers["target"]) == {"occurred_before", "next_after_previous"}
