@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU checks of the open issues, prepared as one script for the device tool (a lease
+# has 15 minutes of device time in all, start-up included, and 10 minutes per command).
+#
+# Here first, once:   benchmarks/device/fetch_wheels.sh          (fills .whl/, 5 MB)
+# There, two calls back to back (the machine stays warm 30 s between them):
+#   run(command="bash benchmarks/device/gpu_checks.sh grokking", carry=[".whl"], timeout_s=450)
+#   run(command="bash benchmarks/device/gpu_checks.sh benchmarks", carry=[".whl"], timeout_s=450)
+# The steps' own limits add up to under 7 minutes a part, so both parts and a machine's
+# start fit the 15 minutes even when every step runs to its limit.
+#
+# Parts:
+#   grokking    the CUDA tests, then the reference config (issue 3) with 5 seeds batched;
+#               its summaries and metrics come back as $OUT/grokking_p113.tar.gz
+#   benchmarks  benchmarks/{patching,circuit_discovery,probing,grokking}.py --device cuda
+#               (issues 4, 6, 7 and 3)
+#   all         both, for a lease with the time for it
+# Every step has its own time limit and appends its output to $OUT/<part>.log as it goes
+# (five files come back at most: the tool returns eight); $OUT/summary.txt lists each
+# step's exit status and seconds. Set DEVICE=cpu QUICK=1 to try the plumbing on
+# a machine without a GPU (tiny sizes; nothing measured).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+part=${1:-all}
+OUT=${OUT:-/tmp/gpu_checks}
+DEVICE=${DEVICE:-cuda}
+QUICK=${QUICK:-}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+if [ -d .whl ] && [ -z "${SKIP_INSTALL:-}" ]; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --no-build-isolation --upgrade --target /tmp/site .whl/*.whl . || exit 1
+  export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
+fi
+
+step() {  # step NAME LIMIT_SECONDS COMMAND...: run it, append to $OUT/$log, note rc and time
+  local name=$1 limit=$2
+  shift 2
+  local start
+  start=$(date +%s)
+  echo "== $name" >>"$OUT/$log"
+  timeout "$limit" "$@" 2>&1 | grep --line-buffered -v "it/s]" >>"$OUT/$log"
+  local rc=${PIPESTATUS[0]}
+  echo "$name: rc $rc, $(($(date +%s) - start)) s (limit $limit s)" | tee -a "$OUT/summary.txt"
+}
+
+quick=()
+grok_sets=(--set "seeds=[0,1,2,3,4]")
+if [ -n "$QUICK" ]; then
+  quick=(--quick)
+  grok_sets+=(--set task.p=23 --set epochs=60 --set log_every=20 --set checkpoint_every=60)
+fi
+
+if [ "$part" = grokking ] || [ "$part" = all ]; then
+  log=grokking.log
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
+  step environment 60 "$PYTHON" -c "import torch, transformers, transformer_lens, interp.cli; \
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
+torch.cuda.get_device_name() if torch.cuda.is_available() else '-', \
+'transformers', transformers.__version__)"
+  step cuda_tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider \
+    tests/interp/test_activations.py tests/interp/test_models.py -k "cuda or device"
+  step grokking_p113 240 "$PYTHON" -m interp.cli run experiments/grokking_p113.yaml \
+    "${grok_sets[@]}" --set device="$DEVICE" --runs-dir /tmp/gpu_runs --no-progress
+  (cd /tmp/gpu_runs 2>/dev/null && find . \( -name '*.json' -o -name '*.jsonl' \
+    -o -name '*.yaml' -o -name '*.parquet' \) -print0 | tar -czf "$OUT/grokking_p113.tar.gz" \
+    --null -T -) || echo "no grokking run folder" | tee -a "$OUT/summary.txt"
+fi
+
+if [ "$part" = benchmarks ] || [ "$part" = all ]; then
+  log=benchmarks.log
+  step bench_patching 90 "$PYTHON" benchmarks/patching.py --device "$DEVICE" "${quick[@]}"
+  step bench_circuits 120 "$PYTHON" benchmarks/circuit_discovery.py --device "$DEVICE" "${quick[@]}"
+  step bench_probing 45 "$PYTHON" benchmarks/probing.py --device "$DEVICE" "${quick[@]}"
+  step bench_grokking 120 "$PYTHON" benchmarks/grokking.py --device "$DEVICE" "${quick[@]}"
+fi
+cat "$OUT"/*.log
