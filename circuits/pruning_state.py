@@ -275,13 +275,12 @@ class PruningState:
         """The damage of the current circuit without edge `edge` (not applied)."""
         destination, source = (int(i) for i in self.edge_pairs[edge])
         node = self.patcher.graph.destinations[destination]
-        seed = _Seed(
-            node, self.ablated[source] - self.output_of(source), self._source_at_reads(source)
-        )
         start = self.patcher.stage(node)
         changes: list[_Change] = []
         writes: list[tuple[dict, object, Tensor | None, Tensor]] = []
         with torch.inference_mode():
+            delta = self.ablated[source] - self.output_of(source)
+            seed = _Seed(node, delta, self._source_at_reads(source))
             for stage in range(start, 2 * self.arch.n_layers):
                 layer, is_mlp = divmod(stage, 2)
                 planted = seed if stage == start else None
