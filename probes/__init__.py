@@ -1,5 +1,5 @@
 """probes: what the activations encode. `probes.data` builds (activation, label) datasets
-from a model; `probes.linear` fits a probe per layer."""
+from a model; `probes.linear` fits a probe per layer, `probes.results` holds what it returns."""
 
 from probes.causal import (
     Intervention,
@@ -21,14 +21,12 @@ from probes.controls import (
 )
 from probes.data import IGNORE, ProbeDataset, residual_hooks, sequence_dataset, token_dataset
 from probes.linear import (
-    ProbeResult,
-    ProbeSweep,
-    confidence_interval,
     fit_probes,
     fit_probes_on_split,
     fit_probes_over_seeds,
     split_examples,
 )
+from probes.results import ProbeResult, ProbeSweep, confidence_interval
 
 __all__ = [
     "IGNORE",

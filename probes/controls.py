@@ -29,7 +29,8 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.runs import Run
-from probes.linear import confidence_interval, fit_probes_on_split, split_examples
+from probes.linear import fit_probes_on_split, split_examples
+from probes.results import confidence_interval
 
 __all__ = [
     "DEFAULT_FRACTIONS",

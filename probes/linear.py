@@ -14,7 +14,8 @@ deviation, so `l2` means the same thing at every layer. The objectives, per laye
     logistic:  mean cross-entropy(x_std @ W + b, y) + l2 * ||W||^2
     ridge:     mean squared error(x_std @ W + b, y) + l2 * ||W||^2
 
-and the directions stored in a `ProbeResult` are mapped back to the original feature space.
+and the directions stored in a `ProbeResult` (`probes.results`) are mapped back to the
+original feature space.
 Train/test splits are by example, or by group (e.g. the sentence a token came from) so that
 no group is on both sides; `fit_probes_on_split` fits on a split the caller chose.
 `fit_probes_over_seeds` repeats split and fit over seeds and reports a Student-t 95% interval
@@ -24,27 +25,21 @@ of the mean score per layer.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.runs import Run
 from probes.lbfgs import minimise
+from probes.results import ProbeResult, ProbeSweep, check_features, confidence_interval
 
 __all__ = [
     "BACKENDS",
     "KINDS",
-    "ProbeResult",
-    "ProbeSweep",
-    "confidence_interval",
     "fit_probes",
     "fit_probes_on_split",
     "fit_probes_over_seeds",
@@ -56,211 +51,6 @@ BACKENDS = ("torch", "sklearn")
 MIN_EXAMPLES_PER_CLASS = 2
 _CV_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 _STD_FLOOR = 1e-8
-
-
-# -- results
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """One linear probe per layer, fitted on a train split and scored on a test split.
-
-    Attributes:
-        test_score: `[layer]` accuracy (logistic) or R^2 (ridge, averaged over outputs) on
-            the test split.
-        train_score: `[layer]` the same score on the training split.
-        directions: `[layer, d, n_out]` probe weights in the original feature space:
-            the probe's output for activation `x` at layer `l` is
-            `x @ directions[l] + biases[l]` (logits for logistic, predictions for ridge).
-            `n_out` is the number of classes (logistic) or of regression targets (ridge).
-        biases: `[layer, n_out]`.
-        kind: `"logistic"` or `"ridge"`.
-        backend: `"torch"` or `"sklearn"`.
-        classes: Logistic: the label value of each output column; ridge: `()`.
-        train_index: `[n_train]` indices of the training examples.
-        test_index: `[n_test]` indices of the test examples.
-        l2: The penalty used (`None`: chosen per layer by cross-validation, sklearn only).
-        majority_baseline: Logistic: accuracy on the test split of always predicting the
-            most frequent training class (chance level); ridge: `nan`.
-    """
-
-    test_score: Tensor
-    train_score: Tensor
-    directions: Tensor
-    biases: Tensor
-    kind: str
-    backend: str
-    classes: tuple[int, ...]
-    train_index: Tensor
-    test_index: Tensor
-    l2: float | None
-    majority_baseline: float = math.nan
-
-    def __post_init__(self) -> None:
-        n_layers = self.test_score.shape[0]
-        if self.directions.ndim != 3 or self.biases.ndim != 2:
-            raise ValueError(
-                f"ProbeResult: directions must be [layer, d, n_out] and biases [layer, n_out], "
-                f"got {tuple(self.directions.shape)} and {tuple(self.biases.shape)}"
-            )
-        if {self.train_score.shape[0], self.directions.shape[0], self.biases.shape[0]} != {
-            n_layers
-        }:
-            raise ValueError("ProbeResult: scores, directions and biases disagree on layers")
-
-    @property
-    def metric(self) -> str:
-        """`"accuracy"` (logistic) or `"r2"` (ridge)."""
-        return "accuracy" if self.kind == "logistic" else "r2"
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.test_score.shape[0])
-
-    def predict(self, features: Float[Tensor, "layer n d"]) -> Float[Tensor, "layer n n_out"]:
-        """Each layer's probe output (logits or predictions) on `features`."""
-        _check_features(features)
-        if features.shape[0] != self.n_layers or features.shape[2] != self.directions.shape[1]:
-            raise ValueError(
-                f"predict: features {tuple(features.shape)} do not match probes "
-                f"[{self.n_layers}, n, {self.directions.shape[1]}]"
-            )
-        weights = self.directions.to(features.device, features.dtype)
-        biases = self.biases.to(features.device, features.dtype)
-        return torch.baddbmm(biases[:, None, :], features, weights)
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per layer: layer, test_score, train_score, metric, kind, backend."""
-        return pd.DataFrame(
-            {
-                "layer": range(self.n_layers),
-                "test_score": self.test_score.tolist(),
-                "train_score": self.train_score.tolist(),
-                "metric": self.metric,
-                "kind": self.kind,
-                "backend": self.backend,
-            }
-        )
-
-    def save(self, run: Run | str | os.PathLike[str], name: str = "probes") -> None:
-        """Write `artifacts/<name>.safetensors` (tensors) and `artifacts/<name>.json` (the rest)."""
-        run = run if isinstance(run, Run) else Run.open(run)
-        run.save_tensors(
-            name,
-            {
-                "test_score": self.test_score,
-                "train_score": self.train_score,
-                "directions": self.directions,
-                "biases": self.biases,
-                "train_index": self.train_index,
-                "test_index": self.test_index,
-            },
-        )
-        run.save_json(
-            name,
-            {
-                "kind": self.kind,
-                "backend": self.backend,
-                "classes": list(self.classes),
-                "l2": self.l2,
-                "majority_baseline": None
-                if math.isnan(self.majority_baseline)
-                else self.majority_baseline,
-            },
-        )
-
-    @classmethod
-    def load(cls, run: Run | str | os.PathLike[str], name: str = "probes") -> ProbeResult:
-        """The result written by `save(run, name)`."""
-        run = run if isinstance(run, Run) else Run.open(run)
-        meta = run.load_json(name)
-        tensors = run.load_tensors(name)
-        baseline = meta.get("majority_baseline")
-        return cls(
-            test_score=tensors["test_score"],
-            train_score=tensors["train_score"],
-            directions=tensors["directions"],
-            biases=tensors["biases"],
-            kind=str(meta["kind"]),
-            backend=str(meta["backend"]),
-            classes=tuple(int(c) for c in meta["classes"]),
-            train_index=tensors["train_index"],
-            test_index=tensors["test_index"],
-            l2=None if meta["l2"] is None else float(meta["l2"]),
-            majority_baseline=math.nan if baseline is None else float(baseline),
-        )
-
-
-@dataclass(frozen=True)
-class ProbeSweep:
-    """Probe test scores over several seeds (each seed a different split), with an interval.
-
-    Attributes:
-        scores: `[seed, layer]` test score of each seed's probes.
-        seeds: The seeds, one per row of `scores`.
-        mean: `[layer]` mean over seeds.
-        low: `[layer]` lower end of the `level` confidence interval of the mean.
-        high: `[layer]` upper end.
-        level: Confidence level of the interval (0.95).
-        kind: `"logistic"` or `"ridge"`.
-        backend: `"torch"` or `"sklearn"`.
-    """
-
-    scores: Tensor
-    seeds: tuple[int, ...]
-    mean: Tensor
-    low: Tensor
-    high: Tensor
-    level: float
-    kind: str
-    backend: str
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per layer: layer, mean, low, high, n_seeds, metric, kind, backend."""
-        return pd.DataFrame(
-            {
-                "layer": range(self.scores.shape[1]),
-                "mean": self.mean.tolist(),
-                "low": self.low.tolist(),
-                "high": self.high.tolist(),
-                "n_seeds": len(self.seeds),
-                "metric": "accuracy" if self.kind == "logistic" else "r2",
-                "kind": self.kind,
-                "backend": self.backend,
-            }
-        )
-
-    def save(self, run: Run | str | os.PathLike[str], name: str = "probe_sweep") -> None:
-        """Write `artifacts/<name>.safetensors` (scores) and `artifacts/<name>.json`."""
-        run = run if isinstance(run, Run) else Run.open(run)
-        run.save_tensors(name, {"scores": self.scores})
-        run.save_json(
-            name,
-            {
-                "seeds": list(self.seeds),
-                "level": self.level,
-                "kind": self.kind,
-                "backend": self.backend,
-            },
-        )
-
-    @classmethod
-    def load(cls, run: Run | str | os.PathLike[str], name: str = "probe_sweep") -> ProbeSweep:
-        """The sweep written by `save(run, name)` (interval recomputed from the scores)."""
-        run = run if isinstance(run, Run) else Run.open(run)
-        meta = run.load_json(name)
-        scores = run.load_tensors(name)["scores"]
-        mean, low, high = confidence_interval(scores, level=float(meta["level"]))
-        return cls(
-            scores=scores,
-            seeds=tuple(int(s) for s in meta["seeds"]),
-            mean=mean,
-            low=low,
-            high=high,
-            level=float(meta["level"]),
-            kind=str(meta["kind"]),
-            backend=str(meta["backend"]),
-        )
 
 
 # -- splitting
@@ -577,32 +367,6 @@ def _score(
 # -- sweeps over seeds
 
 
-def confidence_interval(
-    scores: Float[Tensor, "seed layer"], level: float = 0.95
-) -> tuple[Float[Tensor, " layer"], Float[Tensor, " layer"], Float[Tensor, " layer"]]:
-    """Mean over seeds and the Student-t `level` interval of that mean, per layer.
-
-    With one seed the interval is the mean itself (no spread can be estimated).
-    """
-    if scores.ndim != 2 or scores.shape[0] < 1:
-        raise ValueError(f"scores must be [seed, layer] with >= 1 seed, got {tuple(scores.shape)}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    scores = scores.double()
-    n_seeds = scores.shape[0]
-    mean = scores.mean(dim=0)
-    if n_seeds == 1:
-        return mean.float(), mean.float(), mean.float()
-    from scipy.stats import t as student_t
-
-    half = (
-        float(student_t.ppf(0.5 + level / 2, df=n_seeds - 1))
-        * scores.std(dim=0)
-        / math.sqrt(n_seeds)
-    )
-    return mean.float(), (mean - half).float(), (mean + half).float()
-
-
 def fit_probes_over_seeds(
     features: Float[Tensor, "layer n d"],
     labels: Tensor,
@@ -642,27 +406,12 @@ def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     return value
 
 
-def _check_features(features: Tensor) -> None:
-    if not isinstance(features, Tensor):
-        raise ValueError(f"features must be a tensor [layer, n, d], got {type(features).__name__}")
-    if features.ndim != 3:
-        hint = " (add a layer axis with features[None])" if features.ndim == 2 else ""
-        raise ValueError(f"features must be [layer, n, d], got shape {tuple(features.shape)}{hint}")
-    if not torch.is_floating_point(features):
-        raise ValueError(f"features must be floating point, got dtype {features.dtype}")
-    # NaN propagates through amax / amin: two reductions, no [layer, n, d] bool temporary
-    if features.numel() and not (
-        bool(torch.isfinite(features.amax())) and bool(torch.isfinite(features.amin()))
-    ):
-        raise ValueError("features contain NaN or infinite values")
-
-
 def _check_fit_args(
     features: Tensor, labels: Tensor, kind: str, backend: str, l2: float | None, epochs: int
 ) -> tuple[str, str]:
     """The checks `fit_probes` and `fit_probes_on_split` share; returns (kind, backend)."""
     kind, backend = _check_choice(kind, KINDS, "kind"), _check_choice(backend, BACKENDS, "backend")
-    _check_features(features)
+    check_features(features)
     n = features.shape[1]
     if not isinstance(labels, Tensor) or labels.ndim not in (1, 2) or labels.shape[0] != n:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__

@@ -49,7 +49,8 @@ from interp.tasks.modular import ModularArithmetic, ModularConfig
 from probes.causal import Intervention, LeaceEraser, activation_patterns, intervention_effect
 from probes.controls import online_codelength, randomly_initialised, selectivity
 from probes.data import IGNORE
-from probes.linear import confidence_interval, fit_probes, fit_probes_over_seeds
+from probes.linear import fit_probes, fit_probes_over_seeds
+from probes.results import confidence_interval
 from probes.studies import (
     ProbeTarget,
     StudyData,
