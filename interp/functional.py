@@ -218,6 +218,7 @@ def forward(
     validate: bool = True,
     final_position_only: bool = False,
     logit_positions: Int[Tensor, " n"] | None = None,
+    last_layer_positions: Int[Tensor, " n"] | None = None,
 ) -> Float[Tensor, "batch pos d_vocab_out"]:
     """Logits of the native model `spec` with weights `params` on `tokens`.
 
@@ -244,12 +245,21 @@ def forward(
         logit_positions: Unembed only these positions: logits `[batch, n, d_vocab_out]`
             (every layer still runs at every position; the cache is complete). The
             unembedding is often the largest matmul of a small model.
+        last_layer_positions: Like `final_position_only`, for these positions (sorted):
+            the last layer's queries, MLP and the unembedding run there only, logits
+            `[batch, n, d_vocab_out]`; the last layer's cache entries other than its
+            `resid_pre`, `hook_k` and `hook_v` cover these positions only.
     """
     arch = architecture(spec)
     if validate:
         _check_layout(params, _param_shapes(arch), leading=0, what="params")
         _check_tokens(tokens, arch)
-    return _logits(params, tokens, arch, cache, final_position_only, logit_positions)
+    if last_layer_positions is not None and (final_position_only or logit_positions is not None):
+        raise ValueError("last_layer_positions replaces final_position_only and logit_positions")
+    last_query: slice | Tensor | None = last_layer_positions
+    if final_position_only:
+        last_query = slice(tokens.shape[1] - 1, tokens.shape[1])
+    return _logits(params, tokens, arch, cache, last_query, logit_positions)
 
 
 def batched_forward(
@@ -264,8 +274,10 @@ def batched_forward(
     _check_layout(stacked, _param_shapes(arch), leading=1, what="stacked params")
     _check_tokens(tokens, arch)
 
+    last_query = slice(tokens.shape[1] - 1, tokens.shape[1]) if final_position_only else None
+
     def one_model(params: Mapping[str, Tensor]) -> Tensor:
-        return _logits(params, tokens, arch, None, final_position_only)
+        return _logits(params, tokens, arch, None, last_query)
 
     return torch.func.vmap(one_model)(dict(stacked))
 
@@ -354,10 +366,11 @@ def _logits(
     tokens: Tensor,
     arch: Architecture,
     cache: dict[str, Tensor] | None,
-    final_position_only: bool = False,
+    last_query: slice | Tensor | None = None,
     logit_positions: Tensor | None = None,
 ) -> Tensor:
-    """The forward pass proper: no checks and no data-dependent Python control flow."""
+    """The forward pass proper: no checks and no data-dependent Python control flow.
+    `last_query`: the positions the last layer computes its queries at (None: all)."""
     batch, seq = tokens.shape
     record = _recorder(cache)
     resid = record("hook_embed", F.embedding(tokens, params["embed.weight"]))
@@ -372,8 +385,8 @@ def _logits(
         block = f"blocks.{layer}"
         record(f"{block}.hook_resid_pre", resid)
         normed = normalize(params, f"{block}.ln1", resid, arch.normalization, arch.eps)
-        last = final_position_only and layer == arch.n_layers - 1
-        query = slice(seq - 1, seq) if last else slice(0, seq)
+        last = last_query is not None and layer == arch.n_layers - 1
+        query = last_query if last else slice(0, seq)
         attn_out, pattern = _attention(
             params, f"{block}.attn", normed, arch, rope, query, record
         )
@@ -441,7 +454,7 @@ def _attention(
     x: Float[Tensor, "batch pos d_model"],
     arch: Architecture,
     rope: tuple[Tensor, Tensor] | None,
-    query: slice,
+    query: slice | Tensor,
     record: Callable[[str, Tensor], Tensor],
 ) -> tuple[Float[Tensor, "batch query d_model"], Float[Tensor, "batch head query key"]]:
     """Causal multi-head attention of the `query` positions over every position; returns

@@ -169,7 +169,11 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
     """Every chunk through `IncrementalPatcher`: only what the patch can change is rerun."""
     batch = sweep.batch
     patcher = IncrementalPatcher(
-        model, sweep.base_tokens, sweep.source_tokens, batch.position.tolist()
+        model,
+        sweep.base_tokens,
+        sweep.source_tokens,
+        batch.position.tolist(),
+        last_layer_at_read="pos" not in sweep.space.axes,  # per-position caches not needed
     )
 
     def value_of(at_read: Tensor) -> Tensor:

@@ -11,7 +11,9 @@ engine reruns:
   positions), or the first position where the clean and corrupted tokens differ if that
   is later (before it both runs are the same); the keys and values of earlier positions
   come from the base run's cache;
-- the last layer and the unembedding at the read positions only.
+- the last layer and the unembedding at the read positions only; for targets without a
+  position axis (each head's z, q, k, v or pattern over every position) the base and
+  source runs do the same, since no patch then needs their last layer elsewhere.
 
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
 those of the hook engine (and of TransformerLens) to float rounding. It covers the causal
@@ -74,6 +76,8 @@ class IncrementalPatcher:
         base_tokens: Tensor,
         source_tokens: Tensor,
         read_positions: Sequence[int],
+        *,
+        last_layer_at_read: bool = False,
     ) -> None:
         arch = _architecture_of(model)
         if arch is None:
@@ -87,6 +91,9 @@ class IncrementalPatcher:
         assert spec is not None  # checked by _architecture_of
         self.n_examples, self.n_pos = base_tokens.shape
         self.read = torch.tensor(sorted(set(read_positions)), device=base_tokens.device)
+        self.last_layer_at_read = last_layer_at_read
+        """Whether the base and source runs computed the last layer at the read positions
+        only (then its cached q, z, pattern, ... hold those rows; its k and v all)."""
         # Base and source prompts in one forward pass (half the per-op overhead).
         both: dict[str, Tensor] = {}
         logits = functional.forward(
@@ -94,7 +101,11 @@ class IncrementalPatcher:
             torch.cat([base_tokens, source_tokens]),
             spec,
             cache=both,
-            logit_positions=self.read,
+            **(
+                {"last_layer_positions": self.read}
+                if last_layer_at_read
+                else {"logit_positions": self.read}
+            ),
         )
         self.base_logits, self.source_logits = logits.split(self.n_examples)
         self.base = {name: t[: self.n_examples] for name, t in both.items()}
@@ -128,7 +139,12 @@ class IncrementalPatcher:
         computed = self.read >= p0
         if not bool(computed.any()):
             return logits
-        step = _Step(self, n_copies, p0, self.read[computed])
+        if self.last_layer_at_read and "pos" in space.axes:
+            raise ValueError(
+                "an IncrementalPatcher built with last_layer_at_read patches targets without "
+                f"a position axis only, not {space.name!r}"
+            )
+        step = _Step(self, n_copies, p0, computed)
         resid = step.enter(_activation_name(space), layer, step.patched(space, chunk))
         patched = functional.unembed(self.params, resid, self.arch)
         logits[:, :, computed] = patched.unflatten(0, (n_copies, self.n_examples))
@@ -143,13 +159,17 @@ def _activation_name(space: IndexSpace) -> str:
 class _Step:
     """One chunk's forward pass from the patched activation on (K copies of the batch)."""
 
-    def __init__(self, patcher: IncrementalPatcher, n_copies: int, p0: int, read: Tensor):
+    def __init__(self, patcher: IncrementalPatcher, n_copies: int, p0: int, computed: Tensor):
         self.patcher = patcher
         self.params = patcher.params
         self.arch = patcher.arch
         self.n_copies = n_copies
         self.p0 = p0
+        read = patcher.read[computed]
         self.read = read
+        self.read_rows = computed.nonzero().flatten()
+        """Where `read` sits among all read positions: its rows in the last layer's cache
+        when that holds the read positions only."""
         self.live = torch.arange(p0, patcher.n_pos, device=read.device)
 
     def repeat(self, tensor: Tensor) -> Tensor:
@@ -158,6 +178,12 @@ class _Step:
 
     def base(self, name: str) -> Tensor:
         return self.repeat(self.patcher.base[name])
+
+    def cache_rows(self, layer: int, rows: Tensor) -> Tensor:
+        """The rows of positions `rows` in the cached q, z and pattern of `layer`."""
+        if self.patcher.last_layer_at_read and layer == self.arch.n_layers - 1:
+            return self.read_rows
+        return rows
 
     def queries(self, layer: int) -> Tensor:
         """Positions whose output layer `layer` must compute: all from p0 on, or, in the
@@ -199,15 +225,17 @@ class _Step:
     def head_outputs(self, name: str, layer: int, full: Tensor, rows: Tensor) -> Tensor:
         """Each head's `z` at `rows` when the attention's `name` (z, q, k, v or pattern)
         is `full` and everything else is the base run's."""
+        cached = self.cache_rows(layer, rows)
         if name == "z":
-            return full[:, rows]
+            return full[:, cached]
         attn = f"blocks.{layer}.attn"
         q, k, v = (self.base(f"{attn}.hook_{part}") for part in ("q", "k", "v"))
         if name == "pattern":
-            z, _ = functional.mix_heads(None, None, v, rows, self.arch, pattern=full[:, :, rows])
+            pattern = full[:, :, cached]
+            z, _ = functional.mix_heads(None, None, v, rows, self.arch, pattern=pattern)
             return z
         if name == "v":
-            pattern = self.base(f"{attn}.hook_pattern")[:, :, rows]
+            pattern = self.base(f"{attn}.hook_pattern")[:, :, cached]
             z, _ = functional.mix_heads(None, None, full, rows, self.arch, pattern=pattern)
             return z
         if name == "q":
@@ -216,7 +244,7 @@ class _Step:
             k = full
         else:
             raise ValueError(f"incremental patching has no rule for activation {name!r}")
-        z, _ = functional.mix_heads(q[:, rows], k, v, rows, self.arch)
+        z, _ = functional.mix_heads(q[:, cached], k, v, rows, self.arch)
         return z
 
     def after_z(self, layer: int, z: Tensor, rows: Tensor) -> Tensor:

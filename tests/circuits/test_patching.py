@@ -146,6 +146,30 @@ def test_incremental_engine_equals_hook_engine_on_model_variants(batch, variant)
             torch.testing.assert_close(fast.values, slow.values, atol=1e-5, rtol=0)
 
 
+def test_head_targets_where_some_read_positions_come_before_the_first_difference(model) -> None:
+    """Head targets run the last layer at the read positions only; with clean and corrupted
+    prompts equal up to position 5, the read at position 4 is not recomputed, that at 5 is
+    (the rows of the cached last layer must still line up)."""
+    generator = torch.Generator().manual_seed(5)
+    clean = torch.randint(0, 20, (3, 7), generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, 5:] = (corrupted[:, 5:] + 9) % 20
+    batch = TaskBatch(
+        clean=clean,
+        corrupted=corrupted,
+        answer=torch.tensor([1, 2, 3]),
+        wrong=torch.tensor([4, 5, 6]),
+        position=torch.tensor([5, 4, 6]),
+    )
+    for target in ("z", "q", "k", "v", "pattern"):
+        fast, slow = (
+            patch(model, batch, target, METRIC, max_batch=30, progress=False, engine=engine)
+            for engine in ("incremental", "hooks")
+        )
+        assert (fast.values - fast.metric_corrupted).abs().max() > 1e-5, target
+        torch.testing.assert_close(fast.values, slow.values, atol=1e-5, rtol=0)
+
+
 def test_incremental_engine_refuses_metrics_that_read_other_positions(model, batch) -> None:
     def mean_over_positions(logits: Tensor, batch: TaskBatch) -> Tensor:
         return logits[:, :, 0].mean()

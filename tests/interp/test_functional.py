@@ -262,6 +262,26 @@ def test_logit_positions_unembed_only_those_positions() -> None:
     assert set(some_cache) == set(full_cache)  # the cache stays complete
 
 
+def test_last_layer_positions_compute_the_last_layer_there_only() -> None:
+    spec = ModelSpec(n_layers=2, d_model=32, n_heads=4, d_vocab=20, n_ctx=8)
+    params = functional.params_of(build(spec, device="cpu"))
+    tokens = torch.randint(0, 20, (3, 7), generator=torch.Generator().manual_seed(2))
+    full_cache: dict[str, torch.Tensor] = {}
+    some_cache: dict[str, torch.Tensor] = {}
+    full = functional.forward(params, tokens, spec, cache=full_cache)
+    rows = torch.tensor([2, 6])
+    some = functional.forward(params, tokens, spec, cache=some_cache, last_layer_positions=rows)
+    assert some.shape == (3, 2, 20)
+    torch.testing.assert_close(some, full[:, rows], rtol=0, atol=1e-5)
+    for name in ("blocks.1.attn.hook_k", "blocks.1.hook_resid_pre", "blocks.0.hook_resid_post"):
+        torch.testing.assert_close(some_cache[name], full_cache[name], rtol=0, atol=0)
+    torch.testing.assert_close(  # query rows of the last layer: the read ones
+        some_cache["blocks.1.attn.hook_z"], full_cache["blocks.1.attn.hook_z"][:, rows]
+    )
+    with pytest.raises(ValueError, match="replaces final_position_only"):
+        functional.forward(params, tokens, spec, last_layer_positions=rows, logit_positions=rows)
+
+
 def test_live_params_are_the_state_dict_without_copies_and_follow_loads() -> None:
     model = build(ModelSpec(n_layers=1, d_model=16, n_heads=2, d_vocab=10, n_ctx=4), device="cpu")
     live = functional.live_params(model)
