@@ -137,9 +137,8 @@ def damage_function(
 
     def logits_of(mask: Tensor) -> Tensor:
         with torch.inference_mode():
-            return patcher.run(batch.clean, patcher.dense(mask[None].to(patcher.device)), ablated)[
-                0
-            ]
+            dense = patcher.dense(mask[None].to(patcher.device))
+            return patcher.run(batch.clean, dense, ablated)[0]
 
     if objective == "kl":
 
