@@ -4,10 +4,11 @@
 #
 # Here first, once:   benchmarks/device/fetch_wheels.sh          (fills .whl/, 5 MB)
 # There, two calls back to back (the machine stays warm 30 s between them):
-#   run(command="bash benchmarks/device/gpu_checks.sh grokking", carry=[".whl"], timeout_s=450)
-#   run(command="bash benchmarks/device/gpu_checks.sh benchmarks", carry=[".whl"], timeout_s=450)
-# The steps' own limits add up to under 7 minutes a part, so both parts and a machine's
-# start fit the 15 minutes even when every step runs to its limit.
+#   run(command="bash benchmarks/device/gpu_checks.sh grokking", carry=[".whl"], timeout_s=420)
+#   run(command="bash benchmarks/device/gpu_checks.sh benchmarks", carry=[".whl"], timeout_s=420)
+# The steps' own limits (with the install) add up to under 6.5 minutes a part, so both
+# parts and a machine's start (1-2 minutes) fit the 15 minutes even when every step runs
+# to its limit. If the p113 run needs longer, rerun it alone in a later lease.
 #
 # Parts:
 #   grokking    the CUDA tests, then the reference config (issue 3) with 5 seeds batched;
@@ -62,7 +63,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '-', \
 'transformers', transformers.__version__)"
   step cuda_tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider \
     tests/interp/test_activations.py tests/interp/test_models.py -k "cuda or device"
-  step grokking_p113 240 "$PYTHON" -m interp.cli run experiments/grokking_p113.yaml \
+  step grokking_p113 210 "$PYTHON" -m interp.cli run experiments/grokking_p113.yaml \
     "${grok_sets[@]}" --set device="$DEVICE" --runs-dir /tmp/gpu_runs --no-progress
   (cd /tmp/gpu_runs 2>/dev/null && find . \( -name '*.json' -o -name '*.jsonl' \
     -o -name '*.yaml' -o -name '*.parquet' \) -print0 | tar -czf "$OUT/grokking_p113.tar.gz" \
@@ -72,8 +73,8 @@ fi
 if [ "$part" = benchmarks ] || [ "$part" = all ]; then
   log=benchmarks.log
   step bench_patching 90 "$PYTHON" benchmarks/patching.py --device "$DEVICE" "${quick[@]}"
-  step bench_circuits 120 "$PYTHON" benchmarks/circuit_discovery.py --device "$DEVICE" "${quick[@]}"
+  step bench_circuits 100 "$PYTHON" benchmarks/circuit_discovery.py --device "$DEVICE" "${quick[@]}"
   step bench_probing 45 "$PYTHON" benchmarks/probing.py --device "$DEVICE" "${quick[@]}"
-  step bench_grokking 120 "$PYTHON" benchmarks/grokking.py --device "$DEVICE" "${quick[@]}"
+  step bench_grokking 100 "$PYTHON" benchmarks/grokking.py --device "$DEVICE" "${quick[@]}"
 fi
 cat "$OUT"/*.log
