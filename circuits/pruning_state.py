@@ -204,19 +204,25 @@ class PruningState:
                 resid = resid + mlp_out
         self.logit_in = {"logits": resid}
 
+    def _place(self, source: int) -> tuple[int, int]:
+        """`(layer, index in its block)` of source `source` (`graph.sources` order: the
+        embedding, then per block its heads and its MLP); the embedding is `(-1, 0)`."""
+        if source == 0:
+            return -1, 0
+        return divmod(source - 1, self.arch.n_heads + (1 if self.has_mlp else 0))
+
     def output_of(self, source: int) -> Tensor:
         """The current output of source `source` (`graph.sources` order)."""
-        if source == 0:
+        layer, index = self._place(source)
+        if layer < 0:
             return self.embed_out
-        per_block = self.arch.n_heads + (1 if self.has_mlp else 0)
-        layer, index = divmod(source - 1, per_block)
         if index == self.arch.n_heads:
             return self.mlp_out[layer]["out"]
         return self.head_out[layer]["out"][index]
 
     def _source_at_reads(self, source: int) -> bool:
-        per_block = self.arch.n_heads + (1 if self.has_mlp else 0)
-        return source > 0 and (source - 1) // per_block == self.last
+        """Whether the source's output is held at the read positions only (last block)."""
+        return self._place(source)[0] == self.last
 
     # -- pieces of the forward pass --------------------------------------------------------
 
