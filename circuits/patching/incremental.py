@@ -116,12 +116,16 @@ class IncrementalPatcher:
         the same activations: patches there change nothing."""
         vocab = self.base_logits.shape[-1]
         self._buffer = self.base_logits.new_full((self.n_examples, self.n_pos, vocab), torch.nan)
+        first, last = int(self.read[0]), int(self.read[-1])
+        contiguous = last - first + 1 == len(self.read)
+        self._read_in_buffer = slice(first, last + 1) if contiguous else self.read
+        """The read positions along the buffer's position axis, a slice where it can be."""
 
     def full_logits(self, at_read: Tensor) -> Tensor:
         """`[batch, pos, vocab]` logits holding `at_read` (`[batch, n_read, vocab]`) at the
         read positions and NaN everywhere else, for the metric to read. One buffer is
         reused: read the result before the next call."""
-        self._buffer[:, self.read] = at_read
+        self._buffer[:, self._read_in_buffer] = at_read
         return self._buffer
 
     def patched_logits(
@@ -145,7 +149,7 @@ class IncrementalPatcher:
                 f"a position axis only, not {space.name!r}"
             )
         step = _Step(self, n_copies, p0, computed)
-        resid = step.enter(_activation_name(space), layer, step.patched(space, chunk))
+        resid = step.run(space, chunk)
         patched = functional.unembed(self.params, resid, self.arch)
         logits[:, :, computed] = patched.unflatten(0, (n_copies, self.n_examples))
         return logits
@@ -179,11 +183,25 @@ class _Step:
     def base(self, name: str) -> Tensor:
         return self.repeat(self.patcher.base[name])
 
-    def cache_rows(self, layer: int, rows: Tensor) -> Tensor:
-        """The rows of positions `rows` in the cached q, z and pattern of `layer`."""
+    def rows(self, layer: int, start: int = 0) -> slice | Tensor:
+        """Where the positions layer `layer` computes (`queries(layer)`) sit along an axis
+        holding positions `start..`: a slice from p0 on (a view), or the read positions in
+        the last layer."""
+        if layer == self.arch.n_layers - 1:
+            return self.read - start
+        return slice(self.p0 - start, None)
+
+    def cache_rows(self, layer: int) -> slice | Tensor:
+        """`rows(layer)` in the base and source runs' q, z, pattern and resid_mid of
+        `layer` (the last layer's hold the read positions only when the patcher was built
+        with `last_layer_at_read`)."""
         if self.patcher.last_layer_at_read and layer == self.arch.n_layers - 1:
             return self.read_rows
-        return rows
+        return self.rows(layer)
+
+    def at_rows(self, tensor: Tensor, layer: int, start: int = 0) -> Tensor:
+        """`tensor[:, rows(layer, start)]`."""
+        return tensor[:, self.rows(layer, start)]
 
     def queries(self, layer: int) -> Tensor:
         """Positions whose output layer `layer` must compute: all from p0 on, or, in the
@@ -201,33 +219,64 @@ class _Step:
             space.setter(per_copy[copy], tuple(index[1:]), source)
         return full
 
+    def run(self, space: IndexSpace, chunk: Sequence[tuple[int, ...]]) -> Tensor:
+        """The chunk's forward pass from its patched activation on; returns the final
+        residual stream at the read positions, `[K * batch, n_read, d_model]`."""
+        name, layer = _activation_name(space), chunk[0][0]
+        if name == "z":
+            return self.after_mid(layer, self.with_head_outputs_patched(space, chunk))
+        return self.enter(name, layer, self.patched(space, chunk))
+
+    def with_head_outputs_patched(
+        self, space: IndexSpace, chunk: Sequence[tuple[int, ...]]
+    ) -> Tensor:
+        """`resid_mid` of the chunk's layer at `queries(layer)`, copy k with the head (and
+        position, for `z_by_pos`) of `chunk[k]` patched.
+
+        The attention output is linear in each head's `z`, so patching head h adds
+        `(z_source - z_base)[h] @ W_O[h]` to the base run's `resid_mid`: one
+        `d_head x d_model` product per copy instead of the whole `W_O` on a patched copy."""
+        layer = chunk[0][0]
+        rows = self.cache_rows(layer)
+        name = space.hook_name(layer)
+        change = (self.patcher.source[name] - self.patcher.base[name])[:, rows]
+        device = change.device
+        heads = torch.tensor([index[space.axes.index("head")] for index in chunk], device=device)
+        w_o = self.params[f"blocks.{layer}.attn.o.weight"]  # [d_model, head * d_head]
+        w_o = w_o.T.unflatten(0, (self.arch.n_heads, self.arch.d_head))[heads]
+        added = torch.einsum("bqkd,kdm->kbqm", change[:, :, heads], w_o)
+        if "pos" in space.axes:
+            at_pos = [index[space.axes.index("pos")] for index in chunk]
+            at = self.queries(layer)[None, :] == torch.tensor(at_pos, device=device)[:, None]
+            added = added * at[:, None, :, None]
+        block = f"blocks.{layer}"
+        resid_mid = self.patcher.base.get(f"{block}.hook_resid_mid")
+        if resid_mid is None:  # attention-only: no MLP, resid_post is resid_pre + attn_out
+            resid_mid = self.patcher.base[f"{block}.hook_resid_post"]
+        return (added + resid_mid[:, rows]).flatten(0, 1)
+
     def enter(self, name: str, layer: int, full: Tensor) -> Tensor:
         """Continue the forward pass from activation `name` of `layer` (all positions);
         returns the final residual stream at the read positions."""
         block = f"blocks.{layer}"
-        rows = self.queries(layer)
         if name == "resid_pre":
             return self.layers(layer, full[:, self.p0 :])
         if name == "resid_mid":
-            return self.after_mid(layer, full[:, rows])
+            return self.after_mid(layer, self.at_rows(full, layer))
         if name == "attn_out":
-            return self.after_mid(
-                layer, self.base(f"{block}.hook_resid_pre")[:, rows] + full[:, rows]
-            )
+            resid_mid = self.plus_base(f"{block}.hook_resid_pre", self.at_rows(full, layer))
+            return self.after_mid(layer, resid_mid)
         if name == "mlp_out":
-            return self.after_post(
-                layer, self.base(f"{block}.hook_resid_mid")[:, rows] + full[:, rows]
-            )
+            resid_post = self.plus_base(f"{block}.hook_resid_mid", self.at_rows(full, layer))
+            return self.after_post(layer, resid_post)
         if name == "resid_post":
-            return self.after_post(layer, full[:, rows])
-        return self.after_z(layer, self.head_outputs(name, layer, full, rows), rows)
+            return self.after_post(layer, self.at_rows(full, layer))
+        return self.after_z(layer, self.head_outputs(name, layer, full, self.queries(layer)))
 
     def head_outputs(self, name: str, layer: int, full: Tensor, rows: Tensor) -> Tensor:
         """Each head's `z` at `rows` when the attention's `name` (z, q, k, v or pattern)
         is `full` and everything else is the base run's."""
-        cached = self.cache_rows(layer, rows)
-        if name == "z":
-            return full[:, cached]
+        cached = self.cache_rows(layer)
         attn = f"blocks.{layer}.attn"
         q, k, v = (self.base(f"{attn}.hook_{part}") for part in ("q", "k", "v"))
         if name == "pattern":
@@ -247,10 +296,17 @@ class _Step:
         z, _ = functional.mix_heads(q[:, cached], k, v, rows, self.arch)
         return z
 
-    def after_z(self, layer: int, z: Tensor, rows: Tensor) -> Tensor:
+    def after_z(self, layer: int, z: Tensor) -> Tensor:
         block = f"blocks.{layer}"
         attn_out = functional.attention_output(self.params, f"{block}.attn", z)
-        return self.after_mid(layer, self.base(f"{block}.hook_resid_pre")[:, rows] + attn_out)
+        return self.after_mid(layer, self.plus_base(f"{block}.hook_resid_pre", attn_out))
+
+    def plus_base(self, name: str, change: Tensor) -> Tensor:
+        """`change` (`[K * batch, rows, d_model]` at `queries(layer)`) plus the base run's
+        activation `name` of that layer (whose cache covers every position) at those rows."""
+        layer = int(name.split(".")[1])
+        base = self.at_rows(self.patcher.base[name], layer)
+        return (change.unflatten(0, (self.n_copies, -1)) + base).flatten(0, 1)
 
     def after_mid(self, layer: int, resid: Tensor) -> Tensor:
         return self.after_post(layer, self.with_mlp(layer, resid))
@@ -275,7 +331,7 @@ class _Step:
             rows = self.queries(layer)
             normed = self.norm(f"blocks.{layer}.ln1", resid)
             q = functional.head_projection(
-                self.params, attn, "q", normed[:, rows - self.p0], self.arch
+                self.params, attn, "q", self.at_rows(normed, layer, self.p0), self.arch
             )
             k, v = (
                 self.with_prefix(
@@ -286,7 +342,7 @@ class _Step:
             )
             z, _ = functional.mix_heads(q, k, v, rows, self.arch)
             attn_out = functional.attention_output(self.params, attn, z)
-            resid = self.with_mlp(layer, resid[:, rows - self.p0] + attn_out)
+            resid = self.with_mlp(layer, self.at_rows(resid, layer, self.p0) + attn_out)
         return resid
 
     def with_prefix(self, name: str, live: Tensor) -> Tensor:

@@ -146,10 +146,14 @@ def test_incremental_engine_equals_hook_engine_on_model_variants(batch, variant)
             torch.testing.assert_close(fast.values, slow.values, atol=1e-5, rtol=0)
 
 
-def test_head_targets_where_some_read_positions_come_before_the_first_difference(model) -> None:
+@pytest.mark.parametrize("positions", [[5, 4, 6], [6, 3, 6]])
+def test_head_targets_where_some_read_positions_come_before_the_first_difference(
+    model, positions: list[int]
+) -> None:
     """Head targets run the last layer at the read positions only; with clean and corrupted
-    prompts equal up to position 5, the read at position 4 is not recomputed, that at 5 is
-    (the rows of the cached last layer must still line up)."""
+    prompts equal up to position 5, a read before it is not recomputed, one from it on is
+    (the rows of the cached last layer must still line up, also when the read positions
+    are not one run, as 3 and 6)."""
     generator = torch.Generator().manual_seed(5)
     clean = torch.randint(0, 20, (3, 7), generator=generator)
     corrupted = clean.clone()
@@ -159,9 +163,9 @@ def test_head_targets_where_some_read_positions_come_before_the_first_difference
         corrupted=corrupted,
         answer=torch.tensor([1, 2, 3]),
         wrong=torch.tensor([4, 5, 6]),
-        position=torch.tensor([5, 4, 6]),
+        position=torch.tensor(positions),
     )
-    for target in ("z", "q", "k", "v", "pattern"):
+    for target in ("z", "q", "k", "v", "pattern", "z_by_pos", "resid_pre"):
         fast, slow = (
             patch(model, batch, target, METRIC, max_batch=30, progress=False, engine=engine)
             for engine in ("incremental", "hooks")
