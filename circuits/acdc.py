@@ -89,7 +89,7 @@ class ACDCResult:
 
     def save(self, run: Run | str | os.PathLike[str], name: str = "acdc") -> None:
         """`artifacts/<name>.safetensors` (kept, scores) and `<name>.json` (the rest)."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         run.save_tensors(name, {"kept": self.kept.to(torch.uint8), "scores": self.scores})
         run.save_json(
             name,
@@ -106,7 +106,7 @@ class ACDCResult:
 
     @classmethod
     def load(cls, run: Run | str | os.PathLike[str], name: str = "acdc") -> ACDCResult:
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         meta = run.load_json(name)
         tensors = run.load_tensors(name)
         graph, _ = ComputationalGraph.from_json(json.dumps(meta["graph"]))

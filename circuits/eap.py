@@ -84,7 +84,7 @@ class EdgeScores:
 
     def save(self, run: Run | str | os.PathLike[str], name: str = "edge_scores") -> None:
         """`artifacts/<name>.safetensors` (the scores) and `<name>.json` (the rest)."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         run.save_tensors(name, {"scores": self.scores.detach().cpu().contiguous()})
         run.save_json(
             name,
@@ -99,7 +99,7 @@ class EdgeScores:
     @classmethod
     def load(cls, run: Run | str | os.PathLike[str], name: str = "edge_scores") -> EdgeScores:
         """The scores written by `save(run, name)`."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         meta = run.load_json(name)
         graph, _ = ComputationalGraph.from_json(json.dumps(meta["graph"]))
         return cls(

@@ -50,10 +50,6 @@ prediction costs at most `log2(K / f)` bits instead of infinity."""
 _FIT_KEYS = frozenset({"kind", "backend", "l2", "epochs", "device", "test_fraction"})
 
 
-def _as_run(run: Run | str | os.PathLike[str]) -> Run:
-    return run if isinstance(run, Run) else Run.open(run)
-
-
 def _check_features(features: Tensor) -> tuple[int, int]:
     """(n_layers, n) of `[layer, n, d]` features; the rest is checked by the probe fit."""
     if not isinstance(features, Tensor) or features.ndim != 3:
@@ -139,7 +135,7 @@ class SelectivityResult:
 
     def save(self, run: Run | str | os.PathLike[str], name: str = "selectivity") -> None:
         """Write `artifacts/<name>.safetensors` (the scores) and `artifacts/<name>.json`."""
-        run = _as_run(run)
+        run = Run.open(run)
         scores = {"task_scores": self.task_scores, "control_scores": self.control_scores}
         run.save_tensors(name, scores)
         run.save_json(name, {"seeds": list(self.seeds), "level": self.level})
@@ -149,7 +145,7 @@ class SelectivityResult:
         cls, run: Run | str | os.PathLike[str], name: str = "selectivity"
     ) -> SelectivityResult:
         """The result written by `save(run, name)` (intervals recomputed from the scores)."""
-        run = _as_run(run)
+        run = Run.open(run)
         meta, tensors = run.load_json(name), run.load_tensors(name)
         return cls.from_scores(
             tensors["task_scores"], tensors["control_scores"], meta["seeds"], float(meta["level"])
@@ -257,14 +253,14 @@ class MDLResult:
 
     def save(self, run: Run | str | os.PathLike[str], name: str = "mdl") -> None:
         """Write `artifacts/<name>.safetensors` (block bits and sizes) and `<name>.json`."""
-        run = _as_run(run)
+        run = Run.open(run)
         run.save_tensors(name, {"block_bits": self.block_bits, "block_sizes": self.block_sizes})
         run.save_json(name, {"n_classes": self.n_classes, "seed": self.seed})
 
     @classmethod
     def load(cls, run: Run | str | os.PathLike[str], name: str = "mdl") -> MDLResult:
         """The result written by `save(run, name)`."""
-        run = _as_run(run)
+        run = Run.open(run)
         meta, tensors = run.load_json(name), run.load_tensors(name)
         return cls(
             tensors["block_bits"], tensors["block_sizes"], int(meta["n_classes"]), int(meta["seed"])

@@ -101,7 +101,7 @@ class ProbeResult:
 
     def save(self, run: Run | str | os.PathLike[str], name: str = "probes") -> None:
         """Write `artifacts/<name>.safetensors` (tensors) and `artifacts/<name>.json` (the rest)."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         run.save_tensors(
             name,
             {
@@ -129,7 +129,7 @@ class ProbeResult:
     @classmethod
     def load(cls, run: Run | str | os.PathLike[str], name: str = "probes") -> ProbeResult:
         """The result written by `save(run, name)`."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         meta = run.load_json(name)
         tensors = run.load_tensors(name)
         baseline = meta.get("majority_baseline")
@@ -189,7 +189,7 @@ class ProbeSweep:
 
     def save(self, run: Run | str | os.PathLike[str], name: str = "probe_sweep") -> None:
         """Write `artifacts/<name>.safetensors` (scores) and `artifacts/<name>.json`."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         run.save_tensors(name, {"scores": self.scores})
         run.save_json(
             name,
@@ -204,7 +204,7 @@ class ProbeSweep:
     @classmethod
     def load(cls, run: Run | str | os.PathLike[str], name: str = "probe_sweep") -> ProbeSweep:
         """The sweep written by `save(run, name)` (interval recomputed from the scores)."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         meta = run.load_json(name)
         scores = run.load_tensors(name)["scores"]
         mean, low, high = confidence_interval(scores, level=float(meta["level"]))

@@ -71,7 +71,7 @@ class PatchingResult:
 
     def save(self, run: Run | str | os.PathLike[str], name: str = "patching") -> None:
         """Write `artifacts/<name>.safetensors` (values) and `artifacts/<name>.json` (the rest)."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         run.save_tensors(name, {_VALUES_KEY: self.values})
         run.save_json(
             name,
@@ -90,7 +90,7 @@ class PatchingResult:
     @classmethod
     def load(cls, run: Run | str | os.PathLike[str], name: str = "patching") -> PatchingResult:
         """The result written by `save(run, name)`."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         meta = run.load_json(name)
         values = run.load_tensors(name)[_VALUES_KEY]
         return cls(

@@ -103,7 +103,7 @@ class AblationResult:
 
     def save(self, run: Run | str | os.PathLike[str], name: str = "head_ablation") -> None:
         """Write `artifacts/<name>.safetensors` (values) and `artifacts/<name>.json`."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         run.save_tensors(name, {"values": self.values.detach().cpu().contiguous()})
         run.save_json(
             name,
@@ -119,7 +119,7 @@ class AblationResult:
     @classmethod
     def load(cls, run: Run | str | os.PathLike[str], name: str = "head_ablation") -> AblationResult:
         """The result written by `save(run, name)`."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         meta = run.load_json(name)
         return cls(
             values=run.load_tensors(name)["values"],

@@ -352,7 +352,7 @@ class HeadComposition:
 
     def save(self, run: Run | str | os.PathLike[str], name: str = "head_composition") -> None:
         """Write `artifacts/<name>.safetensors` (scores) and `artifacts/<name>.json`."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         run.save_tensors(name, dict(self.scores))
         run.save_json(
             name,
@@ -368,7 +368,7 @@ class HeadComposition:
         cls, run: Run | str | os.PathLike[str], name: str = "head_composition"
     ) -> HeadComposition:
         """The scores written by `save(run, name)`."""
-        run = run if isinstance(run, Run) else Run.open(run)
+        run = Run.open(run)
         meta = run.load_json(name)
         tensors = run.load_tensors(name)
 

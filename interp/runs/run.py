@@ -77,8 +77,12 @@ class Run:
         self._metrics_line_checked = False
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Run:
-        """Read an existing run folder. Raises CorruptRun if its manifest or config is bad."""
+    def open(cls, path: str | os.PathLike[str] | Run) -> Run:
+        """Read an existing run folder (a `Run` is returned as it is, so that functions
+        taking "a run or its folder" start with `run = Run.open(run)`). Raises CorruptRun
+        if its manifest or config is bad."""
+        if isinstance(path, Run):
+            return path
         run_dir = Path(path)
         if not run_dir.is_dir():
             raise RunNotFound(f"no run folder at {run_dir}")
