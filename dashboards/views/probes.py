@@ -8,9 +8,11 @@ Reads only what the run saved (`dashboards.loaders_probes`); never runs a model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from dashboards.figures.probes import (
@@ -89,27 +91,48 @@ def render_scores(data: ProbeRunData, rows: pd.DataFrame) -> None:
 
 def render_selectivity(rows: pd.DataFrame) -> None:
     """Control-task accuracy and selectivity, when the run computed them."""
-    st.subheader("Control task and selectivity")
-    if not rows["selectivity"].notna().any():
-        st.caption("No selectivity for these targets (the run's `controls.selectivity` is "
-                   "off, or the targets are regression or sentence-level targets).")
-        return
-    st.plotly_chart(selectivity_chart(rows), key="probes_selectivity")
-    st.caption("Selectivity = probe accuracy minus the accuracy of the same probe on a "
-               "control task (Hewitt & Liang 2019): high selectivity means the probe reads "
-               "the property from the representation rather than memorising word types.")
+    _render_control(
+        rows,
+        "selectivity",
+        "Control task and selectivity",
+        "No selectivity for these targets (the run's `controls.selectivity` is off, or the "
+        "targets are regression or sentence-level targets).",
+        selectivity_chart,
+        "Selectivity = probe accuracy minus the accuracy of the same probe on a control "
+        "task (Hewitt & Liang 2019): high selectivity means the probe reads the property "
+        "from the representation rather than memorising word types.",
+    )
 
 
 def render_mdl(rows: pd.DataFrame) -> None:
     """MDL compression, when the run computed it."""
-    st.subheader("Minimum description length")
-    if not rows["compression"].notna().any():
-        st.caption("No MDL codelength for these targets (the run's `controls.mdl` is off, "
-                   "or the targets are regression targets).")
+    _render_control(
+        rows,
+        "compression",
+        "Minimum description length",
+        "No MDL codelength for these targets (the run's `controls.mdl` is off, or the "
+        "targets are regression targets).",
+        mdl_chart,
+        "Compression = uniform codelength / online codelength (Voita & Titov 2020): higher "
+        "means the labels are easier to extract from that layer.",
+    )
+
+
+def _render_control(
+    rows: pd.DataFrame,
+    column: str,
+    title: str,
+    missing: str,
+    chart: Callable[[pd.DataFrame], go.Figure],
+    caption: str,
+) -> None:
+    """One control's section: its chart and caption, or why the run has none."""
+    st.subheader(title)
+    if not rows[column].notna().any():
+        st.caption(missing)
         return
-    st.plotly_chart(mdl_chart(rows), key="probes_mdl")
-    st.caption("Compression = uniform codelength / online codelength (Voita & Titov 2020): "
-               "higher means the labels are easier to extract from that layer.")
+    st.plotly_chart(chart(rows), key=f"probes_{column}")
+    st.caption(caption)
 
 
 def render_interventions(data: ProbeRunData) -> None:
