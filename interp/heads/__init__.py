@@ -19,22 +19,22 @@ importance = ablation_importance(model, task.batch(), mean_metric(logit_diff))  
 The package, one job per module:
 
 ```
-patterns.py   scores from attention patterns (previous/next/duplicate token, induction,
-              sink and special-token mass, entropy, confidence, offset profile,
-              positional heads, TransformerLens's detector scores); HeadScores
-weights.py    per-head weights, copying scores, Q/K/V composition; HeadComposition
-roles.py      role thresholds, role labels, k-means groups
-ablation.py   ablation importance of each head on a task (zero or mean), batched over heads
-sentences.py  plain English sentences (written for this toolkit) and their tokenization
-experiment.py the `heads` experiment kind (imported by its entry point, not here)
+patterns.py      scores from attention patterns (previous/next/duplicate token, induction,
+                 sink and special-token mass, entropy, confidence, offset profile,
+                 positional heads, TransformerLens's detector scores): the entry points
+pattern_sums.py  the engine behind them: patterns -> per-head sums and counts, batch by batch
+head_scores.py   HeadScores (the result: to_frame, save, load) and the score names
+weights.py       per-head weights, copying scores, Q/K/V composition; HeadComposition
+roles.py         role thresholds, role labels, k-means groups
+ablation.py      ablation importance of each head on a task (zero or mean), batched over heads
+sentences.py     plain English sentences (written for this toolkit) and their tokenization
+experiment.py    the `heads` experiment kind (imported by its entry point, not here)
 ```
 """
 
 from interp.heads.ablation import ABLATION_MODES, AblationResult, ablation_importance
+from interp.heads.head_scores import DEFAULT_OFFSETS, SCORE_NAMES, HeadScores
 from interp.heads.patterns import (
-    DEFAULT_OFFSETS,
-    SCORE_NAMES,
-    HeadScores,
     induction_probe_scores,
     model_pattern_scores,
     pattern_scores,

@@ -48,8 +48,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.heads.ablation import ablation_importance
+from interp.heads.head_scores import HeadScores
 from interp.heads.patterns import (
-    HeadScores,
     _is_pattern_hook,
     _pattern_layers,
     eval_mode,

@@ -15,7 +15,7 @@ import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.heads.patterns import SCORE_NAMES, HeadScores
+from interp.heads.head_scores import SCORE_NAMES, HeadScores
 
 ROLE_NAMES: tuple[str, ...] = (
     "previous_token",
