@@ -11,7 +11,9 @@ base = corrupted and source = clean. Senders are heads (`"L{l}H{h}"`), MLP outpu
 (`"mlp{l}"`) or the embedding (`"embed"`, the whole input residual of block 0: token and
 position embeddings). Receivers are the query, key or value input of a head
 (`"L{l}H{h}.q"`, `".k"`, `".v"`), the input of an MLP (`"mlp{l}"`), or the final residual
-stream (`"logits"`).
+stream (`"logits"`). The names, their `Node`s, the hooks that carry each node and which
+sender reaches which receiver are in `circuits.path_nodes` (`Node`, `parse_node` and
+`reaches` are re-exported here).
 
 The method, with TransformerLens hooks:
 
@@ -50,10 +52,9 @@ key/value head that head `h` reads, which the other query heads of its group sha
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -70,45 +71,34 @@ from circuits.patching.engine import (
 )
 from circuits.patching.result import PatchingResult
 from circuits.patching.targets import index_space
+from circuits.path_nodes import (
+    Node,
+    NodeKind,
+    Role,
+    _parse_nodes,
+    _parse_receivers,
+    _reaches_any,
+    _receiver_patches,
+    _sender_hook,
+    _sender_index,
+    parse_node,
+    reaches,
+)
 from interp.metrics import normalise as normalise_metric
 from interp.tasks.base import TaskBatch
 
-NodeKind = Literal["embed", "head", "mlp", "logits"]
-Role = Literal["sender", "receiver"]
+__all__ = [
+    "Node",
+    "NodeKind",
+    "PathPatchValue",
+    "Role",
+    "parse_node",
+    "path_patch",
+    "path_patch_senders",
+    "reaches",
+]
+
 Hook = tuple[str, Callable[..., Tensor]]
-
-_EMBED_HOOK = "blocks.0.hook_resid_pre"
-_SENDER_FORMS = "'embed', 'L{layer}H{head}' or 'mlp{layer}'"
-_RECEIVER_FORMS = "'L{layer}H{head}.q', '.k', '.v', 'mlp{layer}' or 'logits'"
-_HEAD_PATTERN = re.compile(r"L(\d+)H(\d+)")
-_HEAD_INPUT_PATTERN = re.compile(r"L(\d+)H(\d+)\.([qkv])")
-_MLP_PATTERN = re.compile(r"mlp(\d+)")
-
-
-@dataclass(frozen=True)
-class Node:
-    """A sender or receiver of path patching.
-
-    Attributes:
-        name: The name it was parsed from, e.g. `"L1H0.v"`.
-        kind: `"embed"`, `"head"`, `"mlp"` or `"logits"`.
-        layer: The block it belongs to (-1 for the embedding, `n_layers` for the logits).
-        head: The head index (heads only).
-        input: Which input of a receiver head is patched: `"q"`, `"k"` or `"v"`.
-    """
-
-    name: str
-    kind: NodeKind
-    layer: int
-    head: int | None = None
-    input: Literal["q", "k", "v"] | None = None
-
-    @property
-    def order(self) -> int:
-        """Position in the forward pass: the embedding, then attention l, MLP l, ..., logits."""
-        if self.kind == "embed":
-            return -1
-        return 2 * self.layer + (1 if self.kind == "mlp" else 0)
 
 
 @dataclass(frozen=True)
@@ -134,114 +124,6 @@ class PathPatchValue:
     def normalised(self) -> float:
         """`(value - corrupted) / (clean - corrupted)`: 1 = clean run, 0 = corrupted run."""
         return float(normalise_metric(self.value, self.metric_clean, self.metric_corrupted))
-
-
-def _check_range(name: str, role: Role, what: str, index: int, size: int) -> None:
-    if index >= size:
-        raise ValueError(f"{role} {name!r}: {what} {index} is out of range (the model has {size})")
-
-
-def parse_node(name: str, model: TransformerBridge, role: Role) -> Node:
-    """The node called `name`, checked against `model`; a one-line ValueError if invalid.
-
-    Senders: `"embed"`, `"L{l}H{h}"` (head h of layer l), `"mlp{l}"` (MLP output of layer l).
-    Receivers: `"L{l}H{h}.q"`, `".k"`, `".v"` (that input of the head), `"mlp{l}"` (the MLP's
-    input), `"logits"` (the final residual stream).
-    """
-    if role not in ("sender", "receiver"):
-        raise ValueError(f"role must be 'sender' or 'receiver', got {role!r}")
-    forms = _SENDER_FORMS if role == "sender" else _RECEIVER_FORMS
-    if not isinstance(name, str):
-        raise ValueError(f"{role} names must be strings like {forms}, got {name!r}")
-    cfg = model.cfg
-    n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
-    if role == "sender" and name == "embed":
-        return Node(name, "embed", -1)
-    if role == "receiver" and name == "logits":
-        return Node(name, "logits", n_layers)
-    head_pattern = _HEAD_PATTERN if role == "sender" else _HEAD_INPUT_PATTERN
-    if match := head_pattern.fullmatch(name):
-        layer, head = int(match.group(1)), int(match.group(2))
-        _check_range(name, role, "layer", layer, n_layers)
-        _check_range(name, role, "head", head, n_heads)
-        head_input = match.group(3) if role == "receiver" else None
-        return Node(name, "head", layer, head, head_input)  # type: ignore[arg-type]
-    if match := _MLP_PATTERN.fullmatch(name):
-        layer = int(match.group(1))
-        _check_range(name, role, "layer", layer, n_layers)
-        if getattr(cfg, "attn_only", False):
-            raise ValueError(f"{role} {name!r}: the model is attention-only and has no MLPs")
-        return Node(name, "mlp", layer)
-    raise ValueError(f"unknown {role} {name!r}; expected {forms}")
-
-
-def _parse_nodes(names: Sequence[str], model: TransformerBridge, role: Role) -> list[Node]:
-    """Parsed nodes in the given order, duplicates dropped."""
-    if isinstance(names, str) or not isinstance(names, Sequence):
-        raise ValueError(f"{role}s must be a list of node names, got {names!r}")
-    nodes: dict[str, Node] = {}
-    for name in names:
-        nodes.setdefault(name, parse_node(name, model, role))
-    return list(nodes.values())
-
-
-def _parse_receivers(names: Sequence[str], model: TransformerBridge) -> list[Node]:
-    receivers = _parse_nodes(names, model, "receiver")
-    if not receivers:
-        raise ValueError("path patching needs at least one receiver")
-    if len(receivers) > 1 and any(node.kind == "logits" for node in receivers):
-        raise ValueError("the 'logits' receiver cannot be combined with other receivers")
-    return receivers
-
-
-def reaches(sender: Node, receiver: Node, *, parallel_attn_mlp: bool = False) -> bool:
-    """Whether `sender`'s output is read, through the residual stream, by `receiver`."""
-    if parallel_attn_mlp and sender.kind == "head" and receiver.kind == "mlp":
-        return sender.layer < receiver.layer
-    return sender.order < receiver.order
-
-
-def _reaches_any(senders: Sequence[Node], receivers: Sequence[Node], parallel: bool) -> bool:
-    return any(
-        reaches(s, r, parallel_attn_mlp=parallel) for s in senders for r in receivers
-    )
-
-
-def _sender_hook(node: Node) -> str:
-    if node.kind == "embed":
-        return _EMBED_HOOK
-    if node.kind == "head":
-        return f"blocks.{node.layer}.attn.hook_z"
-    return f"blocks.{node.layer}.hook_mlp_out"
-
-
-def _sender_index(node: Node) -> tuple[Any, ...]:
-    """Where in a `[batch, ...]` sender activation this node's output lies."""
-    if node.kind == "head":
-        return (slice(None), slice(None), node.head)
-    return (Ellipsis,)
-
-
-def _receiver_patches(node: Node, model: TransformerBridge) -> list[tuple[str, tuple[Any, ...]]]:
-    """The hooks that carry a receiver's input, each with the index of the receiver in it.
-
-    A head's q, k or v at `blocks.{l}.attn.hook_{q,k,v}[:, :, h]` (for grouped-query
-    attention, the key/value head that h reads); an MLP's projected input at
-    `blocks.{l}.mlp.hook_pre`, and also at `hook_pre_linear` for gated MLPs, whose input
-    goes through a gate and an up projection.
-    """
-    if node.kind == "head":
-        head = int(node.head or 0)
-        n_kv = getattr(model.cfg, "n_key_value_heads", None)
-        if node.input in ("k", "v") and n_kv:
-            head //= int(model.cfg.n_heads) // int(n_kv)
-        return [(f"blocks.{node.layer}.attn.hook_{node.input}", (slice(None), slice(None), head))]
-    if node.kind == "mlp":
-        names = [f"blocks.{node.layer}.mlp.hook_pre"]
-        if f"blocks.{node.layer}.mlp.hook_pre_linear" in model.hook_dict:
-            names.append(f"blocks.{node.layer}.mlp.hook_pre_linear")
-        return [(name, (Ellipsis,)) for name in names]
-    return []
 
 
 def _freeze_hooks(model: TransformerBridge, freeze_mlps: bool) -> list[str]:

@@ -12,7 +12,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.patching import patch
-from circuits.path_patching import parse_node, path_patch, path_patch_senders
+from circuits.path_patching import path_patch, path_patch_senders
 from interp import functional, models
 from interp.metrics import logit_diff, mean_metric
 from interp.tasks.base import TaskBatch
@@ -318,34 +318,6 @@ def test_training_flag_and_batch_untouched(model, batch):
 
 
 @pytest.mark.parametrize(
-    ("name", "role", "message"),
-    [
-        ("L2H0", "sender", "layer 2 is out of range"),
-        ("L0H4", "sender", "head 4 is out of range"),
-        ("L0H0.q", "sender", "unknown sender"),
-        ("logits", "sender", "unknown sender"),
-        ("mlp7", "sender", "layer 7 is out of range"),
-        ("L1H0", "receiver", "unknown receiver"),
-        ("L1H0.z", "receiver", "unknown receiver"),
-        ("embed", "receiver", "unknown receiver"),
-        ("L5H0.v", "receiver", "layer 5 is out of range"),
-        ("head", "receiver", "unknown receiver"),
-    ],
-)
-def test_bad_node_names(model, name, role, message):
-    with pytest.raises(ValueError, match=message) as error:
-        parse_node(name, model, role)
-    assert "\n" not in str(error.value)
-
-
-def test_parse_node(model):
-    node = parse_node("L1H3.k", model, "receiver")
-    assert (node.kind, node.layer, node.head, node.input) == ("head", 1, 3, "k")
-    assert parse_node("mlp0", model, "sender").kind == "mlp"
-    assert parse_node("embed", model, "sender").layer == -1
-
-
-@pytest.mark.parametrize(
     ("call", "message"),
     [
         (lambda m, b: path_patch(m, b, ["L0H0"], [], METRIC), "at least one receiver"),
@@ -360,11 +332,6 @@ def test_bad_arguments(model, batch, call, message):
     with pytest.raises(ValueError, match=message) as error:
         call(model, batch)
     assert "\n" not in str(error.value)
-
-
-def test_mlp_nodes_on_an_attention_only_model(known_model):
-    with pytest.raises(ValueError, match="no MLPs"):
-        parse_node("mlp0", known_model, "receiver")
 
 
 # --- a pretrained bridge ---------------------------------------------------------------
