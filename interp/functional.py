@@ -18,203 +18,58 @@ multi-head attention, Vaswani et al. 2017, "Attention Is All You Need", and an M
     resid += attn(norm(resid)); resid += mlp(norm(resid))   for each block
     logits = norm(resid) @ W_U.T + b_U
 
-Parameter layout (nn.Linear's [out, in] weights; H heads of width d_head):
-
-    embed.weight [d_vocab, d_model]            pos_embed.weight [n_ctx, d_model]
-    blocks.{l}.ln1.weight / .bias [d_model]    blocks.{l}.ln2.* (not attn_only)
-    blocks.{l}.attn.{q,k,v}.weight [H*d_head, d_model], .bias [H*d_head]
-    blocks.{l}.attn.o.weight [d_model, H*d_head], .bias [d_model]
-    blocks.{l}.mlp.in.weight [d_mlp, d_model], .bias [d_mlp]
-    blocks.{l}.mlp.out.weight [d_model, d_mlp], .bias [d_model]
-    blocks.{l}.mlp.ln.weight / .bias [d_mlp]   (act_fn "solu_ln" only)
-    ln_final.weight / .bias [d_model]          unembed.weight [d_vocab_out, d_model]
-    unembed.bias [d_vocab_out]
-
-Norm parameters follow the normalization: LN has weight and bias, RMS weight only, LNPre,
-RMSPre and None none. `unembed.bias` is a zero buffer in the bridge, not a parameter:
-a training loop that should match the bridge's trainable set leaves it out of the update
-(`TRAINABLE_EXCLUDED`).
+Parameter layout: `interp.param_layout` (keys and shapes, `params_of`, `load_params`,
+`stack_params`), whose public names this module re-exports.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from pydantic import ValidationError
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.models import ModelSpec
+from interp.param_layout import (
+    NORMS_WITH_BIAS,
+    NORMS_WITH_WEIGHT,
+    TRAINABLE_EXCLUDED,
+    Architecture,
+    Params,
+    arch_param_shapes,
+    architecture,
+    check_layout,
+    live_params,
+    load_params,
+    param_shapes,
+    params_of,
+    stack_params,
+    unstack_params,
+)
 
-Params = dict[str, Tensor]
-
-TRAINABLE_EXCLUDED: frozenset[str] = frozenset({"unembed.bias"})
-"""Keys of `params_of` that the bridge holds as buffers, not trainable parameters."""
-
-_NORMS_WITH_WEIGHT = ("LN", "RMS")
-_NORMS_WITH_BIAS = ("LN",)
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """What the forward pass needs from a spec, resolved through the bridge config."""
-
-    n_layers: int
-    n_heads: int
-    d_head: int
-    d_model: int
-    d_mlp: int | None
-    d_vocab: int
-    d_vocab_out: int
-    n_ctx: int
-    act_fn: str
-    normalization: str | None
-    rotary: bool
-    rotary_dim: int
-    rotary_base: float
-    eps: float
-    attn_scale: float
-    causal: bool = True
-
-
-def architecture(spec: ModelSpec | Mapping[str, Any]) -> Architecture:
-    """Resolve a spec; raise a one-line ValueError for settings this module does not cover."""
-    if isinstance(spec, Mapping):
-        try:
-            spec = ModelSpec.model_validate(dict(spec))
-        except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "spec"
-            raise ValueError(f"invalid model spec: {where}: {first['msg']}") from None
-    if not isinstance(spec, ModelSpec):
-        raise ValueError(f"spec must be an interp.models.ModelSpec, got {type(spec).__name__}")
-    return _resolved(spec)
-
-
-@functools.lru_cache(maxsize=64)
-def _resolved(spec: ModelSpec) -> Architecture:
-    """`architecture` of a validated (frozen, hashable) spec, remembered: building the
-    bridge config costs about as much as a small model's forward pass on a few tokens."""
-    cfg = spec.to_bridge_config()
-    unsupported = {
-        "gated_mlp": bool(cfg.gated_mlp),
-        "final_rms": bool(cfg.final_rms),
-        "n_key_value_heads (GQA)": cfg.n_key_value_heads not in (None, cfg.n_heads),
-        "attn_scores_soft_cap": cfg.attn_scores_soft_cap > 0,
-        "output_logits_soft_cap": cfg.output_logits_soft_cap > 0,
-        "rope_scaling": bool(getattr(cfg, "rope_scaling", None)),
-    }
-    named = [name for name, present in unsupported.items() if present]
-    if named:
-        raise ValueError(f"interp.functional does not support {', '.join(named)}")
-    use_scale = cfg.use_attn_scale and cfg.attn_scale > 0
-    d_head = cast(int, spec.d_head)  # ModelSpec resolves both defaults
-    d_vocab_out = cast(int, spec.d_vocab_out)
-    return Architecture(
-        n_layers=spec.n_layers,
-        n_heads=spec.n_heads,
-        d_head=d_head,
-        d_model=spec.d_model,
-        d_mlp=spec.d_mlp,
-        d_vocab=spec.d_vocab,
-        d_vocab_out=d_vocab_out,
-        n_ctx=spec.n_ctx,
-        act_fn=spec.act_fn,
-        normalization=spec.normalization.upper() if spec.normalization else None,
-        rotary=spec.positional_embedding == "rotary",
-        rotary_dim=int(cfg.rotary_dim or d_head),
-        rotary_base=float(cfg.rotary_base),
-        eps=float(cfg.eps),
-        attn_scale=float(cfg.attn_scale) if use_scale else math.sqrt(d_head),
-        causal=spec.attention == "causal",
-    )
-
-
-def param_shapes(spec: ModelSpec | Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Every key of the bridge's `state_dict()` for `spec`, with its shape, in bridge order."""
-    return _param_shapes(architecture(spec))
-
-
-def _param_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
-    d, hd = arch.d_model, arch.n_heads * arch.d_head
-    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (arch.d_vocab, d)}
-    if not arch.rotary:
-        shapes["pos_embed.weight"] = (arch.n_ctx, d)
-    for layer in range(arch.n_layers):
-        block = f"blocks.{layer}"
-        shapes.update(_norm_shapes(f"{block}.ln1", d, arch.normalization))
-        for name in ("q", "k", "v"):
-            shapes[f"{block}.attn.{name}.weight"] = (hd, d)
-            shapes[f"{block}.attn.{name}.bias"] = (hd,)
-        shapes[f"{block}.attn.o.weight"] = (d, hd)
-        shapes[f"{block}.attn.o.bias"] = (d,)
-        if arch.d_mlp is not None:
-            shapes.update(_norm_shapes(f"{block}.ln2", d, arch.normalization))
-            if arch.act_fn == "solu_ln":
-                shapes.update(_norm_shapes(f"{block}.mlp.ln", arch.d_mlp, "LN"))
-            shapes[f"{block}.mlp.in.weight"] = (arch.d_mlp, d)
-            shapes[f"{block}.mlp.in.bias"] = (arch.d_mlp,)
-            shapes[f"{block}.mlp.out.weight"] = (d, arch.d_mlp)
-            shapes[f"{block}.mlp.out.bias"] = (d,)
-    shapes.update(_norm_shapes("ln_final", d, arch.normalization))
-    shapes["unembed.weight"] = (arch.d_vocab_out, d)
-    shapes["unembed.bias"] = (arch.d_vocab_out,)
-    return shapes
-
-
-def _norm_shapes(prefix: str, width: int, kind: str | None) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    if kind in _NORMS_WITH_WEIGHT:
-        shapes[f"{prefix}.weight"] = (width,)
-    if kind in _NORMS_WITH_BIAS:
-        shapes[f"{prefix}.bias"] = (width,)
-    return shapes
-
-
-def params_of(model: TransformerBridge) -> Params:
-    """Detached copies of `model.state_dict()`, same keys: editing them leaves the model be."""
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-
-
-def live_params(model: TransformerBridge) -> Params:
-    """The bridge's current weights keyed like `state_dict()`, detached but not copied: for
-    reading only (writing into them writes into the model).
-
-    Where each key lives (module and attribute) is worked out once per model and kept on
-    it, since the bridge's `state_dict()` converts every key (about 1.5 ms for a 2-layer
-    model); the tensors are looked up afresh on every call, so weights loaded or moved to
-    another device since are seen.
-    """
-    owners = model.__dict__.get("_interp_param_owners")
-    if owners is None:
-        found = {
-            id(tensor): (module, name)
-            for module in model.modules()
-            for name, tensor in itertools.chain(module._parameters.items(), module._buffers.items())
-            if tensor is not None
-        }
-        state = model.state_dict(keep_vars=True)
-        if not all(id(tensor) in found for tensor in state.values()):
-            return {name: tensor.detach() for name, tensor in state.items()}
-        owners = {key: found[id(tensor)] for key, tensor in state.items()}
-        model.__dict__["_interp_param_owners"] = owners
-    return {key: getattr(module, name).detach() for key, (module, name) in owners.items()}
-
-
-def load_params(model: TransformerBridge, params: Mapping[str, Tensor]) -> None:
-    """Copy `params` into the bridge's weights in place (strict: same keys, same shapes)."""
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    _check_layout(params, expected, leading=0, what="params")
-    with torch.no_grad():
-        model.load_state_dict({name: t.detach() for name, t in params.items()}, strict=True)
+__all__ = [
+    "TRAINABLE_EXCLUDED",
+    "Architecture",
+    "Params",
+    "architecture",
+    "attention_output",
+    "batched_forward",
+    "forward",
+    "head_projection",
+    "live_params",
+    "load_params",
+    "mix_heads",
+    "mlp",
+    "normalize",
+    "param_shapes",
+    "params_of",
+    "stack_params",
+    "unembed",
+    "unstack_params",
+]
 
 
 def forward(
@@ -260,7 +115,7 @@ def forward(
     """
     arch = architecture(spec)
     if validate:
-        _check_layout(params, _param_shapes(arch), leading=0, what="params")
+        check_layout(params, arch_param_shapes(arch), leading=0, what="params")
         _check_tokens(tokens, arch)
     if last_layer_positions is not None and (final_position_only or logit_positions is not None):
         raise ValueError("last_layer_positions replaces final_position_only and logit_positions")
@@ -279,7 +134,7 @@ def batched_forward(
     """`forward` of S models at once: `stacked` holds each parameter with a leading axis S
     (`stack_params`); the tokens are shared. One `torch.func.vmap` over the leading axis."""
     arch = architecture(spec)
-    _check_layout(stacked, _param_shapes(arch), leading=1, what="stacked params")
+    check_layout(stacked, arch_param_shapes(arch), leading=1, what="stacked params")
     _check_tokens(tokens, arch)
 
     last_query = slice(tokens.shape[1] - 1, tokens.shape[1]) if final_position_only else None
@@ -288,69 +143,6 @@ def batched_forward(
         return _logits(params, tokens, arch, None, last_query)
 
     return torch.func.vmap(one_model)(dict(stacked))
-
-
-def stack_params(params: Sequence[Mapping[str, Tensor]]) -> Params:
-    """Stack S parameter dicts with identical keys and shapes along a new leading axis."""
-    if len(params) == 0:
-        raise ValueError("stack_params needs at least one parameter dict")
-    first = params[0]
-    layout = {name: tuple(t.shape) for name, t in first.items()}
-    for index, other in enumerate(params[1:], start=1):
-        try:
-            _check_layout(other, layout, leading=0, what=f"params[{index}]")
-        except ValueError as error:
-            raise ValueError(f"{error} (compared with params[0])") from None
-    return {name: torch.stack([p[name] for p in params]) for name in first}
-
-
-def unstack_params(stacked: Mapping[str, Tensor]) -> list[Params]:
-    """Split stacked parameters into S dicts (views into `stacked`, sharing its memory)."""
-    sizes = {t.shape[0] if t.dim() else None for t in stacked.values()}
-    if len(sizes) != 1 or None in sizes:
-        raise ValueError(f"stacked params need one common leading axis, got sizes {sizes}")
-    (size,) = sizes
-    return [{name: t[index] for name, t in stacked.items()} for index in range(size)]
-
-
-def _check_layout(
-    params: Mapping[str, Tensor],
-    expected: Mapping[str, tuple[int, ...]],
-    *,
-    leading: int,
-    what: str,
-) -> None:
-    """Same keys as `expected`, each tensor of the expected shape after `leading` axes that
-    agree across all tensors."""
-    if not isinstance(params, Mapping):
-        raise ValueError(f"{what} must be a dict of tensors, got {type(params).__name__}")
-    missing = [name for name in expected if name not in params]
-    extra = [name for name in params if name not in expected]
-    if missing or extra:
-        raise ValueError(
-            f"{what} do not fit the model: missing {_few(missing)}, unexpected {_few(extra)}"
-        )
-    leads: set[tuple[int, ...]] = set()
-    for name, shape in expected.items():
-        tensor = params[name]
-        if not isinstance(tensor, Tensor):
-            raise ValueError(f"{what}[{name!r}] is a {type(tensor).__name__}, not a tensor")
-        if tuple(tensor.shape[leading:]) != shape or tensor.dim() != len(shape) + leading:
-            lead_text = "S, " * leading
-            raise ValueError(
-                f"{what}[{name!r}] has shape {tuple(tensor.shape)}, expected ({lead_text}"
-                f"{', '.join(map(str, shape))})"
-            )
-        leads.add(tuple(tensor.shape[:leading]))
-    if len(leads) > 1:
-        raise ValueError(f"{what} disagree on the leading axis: sizes {sorted(leads)}")
-
-
-def _few(names: Sequence[str]) -> str:
-    if not names:
-        return "none"
-    shown = ", ".join(repr(n) for n in names[:4])
-    return shown + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 def _check_tokens(tokens: Any, arch: Architecture) -> None:
@@ -449,9 +241,9 @@ def normalize(
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     else:
         x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    if kind in _NORMS_WITH_WEIGHT:
+    if kind in NORMS_WITH_WEIGHT:
         x = x * params[f"{prefix}.weight"]
-    if kind in _NORMS_WITH_BIAS:
+    if kind in NORMS_WITH_BIAS:
         x = x + params[f"{prefix}.bias"]
     return x.to(dtype)
 

@@ -1,35 +1,16 @@
-"""The functional forward pass against the bridge it mirrors: logits, caches, gradients, vmap."""
+"""The functional forward pass against the bridge it mirrors: logits, caches, gradients, vmap.
+(The parameter layout itself: test_param_layout.py.)"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from native_specs import BASE, SPECS
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp import functional
 from interp.models import ModelSpec, build
-
-BASE: dict[str, Any] = dict(n_layers=1, d_model=16, n_heads=2, d_vocab=11, n_ctx=6, d_mlp=24)
-
-SPECS: dict[str, ModelSpec] = {
-    # d_head 5 != d_model / n_heads = 8, and d_vocab_out != d_vocab
-    "ln-relu-1layer": ModelSpec(**BASE, d_head=5, d_vocab_out=7, normalization="LN"),
-    "none-gelu-2layers": ModelSpec(
-        **{**BASE, "n_layers": 2}, act_fn="gelu", normalization=None, d_vocab_out=9
-    ),
-    "ln-attn-only-2layers": ModelSpec(
-        **{**BASE, "n_layers": 2}, d_head=3, normalization="LN", attn_only=True
-    ),
-    "rms-gelu-new-rotary": ModelSpec(
-        **BASE, act_fn="gelu_new", normalization="RMS", positional_embedding="rotary"
-    ),
-    "lnpre-solu-ln": ModelSpec(**BASE, act_fn="solu_ln", normalization="LNPre"),
-    "rmspre-silu": ModelSpec(**BASE, act_fn="silu", normalization="RMSPre"),
-    "bidirectional-none": ModelSpec(**BASE, normalization=None, attention="bidirectional"),
-}
 
 CACHED_HOOKS = ("hook_embed", "blocks.0.attn.hook_pattern", "blocks.0.hook_resid_post")
 
@@ -59,17 +40,6 @@ def loss_on(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def case(request: pytest.FixtureRequest) -> tuple[ModelSpec, TransformerBridge]:
     spec = SPECS[request.param]
     return spec, randomised(spec)
-
-
-def test_param_shapes_are_the_state_dict_layout(case) -> None:
-    spec, model = case
-    layout = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    assert list(functional.param_shapes(spec).items()) == list(layout.items())
-    params = functional.params_of(model)
-    assert list(params) == list(layout)
-    trainable = {t.data_ptr() for t in model.parameters()}
-    buffers = {name for name, t in model.state_dict().items() if t.data_ptr() not in trainable}
-    assert buffers == set(functional.TRAINABLE_EXCLUDED)
 
 
 def test_forward_equals_bridge_logits_and_cache(case) -> None:
@@ -140,16 +110,6 @@ def test_batched_forward_over_seeds_equals_each_model(name: str) -> None:
             torch.testing.assert_close(batched_grads[key][index], grad, atol=1e-6, rtol=1e-5)
 
 
-def test_stack_then_unstack_gives_back_the_params() -> None:
-    spec = SPECS["ln-relu-1layer"]
-    params = [functional.params_of(randomised(spec, seed)) for seed in range(2)]
-    restored = functional.unstack_params(functional.stack_params(params))
-    assert len(restored) == 2
-    for original, back in zip(params, restored, strict=True):
-        assert list(back) == list(original)
-        assert all(torch.equal(back[k], original[k]) for k in original)
-
-
 def test_load_params_round_trip_gives_identical_bridge_logits() -> None:
     spec = SPECS["none-gelu-2layers"]
     source = randomised(spec, seed=0)
@@ -186,10 +146,6 @@ def test_bad_params_and_tokens_raise_one_line_value_errors() -> None:
         with pytest.raises(ValueError, match=words) as info:
             functional.forward(bad_params, bad_tokens, spec)
         assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="missing"):
-        functional.load_params(model, {k: v for k, v in params.items() if "ln1" not in k})
-    with pytest.raises(ValueError, match="shape"):
-        functional.stack_params([params, {**params, "embed.weight": torch.zeros(2, 16)}])
     with pytest.raises(ValueError, match="leading axis"):
         functional.batched_forward(
             {
@@ -199,8 +155,6 @@ def test_bad_params_and_tokens_raise_one_line_value_errors() -> None:
             toks,
             spec,
         )
-    with pytest.raises(ValueError, match="at least one"):
-        functional.stack_params([])
     with pytest.raises(ValueError, match="n_heads"):
         functional.forward(params, toks, {**BASE, "n_heads": "many"})
 
@@ -281,18 +235,3 @@ def test_last_layer_positions_compute_the_last_layer_there_only() -> None:
     )
     with pytest.raises(ValueError, match="replaces final_position_only"):
         functional.forward(params, tokens, spec, last_layer_positions=rows, logit_positions=rows)
-
-
-def test_live_params_are_the_state_dict_without_copies_and_follow_loads() -> None:
-    model = build(ModelSpec(n_layers=1, d_model=16, n_heads=2, d_vocab=10, n_ctx=4), device="cpu")
-    live = functional.live_params(model)
-    state = model.state_dict()
-    assert list(live) == list(state)
-    for name, tensor in state.items():
-        assert torch.equal(live[name], tensor), name
-        assert live[name].data_ptr() == tensor.data_ptr(), name  # a view, not a copy
-    changed = {name: tensor + 1.0 for name, tensor in functional.params_of(model).items()}
-    functional.load_params(model, changed)
-    again = functional.live_params(model)
-    for name, tensor in changed.items():
-        assert torch.equal(again[name], tensor), name
