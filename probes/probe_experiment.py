@@ -82,11 +82,13 @@ class InductionStudy(BaseModel):
 
 
 class TokenPropertiesStudy(BaseModel):
-    """Token properties of English sentences (default: `interp.heads.sentences`)."""
+    """Token properties of English sentences (default: `interp.heads.sentences`); `pos`
+    adds universal part-of-speech tags (`probes.pos_tagging`, extra `text`)."""
 
     model_config = ConfigDict(extra="forbid")
     name: Literal["token_properties"]
     sentences: list[str] | None = None
+    pos: bool = True
 
 
 Study = Annotated[ModularStudy | InductionStudy | TokenPropertiesStudy, Field(discriminator="name")]
@@ -207,7 +209,8 @@ def build_study(
         batch = make_task(study.task).batch()
         return induction_study(batch.clean, first_position=int(study.task.bos)), batch
     sentences = study.sentences or list(ENGLISH_SENTENCES)
-    return token_properties_study(getattr(model, "tokenizer", None), sentences), None
+    tokenizer = getattr(model, "tokenizer", None)
+    return token_properties_study(tokenizer, sentences, pos=study.pos), None
 
 
 def final_key_frequencies(model: TransformerBridge, p: int) -> tuple[int, ...]:

@@ -12,10 +12,11 @@ collects the activations once and fits every target's probes on them.
   learning and induction heads"): at every token, "has this token occurred earlier in the
   context" and "the token that followed its previous occurrence", the two facts an
   induction circuit needs.
-- `token_properties_study`: a pretrained BERT-style model on English sentences: properties
-  read from the text itself, per token: word-initial subword, capitalised word,
-  punctuation, and the token's position. (No part-of-speech tags: no tagger works offline
-  here without a data download.)
+- `token_properties_study`: a pretrained BERT-style model on English sentences: each word's
+  part of speech (the universal tags of Petrov et al. 2012, from the offline tagger of
+  `probes.pos_tagging`), read at its first subword, and properties read from the text
+  itself, per token: word-initial subword, capitalised word, punctuation, and the token's
+  position.
 
 Token-level targets carry the token ids as `types`, the word types of Hewitt & Liang's
 (2019) control tasks.
@@ -33,6 +34,13 @@ from jaxtyping import Int
 from torch import Tensor
 
 from probes.data import IGNORE
+from probes.pos_tagging import (
+    UNIVERSAL_TAGS,
+    PerceptronTagger,
+    TaggedWord,
+    default_tagger,
+    tag_text,
+)
 
 __all__ = [
     "ProbeTarget",
@@ -169,11 +177,25 @@ def induction_study(tokens: Int[Tensor, "n pos"], first_position: int = 1) -> St
 _PUNCTUATION = set(".,;:!?'\"()-")
 
 
-def token_properties_study(tokenizer: Any, sentences: Sequence[str]) -> StudyData:
+def token_properties_study(
+    tokenizer: Any,
+    sentences: Sequence[str],
+    *,
+    pos: bool = True,
+    tagger: PerceptronTagger | None = None,
+) -> StudyData:
     """Token-level properties of English text under a WordPiece/BPE tokenizer with offsets:
-    `word_initial` (the token starts a word), `capitalised` (its word starts with a capital
-    letter in the original text), `punctuation` (it is a punctuation mark) and `position`
-    (its index in the sentence, as regression). Special tokens and padding are unlabelled.
+    `pos` (the universal part-of-speech tag of the word, `UNIVERSAL_TAGS` index, at the
+    subword where the word starts; other subwords unlabelled), `word_initial` (the token
+    starts a word), `capitalised` (its word starts with a capital letter in the original
+    text), `punctuation` (it is a punctuation mark) and `position` (its index in the
+    sentence, as regression). Special tokens and padding are unlabelled.
+
+    Args:
+        tokenizer: A Hugging Face fast tokenizer (it must return offsets).
+        sentences: One sentence per example.
+        pos: Tag parts of speech (needs `pip install 'interp-toolkit[text]'`).
+        tagger: The tagger; by default the shipped one (`probes.pos_tagging`).
     """
     if tokenizer is None:
         raise ValueError("the token-properties study needs a model with a tokenizer")
@@ -182,16 +204,21 @@ def token_properties_study(tokenizer: Any, sentences: Sequence[str]) -> StudyDat
     encoded = tokenizer(list(sentences), return_offsets_mapping=True)
     rows = [_token_properties(text, offsets) for text, offsets in
             zip(sentences, encoded["offset_mapping"], strict=True)]
+    if pos:
+        tagger = tagger or default_tagger()
+        for text, offsets, props in zip(sentences, encoded["offset_mapping"], rows, strict=True):
+            props["pos"] = _word_tags(tag_text(text, tagger), offsets)
     longest = max(len(ids) for ids in encoded["input_ids"])
     pad = getattr(tokenizer, "pad_token_id", None) or 0
     n = len(sentences)
     tokens = torch.full((n, longest), int(pad), dtype=torch.long)
     mask = torch.zeros((n, longest), dtype=torch.long)
-    labels = {name: torch.full((n, longest), IGNORE, dtype=torch.long) for name in _PROPERTIES}
+    names = (("pos",) if pos else ()) + _PROPERTIES
+    labels = {name: torch.full((n, longest), IGNORE, dtype=torch.long) for name in names}
     for i, (ids, props) in enumerate(zip(encoded["input_ids"], rows, strict=True)):
         tokens[i, : len(ids)] = torch.tensor(ids)
         mask[i, : len(ids)] = 1
-        for name in _PROPERTIES:
+        for name in names:
             labels[name][i, : len(ids)] = torch.tensor(props[name])
     position = labels.pop("position")
     targets = [ProbeTarget(name, values, "logistic", tokens) for name, values in labels.items()]
@@ -200,6 +227,13 @@ def token_properties_study(tokenizer: Any, sentences: Sequence[str]) -> StudyDat
 
 
 _PROPERTIES = ("word_initial", "capitalised", "punctuation", "position")
+
+
+def _word_tags(words: Sequence[TaggedWord], offsets: Sequence[tuple[int, int]]) -> list[int]:
+    """Per token: the universal tag id of the word starting where the token starts, else
+    `IGNORE` (later subwords, special tokens, and words no token starts at)."""
+    tag_at = {word.start: UNIVERSAL_TAGS.index(word.universal) for word in words}
+    return [tag_at.get(start, IGNORE) if start != end else IGNORE for start, end in offsets]
 
 
 def _token_properties(text: str, offsets: Sequence[tuple[int, int]]) -> dict[str, list[int]]:

@@ -76,3 +76,22 @@ def test_token_properties_read_from_the_text(minilm_path: str) -> None:
     assert study.target("word_initial").types is not None
     with pytest.raises(ValueError, match="tokenizer"):
         token_properties_study(None, ["x"])
+
+
+def test_part_of_speech_is_read_at_each_word_s_first_subword(minilm_path: str) -> None:
+    from transformers import AutoTokenizer
+
+    from probes.pos_tagging import UNIVERSAL_TAGS
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    study = token_properties_study(tokenizer, ["A very tall giraffe whistled."])
+    # [CLS] a very tall gi ##raf ##fe whistled . [SEP]
+    tag = {name: UNIVERSAL_TAGS.index(name) for name in UNIVERSAL_TAGS}
+    assert study.target("pos").labels[0].tolist() == [
+        I, tag["DET"], tag["ADV"], tag["ADJ"], tag["NOUN"], I, I, tag["VERB"], tag["."], I
+    ]
+    assert study.target("pos").kind == "logistic"
+    without = token_properties_study(tokenizer, ["The old man sang."], pos=False)
+    assert [t.name for t in without.targets] == [
+        "word_initial", "capitalised", "punctuation", "position"
+    ]
