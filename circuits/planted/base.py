@@ -161,6 +161,31 @@ class _Weights:
         return self.model.eval()
 
 
+def _planted_spec(
+    n_layers: int, d_model: int, n_heads: int, d_head: int, vocab: int, n_ctx: int,
+    d_mlp: int | None = None,
+) -> dict[str, Any]:
+    """The native spec of a planted model: no LayerNorm (the weights are set for a plain
+    residual stream), attention-only unless `d_mlp` gives ReLU MLPs."""
+    layout: dict[str, Any] = {"attn_only": True} if d_mlp is None else {
+        "d_mlp": d_mlp, "act_fn": "relu"
+    }
+    return dict(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head, d_vocab=vocab,
+        n_ctx=n_ctx, normalization=None, seed=0, **layout,
+    )
+
+
+def _read_at_last_position(
+    clean: list[list[int]], corrupted: list[list[int]], answer: list[int], wrong: list[int]
+) -> TaskBatch:
+    """Prompts of one length whose answer is read at their last position."""
+    return TaskBatch.from_columns(
+        dict(clean=clean, corrupted=corrupted, answer=answer, wrong=wrong,
+             position=[len(clean[0]) - 1] * len(clean))
+    )
+
+
 def _identity(dims: Iterable[int], cols: Iterable[int]) -> list[tuple[int, int]]:
     return list(zip(dims, cols, strict=True))
 

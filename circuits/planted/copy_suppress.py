@@ -15,10 +15,11 @@ from circuits.planted.base import (
     _check_examples,
     _distinct,
     _identity,
+    _planted_spec,
+    _read_at_last_position,
     _Residual,
     _Weights,
 )
-from interp.tasks.base import TaskBatch
 
 _CS_NAMES = tuple(range(2, 14))
 _CS_FILLERS = tuple(range(14, 24))
@@ -80,17 +81,7 @@ def copy_suppress(
     one, is_name, is_bos = (residual[key][0] for key in ("one", "name", "bos"))
     d_head = vocab + n_ctx + 2
     flag, sink = vocab + n_ctx, vocab + n_ctx + 1  # head dims beyond the token and position ones
-    spec = dict(
-        n_layers=3,
-        d_model=residual.width,
-        n_heads=2,
-        d_head=d_head,
-        d_vocab=vocab,
-        n_ctx=n_ctx,
-        attn_only=True,
-        normalization=None,
-        seed=0,
-    )
+    spec = _planted_spec(3, residual.width, 2, d_head, vocab, n_ctx)
     w = _Weights(spec, device)
     w.embed(range(vocab), list(tok))
     w.embed(_CS_NAMES, is_name)
@@ -151,15 +142,7 @@ def copy_suppress(
         corrupted.append(fresh)
         answer.append(b if repeated == a else a)
         wrong.append(repeated)
-    batch = TaskBatch.from_columns(
-        dict(
-            clean=clean,
-            corrupted=corrupted,
-            answer=answer,
-            wrong=wrong,
-            position=[n_ctx - 1] * n_examples,
-        )
-    )
+    batch = _read_at_last_position(clean, corrupted, answer, wrong)
     # A repeated name (L1H1 works) and a repeated filler at the end (L0H1 -> L2H1 work).
     f = fillers
     distractor_tokens = torch.tensor(

@@ -13,6 +13,7 @@ from circuits.planted.base import (
     _check_examples,
     _distinct,
     _identity,
+    _planted_spec,
     _Residual,
     _Weights,
 )
@@ -67,17 +68,7 @@ def induction(
         residual[name] for name in ("tok", "pos", "prev", "first", "self", "out")
     )
     one = residual["one"][0]
-    spec = dict(
-        n_layers=2,
-        d_model=residual.width,
-        n_heads=3,
-        d_head=vocab,
-        d_vocab=vocab,
-        n_ctx=n_ctx,
-        attn_only=True,
-        normalization=None,
-        seed=0,
-    )
+    spec = _planted_spec(2, residual.width, 3, vocab, vocab, n_ctx)
     w = _Weights(spec, device)
     w.embed(range(vocab), list(tok))
     w.position(list(pos), one)

@@ -15,10 +15,11 @@ from circuits.planted.base import (
     _check_examples,
     _distinct,
     _identity,
+    _planted_spec,
+    _read_at_last_position,
     _Residual,
     _Weights,
 )
-from interp.tasks.base import TaskBatch
 
 _AND_X = (2, 3, 4)
 _AND_Y = (5, 6, 7)
@@ -60,18 +61,7 @@ def mlp_and(
     tok, pos, xs, ys, out = (residual[key] for key in ("tok", "pos", "xs", "ys", "out"))
     one, is_x, is_y = (residual[key][0] for key in ("one", "is_x", "is_y"))
     fillers = list(_AND_FILLERS)
-    spec = dict(
-        n_layers=2,
-        d_model=residual.width,
-        n_heads=2,
-        d_head=len(fillers),
-        d_vocab=vocab,
-        n_ctx=n_ctx,
-        d_mlp=_AND_MLP,
-        act_fn="relu",
-        normalization=None,
-        seed=0,
-    )
+    spec = _planted_spec(2, residual.width, 2, len(fillers), vocab, n_ctx, d_mlp=_AND_MLP)
     w = _Weights(spec, device)
     w.embed(range(vocab), list(tok))
     w.embed(_AND_X, is_x)
@@ -127,15 +117,7 @@ def mlp_and(
         corrupted.append(fresh)
         answer.append(_AND_Z[3 * i + j])
         wrong.append(_AND_Z[3 * k + m])
-    batch = TaskBatch.from_columns(
-        dict(
-            clean=clean,
-            corrupted=corrupted,
-            answer=answer,
-            wrong=wrong,
-            position=[n_ctx - 1] * n_examples,
-        )
-    )
+    batch = _read_at_last_position(clean, corrupted, answer, wrong)
     f = fillers
     distractor_tokens = torch.tensor(
         [
