@@ -18,7 +18,8 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,15 +34,24 @@ class BenchArgs:
     Attributes:
         quick: Tiny sizes, so that CI runs the script in seconds.
         device: Where models and forward passes run (`--device auto` resolved).
+        options: The script's own options (`parse_args(add_options=...)`), by name.
     """
 
     quick: bool
     device: torch.device
+    options: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> BenchArgs:
-    """Parse `[--quick] [--device cpu|cuda|auto]`; `--device cuda` without CUDA exits."""
+def parse_args(
+    description: str,
+    argv: Sequence[str] | None = None,
+    add_options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> BenchArgs:
+    """Parse `[--quick] [--device cpu|cuda|auto]` and the options `add_options` adds to the
+    parser; `--device cuda` without CUDA exits."""
     parser = argparse.ArgumentParser(description=description)
+    if add_options is not None:
+        add_options(parser)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, runs in seconds")
     parser.add_argument(
         "--device",
@@ -54,7 +64,8 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> BenchArgs
         parser.error("--device cuda was asked for but CUDA is not available")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    return BenchArgs(quick=bool(args.quick), device=torch.device(args.device))
+    options = {k: v for k, v in vars(args).items() if k not in ("quick", "device")}
+    return BenchArgs(bool(args.quick), torch.device(args.device), options)
 
 
 def synchronize(device: torch.device) -> None:

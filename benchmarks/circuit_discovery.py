@@ -1,6 +1,6 @@
 """Side by side: circuit discovery against the cost it is measured by.
 
-    python benchmarks/circuit_discovery.py [--quick] [--device cpu|cuda|auto]
+    python benchmarks/circuit_discovery.py [--quick] [--device cpu|cuda|auto] [--speculation K]
 
 (Not `circuits.py`, the issue's name: a script of that name in this folder would shadow the
 `circuits` package for every benchmark, since Python puts the script's folder first on the
@@ -21,6 +21,11 @@ path.)
    |diff| compares the two kept-edge masks (0 = identical).
 3. The same ACDC against the issue's reference, the straightforward loop that runs one full
    forward pass of the bridge with hooks per test (`hooked_acdc` below); same circuit.
+4. The same ACDC with speculation K (`--speculation`, default 16: K incoming edges of a
+   destination tested in one batched computation) against speculation 1; the circuit is
+   asserted identical and the scores equal to 1e-5, and the line gives both trial counts.
+   It is for GPUs, where a small test costs its kernel launches: on a CPU the arithmetic
+   is the cost, so expect about 1x there (fewer Python calls, more trials computed).
 
 `--quick` shrinks both (a 2-layer model for EAP, 60 training steps) for CI. A final line
 starting with `#` gives the load average.
@@ -28,6 +33,7 @@ starting with `#` gives the load average.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -36,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from _common import Comparison, compare, load_line, parse_args
 
-from circuits.acdc import acdc
+from circuits.acdc import ACDCResult, acdc
 from circuits.eap import edge_attribution
 from circuits.graph import ComputationalGraph
 from interp import models
@@ -224,8 +230,9 @@ def hooked_acdc(
     return kept
 
 
-def acdc_comparisons(quick: bool, device: torch.device) -> list[Comparison]:
-    """Ours against the plain loop on our engine, and against the hook-based loop."""
+def acdc_comparisons(quick: bool, device: torch.device, speculation: int) -> list[Comparison]:
+    """Ours against the plain loop on our engine, against the hook-based loop, and with
+    speculation `speculation` against without."""
     model, batch = trained_induction(quick, device)
     threshold = 0.05
 
@@ -244,6 +251,21 @@ def acdc_comparisons(quick: bool, device: torch.device) -> list[Comparison]:
         f"ACDC (KL, tau {threshold}) on induction_2l ({n_edges} edges, {kept} kept), "
         f"{len(batch)}x{batch.clean.shape[1]} tokens, vs a full forward pass with hooks per test"
     )
+
+    def speculative(k: int) -> ACDCResult:
+        return acdc(model, batch, threshold, progress=False, speculation=k)
+
+    batched, sequential = speculative(speculation), speculative(1)
+    if not torch.equal(batched.kept, sequential.kept):
+        raise AssertionError(f"ACDC with speculation {speculation} kept another circuit")
+    torch.testing.assert_close(
+        batched.scores, sequential.scores, atol=1e-5, rtol=0, equal_nan=True
+    )
+    speculative_what = (
+        f"ACDC (KL, tau {threshold}) on induction_2l ({n_edges} edges, {kept} kept), "
+        f"{len(batch)}x{batch.clean.shape[1]} tokens, speculation {speculation} "
+        f"({batched.n_trials} trials) vs 1 ({sequential.n_trials} trials)"
+    )
     return [
         compare(what, lambda: run(True), lambda: run(False), device=device, repeats=repeats),
         compare(
@@ -253,15 +275,34 @@ def acdc_comparisons(quick: bool, device: torch.device) -> list[Comparison]:
             device=device,
             repeats=repeats,
         ),
+        compare(
+            speculative_what,
+            lambda: speculative(speculation).kept.float(),
+            lambda: speculative(1).kept.float(),
+            device=device,
+            repeats=repeats,
+        ),
     ]
 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    def speculation_option(parser: argparse.ArgumentParser) -> None:
+        def at_least_one(text: str) -> int:
+            value = int(text)
+            if value < 1:
+                raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+            return value
+
+        parser.add_argument(
+            "--speculation", type=at_least_one, default=16,
+            help="edges ACDC tests per batched computation, compared with 1 (default 16)",
+        )
+
+    args = parse_args(__doc__.splitlines()[0], argv, speculation_option)
     for comparison in (
         eap_comparison(args.quick, args.device),
-        *acdc_comparisons(args.quick, args.device),
+        *acdc_comparisons(args.quick, args.device, args.options["speculation"]),
     ):
         print(comparison.line(), flush=True)
     print(load_line(), flush=True)

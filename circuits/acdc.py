@@ -17,6 +17,14 @@ Each test is exact and sequential, as in ACDC, but computed incrementally
 the component whose input the edge feeds and what that component reaches through kept
 edges, at the read positions in the last block. The change of damage measured when an edge
 was tested is kept as its score.
+
+Speculation (`speculation=k`, for GPUs, where one small test costs its kernel launches
+rather than its arithmetic): the incoming edges of a destination are tested k at a time in
+one batched computation, trial j of a batch assuming that the j - 1 edges before it are
+removed. Walking the batch in order, each trial's decision is ACDC's own as long as every
+edge before it was removed; at the first edge kept, the trials after it are discarded and
+the next batch starts after that edge. The circuit and the scores are those of
+`speculation=1` (to float rounding); only the number of trials computed grows.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -60,7 +68,12 @@ class ACDCResult:
         objective: `"kl"` or the task metric's name.
         ablation: `"resample"`, `"mean"` or `"zero"`.
         damage: The damage of the final circuit.
-        n_tests: Forward passes spent testing edges.
+        n_tests: Edges tested (those with a score): ACDC's tests, the same whatever the
+            speculation.
+        speculation: Edges tested per batched computation (1: one at a time).
+        n_trials: Trials computed: `n_tests` plus the speculative trials discarded after an
+            edge was kept (`n_tests` when `speculation` is 1; None, the default, means
+            that).
     """
 
     graph: ComputationalGraph
@@ -71,6 +84,12 @@ class ACDCResult:
     ablation: str
     damage: float
     n_tests: int
+    speculation: int = 1
+    n_trials: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_trials is None:  # one trial per test, as without speculation
+            object.__setattr__(self, "n_trials", self.n_tests)
 
     @property
     def edges(self) -> list[str]:
@@ -100,12 +119,16 @@ class ACDCResult:
                 "ablation": self.ablation,
                 "damage": self.damage,
                 "n_tests": self.n_tests,
+                "speculation": self.speculation,
+                "n_trials": self.n_trials,
                 "edges": self.edges,
             },
         )
 
     @classmethod
     def load(cls, run: Run | str | os.PathLike[str], name: str = "acdc") -> ACDCResult:
+        """What `save` wrote; results saved before speculation existed load with
+        `speculation` 1 and `n_trials` = `n_tests`."""
         run = Run.open(run)
         meta = run.load_json(name)
         tensors = run.load_tensors(name)
@@ -119,6 +142,8 @@ class ACDCResult:
             ablation=str(meta["ablation"]),
             damage=float(meta["damage"]),
             n_tests=int(meta["n_tests"]),
+            speculation=int(meta.get("speculation", 1)),
+            n_trials=int(meta.get("n_trials", meta["n_tests"])),
         )
 
 
@@ -129,37 +154,56 @@ def damage_function(
     ablation: Ablation,
 ) -> tuple[Damage, str]:
     """The damage of a circuit (one edge mask) and the objective's name."""
+    damages, name = _damages_function(patcher, batch, objective, ablation)
+    return (lambda mask: damages(mask[None])[0]), name
+
+
+def _damages_function(
+    patcher: EdgePatcher,
+    batch: TaskBatch,
+    objective: str | PatchMetric,
+    ablation: Ablation,
+) -> tuple[Callable[[Tensor], list[float]], str]:
+    """The damage of each circuit of `masks` `[n_circuits, n_edges]`, all run in one
+    edge-patched forward pass, and the objective's name."""
     batch = batch.to(patcher.device)
     with torch.inference_mode():
         ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, ablation)
         full_mask = patcher.dense(torch.ones(1, patcher.n_edges, device=patcher.device))
         full_logits = patcher.run(batch.clean, full_mask, None)[0]
 
-    def logits_of(mask: Tensor) -> Tensor:
+    def logits_of(masks: Tensor) -> Tensor:
         with torch.inference_mode():
-            dense = patcher.dense(mask[None].to(patcher.device))
-            return patcher.run(batch.clean, dense, ablated)[0]
+            dense = patcher.dense(masks.to(patcher.device))
+            return patcher.run(batch.clean, dense, ablated)
 
     if objective == "kl":
 
-        def kl(mask: Tensor) -> float:
-            logits = logits_of(mask)
-            return float(kl_divergence(logits, full_logits, batch.position).mean())
+        def kl(masks: Tensor) -> list[float]:
+            return [
+                float(kl_divergence(logits, full_logits, batch.position).mean())
+                for logits in logits_of(masks)
+            ]
 
         return kl, "kl"
     if not callable(objective):
         raise ValueError(f"objective must be 'kl' or a metric function, got {objective!r}")
     full_value = float(scalar_metric(objective, full_logits, batch))
 
-    def distance(mask: Tensor) -> float:
-        return abs(float(scalar_metric(objective, logits_of(mask), batch)) - full_value)
+    def distance(masks: Tensor) -> list[float]:
+        return [
+            abs(float(scalar_metric(objective, logits, batch)) - full_value)
+            for logits in logits_of(masks)
+        ]
 
     return distance, getattr(objective, "__name__", "metric")
 
 
 class FullPassTests:
     """The plain ACDC loop's tests: each removal measured by one full edge-patched forward
-    pass from the embedding (`incremental=False`; the interface of `PruningState`)."""
+    pass from the embedding (`incremental=False`; the interface of `PruningState`). The
+    trials of a speculative batch run as one pass of that many circuits (`EdgePatcher.run`
+    batches masks), so it costs that many times the memory of one."""
 
     def __init__(
         self,
@@ -168,17 +212,27 @@ class FullPassTests:
         objective: str | PatchMetric,
         ablation: Ablation,
     ):
-        self.measure, _ = damage_function(patcher, batch, objective, ablation)
+        self.measure, _ = _damages_function(patcher, batch, objective, ablation)
         self.kept = torch.ones(patcher.n_edges)
-        self.damage = self.measure(self.kept)
+        self.damage = self.measure(self.kept[None])[0]
 
     def trial(self, edge: int) -> Trial:
-        mask = self.kept.clone()
-        mask[edge] = 0.0
-        return Trial(edge=edge, damage=self.measure(mask), writes=[])
+        return self.trials([edge])[0]
+
+    def trials(self, edges: Sequence[int]) -> list[Trial]:
+        """Trial j: the current circuit without `edges[0]`, ..., `edges[j]`."""
+        edges = [int(edge) for edge in edges]
+        masks = self.kept.repeat(len(edges), 1)
+        for j, edge in enumerate(edges):
+            masks[j:, edge] = 0.0
+        damages = self.measure(masks)
+        return [
+            Trial(edge=edge, damage=damages[j], writes=[], earlier=tuple(edges[:j]), slot=j)
+            for j, edge in enumerate(edges)
+        ]
 
     def commit(self, trial: Trial) -> None:
-        self.kept[trial.edge] = 0.0
+        self.kept[[*trial.earlier, trial.edge]] = 0.0
         self.damage = trial.damage
 
     def drop_untested(self, edges: list[int]) -> None:
@@ -194,6 +248,7 @@ def acdc(
     ablation: Ablation = "resample",
     progress: bool = True,
     incremental: bool = True,
+    speculation: int = 1,
 ) -> ACDCResult:
     """Prune the computational graph of `model` on `batch` with ACDC.
 
@@ -211,6 +266,11 @@ def acdc(
             the logits at `batch.position` only, as every metric of `interp.metrics`
             does). False runs every test as a full edge-patched forward pass from the
             embedding (the plain ACDC loop; the same circuit, for comparison).
+        speculation: How many incoming edges of a destination to test in one batched
+            computation, trial j assuming the j - 1 before it removed (see the module's
+            docstring): the same circuit and scores, in fewer but larger computations,
+            which pays on a GPU; a CPU does the same arithmetic, and more of it. With
+            `incremental=False` the batch is one full pass of that many circuits.
     """
     if (
         not isinstance(threshold, int | float)
@@ -218,6 +278,8 @@ def acdc(
         or math.isnan(threshold)
     ):
         raise ValueError(f"threshold must be a number, got {threshold!r}")
+    if isinstance(speculation, bool) or not isinstance(speculation, int) or speculation < 1:
+        raise ValueError(f"speculation must be an int >= 1, got {speculation!r}")
     patcher = EdgePatcher(model)
     graph = patcher.graph
     if incremental:
@@ -231,7 +293,7 @@ def acdc(
     for i, edge in enumerate(graph.edges):
         incoming.setdefault(edge.destination.name, []).append(i)
         outgoing.setdefault(edge.source.component, []).append(i)
-    n_tests = 0
+    n_tests = n_trials = 0
     destinations = list(reversed(graph.destinations))
     for destination in tqdm(destinations, disable=not progress, desc="ACDC"):
         edges = incoming[destination.name]
@@ -240,13 +302,24 @@ def acdc(
             kept[edges] = False
             tests.drop_untested(edges)
             continue
-        for i in reversed(edges):
-            trial = tests.trial(i)
-            n_tests += 1
-            scores[i] = trial.damage - tests.damage
-            if trial.damage - tests.damage < threshold:
-                kept[i] = False
-                tests.commit(trial)
+        order = list(reversed(edges))
+        start = 0
+        while start < len(order):
+            trials = tests.trials(order[start : start + speculation])
+            n_trials += len(trials)
+            accepted: Trial | None = None
+            damage = tests.damage
+            for trial in trials:  # each decision holds while every edge before it went
+                start += 1
+                n_tests += 1
+                scores[trial.edge] = trial.damage - damage
+                removed = trial.damage - damage < threshold  # (a NaN damage keeps the edge)
+                if not removed:
+                    break  # kept: the trials after it assumed it removed
+                kept[trial.edge] = False
+                accepted, damage = trial, trial.damage
+            if accepted is not None:
+                tests.commit(accepted)
     return ACDCResult(
         graph=graph,
         kept=kept,
@@ -256,4 +329,6 @@ def acdc(
         ablation=ablation,
         damage=tests.damage,
         n_tests=n_tests,
+        speculation=speculation,
+        n_trials=n_trials,
     )

@@ -7,6 +7,7 @@
     eap_ig_steps: 5
     acdc_thresholds: [0.001, 0.01, 0.03, 0.1, 0.3]
     acdc_objective: kl
+    acdc_speculation: 1                 # edges tested per batched computation (GPU: try 16)
     sizes: [1, 2, 4, 8, 16, 32]         # circuit sizes of the faithfulness curve
 
 Saved per method: EAP / EAP-IG scores (`artifacts/edge_scores_<method>.*` and a table), each
@@ -81,6 +82,7 @@ class CircuitConfig(ExperimentConfig):
     eap_ig_steps: int = Field(default=5, ge=1)
     acdc_thresholds: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.03, 0.1, 0.3])
     acdc_objective: Literal["kl", "metric"] = "kl"
+    acdc_speculation: int = Field(default=1, ge=1)
     sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
 
 
@@ -230,6 +232,7 @@ def _run_acdc(
             objective=objective,
             ablation=config.ablation,
             progress=False,
+            speculation=config.acdc_speculation,
         )
         result.save(run, name=f"acdc_{i}")
         results.append(result)
@@ -239,6 +242,7 @@ def _run_acdc(
                 "n_edges": len(result.edges),
                 "damage": result.damage,
                 "n_tests": result.n_tests,
+                "n_trials": result.n_trials,
             }
         )
     run.save_table("acdc", pd.DataFrame(rows))

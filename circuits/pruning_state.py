@@ -21,6 +21,14 @@ Accepting the removal writes the recomputed tensors into the state (`commit`). T
 arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm native models),
 so the damage equals that of a full edge-patched pass to float rounding.
 
+Speculation (`trials`): several edges into one destination, e1..eS, are tested as one
+batch, trial j being the current circuit without e1..ej. All of them recompute the same
+components (nothing but the destination's input differs, by the running sum of the edges'
+changes, since the sources of these edges lie upstream of it), so every tensor of the
+computation above carries a leading dimension of S trials; committing trial j writes its
+slice. Removing edge e_j after committing trial j-1 gives exactly trial j, so a caller can
+accept trials 1..j in order and commit the last one, as S sequential tests would.
+
 Memory: the outputs, inputs and q/k/v projections of every head are held, about
 `4 * n_heads * n_layers * batch * pos * d_model` floats; inputs that no removal has touched
 yet are views of one residual stream per block and cost nothing.
@@ -28,6 +36,7 @@ yet are views of one residual stream per block and cost nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,8 +55,9 @@ from interp.tasks.base import TaskBatch
 
 @dataclass(frozen=True)
 class _Change:
-    """New outputs of some sources: their indices and `output - current` `[n, batch, rows,
-    d_model]`, the rows being every position, or the read positions (`at_reads`)."""
+    """New outputs of some sources in each of S trials: their indices and `output -
+    current` `[S, n, batch, rows, d_model]`, the rows being every position, or the read
+    positions (`at_reads`)."""
 
     sources: np.ndarray
     delta: Tensor
@@ -56,11 +66,12 @@ class _Change:
 
 @dataclass(frozen=True)
 class _Seed:
-    """The tested edge's change of its destination's input, `ablated_s - out_s`."""
+    """The tested edges' changes of their (common) destination's input, `ablated_s - out_s`
+    per edge `[S, batch, rows, d_model]`, in the rows the destination's input is held in
+    (trial j removes edges 1..j, so its input changes by the sum of the first j)."""
 
     node: Node
     delta: Tensor
-    at_reads: bool
 
 
 @dataclass(frozen=True)
@@ -69,13 +80,20 @@ class Trial:
 
     Attributes:
         edge: The edge's index in `graph.edges`.
-        damage: The damage of the circuit without it.
-        writes: `(container, key, head index or None, value)`, applied by `commit`.
+        damage: The damage of the circuit without it (and without `earlier`).
+        writes: `(container, key, head index or None, value)`, applied by `commit`; each
+            value has a leading dimension of trials (shared by the trials of one batch),
+            of which this trial's is `slot`.
+        earlier: Edges of the same batch removed before `edge` in this trial (speculated
+            removals, `PruningState.trials`); committing the trial removes them too.
+        slot: This trial's index along the leading dimension of the writes' values.
     """
 
     edge: int
     damage: float
     writes: list[tuple[dict, object, Tensor | None, Tensor]]
+    earlier: tuple[int, ...] = ()
+    slot: int = 0
 
 
 class PruningState:
@@ -224,23 +242,36 @@ class PruningState:
         """Whether the source's output is held at the read positions only (last block)."""
         return self._place(source)[0] == self.last
 
+    def _held_at_reads(self, destination: Node) -> bool:
+        """Whether the destination's input is held at the read positions only: the
+        logits', and in the last block the MLP's and the queries'."""
+        if destination.kind == "logits":
+            return True
+        return destination.layer == self.last and destination.input in (None, "q")
+
     # -- pieces of the forward pass --------------------------------------------------------
 
     def _project(
-        self, layer: int, part: str, x: Float[Tensor, "head batch row d_model"], heads: Tensor
-    ) -> Float[Tensor, "head batch row d_head"]:
+        self,
+        layer: int,
+        part: str,
+        x: Float[Tensor, "*trial head batch row d_model"],
+        heads: Tensor,
+    ) -> Float[Tensor, "*trial head batch row d_head"]:
         """Heads `heads`' `part` (q, k or v) from their own inputs."""
         arch, block = self.arch, f"blocks.{layer}"
         weight = self.params[f"{block}.attn.{part}.weight"].view(arch.n_heads, arch.d_head, -1)
         bias = self.params[f"{block}.attn.{part}.bias"].view(arch.n_heads, arch.d_head)
-        normed = self.patcher._norm(f"{block}.ln1", x)
-        return torch.einsum("hbrd,hed->hbre", normed, weight[heads]) + bias[heads][:, None, None]
+        normed = self.patcher._norm(f"{block}.ln1", x).flatten(-3, -2)  # batch and row
+        projected = torch.matmul(normed, weight[heads].transpose(-1, -2))
+        return projected.unflatten(-2, x.shape[-3:-1]) + bias[heads][:, None, None]
 
     def _attend(
         self, layer: int, heads: Tensor, proj: dict[str, Tensor]
-    ) -> Float[Tensor, "head batch row d_model"]:
-        """Heads `heads`' outputs (through their own `W_O`) from their q, k and v; queries at
-        the read positions in the last block, at every position before it."""
+    ) -> Float[Tensor, "*trial head batch row d_model"]:
+        """Heads `heads`' outputs (through their own `W_O`) from their q, k and v (each
+        `[head, batch, row, d_head]`, or with a leading dimension of trials, broadcast);
+        queries at the read positions in the last block, at every position before it."""
         q, k, v = proj["q"], proj["k"], proj["v"]
         scores = torch.matmul(q, k.transpose(-2, -1)) / self.arch.attn_scale
         if self.arch.causal:
@@ -249,17 +280,20 @@ class PruningState:
             scores = scores.masked_fill(future, float("-inf"))
         z = torch.matmul(F.softmax(scores, dim=-1), v)
         w_out = self.patcher._w_out(f"blocks.{layer}")[heads]  # [head, d_model, d_head]
-        return torch.einsum("hbre,hde->hbrd", z, w_out)
+        out = torch.matmul(z.flatten(-3, -2), w_out.transpose(-1, -2))  # batch and row
+        return out.unflatten(-2, z.shape[-3:-1])
 
     def _mlp(self, layer: int, x: Tensor) -> Tensor:
         block = f"blocks.{layer}"
         normed = self.patcher._norm(f"{block}.ln2", x)
         return functional.mlp(self.params, f"{block}.mlp", normed, self.arch)
 
-    def _read(self, logit_in: Float[Tensor, "batch read d_model"]) -> Float[Tensor, "batch vocab"]:
+    def _read(
+        self, logit_in: Float[Tensor, "*trial batch read d_model"]
+    ) -> Float[Tensor, "*trial batch vocab"]:
         """Each example's logits at its own read position."""
         logits = functional.unembed(self.params, logit_in, self.arch)
-        return logits[self.examples, self.row_of_example]
+        return logits[..., self.examples, self.row_of_example, :]
 
     # -- damage ------------------------------------------------------------------------
 
@@ -271,22 +305,44 @@ class PruningState:
 
     def damage_of(self, read: Float[Tensor, "batch vocab"]) -> float:
         """KL from the full model at the read positions, or |m(circuit) - m(full)|."""
+        return self._damages(read[None])[0]
+
+    def _damages(self, read: Float[Tensor, "trial batch vocab"]) -> list[float]:
+        """`damage_of` each trial's logits (KL: one batched computation, one transfer)."""
         if self.objective == "kl":
-            return float(kl_divergence(read[:, None], self.full_logits[:, None]).mean())
-        return abs(self._metric(read) - self.full_value)  # type: ignore[operator]
+            full = self.full_logits.expand_as(read)
+            return kl_divergence(read, full).tolist()  # [trial, batch] -> mean over batch
+        return [abs(self._metric(logits) - self.full_value) for logits in read]  # type: ignore[operator]
 
     # -- tests ---------------------------------------------------------------------------
 
     def trial(self, edge: int) -> Trial:
         """The damage of the current circuit without edge `edge` (not applied)."""
-        destination, source = (int(i) for i in self.edge_pairs[edge])
-        node = self.patcher.graph.destinations[destination]
+        return self.trials([edge])[0]
+
+    def trials(self, edges: Sequence[int]) -> list[Trial]:
+        """Speculative tests of edges into one destination, computed as one batch: trial j
+        is the current circuit without `edges[0]`, ..., `edges[j]` (nothing applied).
+
+        Committing trial j gives the state that committing trials 0, ..., j one after the
+        other would (to float rounding), so trial j's damage is that of sequential tests
+        as long as the edges before it were removed.
+        """
+        edges = [int(edge) for edge in edges]
+        pairs = self.edge_pairs[edges]
+        if not edges or (len(edges) > 1 and bool((pairs[:, 0] != pairs[0, 0]).any())):
+            raise ValueError(f"trials: edges must be one or more into one destination, got {edges}")
+        node = self.patcher.graph.destinations[int(pairs[0, 0])]
         start = self.patcher.stage(node)
         changes: list[_Change] = []
         writes: list[tuple[dict, object, Tensor | None, Tensor]] = []
         with torch.inference_mode():
-            delta = self.ablated[source] - self.output_of(source)
-            seed = _Seed(node, delta, self._source_at_reads(source))
+            into_reads = self._held_at_reads(node)
+            deltas = []
+            for source in pairs[:, 1].tolist():
+                delta = self.ablated[source] - self.output_of(source)
+                deltas.append(self._at(delta, self._source_at_reads(source), into_reads))
+            seed = _Seed(node, deltas[0][None] if len(deltas) == 1 else torch.stack(deltas))
             for stage in range(start, 2 * self.arch.n_layers):
                 layer, is_mlp = divmod(stage, 2)
                 planted = seed if stage == start else None
@@ -299,18 +355,25 @@ class PruningState:
                 if change is not None:
                     changes.append(change)
             planted = seed if node.kind == "logits" else None
-            damage = self._logits_stage(changes, planted, writes)
-        return Trial(edge=edge, damage=damage, writes=writes)
+            damages = self._logits_stage(changes, planted, writes, len(edges))
+        return [
+            Trial(edge=edge, damage=damages[j], writes=writes, earlier=tuple(edges[:j]), slot=j)
+            for j, edge in enumerate(edges)
+        ]
 
     def commit(self, trial: Trial) -> None:
-        """Remove the trial's edge: write what it computed into the state."""
-        destination, source = self.edge_pairs[trial.edge]
-        self.kept[destination, source] = False
+        """Remove the trial's edge (and `trial.earlier`): write what it computed into the
+        state."""
+        for edge in (*trial.earlier, trial.edge):
+            destination, source = self.edge_pairs[edge]
+            self.kept[destination, source] = False
         with torch.inference_mode():
-            for container, key, heads, value in trial.writes:
+            for container, key, heads, values in trial.writes:
+                value = values[trial.slot]
                 current = container[key]
                 if heads is None:
-                    container[key] = value
+                    # a slice would keep every trial's tensor alive
+                    container[key] = value if len(values) == 1 else value.clone()
                     continue
                 if current.stride(0) == 0:  # still a view of the residual stream
                     current = container[key] = current.clone()
@@ -331,9 +394,9 @@ class PruningState:
         destinations: np.ndarray,
         changes: list[_Change],
         into_reads: bool,
-    ) -> Float[Tensor, "n batch row d_model"] | None:
+    ) -> Float[Tensor, "trial n batch row d_model"] | None:
         """The inputs of `destinations` (currently `current`) after `changes`, carried along
-        the kept edges; None when no kept edge carries any of them."""
+        the kept edges, in each trial; None when no kept edge carries any of them."""
         total: Tensor | None = None
         for change in changes:
             weights = self.kept[np.ix_(destinations, change.sources)]
@@ -341,18 +404,22 @@ class PruningState:
                 continue
             mix = torch.as_tensor(weights, dtype=change.delta.dtype, device=change.delta.device)
             delta = self._at(change.delta, change.at_reads, into_reads)
-            term = torch.einsum("tn,nbrd->tbrd", mix, delta)
+            term = torch.einsum("tn,snbrd->stbrd", mix, delta)
             total = term if total is None else total + term
         return None if total is None else current + total
 
     def _planted(
-        self, new_in: Tensor | None, current: Tensor, row: int, seed: _Seed, into_reads: bool
-    ) -> Tensor:
-        """`new_in` (or `current` where nothing else changed) with the tested edge's change
-        added to destination `row`."""
-        updated = current.clone() if new_in is None else new_in
-        updated[row] += self._at(seed.delta, seed.at_reads, into_reads)
-        return updated
+        self, current: Float[Tensor, "n batch row d_model"], row: int, seed: _Seed
+    ) -> Float[Tensor, "trial n batch row d_model"]:
+        """`current` in each trial, with destination `row`'s input changed by the running
+        sum of the tested edges' changes, added one at a time as sequential tests add them
+        (and faster on a CPU than `cumsum`). The seed's stage is the first one recomputed,
+        so nothing else has changed these inputs."""
+        planted = current.expand(len(seed.delta), *current.shape).clone()
+        planted[0, row] += seed.delta[0]
+        for j in range(1, len(seed.delta)):
+            torch.add(planted[j - 1, row], seed.delta[j], out=planted[j, row])
+        return planted
 
     def _heads_stage(
         self, layer: int, changes: list[_Change], seed: _Seed | None, writes: list
@@ -374,11 +441,12 @@ class PruningState:
         for part in HEAD_INPUTS:
             into_reads = at_reads and part == "q"
             current = self.head_in[layer][part][index]
-            destinations = self.head_destinations[layer][part][heads]
-            new_in = self._updated(current, destinations, changes, into_reads)
             if seed is not None and seed.node.input == part:
                 row = int(np.searchsorted(heads, seed.node.head))
-                new_in = self._planted(new_in, current, row, seed, into_reads)
+                new_in = self._planted(current, row, seed)
+            else:
+                destinations = self.head_destinations[layer][part][heads]
+                new_in = self._updated(current, destinations, changes, into_reads)
             if new_in is None:
                 proj[part] = self.proj[layer][part][index]
                 continue
@@ -396,26 +464,30 @@ class PruningState:
         """Recompute the MLP of `layer` if its input changed."""
         at_reads = layer == self.last
         current = self.mlp_in[layer]["in"][None]
-        destination = np.array([self.mlp_destination[layer]])
-        new_in = self._updated(current, destination, changes, at_reads)
         if seed is not None:
-            new_in = self._planted(new_in, current, 0, seed, at_reads)
+            new_in = self._planted(current, 0, seed)
+        else:
+            destination = np.array([self.mlp_destination[layer]])
+            new_in = self._updated(current, destination, changes, at_reads)
         if new_in is None:
             return None
-        out = self._mlp(layer, new_in[0])
-        writes.append((self.mlp_in[layer], "in", None, new_in[0]))
+        out = self._mlp(layer, new_in[:, 0])
+        writes.append((self.mlp_in[layer], "in", None, new_in[:, 0]))
         writes.append((self.mlp_out[layer], "out", None, out))
-        source = self.mlp_source[layer]
-        return _Change(np.array([source]), (out - self.mlp_out[layer]["out"])[None], at_reads)
+        delta = (out - self.mlp_out[layer]["out"])[:, None]
+        return _Change(np.array([self.mlp_source[layer]]), delta, at_reads)
 
-    def _logits_stage(self, changes: list[_Change], seed: _Seed | None, writes: list) -> float:
-        """The damage of the circuit whose logit input these changes give."""
+    def _logits_stage(
+        self, changes: list[_Change], seed: _Seed | None, writes: list, n_trials: int
+    ) -> list[float]:
+        """The damage of each trial's circuit, whose logit input these changes give."""
         current = self.logit_in["logits"][None]
-        destination = np.array([self.logits_destination])
-        new_in = self._updated(current, destination, changes, True)
         if seed is not None:
-            new_in = self._planted(new_in, current, 0, seed, True)
+            new_in = self._planted(current, 0, seed)
+        else:
+            destination = np.array([self.logits_destination])
+            new_in = self._updated(current, destination, changes, True)
         if new_in is None:
-            return self.damage
-        writes.append((self.logit_in, "logits", None, new_in[0]))
-        return self.damage_of(self._read(new_in[0]))
+            return [self.damage] * n_trials
+        writes.append((self.logit_in, "logits", None, new_in[:, 0]))
+        return self._damages(self._read(new_in[:, 0]))

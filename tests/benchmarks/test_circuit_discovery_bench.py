@@ -9,11 +9,13 @@ from quick_run import LINE, run_quick
 @pytest.mark.slow
 def test_quick_circuits_benchmark_prints_eap_and_acdc_lines() -> None:
     lines = run_quick("circuit_discovery.py")
-    assert len(lines) == 4, lines
-    eap, acdc, hooked = (LINE.match(line) for line in lines[:3])
+    assert len(lines) == 5, lines
+    eap, acdc, hooked, speculative = (LINE.match(line) for line in lines[:4])
     assert eap and eap["what"].startswith("EAP over all 110 edges"), lines
     assert acdc and acdc["what"].startswith("ACDC (KL, tau 0.05) on induction_2l"), lines
     assert acdc["diff"] == "0", lines  # incremental and plain ACDC keep the same edges
     assert hooked and "with hooks per test" in hooked["what"], lines
     assert hooked["diff"] == "0", lines  # the hook-based loop keeps the same edges
-    assert lines[3].startswith("# load average "), lines
+    assert speculative and "speculation 16 (" in speculative["what"], lines
+    assert speculative["diff"] == "0", lines  # speculative batches keep the same edges
+    assert lines[4].startswith("# load average "), lines

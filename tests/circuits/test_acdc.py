@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from circuits.acdc import ACDCResult, acdc
 from circuits.edge_patching import EdgePatcher
 from circuits.evaluate import circuit_kl
+from circuits.planted import PLANTED, planted
 from interp.metrics import logit_diff, mean_metric
 from interp.runs import RunStore
 
@@ -54,3 +56,67 @@ def test_incremental_acdc_finds_the_same_circuit_as_the_plain_loop(model, batch,
     plain = acdc(model, batch, 0.01, objective=chosen, progress=False, incremental=False)
     assert torch.equal(fast.kept, plain.kept) and fast.n_tests == plain.n_tests
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
+
+
+# -- speculation ---------------------------------------------------------------------------
+
+
+def _assert_same_result(ours: ACDCResult, sequential: ACDCResult) -> None:
+    assert torch.equal(ours.kept, sequential.kept)
+    torch.testing.assert_close(ours.scores, sequential.scores, atol=1e-5, rtol=0, equal_nan=True)
+    assert ours.n_tests == sequential.n_tests
+    assert ours.damage == pytest.approx(sequential.damage, abs=1e-5)
+
+
+@pytest.mark.parametrize("speculation", [2, 3, 8, 64])
+@pytest.mark.parametrize(("objective", "threshold"), [("kl", 0.003), ("metric", 0.01)])
+def test_speculative_batches_give_the_sequential_circuit_and_scores(
+    model, batch, speculation: int, objective: str, threshold: float
+) -> None:
+    chosen = "kl" if objective == "kl" else mean_metric(logit_diff)
+    sequential = acdc(model, batch, threshold, objective=chosen, progress=False)
+    assert sequential.speculation == 1 and sequential.n_trials == sequential.n_tests
+    assert 0 < int(sequential.kept.sum()) < sequential.n_tests  # kept and removed, mixed
+    ours = acdc(model, batch, threshold, objective=chosen, progress=False, speculation=speculation)
+    _assert_same_result(ours, sequential)
+    assert ours.speculation == speculation
+    # edges were kept inside batches: speculative trials after them were discarded
+    assert ours.n_trials > ours.n_tests
+
+
+def test_speculation_on_the_plain_loop_runs_masks_as_one_batch(model, batch) -> None:
+    sequential = acdc(model, batch, 0.003, progress=False)
+    plain = acdc(model, batch, 0.003, progress=False, incremental=False, speculation=3)
+    _assert_same_result(plain, sequential)
+    assert plain.n_trials > plain.n_tests
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED))
+def test_speculation_finds_the_same_circuit_on_planted_models(name: str) -> None:
+    case = planted(name)
+    for threshold in (0.01, 0.3):
+        run = functools.partial(
+            acdc, case.model, case.batch, threshold, objective=mean_metric(logit_diff)
+        )
+        _assert_same_result(run(progress=False, speculation=16), run(progress=False))
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4", None])
+def test_bad_speculation_is_refused(model, batch, bad: object) -> None:
+    with pytest.raises(ValueError, match="speculation must be an int >= 1"):
+        acdc(model, batch, 0.01, progress=False, speculation=bad)  # type: ignore[arg-type]
+
+
+def test_speculation_and_trials_are_saved_and_old_results_load(
+    model, batch, tmp_path: Path
+) -> None:
+    result = acdc(model, batch, 0.003, progress=False, speculation=4)
+    run = RunStore(tmp_path / "runs").create("exp", "acdc", {})
+    result.save(run)
+    again = ACDCResult.load(run.path)
+    assert (again.speculation, again.n_trials) == (4, result.n_trials)
+    meta = run.load_json("acdc")  # as written before these fields existed
+    del meta["speculation"], meta["n_trials"]
+    run.save_json("acdc", meta)
+    old = ACDCResult.load(run.path)
+    assert (old.speculation, old.n_trials) == (1, result.n_tests)

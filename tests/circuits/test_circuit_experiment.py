@@ -22,7 +22,7 @@ def test_circuit_kind_on_planted_mlp_and(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     config = REPO / "experiments" / "circuit_planted_mlp_and.yaml"
     argv = ["run", str(config), "--runs-dir", str(runs), "--no-progress",
-            "--set", "acdc_thresholds=[0.01, 1.0]"]
+            "--set", "acdc_thresholds=[0.01, 1.0]", "--set", "acdc_speculation=4"]
     assert main(argv) == 0
     run = RunStore(runs).latest("circuit_planted_mlp_and")
     summary = run.summary
@@ -33,9 +33,9 @@ def test_circuit_kind_on_planted_mlp_and(tmp_path: Path) -> None:
     saved = EdgeScores.load(run, name="edge_scores_eap-ig")
     direct = edge_attribution(case.model, case.batch, mean_metric(logit_diff), method="eap-ig")
     torch.testing.assert_close(saved.scores, direct.scores)
-    assert ACDCResult.load(run, name="acdc_1").edges == sorted(
-        case.edges, key=lambda name: case.graph.edge_index[name]
-    )
+    speculative = ACDCResult.load(run, name="acdc_1")
+    assert speculative.edges == sorted(case.edges, key=lambda name: case.graph.edge_index[name])
+    assert speculative.speculation == 4 and speculative.n_trials >= speculative.n_tests
     curve = run.load_table("faithfulness")
     assert set(curve["method"]) == {"eap", "eap-ig"}
     at_truth = curve[(curve["method"] == "eap-ig") & (curve["size"] == 8)]["faithfulness"]
