@@ -132,8 +132,9 @@ class PerceptronTagger:
         tags: list[str] = []
         prev, prev2 = _START
         for i, word in enumerate(words):
-            tag = self.tagdict.get(word) or self._predict(self._features(i + 2, word, context,
-                                                                         prev, prev2))
+            tag = self.tagdict.get(word)
+            if tag is None:
+                tag = self._predict(self._features(i + len(_START), word, context, prev, prev2))
             tags.append(tag)
             prev2, prev = prev, tag
         return tags
