@@ -70,6 +70,7 @@ class GrokkingConfig(ExperimentConfig):
         if isinstance(task, dict) and isinstance(model, dict):
             p = task.get("p", ModularConfig.model_fields["p"].default)
             if isinstance(p, int):
+                p = max(p, 2)  # a p below 2 is reported by task.p, not by the model's sizes
                 defaults = {"d_vocab": p + 2, "d_vocab_out": p, "n_ctx": 4}
                 data = {**data, "model": {**defaults, **model}}
         return data

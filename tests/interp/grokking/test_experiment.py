@@ -47,8 +47,9 @@ def test_reference_config_overrides_and_vocabulary_defaults() -> None:
 
 
 def test_config_errors(config_path: Path) -> None:
-    with pytest.raises(ConfigError, match="task.p: .*not prime"):
-        load_config(config_path, ["task.p=12"])
+    for p in (12, 1, 0):  # below 2 as well: the error names task.p, not the model's sizes
+        with pytest.raises(ConfigError, match=f"task.p: p={p} is not prime"):
+            load_config(config_path, [f"task.p={p}"])
     with pytest.raises(ConfigError, match="frac_train is required"):
         load_config(config_path, ["task.frac_train=null"])
     with pytest.raises(ConfigError, match="too small for p=11"):
