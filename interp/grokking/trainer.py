@@ -1,10 +1,10 @@
 """Full-batch training of S models at once on modular arithmetic (the grokking setup).
 
-The S models (seeds, or settings that share shapes) are stacked along a leading axis and
-trained as one computation: one forward pass over the stacked parameters (vmapped on CUDA,
-`interp.functional.batched_forward`; a pass per model slice on CPU, which is faster there),
-the sum of the S per-model mean losses (so each model receives exactly its own gradient),
-and one AdamW step on the stacked tensors.
+The S models (one per seed; they share the spec, the data and the optimiser settings) are
+stacked along a leading axis and trained as one computation: one forward pass over the
+stacked parameters (vmapped on CUDA, `interp.functional.batched_forward`; a pass per model
+slice on CPU, which is faster there), the sum of the S per-model mean losses (so each model
+receives exactly its own gradient), and one AdamW step on the stacked tensors.
 AdamW and the Grokfast filter act element by element, so each model follows the same
 trajectory as when trained alone (Nanda et al. 2023 train one model full-batch with AdamW,
 lr 1e-3, weight decay 1, betas (0.9, 0.98)).
