@@ -14,6 +14,7 @@ from tiny_probe_configs import tiny_probe_configs
 from interp import models
 from interp.activations import collect
 from interp.cli import main
+from interp.config import load_config
 from interp.metrics import accuracy
 from interp.runs import RunStore
 from interp.tasks import Induction, ModularArithmetic
@@ -145,3 +146,28 @@ def test_unknown_intervention_target_fails_before_any_probe(tmp_path: Path) -> N
     (run,) = RunStore(runs).runs()
     assert run.status == "failed" and "unknown probe target 'nope'" in (run.error or "")
     assert not (run.path / "artifacts").exists() or not any((run.path / "artifacts").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("probe_config", "grokking_config"),
+    [("probe_grokking.yaml", "grokking_cpu.yaml"),
+     ("probe_grokking_p113.yaml", "grokking_p113.yaml")],
+)
+def test_shipped_grokking_probe_configs_read_checkpoints_their_run_writes(
+    probe_config: str, grokking_config: str
+) -> None:
+    """The checkpoints a shipped probe study names are epochs its grokking run saves (a
+    multiple of `checkpoint_every`, within `epochs`), of a seed it trains, on its task."""
+    _, probe = load_config(Path("experiments") / probe_config)
+    _, grokking = load_config(Path("experiments") / grokking_config)
+    assert probe.model.run == grokking.name
+    assert int(probe.model.artifact.removeprefix("models/seed_")) in grokking.model_seeds
+    assert probe.study.task.p == grokking.task.p
+    assert probe.study.task.frac_train == grokking.task.frac_train
+    assert probe.study.task.seed == grokking.task.seed
+    assert probe.checkpoints
+    for snapshot in probe.checkpoints:
+        epoch = int(snapshot.artifact.removeprefix("checkpoints/epoch_"))
+        assert snapshot.artifact == f"checkpoints/epoch_{epoch:06d}"
+        assert epoch % grokking.checkpoint_every == 0 and epoch <= grokking.epochs
+        assert snapshot.seed in grokking.model_seeds
