@@ -76,7 +76,7 @@ if [ "$part" = benchmarks ] || [ "$part" = all ]; then
   log=benchmarks.log
   step bench_patching 90 "$PYTHON" benchmarks/patching.py --device "$DEVICE" "${quick[@]}"
   step bench_circuits 100 "$PYTHON" benchmarks/circuit_discovery.py --device "$DEVICE" "${quick[@]}"
-  step bench_probing 45 "$PYTHON" benchmarks/probing.py --device "$DEVICE" "${quick[@]}"
+  step bench_probing 90 "$PYTHON" benchmarks/probing.py --device "$DEVICE" "${quick[@]}"
   step bench_grokking 100 "$PYTHON" benchmarks/grokking.py --device "$DEVICE" "${quick[@]}" \
     "${grok_cap[@]}"
 fi
