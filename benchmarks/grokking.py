@@ -1,6 +1,7 @@
 """Grokking training speed: ours against a plain PyTorch loop of the same model and update.
 
     python benchmarks/grokking.py [--quick] [--device cpu|cuda|auto] [--grok-epochs N]
+                                  [--graph-only]
 
 The reference is written here with no hooks and no library code: a one-layer transformer
 (embedding + learned positions, causal attention, ReLU MLP, no LayerNorm, unembedding) as
@@ -15,7 +16,10 @@ per-epoch training losses). Lines:
 4. the two ways our trainer can run S models: one vmapped computation (what it does on
    CUDA) against a pass per model on its slice of the stacked weights (what it does on CPU);
 5. epochs until every model reaches test accuracy 0.99, with Grokfast (Lee et al. 2024)
-   against without, on the same config and seeds (printed in epochs, not seconds).
+   against without, on the same config and seeds (printed in epochs, not seconds);
+6. on CUDA only, 1 seed and S seeds: our trainer's opt-in CUDA-graph step
+   (`cuda_graph=True`) against its eager step, from the same weights (max |diff| of the
+   losses). `--graph-only` prints these lines alone (the GPU check of the graph path).
 
 Ours computes the last layer only at the `=` position (exact: the loss reads nothing
 else); the plain loop computes every position, as the published implementations do.
@@ -133,13 +137,15 @@ class PlainLoop:
 
 
 def make_pair(
-    setting: Setting, n_seeds: int, device: torch.device, grokfast: bool = False
+    setting: Setting, n_seeds: int, device: torch.device, grokfast: bool = False,
+    cuda_graph: bool = False,
 ) -> tuple[StackedTrainer, PlainLoop, TaskBatch]:
     task = ModularArithmetic(p=setting.p, frac_train=setting.frac_train, seed=0)
     train, test = task.train_test()
     ours = StackedTrainer(
         setting.spec(), list(range(n_seeds)), train, test,
         OptimSettings(lr=setting.lr), GrokfastSettings(enabled=grokfast), device,
+        cuda_graph=cuda_graph,
     )
     stacked = {k: v.detach().clone() for k, v in ours.params.items()}
     plain = PlainLoop(stacked, setting, train.to(device))
@@ -203,6 +209,40 @@ def speed_lines(setting: Setting, device: torch.device) -> list[str]:
     return lines
 
 
+def graph_lines(
+    setting: Setting, device: torch.device, seed_counts: tuple[int, ...] | None = None
+) -> list[str]:
+    """CUDA only: the trainer's CUDA-graph step against its eager step, for each number of
+    seeds in `seed_counts` (default: 1 and the setting's S).
+
+    Both start from the same weights; the graph trainer's first
+    `StackedTrainer.GRAPH_WARMUP_EPOCHS` epochs are eager, and its capture happens in the
+    untimed first epochs, so the timed epochs are all replays."""
+    lines = []
+    for n_seeds in seed_counts or (1, setting.seeds):
+        eager, _, _ = make_pair(setting, n_seeds, device)
+        graph, _, _ = make_pair(setting, n_seeds, device, cuda_graph=True)
+        warm = StackedTrainer.GRAPH_WARMUP_EPOCHS + 1
+        eager_losses = [eager.step()[0] for _ in range(warm)]
+        try:
+            graph_losses = [graph.step()[0] for _ in range(warm)]
+            graph_s, graph_loss = timed_epochs(graph.step, setting.epochs, device)
+        except Exception as error:  # noqa: BLE001 - report it and go on to the next lines
+            lines.append(f"{n_seeds} seed(s) CUDA graph: failed: {type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}")
+            continue
+        eager_s, eager_loss = timed_epochs(eager.step, setting.epochs, device)
+        diff = max(max_abs_diff(torch.stack(eager_losses), torch.stack(graph_losses)),
+                   max_abs_diff(eager_loss, graph_loss))
+        lines.append(format_line(
+            f"{n_seeds} seed(s), {setting.epochs} epochs: CUDA graph (ours, opt-in) vs eager "
+            f"step (reference) ({setting.epochs / graph_s:.0f} vs "
+            f"{setting.epochs / eager_s:.0f} epochs/s)",
+            graph_s, eager_s, diff,
+        ))
+    return lines
+
+
 def epochs_to_grok(trainer: StackedTrainer, cap: int, check_every: int = 50) -> int | None:
     """Epochs until every model's test accuracy is >= 0.99, or None within `cap`."""
     while trainer.epoch < cap:
@@ -233,13 +273,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--grok-epochs", type=int, default=None,
                         help="cap of the Grokfast comparison (default 3000; 0 skips it)")
+    parser.add_argument("--graph-only", action="store_true",
+                        help="only the CUDA-graph vs eager lines, 1 and 5 seeds (CUDA only)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but CUDA is not available")
     device = models.resolve_device(args.device)
+    if args.graph_only and device.type != "cuda":
+        parser.error("--graph-only needs CUDA: the CUDA-graph step runs on CUDA only")
     setting = QUICK if args.quick else FULL_CPU if device.type == "cpu" else FULL
+    if args.graph_only:
+        for line in graph_lines(setting, device, (1, 5)):  # 5: the GPU reference run's seeds
+            print(line, flush=True)
+        return 0
     for line in speed_lines(setting, device):
         print(line, flush=True)
+    if device.type == "cuda":
+        for line in graph_lines(setting, device):
+            print(line, flush=True)
     cap = args.grok_epochs if args.grok_epochs is not None else (200 if args.quick else 3000)
     if cap:
         grok = QUICK if args.quick else GROK_CPU if device.type == "cpu" else FULL

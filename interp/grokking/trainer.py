@@ -9,6 +9,14 @@ AdamW and the Grokfast filter act element by element, so each model follows the 
 trajectory as when trained alone (Nanda et al. 2023 train one model full-batch with AdamW,
 lr 1e-3, weight decay 1, betas (0.9, 0.98)).
 
+A small model's epoch on a GPU costs its kernel launches more than its arithmetic, so an
+epoch issues few of them: the fixed train and test tokens are checked once, not every
+forward (which also drops a host sync per epoch), AdamW is the fused kernel (one launch for
+every tensor), and the Grokfast filter uses `torch._foreach_*` ops. `cuda_graph=True`
+(CUDA only, opt-in) goes further: after a few eager epochs it captures one whole training
+step (forward, backward, Grokfast, AdamW) as a CUDA graph (`torch.cuda.graphs`) and
+replays it, with the learning rate held in a device tensor for the warm-up.
+
 Grokfast (Lee et al. 2024, "Grokfast: Accelerated Grokking by Amplifying Slow Gradients"):
 an exponential moving average of the gradient, `ema = alpha * ema + (1 - alpha) * grad`,
 is added back amplified, `grad = grad + lamb * ema`, before the optimiser step.
@@ -87,7 +95,15 @@ class StackedTrainer:
     The trainer's whole state (parameters, AdamW moments, Grokfast EMA, epoch) is a flat
     dict of tensors (`state_dict`), so a checkpoint is one safetensors file and a resumed
     run continues bit for bit.
+
+    Args:
+        vectorize: One vmapped forward over the stacked models (default: on CUDA only).
+        cuda_graph: Capture the training step as a CUDA graph after `GRAPH_WARMUP_EPOCHS`
+            eager epochs and replay it (CUDA only; a ValueError elsewhere). Opt-in: the
+            replayed step does the eager step's arithmetic, to float rounding.
     """
+
+    GRAPH_WARMUP_EPOCHS = 3
 
     def __init__(
         self,
@@ -99,14 +115,27 @@ class StackedTrainer:
         grokfast: GrokfastSettings,
         device: torch.device,
         vectorize: bool | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         if not seeds:
             raise ValueError("seeds must name at least one model")
+        if cuda_graph and device.type != "cuda":
+            raise ValueError(
+                f"cuda_graph=True needs a CUDA device, got {device}: CUDA graphs replay "
+                "GPU kernels only (leave it False on CPU)"
+            )
         self.spec = spec
         self.seeds = list(seeds)
+        d_vocab = functional.architecture(spec).d_vocab
         for name, data in (("train", train_set), ("test", test_set)):
             if not bool((data.position == data.clean.shape[1] - 1).all()):
                 raise ValueError(f"the {name} set's answers must be read at the last position")
+            # Checked once here: the forward passes of every epoch skip the check (and the
+            # host sync of reading the id range).
+            if data.clean.numel() and not (
+                int(data.clean.min()) >= 0 and int(data.clean.max()) < d_vocab
+            ):
+                raise ValueError(f"the {name} set's token ids fall outside 0..{d_vocab - 1}")
         self.train_set = train_set.to(device)
         self.test_set = test_set.to(device)
         self.optim_settings = optim
@@ -124,15 +153,24 @@ class StackedTrainer:
             for k, v in stacked.items()
         }
         self.trainable = {k: v for k, v in self.params.items() if v.requires_grad}
+        self.cuda_graph = cuda_graph
+        # With a graph, the lr lives in a device tensor that the replayed step reads.
+        self._lr_tensor = torch.tensor(optim.lr, device=device) if cuda_graph else None
+        self._lr_value = optim.lr
         self.optimizer = torch.optim.AdamW(
             list(self.trainable.values()),
-            lr=optim.lr,
+            lr=self._lr_tensor if self._lr_tensor is not None else optim.lr,
             betas=optim.betas,
             eps=optim.eps,
             weight_decay=optim.weight_decay,
+            fused=True,  # one kernel for every tensor; CPU and CUDA
+            capturable=cuda_graph,
         )
         self.ema: dict[str, Tensor] | None = None
         self.epoch = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_out: tuple[Tensor, Tensor] | None = None
+        self._eager_since_load = 0
 
     @property
     def n_models(self) -> int:
@@ -146,8 +184,25 @@ class StackedTrainer:
     def step(self) -> tuple[Tensor, Tensor]:
         """One full-batch epoch; returns the per-model train loss and accuracy before it."""
         self.epoch += 1
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr(self.epoch)
+        lr = self._lr(self.epoch)
+        if self._lr_tensor is not None:
+            if lr != self._lr_value:  # a launch only while the warm-up changes it
+                self._lr_tensor.fill_(lr)
+                self._lr_value = lr
+            if self._eager_since_load >= self.GRAPH_WARMUP_EPOCHS and self.ema_ready:
+                return self._graph_step()
+            self._eager_since_load += 1
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        return self._eager_step()
+
+    @property
+    def ema_ready(self) -> bool:
+        """Whether the Grokfast EMA exists (or is not used): its first epoch is eager."""
+        return self.ema is not None or not self.grokfast.enabled
+
+    def _eager_step(self) -> tuple[Tensor, Tensor]:
         train = self.train_set
         loss, accuracy = answer_loss_and_accuracy(self._final_logits(train), train)
         self.optimizer.zero_grad(set_to_none=True)
@@ -157,15 +212,33 @@ class StackedTrainer:
         self.optimizer.step()
         return loss.detach(), accuracy
 
+    def _graph_step(self) -> tuple[Tensor, Tensor]:
+        """Replay the captured step (capturing it first); the outputs are copied out, since
+        the next replay overwrites them."""
+        if self._graph is None:
+            # After the eager warm-up (lazy optimiser state, the Grokfast EMA, cuBLAS set up),
+            # capture with no gradients yet: backward allocates them in the graph's pool,
+            # and every replay overwrites them (as `zero_grad(set_to_none=True)` would).
+            torch.cuda.synchronize(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._graph_out = self._eager_step()
+        self._graph.replay()
+        assert self._graph_out is not None
+        loss, accuracy = self._graph_out
+        return loss.clone(), accuracy.clone()
+
     def _apply_grokfast(self) -> None:
         alpha, lamb = self.grokfast.alpha, self.grokfast.lamb
+        grads = [p.grad for p in self.trainable.values() if p.grad is not None]
         if self.ema is None:
             self.ema = {k: p.grad.detach().clone() for k, p in self.trainable.items()}
         else:
-            for key, param in self.trainable.items():
-                self.ema[key].mul_(alpha).add_(param.grad, alpha=1 - alpha)
-        for key, param in self.trainable.items():
-            param.grad.add_(self.ema[key], alpha=lamb)
+            emas = list(self.ema.values())
+            torch._foreach_mul_(emas, alpha)
+            torch._foreach_add_(emas, grads, alpha=1 - alpha)
+        torch._foreach_add_(grads, list(self.ema.values()), alpha=lamb)
 
     def _final_logits(self, data: TaskBatch) -> Float[Tensor, "S batch vocab"]:
         """Every model's logits at the answer (last) position; only that position's
@@ -179,7 +252,7 @@ class StackedTrainer:
         """
         if self.vectorize:
             logits = functional.batched_forward(
-                self.params, data.clean, self.spec, final_position_only=True
+                self.params, data.clean, self.spec, final_position_only=True, validate=False
             )
             return logits[:, :, -1]
         per_model = [
@@ -230,10 +303,16 @@ class StackedTrainer:
                 param.copy_(state[f"param/{key}"])
         for key, param in self.trainable.items():
             if f"adam/step/{key}" in state:
+                # The fused AdamW keeps its step count as a float32 tensor on the device.
+                # Copies: the optimiser updates them in place.
                 self.optimizer.state[param] = {
-                    moment: state[f"adam/{moment}/{key}"].to(self.device)
+                    moment: state[f"adam/{moment}/{key}"].to(self.device, copy=True)
                     for moment in ("exp_avg", "exp_avg_sq")
-                } | {"step": state[f"adam/step/{key}"].clone()}
+                } | {"step": state[f"adam/step/{key}"].to(self.device, torch.float32, copy=True)}
         ema_keys = [k for k in state if k.startswith("ema/")]
-        self.ema = {k[4:]: state[k].to(self.device) for k in ema_keys} if ema_keys else None
+        self.ema = (
+            {k[4:]: state[k].to(self.device, copy=True) for k in ema_keys} if ema_keys else None
+        )
+        # A captured graph reads the old optimiser and EMA tensors: capture anew.
+        self._graph, self._graph_out, self._eager_since_load = None, None, 0
 

@@ -235,3 +235,31 @@ def test_last_layer_positions_compute_the_last_layer_there_only() -> None:
     )
     with pytest.raises(ValueError, match="replaces final_position_only"):
         functional.forward(params, tokens, spec, last_layer_positions=rows, logit_positions=rows)
+
+
+def test_batched_final_position_does_not_broadcast_weights_to_examples() -> None:
+    """Under vmap, a linear layer on a strided slice of positions with a batched weight
+    used to copy the weight once per example (`[S, batch, d_model, d_model]`)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    spec = ModelSpec(n_layers=1, d_model=32, n_heads=4, d_mlp=16, d_vocab=20, n_ctx=4,
+                     act_fn="relu", normalization=None)
+    params = functional.params_of(build(spec, device="cpu"))
+    stacked = {k: v.requires_grad_(True) for k, v in functional.stack_params([params] * 2).items()}
+    toks = torch.randint(0, 20, (64, 4), generator=torch.Generator().manual_seed(0))
+    largest = 0
+
+    class Largest(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal largest
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                largest = max(largest, out.numel())
+            return out
+
+    with Largest():
+        logits = functional.batched_forward(stacked, toks, spec, final_position_only=True)
+        logits.sum().backward()
+    assert largest < 2 * 64 * 32 * 32
+    full = functional.batched_forward(stacked, toks, spec)
+    torch.testing.assert_close(logits[:, :, 0], full[:, :, -1], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,72 @@
+"""The stacked trainer itself: exact resumption, the checked inputs, the CUDA-graph guard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp.grokking.trainer import GrokfastSettings, OptimSettings, StackedTrainer
+from interp.models import ModelSpec
+from interp.tasks.modular import ModularArithmetic
+
+SPEC = ModelSpec(
+    n_layers=1, d_model=16, n_heads=2, d_mlp=32, d_vocab=13, d_vocab_out=11, n_ctx=4,
+    act_fn="relu", normalization=None,
+)
+
+
+def _trainer(vectorize: bool, grokfast: bool = True, **kwargs) -> StackedTrainer:
+    train, test = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()
+    return StackedTrainer(
+        SPEC, [0, 1], train, test, OptimSettings(lr=3e-3, warmup_epochs=3),
+        GrokfastSettings(enabled=grokfast), torch.device("cpu"), vectorize=vectorize, **kwargs,
+    )
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_a_resumed_trainer_continues_bit_for_bit(vectorize: bool) -> None:
+    straight = _trainer(vectorize)
+    for _ in range(12):
+        straight.step()
+    stopped = _trainer(vectorize)
+    for _ in range(5):
+        stopped.step()
+    state = stopped.state_dict()
+    saved = {k: v.clone() for k, v in state.items()}
+    resumed = _trainer(vectorize)
+    resumed.load_state_dict(state)
+    for _ in range(7):
+        resumed.step()
+    assert resumed.epoch == straight.epoch == 12
+    for key, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+    for key, value in saved.items():  # training on did not write into the loaded state
+        assert torch.equal(state[key], value), key
+
+
+def test_out_of_range_tokens_are_refused_once_at_construction() -> None:
+    train, test = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()
+    small = SPEC.model_copy(update={"d_vocab": 12})  # the '=' token (id 12) is out of range
+    with pytest.raises(ValueError, match="token ids fall outside 0..11"):
+        StackedTrainer(small, [0], train, test, OptimSettings(), GrokfastSettings(),
+                       torch.device("cpu"))
+
+
+def test_cuda_graph_needs_cuda() -> None:
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        _trainer(vectorize=True, cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("grokfast", [False, True])
+def test_cuda_graph_step_matches_the_eager_step(grokfast: bool) -> None:
+    train, test = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()
+    trainers = [
+        StackedTrainer(SPEC, [0, 1], train, test, OptimSettings(lr=3e-3, warmup_epochs=6),
+                       GrokfastSettings(enabled=grokfast), torch.device("cuda"),
+                       cuda_graph=graph)
+        for graph in (False, True)
+    ]
+    for _ in range(20):
+        eager, graph = (t.step()[0] for t in trainers)
+        torch.testing.assert_close(graph, eager, rtol=1e-4, atol=1e-5)
