@@ -24,7 +24,9 @@ one batched computation, trial j of a batch assuming that the j - 1 edges before
 removed. Walking the batch in order, each trial's decision is ACDC's own as long as every
 edge before it was removed; at the first edge kept, the trials after it are discarded and
 the next batch starts after that edge. The circuit and the scores are those of
-`speculation=1` (to float rounding); only the number of trials computed grows.
+`speculation=1` (to float rounding); only the number of trials computed grows. By default
+the incremental tests speculate `GPU_SPECULATION` edges at a time on a GPU and test one at
+a time elsewhere.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
@@ -49,6 +52,11 @@ from circuits.pruning_state import PruningState, Trial
 from interp.metrics import kl_divergence
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
+
+GPU_SPECULATION = 16
+"""`acdc`'s default speculation when the model is on a GPU (incremental tests): on the
+2-layer induction model it computes 111 trials in 35 batches where one at a time computes
+66 trials in 66, and a batch costs its launches, not its arithmetic."""
 
 Damage = Callable[[Tensor], float]
 """`edge mask [n_edges] -> damage of that circuit` (lower is better), from a full
@@ -248,7 +256,7 @@ def acdc(
     ablation: Ablation = "resample",
     progress: bool = True,
     incremental: bool = True,
-    speculation: int = 1,
+    speculation: int | None = None,
 ) -> ACDCResult:
     """Prune the computational graph of `model` on `batch` with ACDC.
 
@@ -270,7 +278,9 @@ def acdc(
             computation, trial j assuming the j - 1 before it removed (see the module's
             docstring): the same circuit and scores, in fewer but larger computations,
             which pays on a GPU; a CPU does the same arithmetic, and more of it. With
-            `incremental=False` the batch is one full pass of that many circuits.
+            `incremental=False` the batch is one full pass of that many circuits. None
+            (the default): `GPU_SPECULATION` for incremental tests of a model on a GPU,
+            else 1.
     """
     if (
         not isinstance(threshold, int | float)
@@ -278,16 +288,21 @@ def acdc(
         or math.isnan(threshold)
     ):
         raise ValueError(f"threshold must be a number, got {threshold!r}")
-    if isinstance(speculation, bool) or not isinstance(speculation, int) or speculation < 1:
+    if speculation is not None and (
+        isinstance(speculation, bool) or not isinstance(speculation, int) or speculation < 1
+    ):
         raise ValueError(f"speculation must be an int >= 1, got {speculation!r}")
     patcher = EdgePatcher(model)
+    if speculation is None:
+        speculation = GPU_SPECULATION if incremental and patcher.device.type == "cuda" else 1
     graph = patcher.graph
     if incremental:
         tests: PruningState | FullPassTests = PruningState(patcher, batch, ablation, objective)
     else:
         tests = FullPassTests(patcher, batch, objective, ablation)
-    kept = torch.ones(len(graph), dtype=torch.bool)
-    scores = torch.full((len(graph),), float("nan"))
+    # bookkeeping in numpy: a test's few updates cost no tensor dispatches
+    kept = np.ones(len(graph), dtype=bool)
+    scores = np.full(len(graph), np.nan, dtype=np.float32)
     incoming: dict[str, list[int]] = {}
     outgoing: dict[str, list[int]] = {}
     for i, edge in enumerate(graph.edges):
@@ -298,7 +313,7 @@ def acdc(
     for destination in tqdm(destinations, disable=not progress, desc="ACDC"):
         edges = incoming[destination.name]
         feeds = outgoing.get(destination.component, [])
-        if destination.kind != "logits" and not bool(kept[feeds].any()):
+        if destination.kind != "logits" and not kept[feeds].any():
             kept[edges] = False
             tests.drop_untested(edges)
             continue
@@ -322,8 +337,8 @@ def acdc(
                 tests.commit(accepted)
     return ACDCResult(
         graph=graph,
-        kept=kept,
-        scores=scores,
+        kept=torch.from_numpy(kept),
+        scores=torch.from_numpy(scores),
         threshold=float(threshold),
         objective="kl" if objective == "kl" else getattr(objective, "__name__", "metric"),
         ablation=ablation,

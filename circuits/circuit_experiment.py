@@ -7,7 +7,7 @@
     eap_ig_steps: 5
     acdc_thresholds: [0.001, 0.01, 0.03, 0.1, 0.3]
     acdc_objective: kl
-    acdc_speculation: 1                 # edges tested per batched computation (GPU: try 16)
+    acdc_speculation: null              # edges per batched test (null: 16 on a GPU, else 1)
     sizes: [1, 2, 4, 8, 16, 32]         # circuit sizes of the faithfulness curve
 
 Saved per method: EAP / EAP-IG scores (`artifacts/edge_scores_<method>.*` and a table), each
@@ -82,7 +82,7 @@ class CircuitConfig(ExperimentConfig):
     eap_ig_steps: int = Field(default=5, ge=1)
     acdc_thresholds: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.03, 0.1, 0.3])
     acdc_objective: Literal["kl", "metric"] = "kl"
-    acdc_speculation: int = Field(default=1, ge=1)
+    acdc_speculation: int | None = Field(default=None, ge=1)
     sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
 
 

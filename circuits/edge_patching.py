@@ -121,10 +121,10 @@ class EdgePatcher:
     # -- runs ------------------------------------------------------------------------
 
     def source_outputs(self, tokens: Tensor) -> Float[Tensor, "batch pos source d_model"]:
-        """Every source's output on `tokens` in the unablated model."""
-        full = torch.ones((1, self.n_edges), device=self.device)
+        """Every source's output on `tokens` in the unablated model (the pass stops before
+        the unembedding, which no source reads)."""
         outputs: list[Tensor] = []
-        self.run(tokens, self.dense(full), None, record=outputs)
+        self._run_unablated(tokens, 1, outputs, None, None, unembed=False)
         return torch.stack(outputs, dim=3)[0]
 
     def ablated_outputs(
@@ -167,7 +167,9 @@ class EdgePatcher:
             embed_override: The embedding source's output to use instead of the tokens'.
         """
         if ablated is None:
-            return self._run_unablated(tokens, dense.shape[0], record, inputs, embed_override)
+            logits = self._run_unablated(tokens, dense.shape[0], record, inputs, embed_override)
+            assert logits is not None  # unembedded
+            return logits
         arch, params = self.arch, self.params
         n_circuits = dense.shape[0]
         batch, n_pos = tokens.shape
@@ -210,10 +212,12 @@ class EdgePatcher:
         record: list[Tensor] | None,
         inputs: list[tuple[Tensor | list[int], int, Tensor]] | None,
         embed_override: Tensor | None,
-    ) -> Tensor:
+        unembed: bool = True,
+    ) -> Tensor | None:
         """`run` with every edge kept: each destination reads the whole residual stream, so
         the stream is summed as it goes (no stack of source outputs) and each destination
-        group's input is a broadcast view of it, which still has a gradient of its own."""
+        group's input is a broadcast view of it, which still has a gradient of its own.
+        `unembed=False` stops after recording the last source (returns None)."""
         arch, params = self.arch, self.params
         batch, n_pos = tokens.shape
         shape = (n_circuits, batch, n_pos, arch.d_model)
@@ -239,6 +243,8 @@ class EdgePatcher:
                 out = self._mlp(layer, read([self._groups.mlps[layer]])[:, :, :, 0])
                 outputs.append(out)
                 resid = resid + out
+        if not unembed:
+            return None
         final = read([self._groups.logits])[:, :, :, 0]
         return functional.unembed(params, final, arch)
 

@@ -31,13 +31,21 @@ accept trials 1..j in order and commit the last one, as S sequential tests would
 
 Memory: the outputs, inputs and q/k/v projections of every head are held, about
 `4 * n_heads * n_layers * batch * pos * d_model` floats; inputs that no removal has touched
-yet are views of one residual stream per block and cost nothing.
+yet are views of one residual stream per block and cost nothing. Each tested source's
+`ablated - output` is kept as well (one more activation per source), until a commit
+changes that output.
+
+Cost: on a GPU a test of this small a model costs its dispatches, not its arithmetic, so
+everything that is the same in every test is made once (weights per head, additive causal
+masks, the reference side of the KL, the index tensors and kept-edge weights of each
+pattern), heads are picked by slices where they are consecutive (views, no copies), and a
+test makes no host-to-device copy; its one synchronisation is reading back its damages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -49,8 +57,40 @@ from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import HEAD_INPUTS, Node
 from circuits.patching.engine import PatchMetric, scalar_metric
 from interp import functional
-from interp.metrics import kl_divergence
 from interp.tasks.base import TaskBatch
+
+Heads = slice | Tensor
+"""Some heads of a block, along a head dimension: a slice (a view, no copy) when they are
+consecutive, else an index tensor."""
+
+
+def _matmul(
+    a: Float[Tensor, "*trial *batch m k"], b: Float[Tensor, "*batch k n"]
+) -> Float[Tensor, "*trial *batch m n"]:
+    """`torch.matmul(a, b)`, called as the `bmm` it ends in (the same kernel, without its
+    dozen reshaping dispatches) when the batch dimensions match and `a` has no trial
+    dimension, or a single trial (or `b` has the single trial)."""
+    if a.dim() == b.dim() == 3 and a.shape[0] == b.shape[0]:
+        return torch.bmm(a, b)
+    if b.dim() == a.dim() + 1 and b.shape[0] == 1:  # the single trial is b's
+        return _matmul(a, b[0])[None]
+    n_trial = a.dim() - b.dim()
+    if (
+        b.dim() >= 3
+        and n_trial in (0, 1)
+        and (n_trial == 0 or a.shape[0] == 1)
+        and a.shape[n_trial:-2] == b.shape[:-2]
+    ):
+        product = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+        return product.view(*a.shape[:-1], b.shape[-1])
+    return torch.matmul(a, b)
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """`x` as float32 unless it has that precision or more (as `interp.metrics` does)."""
+    if x.dtype in (torch.float32, torch.float64):
+        return x
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 @dataclass(frozen=True)
@@ -62,6 +102,16 @@ class _Change:
     sources: np.ndarray
     delta: Tensor
     at_reads: bool
+    _at_reads: list[Tensor] = field(default_factory=list, repr=False, compare=False)
+
+    def rows(self, into_reads: bool, reads: Tensor) -> Tensor:
+        """`delta` in the rows of an input held at the read positions only (`into_reads`)
+        or at every position (taken at the read positions once, then reused)."""
+        if self.at_reads or not into_reads:
+            return self.delta
+        if not self._at_reads:
+            self._at_reads.append(self.delta[..., reads, :])
+        return self._at_reads[0]
 
 
 @dataclass(frozen=True)
@@ -81,7 +131,7 @@ class Trial:
     Attributes:
         edge: The edge's index in `graph.edges`.
         damage: The damage of the circuit without it (and without `earlier`).
-        writes: `(container, key, head index or None, value)`, applied by `commit`; each
+        writes: `(container, key, heads or None, value)`, applied by `commit`; each
             value has a leading dimension of trials (shared by the trials of one batch),
             of which this trial's is `slot`.
         earlier: Edges of the same batch removed before `edge` in this trial (speculated
@@ -91,7 +141,7 @@ class Trial:
 
     edge: int
     damage: float
-    writes: list[tuple[dict, object, Tensor | None, Tensor]]
+    writes: list[tuple[dict, object, Heads | None, Tensor]]
     earlier: tuple[int, ...] = ()
     slot: int = 0
 
@@ -138,13 +188,22 @@ class PruningState:
         self.row_of_example = row_of_example
         self.examples = torch.arange(len(batch), device=device)
         self.positions = torch.arange(n_rows, device=device)
+        self._indices: dict[bytes, Tensor] = {}
+        self._mixes: dict[tuple, Tensor] = {}
+        self._deltas: dict[tuple[int, bool], Tensor] = {}
         clean = batch.clean[:, :n_rows]
         corrupted = None if batch.corrupted is None else batch.corrupted[:, :n_rows]
         with torch.inference_mode():
+            self._constants()
             ablated = patcher.ablated_outputs(clean, corrupted, ablation)
             self._build(clean, ablated)
             self.full_logits = self._read(self.logit_in["logits"])
             self.full_value = None if objective == "kl" else self._metric(self.full_logits)
+            if objective == "kl":  # KL's reference side, the same in every test
+                log_reference = torch.log_softmax(_at_least_float32(self.full_logits), dim=-1)
+                reference = log_reference.exp()
+                positive = None if bool((reference > 0).all()) else reference > 0
+                self._reference = (reference, log_reference, positive)
         if self.full_value is not None and not np.isfinite(self.full_value):
             raise ValueError(
                 "the objective reads logits away from batch.position, where ACDC does not "
@@ -175,6 +234,58 @@ class PruningState:
         self.mlp_source = [sources.get(f"mlp{layer}") for layer in range(self.arch.n_layers)]
         self.logits_destination = destinations["logits"]
 
+    def _constants(self) -> None:
+        """What every test reads unchanged: per block, the q / k / v weights `[head, d_model,
+        d_head]` and biases `[head, 1, 1, d_head]`, `W_O` as `[head, d_head, d_model]`, and
+        the causal mask as an additive `[query, key]` tensor (0 or -inf; None without a
+        causal mask)."""
+        arch, params = self.arch, self.params
+        self.w_in: list[dict[str, Tensor]] = []
+        self.b_in: list[dict[str, Tensor]] = []
+        self.w_out: list[Tensor] = []
+        self.future: list[Tensor | None] = []
+        for layer in range(arch.n_layers):
+            block = f"blocks.{layer}.attn"
+            self.w_in.append({
+                part: params[f"{block}.{part}.weight"]
+                .view(arch.n_heads, arch.d_head, -1)
+                .transpose(-1, -2)
+                for part in HEAD_INPUTS
+            })
+            self.b_in.append({
+                part: params[f"{block}.{part}.bias"].view(arch.n_heads, 1, 1, arch.d_head)
+                for part in HEAD_INPUTS
+            })
+            self.w_out.append(self.patcher._w_out(f"blocks.{layer}").transpose(-1, -2))
+            if not arch.causal:
+                self.future.append(None)
+                continue
+            queries = self.reads if layer == self.last else self.positions
+            future = self.positions[None, :] > queries[:, None]
+            mask = torch.zeros(future.shape, dtype=params["embed.weight"].dtype)
+            self.future.append(mask.to(future.device).masked_fill(future, float("-inf")))
+
+    def _heads(self, heads: np.ndarray) -> Heads:
+        """Heads `heads` (sorted) as a slice when they are consecutive, else as an index
+        tensor on the device, made once per set of heads."""
+        first, last = int(heads[0]), int(heads[-1])
+        if last - first + 1 == len(heads):
+            return slice(first, last + 1)
+        key = heads.tobytes()
+        if key not in self._indices:
+            self._indices[key] = torch.as_tensor(heads, device=self.patcher.device)
+        return self._indices[key]
+
+    def _mix(self, weights: np.ndarray, like: Tensor, column: bool) -> Tensor:
+        """The kept-edge weights `[destination, source]` on the device (made once per
+        pattern); as `[1, destination, 1, 1, 1]` when `column` (one source)."""
+        key = (weights.shape, weights.tobytes(), column)
+        mix = self._mixes.get(key)
+        if mix is None:
+            mix = torch.as_tensor(weights, dtype=like.dtype, device=like.device)
+            self._mixes[key] = mix = mix.view(1, -1, 1, 1, 1) if column else mix
+        return mix
+
     def _at(self, x: Tensor, at_reads: bool, into_reads: bool) -> Tensor:
         """`x` (positions on dim -2) as rows of a tensor that holds the read positions only
         (`into_reads`) or every position."""
@@ -188,7 +299,7 @@ class PruningState:
         """Every source's output and destination's input with all edges kept; the ablated
         output of each source in the same rows as its output."""
         arch, params, n_heads = self.arch, self.params, self.arch.n_heads
-        every_head = torch.arange(n_heads, device=self.patcher.device)
+        every_head = slice(None)
         resid = self.patcher.embed(tokens)
         self.embed_out = resid
         self.ablated = [ablated[:, :, 0]]
@@ -256,31 +367,31 @@ class PruningState:
         layer: int,
         part: str,
         x: Float[Tensor, "*trial head batch row d_model"],
-        heads: Tensor,
+        heads: Heads,
     ) -> Float[Tensor, "*trial head batch row d_head"]:
         """Heads `heads`' `part` (q, k or v) from their own inputs."""
-        arch, block = self.arch, f"blocks.{layer}"
-        weight = self.params[f"{block}.attn.{part}.weight"].view(arch.n_heads, arch.d_head, -1)
-        bias = self.params[f"{block}.attn.{part}.bias"].view(arch.n_heads, arch.d_head)
-        normed = self.patcher._norm(f"{block}.ln1", x).flatten(-3, -2)  # batch and row
-        projected = torch.matmul(normed, weight[heads].transpose(-1, -2))
-        return projected.unflatten(-2, x.shape[-3:-1]) + bias[heads][:, None, None]
+        normed = self.patcher._norm(f"blocks.{layer}.ln1", x)
+        weight = self.w_in[layer][part][heads]
+        if normed.dim() == 4 or normed.shape[0] == 1:  # one bmm over heads, batch and row flat
+            flat = normed.reshape(weight.shape[0], -1, normed.shape[-1])
+            projected = torch.bmm(flat, weight).view(*x.shape[:-1], weight.shape[-1])
+        else:
+            projected = _matmul(normed.flatten(-3, -2), weight).unflatten(-2, x.shape[-3:-1])
+        return projected + self.b_in[layer][part][heads]
 
     def _attend(
-        self, layer: int, heads: Tensor, proj: dict[str, Tensor]
+        self, layer: int, heads: Heads, proj: dict[str, Tensor]
     ) -> Float[Tensor, "*trial head batch row d_model"]:
         """Heads `heads`' outputs (through their own `W_O`) from their q, k and v (each
         `[head, batch, row, d_head]`, or with a leading dimension of trials, broadcast);
         queries at the read positions in the last block, at every position before it."""
         q, k, v = proj["q"], proj["k"], proj["v"]
-        scores = torch.matmul(q, k.transpose(-2, -1)) / self.arch.attn_scale
-        if self.arch.causal:
-            queries = self.reads if layer == self.last else self.positions
-            future = self.positions[None, :] > queries[:, None]
-            scores = scores.masked_fill(future, float("-inf"))
-        z = torch.matmul(F.softmax(scores, dim=-1), v)
-        w_out = self.patcher._w_out(f"blocks.{layer}")[heads]  # [head, d_model, d_head]
-        out = torch.matmul(z.flatten(-3, -2), w_out.transpose(-1, -2))  # batch and row
+        scores = _matmul(q, k.transpose(-2, -1)).div_(self.arch.attn_scale)
+        future = self.future[layer]
+        if future is not None:  # + -inf where masked: masked_fill's values, one kernel
+            scores += future
+        z = _matmul(F.softmax(scores, dim=-1), v)
+        out = _matmul(z.flatten(-3, -2), self.w_out[layer][heads])  # batch and row
         return out.unflatten(-2, z.shape[-3:-1])
 
     def _mlp(self, layer: int, x: Tensor) -> Tensor:
@@ -291,9 +402,13 @@ class PruningState:
     def _read(
         self, logit_in: Float[Tensor, "*trial batch read d_model"]
     ) -> Float[Tensor, "*trial batch vocab"]:
-        """Each example's logits at its own read position."""
-        logits = functional.unembed(self.params, logit_in, self.arch)
-        return logits[..., self.examples, self.row_of_example, :]
+        """Each example's logits at its own read position (the row taken before the
+        unembedding, so that only those rows are unembedded)."""
+        if len(self.reads) == 1:
+            rows = logit_in[..., 0, :]
+        else:
+            rows = logit_in[..., self.examples, self.row_of_example, :]
+        return functional.unembed(self.params, rows, self.arch)
 
     # -- damage ------------------------------------------------------------------------
 
@@ -309,9 +424,13 @@ class PruningState:
 
     def _damages(self, read: Float[Tensor, "trial batch vocab"]) -> list[float]:
         """`damage_of` each trial's logits (KL: one batched computation, one transfer)."""
-        if self.objective == "kl":
-            full = self.full_logits.expand_as(read)
-            return kl_divergence(read, full).tolist()  # [trial, batch] -> mean over batch
+        if self.objective == "kl":  # interp.metrics.kl_divergence, the reference side kept
+            reference, log_reference, positive = self._reference
+            log_model = torch.log_softmax(_at_least_float32(read), dim=-1)
+            terms = reference * (log_reference - log_model)
+            if positive is not None:  # 0 * log 0 = 0
+                terms = torch.where(positive, terms, 0.0)
+            return terms.sum(dim=-1).mean(dim=-1).tolist()  # [trial, batch] -> mean over batch
         return [abs(self._metric(logits) - self.full_value) for logits in read]  # type: ignore[operator]
 
     # -- tests ---------------------------------------------------------------------------
@@ -338,10 +457,7 @@ class PruningState:
         writes: list[tuple[dict, object, Tensor | None, Tensor]] = []
         with torch.inference_mode():
             into_reads = self._held_at_reads(node)
-            deltas = []
-            for source in pairs[:, 1].tolist():
-                delta = self.ablated[source] - self.output_of(source)
-                deltas.append(self._at(delta, self._source_at_reads(source), into_reads))
+            deltas = [self._removal(source, into_reads) for source in pairs[:, 1].tolist()]
             seed = _Seed(node, deltas[0][None] if len(deltas) == 1 else torch.stack(deltas))
             for stage in range(start, 2 * self.arch.n_layers):
                 layer, is_mlp = divmod(stage, 2)
@@ -361,6 +477,18 @@ class PruningState:
             for j, edge in enumerate(edges)
         ]
 
+    def _removal(self, source: int, into_reads: bool) -> Float[Tensor, "batch row d_model"]:
+        """`ablated - output` of source `source` in the rows of an input held at the read
+        positions (`into_reads`) or at every position; kept until a commit changes the
+        source's output (ACDC's tests never do: a destination's sources lie upstream of
+        every component recomputed so far)."""
+        key = (source, into_reads)
+        delta = self._deltas.get(key)
+        if delta is None:
+            delta = self.ablated[source] - self.output_of(source)
+            delta = self._deltas[key] = self._at(delta, self._source_at_reads(source), into_reads)
+        return delta
+
     def commit(self, trial: Trial) -> None:
         """Remove the trial's edge (and `trial.earlier`): write what it computed into the
         state."""
@@ -378,6 +506,12 @@ class PruningState:
                 if current.stride(0) == 0:  # still a view of the residual stream
                     current = container[key] = current.clone()
                 current[heads] = value
+            written = {id(container) for container, *_ in trial.writes}
+            for layer in range(self.arch.n_layers):
+                outputs = [self.head_out[layer]] + (self.mlp_out[layer : layer + 1])
+                if any(id(output) in written for output in outputs):
+                    stale = {*self.head_sources[layer].tolist(), self.mlp_source[layer]}
+                    self._deltas = {k: v for k, v in self._deltas.items() if k[0] not in stale}
         self.damage = trial.damage
 
     def drop_untested(self, edges: list[int]) -> None:
@@ -399,12 +533,16 @@ class PruningState:
         the kept edges, in each trial; None when no kept edge carries any of them."""
         total: Tensor | None = None
         for change in changes:
-            weights = self.kept[np.ix_(destinations, change.sources)]
+            weights = self.kept[destinations][:, change.sources]
             if not weights.any():
                 continue
-            mix = torch.as_tensor(weights, dtype=change.delta.dtype, device=change.delta.device)
-            delta = self._at(change.delta, change.at_reads, into_reads)
-            term = torch.einsum("tn,snbrd->stbrd", mix, delta)
+            delta = change.rows(into_reads, self.reads)
+            if weights.all():  # every destination reads every source: broadcast
+                term = delta if delta.shape[1] == 1 else delta.sum(1, keepdim=True)
+            elif delta.shape[1] == 1:
+                term = delta * self._mix(weights, delta, column=True)
+            else:
+                term = torch.einsum("tn,snbrd->stbrd", self._mix(weights, delta, False), delta)
             total = term if total is None else total + term
         return None if total is None else current + total
 
@@ -415,6 +553,15 @@ class PruningState:
         sum of the tested edges' changes, added one at a time as sequential tests add them
         (and faster on a CPU than `cumsum`). The seed's stage is the first one recomputed,
         so nothing else has changed these inputs."""
+        if len(current) == 1:  # the seed's component alone (as at the seed's stage)
+            if len(seed.delta) == 1:
+                return (current + seed.delta)[None]
+            planted = torch.empty_like(seed.delta)
+            rows, deltas = planted.unbind(0), seed.delta.unbind(0)  # views, in one call
+            torch.add(current[0], deltas[0], out=rows[0])
+            for j in range(1, len(deltas)):
+                torch.add(rows[j - 1], deltas[j], out=rows[j])
+            return planted[:, None]
         planted = current.expand(len(seed.delta), *current.shape).clone()
         planted[0, row] += seed.delta[0]
         for j in range(1, len(seed.delta)):
@@ -430,13 +577,13 @@ class PruningState:
         for part in HEAD_INPUTS:
             rows = self.head_destinations[layer][part]
             for change in changes:
-                touched |= self.kept[np.ix_(rows, change.sources)].any(axis=1)
+                touched |= self.kept[rows][:, change.sources].any(axis=1)
         if seed is not None:
             touched[seed.node.head] = True
         heads = np.flatnonzero(touched)
         if heads.size == 0:
             return None
-        index = torch.as_tensor(heads, device=self.patcher.device)
+        index = self._heads(heads)
         proj: dict[str, Tensor] = {}
         for part in HEAD_INPUTS:
             into_reads = at_reads and part == "q"

@@ -101,10 +101,16 @@ def test_speculation_finds_the_same_circuit_on_planted_models(name: str) -> None
         _assert_same_result(run(progress=False, speculation=16), run(progress=False))
 
 
-@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4", None])
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4"])
 def test_bad_speculation_is_refused(model, batch, bad: object) -> None:
     with pytest.raises(ValueError, match="speculation must be an int >= 1"):
         acdc(model, batch, 0.01, progress=False, speculation=bad)  # type: ignore[arg-type]
+
+
+def test_default_speculation_is_one_off_the_gpu(model, batch) -> None:
+    assert acdc(model, batch, 0.003, progress=False).speculation == 1  # the model is on CPU
+    plain = acdc(model, batch, 0.003, progress=False, incremental=False)
+    assert plain.speculation == 1 and plain.n_trials == plain.n_tests
 
 
 def test_speculation_and_trials_are_saved_and_old_results_load(
