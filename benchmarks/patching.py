@@ -21,14 +21,20 @@ _, clean_cache = model.run_with_cache(clean_tokens)
 get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, lambda logits: metric(logits, batch))
 ```
 
-so its time includes the clean cache; both sides run under `torch.inference_mode()`.
+so its time includes the clean cache; both sides run under `torch.inference_mode()`. Ours is
+timed as a whole `patch` call: its own clean and corrupted runs (which also give the clean
+and corrupted metrics that the reference does not compute), every patched pass, the metric
+and building the `PatchingResult`.
+
 TransformerLens runs one forward pass of the whole model per index; ours (the incremental
 engine, `circuits.patching.incremental`, which these native models get by default) reruns
 only the layers after the patched one, the positions from the patched one on, and the last
 layer and unembedding at the read position, folding `max_batch // batch` indices into each
-pass. Clean and corrupted prompts here differ at every position, the worst case for ours
-(prompts that share a prefix skip it too). Ours is timed with a few `max_batch` values first
-and the fastest is used for the printed line (named in it). After each such line, attribution
+pass, and reads the metric once on all the copies of a pass (`torch.func.vmap`) where
+TransformerLens reads it once per index. Clean and corrupted prompts here differ at every
+position, the worst case for ours (prompts that share a prefix skip it too). Ours is timed
+with a few `max_batch` values first and the fastest is used for the printed line (named in
+it). After each such line, attribution
 patching (`circuits.attribution.attribute`: two forward passes and one backward pass) is
 set against our exact patching as the reference, with the Pearson correlation of the two
 grids in the line; its max |diff| is the first-order approximation's error, not a bug.

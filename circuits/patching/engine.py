@@ -64,6 +64,40 @@ def _metric_value(metric: PatchMetric, logits: Tensor, batch: TaskBatch) -> Tens
     return scalar_metric(metric, logits, batch).detach().float()
 
 
+class CopyMetric:
+    """The metric of every patched copy of a chunk, `[copy, batch, pos, vocab]` -> `[copy]`.
+
+    One `torch.func.vmap` call over the copies where the metric allows it (every metric
+    of `interp.metrics` does): a handful of batched ops per chunk instead of the metric's
+    ops once per copy, which on a GPU is most of a small model's patching time (host-side
+    dispatch). A metric that `vmap` cannot run (data-dependent Python control flow on the
+    logits, `.item()`, randomness) is called once per copy from then on, as before; an
+    error of the metric itself is raised again from that call. Either way the values are
+    the same (the metric is applied to each copy's own examples); only a metric with side
+    effects can tell, as it is called once per group of copies.
+    """
+
+    def __init__(self, metric: PatchMetric, batch: TaskBatch) -> None:
+        self.metric = metric
+        self.batch = batch
+        self.vectorised = True
+        """Whether the next call tries `vmap` (False once it failed)."""
+
+    def one(self, logits: Float[Tensor, "batch pos vocab"]) -> Tensor:
+        """The metric of one copy, a detached 0-d float tensor."""
+        return _metric_value(self.metric, logits, self.batch)
+
+    def __call__(self, logits: Float[Tensor, "copy batch pos vocab"]) -> Float[Tensor, " copy"]:
+        if len(logits) == 1:
+            return self.one(logits[0])[None]
+        if self.vectorised:
+            try:
+                return torch.func.vmap(self.one)(logits)
+            except Exception:  # not vmappable (or failing): per copy, which re-raises errors
+                self.vectorised = False
+        return torch.stack([self.one(copy) for copy in logits])
+
+
 def _position_labels(batch: TaskBatch, tokenizer: Any | None) -> tuple[str, ...]:
     """Positions by index, or `"i:token"` of the first clean prompt with a tokenizer."""
     n_pos = batch.clean.shape[1]
@@ -125,10 +159,12 @@ def _chunks(indices: Sequence[tuple[int, ...]], per_pass: int) -> list[list[tupl
 
 @dataclass(frozen=True)
 class _Sweep:
-    """What both engines need for one sweep: the target, its indices cut into chunks, the
-    base and source prompts, the batch and the metric."""
+    """What both engines need for one sweep: the target, how many indices one pass
+    patches, the indices cut into chunks, the base and source prompts, the batch and the
+    metric."""
 
     space: IndexSpace
+    per_pass: int
     chunks: list[list[tuple[int, ...]]]
     base_tokens: Tensor
     source_tokens: Tensor
@@ -137,7 +173,11 @@ class _Sweep:
     progress: bool
 
     def bar(self) -> Any:
-        return tqdm(self.chunks, disable=not self.progress, desc=f"patching {self.space.name}")
+        """The chunks, under a progress bar if asked for (an idle bar costs as much as a
+        small model's chunk, so none is built otherwise)."""
+        if not self.progress:
+            return self.chunks
+        return tqdm(self.chunks, desc=f"patching {self.space.name}")
 
 
 SweepValues = tuple[Tensor, Tensor, Tensor]
@@ -153,20 +193,35 @@ def _hook_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
         sweep.source_tokens, names_filter=lambda name: name in hook_names
     )
     sources = {layer: cache[name].clone() for name, layer in hook_names.items()}
-    base_value = _metric_value(sweep.metric, model(sweep.base_tokens), batch)
-    source_value = _metric_value(sweep.metric, source_logits, batch)
+    per_copy = CopyMetric(sweep.metric, batch)
+    base_value = per_copy.one(model(sweep.base_tokens))
+    source_value = per_copy.one(source_logits)
     values = []
     for chunk in sweep.bar():
         hooks = _chunk_hooks(space, chunk, n_examples, sources)
         tokens = sweep.base_tokens.repeat(len(chunk), 1)
         with model.hooks(fwd_hooks=hooks):
             logits = model(tokens).unflatten(0, (len(chunk), n_examples))
-        values += [_metric_value(sweep.metric, logits[copy], batch) for copy in range(len(chunk))]
-    return torch.stack(values).cpu(), base_value, source_value
+        values.append(per_copy(logits))
+    return torch.cat(values).cpu(), base_value, source_value
+
+
+CPU_METRIC_BUFFER = 2**21
+"""Most logits (elements) the incremental engine puts before the metric at once on a CPU.
+There a fresh `[copy, batch, pos, vocab]` buffer costs page faults comparable to the
+metric calls that reading many copies at once saves; on a GPU filling it is nearly free
+and the metric reads every copy of a pass (`max_batch` examples) at once."""
 
 
 def _incremental_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
-    """Every chunk through `IncrementalPatcher`: only what the patch can change is rerun."""
+    """Every chunk through `IncrementalPatcher`: only what the patch can change is rerun.
+
+    The metric is read on many copies at once (`CopyMetric`): the patched logits at the
+    read positions of consecutive chunks (and of the base and source runs) are gathered
+    until they fill a pass of the hook engine (`per_pass` copies), so that the full
+    `[copy, batch, pos, vocab]` logits the metric sees never outgrow that pass's logits.
+    A metric reading logits this engine does not compute (NaN) is caught once, at the end.
+    """
     batch = sweep.batch
     patcher = IncrementalPatcher(
         model,
@@ -175,21 +230,44 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
         batch.position.tolist(),
         last_layer_at_read="pos" not in sweep.space.axes,  # per-position caches not needed
     )
+    per_copy = CopyMetric(sweep.metric, batch)
+    per_pass = sweep.per_pass
+    if sweep.base_tokens.device.type == "cpu":  # see CPU_METRIC_BUFFER
+        per_copy_logits = sweep.base_tokens.numel() * patcher.base_logits.shape[-1]
+        per_pass = max(1, min(per_pass, CPU_METRIC_BUFFER // per_copy_logits))
+    values: list[Tensor] = []
+    pending: list[Tensor] = []  # [copy, batch, n_read, vocab] each, not yet read
 
-    def value_of(at_read: Tensor) -> Tensor:
-        value = _metric_value(sweep.metric, patcher.full_logits(at_read), batch)
-        if bool(value.isnan()):
-            raise ValueError(
-                "the metric read logits at positions other than batch.position, which the "
-                "incremental engine does not compute; pass engine='hooks'"
-            )
-        return value
+    def flush() -> None:
+        if pending:
+            at_read = pending[0] if len(pending) == 1 else torch.cat(pending)
+            values.append(per_copy(patcher.full_logits(at_read)))
+            pending.clear()
 
-    base_value, source_value = value_of(patcher.base_logits), value_of(patcher.source_logits)
-    values = []
+    def read(at_read: Tensor) -> None:
+        """Queue `at_read`'s copies, reading the metric on every `per_pass` of them."""
+        while True:
+            room = per_pass - sum(len(part) for part in pending)
+            if len(at_read) <= room:
+                pending.append(at_read)
+                return
+            if room:
+                pending.append(at_read[:room])
+                at_read = at_read[room:]
+            flush()
+
+    read(patcher.base_logits[None])
+    read(patcher.source_logits[None])
     for chunk in sweep.bar():
-        values += [value_of(copy) for copy in patcher.patched_logits(sweep.space, chunk)]
-    return torch.stack(values).cpu(), base_value, source_value
+        read(patcher.patched_logits(sweep.space, chunk))
+    flush()
+    every = torch.cat(values).cpu()
+    if bool(every.isnan().any()):
+        raise ValueError(
+            "the metric read logits at positions other than batch.position, which the "
+            "incremental engine does not compute; pass engine='hooks'"
+        )
+    return every[2:], every[0], every[1]
 
 
 def _resolve_engine(engine: str, model: TransformerBridge) -> Engine:
@@ -261,9 +339,11 @@ def patch(
         (batch.clean, batch.corrupted) if direction == "denoise" else (batch.corrupted, batch.clean)
     )
     indices = list(itertools.product(*(range(n) for n in sizes)))
+    per_pass = max(1, max_batch // n_examples)
     sweep = _Sweep(
         space=space,
-        chunks=_chunks(indices, max(1, max_batch // n_examples)),
+        per_pass=per_pass,
+        chunks=_chunks(indices, per_pass),
         base_tokens=base_tokens,
         source_tokens=source_tokens,
         batch=batch,

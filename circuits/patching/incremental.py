@@ -22,12 +22,20 @@ other models go through the hook engine. Hooks a user attached to the bridge are
 
 The metric sees full `[batch, pos, vocab]` logits holding the patched logits at the read
 positions and NaN everywhere else, so that a metric reading other positions gives NaN,
-which `patch` reports instead of returning wrong numbers.
+which `patch` reports instead of returning wrong numbers. `patch` reads it on many copies
+at once (`engine.CopyMetric`), from one `[copy, batch, pos, vocab]` buffer.
+
+On a GPU a small model's sweep is bound by host-side work, one dispatch per op, and by
+host syncs, which stall that pipeline: so chunks are answered from Python-side bookkeeping
+(slices rather than index tensors where the indices run consecutively, a `where` over all
+copies rather than a setter per copy) and nothing here waits for the device per chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+import math
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from jaxtyping import Float
@@ -58,16 +66,52 @@ def _architecture_of(model: TransformerBridge) -> Architecture | None:
     return None if arch.rotary or not arch.causal else arch
 
 
+def _check_tokens(tokens: Tensor, arch: Architecture) -> None:
+    """Raise a one-line ValueError for token ids outside the vocabulary or too many
+    positions (`functional.forward`'s check of the tokens, with one host sync, not two)."""
+    if not 1 <= tokens.shape[1] <= arch.n_ctx:
+        raise ValueError(
+            f"tokens have {tokens.shape[1]} positions; the model takes 1..{arch.n_ctx}"
+        )
+    low, high = torch.stack(torch.aminmax(tokens)).tolist()
+    if low < 0 or high >= arch.d_vocab:
+        raise ValueError(f"token ids span {low}..{high}, outside 0..{arch.d_vocab - 1}")
+
+
 def first_position(space: IndexSpace, index: tuple[int, ...]) -> int:
     """The first position a patch at `index` (layer first) can change: its `pos`, else 0."""
     return index[space.axes.index("pos")] if "pos" in space.axes else 0
+
+
+class _Half(Mapping[str, Tensor]):
+    """One run's rows of the activations of the joint base + source forward pass, each
+    sliced when first asked for (a sweep reads a few of them, not all)."""
+
+    def __init__(self, both: dict[str, Tensor], rows: slice) -> None:
+        self._both = both
+        self._rows = rows
+        self._sliced: dict[str, Tensor] = {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        sliced = self._sliced.get(name)
+        if sliced is None:
+            sliced = self._sliced[name] = self._both[name][self._rows]
+        return sliced
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._both)
+
+    def __len__(self) -> int:
+        return len(self._both)
 
 
 class IncrementalPatcher:
     """Patched logits at the read positions for chunks of indices of one layer.
 
     Built once per sweep: runs the base and source prompts through `interp.functional`,
-    caching every activation, then `logits(space, chunk, sources)` answers each chunk.
+    caching every activation, then `patched_logits(space, chunk)` answers each chunk.
+    Host-side bookkeeping (which positions a chunk computes, which it patches) stays in
+    Python numbers, so answering a chunk never waits for the device.
     """
 
     def __init__(
@@ -90,17 +134,34 @@ class IncrementalPatcher:
         spec = spec_of(model)
         assert spec is not None  # checked by _architecture_of
         self.n_examples, self.n_pos = base_tokens.shape
-        self.read = torch.tensor(sorted(set(read_positions)), device=base_tokens.device)
+        device = base_tokens.device
+        self.read_positions = sorted({int(position) for position in read_positions})
+        """The read positions, sorted, as Python ints."""
+        if not all(0 <= position < self.n_pos for position in self.read_positions or [-1]):
+            raise ValueError(f"read positions must lie in [0, {self.n_pos}), got {read_positions}")
+        first, last = self.read_positions[0], self.read_positions[-1]
+        self.read_contiguous = last - first + 1 == len(self.read_positions)
+        self._arange = torch.arange(self.n_pos, device=device)
+        self.positions = self.arange(self.n_pos)
+        """`0 .. n_pos - 1` on the device."""
+        self.read = (
+            self.positions[first : last + 1]
+            if self.read_contiguous
+            else torch.tensor(self.read_positions, device=device)
+        )
         self.last_layer_at_read = last_layer_at_read
         """Whether the base and source runs computed the last layer at the read positions
         only (then its cached q, z, pattern, ... hold those rows; its k and v all)."""
         # Base and source prompts in one forward pass (half the per-op overhead).
+        tokens = torch.cat([base_tokens, source_tokens])
+        _check_tokens(tokens, arch)
         both: dict[str, Tensor] = {}
         logits = functional.forward(
             self.params,
-            torch.cat([base_tokens, source_tokens]),
+            tokens,
             spec,
             cache=both,
+            validate=False,  # the weights are the model's own; the tokens were checked
             **(
                 {"last_layer_positions": self.read}
                 if last_layer_at_read
@@ -108,25 +169,40 @@ class IncrementalPatcher:
             ),
         )
         self.base_logits, self.source_logits = logits.split(self.n_examples)
-        self.base = {name: t[: self.n_examples] for name, t in both.items()}
-        self.source = {name: t[self.n_examples :] for name, t in both.items()}
-        differs = (base_tokens != source_tokens).any(dim=0).nonzero()
-        self.first_difference = int(differs[0]) if len(differs) else self.n_pos
+        self.base: Mapping[str, Tensor] = _Half(both, slice(None, self.n_examples))
+        self.source: Mapping[str, Tensor] = _Half(both, slice(self.n_examples, None))
+        differs = (base_tokens != source_tokens).any(dim=0).tolist()
+        self.first_difference = next(
+            (position for position, differ in enumerate(differs) if differ), self.n_pos
+        )
         """Positions before it hold the same tokens in both runs, hence (causal attention)
         the same activations: patches there change nothing."""
-        vocab = self.base_logits.shape[-1]
-        self._buffer = self.base_logits.new_full((self.n_examples, self.n_pos, vocab), torch.nan)
-        first, last = int(self.read[0]), int(self.read[-1])
-        contiguous = last - first + 1 == len(self.read)
-        self._read_in_buffer = slice(first, last + 1) if contiguous else self.read
+        self._buffer: Tensor | None = None
+        """`[copy, batch, pos, vocab]`, NaN but at the read positions; grown on demand."""
+        self._read_in_buffer = slice(first, last + 1) if self.read_contiguous else self.read
         """The read positions along the buffer's position axis, a slice where it can be."""
 
-    def full_logits(self, at_read: Tensor) -> Tensor:
-        """`[batch, pos, vocab]` logits holding `at_read` (`[batch, n_read, vocab]`) at the
-        read positions and NaN everywhere else, for the metric to read. One buffer is
-        reused: read the result before the next call."""
-        self._buffer[:, self._read_in_buffer] = at_read
-        return self._buffer
+    def arange(self, n: int) -> Tensor:
+        """`torch.arange(n)` on the device, a view of one kept tensor (grown on demand)."""
+        if n > len(self._arange):
+            self._arange = torch.arange(n, device=self._arange.device)
+        return self._arange[:n]
+
+    def full_logits(
+        self, at_read: Float[Tensor, "copy batch n_read vocab"]
+    ) -> Float[Tensor, "copy batch pos vocab"]:
+        """Logits of every position holding `at_read` at the read positions and NaN
+        everywhere else, for the metric to read (at most as many copies as a chunk of the
+        hook engine runs, hence no more memory than its logits). One buffer is reused:
+        read the result before the next call."""
+        n_copies = at_read.shape[0]
+        if self._buffer is None or self._buffer.shape[0] < n_copies:
+            shape = (n_copies, self.n_examples, self.n_pos, at_read.shape[-1])
+            self._buffer = None  # free the smaller one first
+            self._buffer = at_read.new_full(shape, torch.nan)
+        buffer = self._buffer[:n_copies]
+        buffer[:, :, self._read_in_buffer] = at_read
+        return buffer
 
     def patched_logits(
         self, space: IndexSpace, chunk: Sequence[tuple[int, ...]]
@@ -139,20 +215,21 @@ class IncrementalPatcher:
             raise ValueError("a chunk of incremental patching must stay within one layer")
         p0 = max(min(first_position(space, index) for index in chunk), self.first_difference)
         n_copies = len(chunk)
-        logits = self.base_logits.repeat(n_copies, 1, 1).unflatten(0, (n_copies, -1))
-        computed = self.read >= p0
-        if not bool(computed.any()):
-            return logits
+        n_before = bisect.bisect_left(self.read_positions, p0)
+        """Read positions before p0 keep the base run's logits."""
+        kept = self.base_logits[:, :n_before].expand(n_copies, -1, -1, -1)
+        if n_before == len(self.read_positions):
+            return kept
         if self.last_layer_at_read and "pos" in space.axes:
             raise ValueError(
                 "an IncrementalPatcher built with last_layer_at_read patches targets without "
                 f"a position axis only, not {space.name!r}"
             )
-        step = _Step(self, n_copies, p0, computed)
+        step = _Step(self, n_copies, p0, n_before)
         resid = step.run(space, chunk)
         patched = functional.unembed(self.params, resid, self.arch)
-        logits[:, :, computed] = patched.unflatten(0, (n_copies, self.n_examples))
-        return logits
+        patched = patched.unflatten(0, (n_copies, self.n_examples))
+        return patched if n_before == 0 else torch.cat([kept, patched], dim=2)
 
 
 def _activation_name(space: IndexSpace) -> str:
@@ -163,18 +240,19 @@ def _activation_name(space: IndexSpace) -> str:
 class _Step:
     """One chunk's forward pass from the patched activation on (K copies of the batch)."""
 
-    def __init__(self, patcher: IncrementalPatcher, n_copies: int, p0: int, computed: Tensor):
+    def __init__(self, patcher: IncrementalPatcher, n_copies: int, p0: int, n_before: int):
         self.patcher = patcher
         self.params = patcher.params
         self.arch = patcher.arch
         self.n_copies = n_copies
         self.p0 = p0
-        read = patcher.read[computed]
-        self.read = read
-        self.read_rows = computed.nonzero().flatten()
+        self.read = patcher.read[n_before:]
+        """The read positions from p0 on, the queries of the last layer."""
+        self.read_rows = slice(n_before, None)
         """Where `read` sits among all read positions: its rows in the last layer's cache
         when that holds the read positions only."""
-        self.live = torch.arange(p0, patcher.n_pos, device=read.device)
+        self.first_read = patcher.read_positions[n_before]
+        self.live = patcher.positions[p0 : patcher.n_pos]
 
     def repeat(self, tensor: Tensor) -> Tensor:
         """`[batch, ...]` -> `[K * batch, ...]`, copy-major like the patched batch."""
@@ -186,8 +264,10 @@ class _Step:
     def rows(self, layer: int, start: int = 0) -> slice | Tensor:
         """Where the positions layer `layer` computes (`queries(layer)`) sit along an axis
         holding positions `start..`: a slice from p0 on (a view), or the read positions in
-        the last layer."""
+        the last layer (a slice too where they are contiguous)."""
         if layer == self.arch.n_layers - 1:
+            if self.patcher.read_contiguous:
+                return slice(self.first_read - start, self.patcher.read_positions[-1] + 1 - start)
             return self.read - start
         return slice(self.p0 - start, None)
 
@@ -208,16 +288,34 @@ class _Step:
         last layer, the read positions."""
         return self.read if layer == self.arch.n_layers - 1 else self.live
 
+    def along(self, values: Sequence[int]) -> slice | Tensor:
+        """`values` as an index: a slice where they run consecutively (a view, and no
+        copy from the host), else a tensor on the device."""
+        start = values[0]
+        if list(values) == list(range(start, start + len(values))):
+            return slice(start, start + len(values))
+        return torch.tensor(values, device=self.read.device)
+
     def patched(self, space: IndexSpace, chunk: Sequence[tuple[int, ...]]) -> Tensor:
         """The hooked activation of the chunk's layer, `[K * batch, ...]`, with copy k
-        patched at `chunk[k]` from the source run (the setters of `targets.py`)."""
+        patched at `chunk[k]` from the source run: one `where` over all copies, selecting
+        what the setters of `targets.py` copy (`chunk[k]` along `space.dims`)."""
         name = space.hook_name(chunk[0][0])
-        full = self.base(name)
-        per_copy = full.unflatten(0, (self.n_copies, self.patcher.n_examples))
-        source = self.patcher.source[name]
-        for copy, index in enumerate(chunk):
-            space.setter(per_copy[copy], tuple(index[1:]), source)
-        return full
+        base, source = self.patcher.base[name], self.patcher.source[name]
+        dims = space.dims
+        if list(dims) != sorted(dims) or len(dims) != len(space.axes) - 1:
+            raise ValueError(f"incremental patching has no rule for target {space.name!r}")
+        sizes = [base.shape[dim] for dim in dims]
+        flat = [
+            sum(i * math.prod(sizes[j + 1 :]) for j, i in enumerate(index[1:])) for index in chunk
+        ]
+        along = self.along(flat)
+        wanted = self.patcher.arange(flat[-1] + 1)[along] if isinstance(along, slice) else along
+        mask = self.patcher.arange(math.prod(sizes))[None, :] == wanted[:, None]  # [K, flat]
+        shape = [self.n_copies] + [1] * base.ndim
+        for dim, size in zip(dims, sizes, strict=True):
+            shape[1 + dim] = size
+        return torch.where(mask.reshape(shape), source, base).flatten(0, 1)
 
     def run(self, space: IndexSpace, chunk: Sequence[tuple[int, ...]]) -> Tensor:
         """The chunk's forward pass from its patched activation on; returns the final
@@ -239,15 +337,19 @@ class _Step:
         layer = chunk[0][0]
         rows = self.cache_rows(layer)
         name = space.hook_name(layer)
-        change = (self.patcher.source[name] - self.patcher.base[name])[:, rows]
-        device = change.device
-        heads = torch.tensor([index[space.axes.index("head")] for index in chunk], device=device)
+        heads = self.along([index[space.axes.index("head")] for index in chunk])
+        source, base = self.patcher.source[name], self.patcher.base[name]
+        change = source[:, rows][:, :, heads] - base[:, rows][:, :, heads]  # [b, q, K, d]
         w_o = self.params[f"blocks.{layer}.attn.o.weight"]  # [d_model, head * d_head]
-        w_o = w_o.T.unflatten(0, (self.arch.n_heads, self.arch.d_head))[heads]
-        added = torch.einsum("bqkd,kdm->kbqm", change[:, :, heads], w_o)
+        w_o = w_o.T.unflatten(0, (self.arch.n_heads, self.arch.d_head))[heads]  # [K, d, m]
+        # [K, b * q, d] @ [K, d, m]: one batched product
+        added = torch.matmul(change.permute(2, 0, 1, 3).flatten(1, 2), w_o)
+        added = added.unflatten(1, change.shape[:2])  # [K, b, q, m]
         if "pos" in space.axes:
-            at_pos = [index[space.axes.index("pos")] for index in chunk]
-            at = self.queries(layer)[None, :] == torch.tensor(at_pos, device=device)[:, None]
+            at_pos = self.along([index[space.axes.index("pos")] for index in chunk])
+            if isinstance(at_pos, slice):
+                at_pos = self.patcher.arange(at_pos.stop)[at_pos]
+            at = self.queries(layer)[None, :] == at_pos[:, None]
             added = added * at[:, None, :, None]
         block = f"blocks.{layer}"
         resid_mid = self.patcher.base.get(f"{block}.hook_resid_mid")
