@@ -3,18 +3,21 @@
 # has 15 minutes of device time in all, start-up included, and 10 minutes per command).
 #
 # Here first, once:   benchmarks/device/fetch_wheels.sh          (fills .whl/, 5 MB)
-# There, two calls back to back (the machine stays warm 30 s between them):
-#   run(command="bash benchmarks/device/gpu_checks.sh grokking", carry=[".whl"], timeout_s=430)
-#   run(command="bash benchmarks/device/gpu_checks.sh benchmarks", carry=[".whl"], timeout_s=370)
-# The steps' own limits (with the install) add up to under 7 and 6 minutes, so both
-# parts and a machine's start (1-2 minutes) fit the 15 minutes even when every step runs
-# to its limit. If the p113 run needs longer, rerun it alone in a later lease.
+# There, the part the lease is for (the first lease, 2026-11-30, ran both parts of an
+# earlier layout; a machine started in ~30 s; README has what they measured):
+#   run(command="bash benchmarks/device/gpu_checks.sh benchmarks", carry=[".whl"], timeout_s=570)
+#   run(command="bash benchmarks/device/gpu_checks.sh grokking", carry=[".whl"], timeout_s=330)
+# `benchmarks` first: its steps' limits (with the install) add up to under 9.5 minutes, and
+# they ran in ~4 there. The 5-seed p113 run took 198 s there and its acceptance points
+# hold (README, "Grokking"); rerun it only for a lease with the time for both.
 #
 # Parts:
-#   grokking    the CUDA tests, then the reference config (issue 3) with 5 seeds batched;
-#               its summaries and metrics come back as $OUT/grokking_p113.tar.gz
-#   benchmarks  benchmarks/{patching,circuit_discovery,probing,grokking}.py --device cuda
-#               (issues 4, 6, 7 and 3)
+#   benchmarks  the environment, the CUDA tests (models, activations, the grokking
+#               trainer's CUDA graph), then benchmarks/{patching,circuit_discovery,
+#               grokking,probing}.py --device cuda (issues 4, 6, 3 and 7) and the
+#               CUDA-graph grokking step against the eager one (issue 3)
+#   grokking    the reference config (issue 3) with 5 seeds batched; its summaries and
+#               metrics come back as $OUT/grokking_p113.tar.gz
 #   all         both, for a lease with the time for it
 # Every step has its own time limit and appends its output to $OUT/<part>.log as it goes
 # (five files come back at most: the tool returns eight); $OUT/summary.txt lists each
@@ -56,15 +59,30 @@ if [ -n "$QUICK" ]; then
   grok_sets+=(--set task.p=23 --set epochs=60 --set log_every=20 --set checkpoint_every=60)
 fi
 
-if [ "$part" = grokking ] || [ "$part" = all ]; then
-  log=grokking.log
+if [ "$part" = benchmarks ] || [ "$part" = all ]; then
+  log=benchmarks.log
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
   step environment 40 "$PYTHON" -c "import torch, transformers, transformer_lens, interp.cli; \
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 torch.cuda.get_device_name() if torch.cuda.is_available() else '-', \
 'transformers', transformers.__version__)"
-  step cuda_tests 70 "$PYTHON" -m pytest -q -p no:cacheprovider \
-    tests/interp/test_activations.py tests/interp/test_models.py -k "cuda or device"
+  step cuda_tests 70 "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
+    tests/interp/test_activations.py tests/interp/test_models.py \
+    tests/interp/grokking/test_trainer.py -k "cuda or device or graph"
+  step bench_patching 90 "$PYTHON" benchmarks/patching.py --device "$DEVICE" "${quick[@]}"
+  step bench_circuits 100 "$PYTHON" benchmarks/circuit_discovery.py --device "$DEVICE" "${quick[@]}"
+  if [ "$DEVICE" = cuda ]; then  # issue 3: the opt-in CUDA-graph step vs eager, 200 epochs
+    step grokking_cuda_graph 40 "$PYTHON" benchmarks/grokking.py --device cuda --graph-only \
+      "${quick[@]}"
+  fi
+  step bench_grokking 100 "$PYTHON" benchmarks/grokking.py --device "$DEVICE" "${quick[@]}" \
+    "${grok_cap[@]}"
+  # last: scikit-learn's per-layer logistic fits alone took 36 s on the H200's host
+  step bench_probing 90 "$PYTHON" benchmarks/probing.py --device "$DEVICE" "${quick[@]}"
+fi
+
+if [ "$part" = grokking ] || [ "$part" = all ]; then
+  log=grokking.log
   step grokking_p113 290 "$PYTHON" -m interp.cli run experiments/grokking_p113.yaml \
     "${grok_sets[@]}" --set device="$DEVICE" --runs-dir /tmp/gpu_runs --no-progress
   (cd /tmp/gpu_runs 2>/dev/null && find . \( -name '*.json' -o -name '*.jsonl' \
@@ -72,12 +90,4 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '-', \
     --null -T -) || echo "no grokking run folder" | tee -a "$OUT/summary.txt"
 fi
 
-if [ "$part" = benchmarks ] || [ "$part" = all ]; then
-  log=benchmarks.log
-  step bench_patching 90 "$PYTHON" benchmarks/patching.py --device "$DEVICE" "${quick[@]}"
-  step bench_circuits 100 "$PYTHON" benchmarks/circuit_discovery.py --device "$DEVICE" "${quick[@]}"
-  step bench_probing 90 "$PYTHON" benchmarks/probing.py --device "$DEVICE" "${quick[@]}"
-  step bench_grokking 100 "$PYTHON" benchmarks/grokking.py --device "$DEVICE" "${quick[@]}" \
-    "${grok_cap[@]}"
-fi
 cat "$OUT"/*.log
