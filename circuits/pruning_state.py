@@ -57,6 +57,7 @@ from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import HEAD_INPUTS, Node
 from circuits.patching.engine import PatchMetric, scalar_metric
 from interp import functional
+from interp.metrics import KLReference
 from interp.tasks.base import TaskBatch
 
 Heads = slice | Tensor
@@ -84,13 +85,6 @@ def _matmul(
         product = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
         return product.view(*a.shape[:-1], b.shape[-1])
     return torch.matmul(a, b)
-
-
-def _at_least_float32(x: Tensor) -> Tensor:
-    """`x` as float32 unless it has that precision or more (as `interp.metrics` does)."""
-    if x.dtype in (torch.float32, torch.float64):
-        return x
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 @dataclass(frozen=True)
@@ -200,10 +194,7 @@ class PruningState:
             self.full_logits = self._read(self.logit_in["logits"])
             self.full_value = None if objective == "kl" else self._metric(self.full_logits)
             if objective == "kl":  # KL's reference side, the same in every test
-                log_reference = torch.log_softmax(_at_least_float32(self.full_logits), dim=-1)
-                reference = log_reference.exp()
-                positive = None if bool((reference > 0).all()) else reference > 0
-                self._reference = (reference, log_reference, positive)
+                self._reference = KLReference.of(self.full_logits)
         if self.full_value is not None and not np.isfinite(self.full_value):
             raise ValueError(
                 "the objective reads logits away from batch.position, where ACDC does not "
@@ -425,12 +416,8 @@ class PruningState:
     def _damages(self, read: Float[Tensor, "trial batch vocab"]) -> list[float]:
         """`damage_of` each trial's logits (KL: one batched computation, one transfer)."""
         if self.objective == "kl":  # interp.metrics.kl_divergence, the reference side kept
-            reference, log_reference, positive = self._reference
-            log_model = torch.log_softmax(_at_least_float32(read), dim=-1)
-            terms = reference * (log_reference - log_model)
-            if positive is not None:  # 0 * log 0 = 0
-                terms = torch.where(positive, terms, 0.0)
-            return terms.sum(dim=-1).mean(dim=-1).tolist()  # [trial, batch] -> mean over batch
+            # [trial, batch] -> the mean over the batch of each trial
+            return self._reference.divergence(read).mean(dim=-1).tolist()
         return [abs(self._metric(logits) - self.full_value) for logits in read]  # type: ignore[operator]
 
     # -- tests ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ right-padded). `mean_metric` turns one into the scalar that patching code optimi
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
@@ -43,8 +44,11 @@ def _token_logit(
     return final_logits.gather(-1, token.to(final_logits.device)[:, None])[:, 0]
 
 
-def _at_least_float32(x: Tensor) -> Tensor:
-    """`x` as float32 unless it already has more precision (softmax in bf16 is too coarse)."""
+def at_least_float32(x: Tensor) -> Tensor:
+    """`x` as float32 unless it already has that precision or more (softmax in bf16 is too
+    coarse); `x` itself, with no dispatch, when it is float32 or float64."""
+    if x.dtype in (torch.float32, torch.float64):
+        return x
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
@@ -60,7 +64,7 @@ def answer_logprob(
     logits: Float[Tensor, "batch pos vocab"], batch: TaskBatch
 ) -> Float[Tensor, " batch"]:
     """Log-probability of `batch.answer` at `batch.position`."""
-    final = _at_least_float32(logits_at(logits, batch.position))
+    final = at_least_float32(logits_at(logits, batch.position))
     return _token_logit(torch.log_softmax(final, dim=-1), batch.answer)
 
 
@@ -105,13 +109,41 @@ def kl_divergence(
     if position is not None:
         logits = logits_at(logits, position)[:, None]
         reference_logits = logits_at(reference_logits, position)[:, None]
-    log_model = torch.log_softmax(_at_least_float32(logits), dim=-1)
-    log_reference = torch.log_softmax(_at_least_float32(reference_logits), dim=-1)
-    reference_probs = log_reference.exp()
-    # 0 * log 0 = 0: tokens the reference rules out (-inf logits) contribute nothing
-    terms = torch.where(reference_probs > 0, reference_probs * (log_reference - log_model), 0.0)
-    per_position = terms.sum(dim=-1)
-    return per_position.mean(dim=-1)
+    return KLReference.of(reference_logits).divergence(logits).mean(dim=-1)
+
+
+@dataclass(frozen=True)
+class KLReference:
+    """The reference side of `kl_divergence`, computed once for many models' logits (ACDC
+    compares every test's logits with the full model's).
+
+    Attributes:
+        probs: The reference distribution, `[..., vocab]` (float32 or wider).
+        log_probs: Its log.
+        positive: Where `probs > 0`; None when it is positive everywhere (then no mask
+            is applied: the same values, fewer ops).
+    """
+
+    probs: Tensor
+    log_probs: Tensor
+    positive: Tensor | None
+
+    @classmethod
+    def of(cls, reference_logits: Float[Tensor, "*lead vocab"]) -> KLReference:
+        log_probs = torch.log_softmax(at_least_float32(reference_logits), dim=-1)
+        probs = log_probs.exp()
+        positive = probs > 0
+        return cls(probs, log_probs, None if bool(positive.all()) else positive)
+
+    def divergence(self, logits: Float[Tensor, "*any *lead vocab"]) -> Tensor:
+        """KL(reference || model) of each distribution, `logits` shape minus its last axis
+        (`logits` may have leading axes the reference broadcasts over)."""
+        log_model = torch.log_softmax(at_least_float32(logits), dim=-1)
+        terms = self.probs * (self.log_probs - log_model)
+        if self.positive is not None:
+            # 0 * log 0 = 0: tokens the reference rules out (-inf logits) contribute nothing
+            terms = torch.where(self.positive, terms, 0.0)
+        return terms.sum(dim=-1)
 
 
 def normalise(
