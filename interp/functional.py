@@ -116,7 +116,7 @@ def forward(
     arch = architecture(spec)
     if validate:
         check_layout(params, arch_param_shapes(arch), leading=0, what="params")
-        _check_tokens(tokens, arch)
+        check_tokens(tokens, arch)
     if last_layer_positions is not None and (final_position_only or logit_positions is not None):
         raise ValueError("last_layer_positions replaces final_position_only and logit_positions")
     last_query: slice | Tensor | None = last_layer_positions
@@ -141,7 +141,7 @@ def batched_forward(
     arch = architecture(spec)
     if validate:
         check_layout(stacked, arch_param_shapes(arch), leading=1, what="stacked params")
-        _check_tokens(tokens, arch)
+        check_tokens(tokens, arch)
 
     last_query = slice(tokens.shape[1] - 1, tokens.shape[1]) if final_position_only else None
 
@@ -151,7 +151,9 @@ def batched_forward(
     return torch.func.vmap(one_model)(dict(stacked))
 
 
-def _check_tokens(tokens: Any, arch: Architecture) -> None:
+def check_tokens(tokens: Any, arch: Architecture) -> None:
+    """Raise a one-line ValueError unless `tokens` is a `[batch, pos]` integer tensor of ids
+    in the vocabulary and at most `n_ctx` positions (one host sync: the id range)."""
     if not isinstance(tokens, Tensor) or tokens.dim() != 2:
         shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
         raise ValueError(f"tokens must be a [batch, pos] tensor, got {shape}")
@@ -162,7 +164,7 @@ def _check_tokens(tokens: Any, arch: Architecture) -> None:
             f"tokens have {tokens.shape[1]} positions; the model takes 1..{arch.n_ctx}"
         )
     if tokens.numel():
-        low, high = int(tokens.min()), int(tokens.max())
+        low, high = torch.stack(torch.aminmax(tokens)).tolist()
         if low < 0 or high >= arch.d_vocab:
             raise ValueError(f"token ids span {low}..{high}, outside 0..{arch.d_vocab - 1}")
 

@@ -66,18 +66,6 @@ def _architecture_of(model: TransformerBridge) -> Architecture | None:
     return None if arch.rotary or not arch.causal else arch
 
 
-def _check_tokens(tokens: Tensor, arch: Architecture) -> None:
-    """Raise a one-line ValueError for token ids outside the vocabulary or too many
-    positions (`functional.forward`'s check of the tokens, with one host sync, not two)."""
-    if not 1 <= tokens.shape[1] <= arch.n_ctx:
-        raise ValueError(
-            f"tokens have {tokens.shape[1]} positions; the model takes 1..{arch.n_ctx}"
-        )
-    low, high = torch.stack(torch.aminmax(tokens)).tolist()
-    if low < 0 or high >= arch.d_vocab:
-        raise ValueError(f"token ids span {low}..{high}, outside 0..{arch.d_vocab - 1}")
-
-
 def first_position(space: IndexSpace, index: tuple[int, ...]) -> int:
     """The first position a patch at `index` (layer first) can change: its `pos`, else 0."""
     return index[space.axes.index("pos")] if "pos" in space.axes else 0
@@ -154,7 +142,7 @@ class IncrementalPatcher:
         only (then its cached q, z, pattern, ... hold those rows; its k and v all)."""
         # Base and source prompts in one forward pass (half the per-op overhead).
         tokens = torch.cat([base_tokens, source_tokens])
-        _check_tokens(tokens, arch)
+        functional.check_tokens(tokens, arch)
         both: dict[str, Tensor] = {}
         logits = functional.forward(
             self.params,
