@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.dispatch_count import count_dispatch, dispatch_of
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
@@ -104,16 +106,38 @@ class Comparison:
         ours_s: Median wall-clock seconds of ours.
         reference_s: Median wall-clock seconds of the reference.
         max_diff: Largest absolute difference between the two outputs.
+        ours_ops: The aten ops and host syncs one call of ours dispatches (None: not
+            counted).
+        reference_ops: The same for the reference.
     """
 
     what: str
     ours_s: float
     reference_s: float
     max_diff: float
+    ours_ops: count_dispatch | None = None
+    reference_ops: count_dispatch | None = None
 
     def line(self) -> str:
         """The comparison in the project's one-line format."""
         return format_line(self.what, self.ours_s, self.reference_s, self.max_diff)
+
+    def lines(self) -> list[str]:
+        """`line()`, then `dispatch_line()` when the ops were counted."""
+        return [self.line()] + ([self.dispatch_line()] if self.ours_ops is not None else [])
+
+    def dispatch_line(self) -> str:
+        """`# <what>: aten ops per call ours 1,234 ops (567 not views), 5 syncs, reference
+        ..., 8.0x fewer`: the ratio of ops that are not views, which a GPU's speedup tends
+        to where launches bound it."""
+        if self.ours_ops is None or self.reference_ops is None:
+            raise ValueError(f"{self.what}: the ops were not counted (compare(count_ops=True))")
+        ours, reference = self.ours_ops, self.reference_ops
+        fewer = reference.kernels / ours.kernels if ours.kernels else float("inf")
+        return (
+            f"# {self.what}: aten ops per call ours {ours.summary()}, "
+            f"reference {reference.summary()}, {fewer:.1f}x fewer not views"
+        )
 
 
 def compare(
@@ -123,19 +147,25 @@ def compare(
     *,
     device: torch.device,
     repeats: int,
+    count_ops: bool = False,
 ) -> Comparison:
     """Warm each side up once, then time `repeats` interleaved calls of both; medians.
 
     The outputs compared are those of the warm-up calls (both sides are deterministic).
+    With `count_ops`, one more untimed call of each side counts its aten ops and host
+    syncs (`interp.dispatch_count`).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     diff = max_abs_diff(ours(), reference())
+    counted = (dispatch_of(ours), dispatch_of(reference)) if count_ops else (None, None)
     ours_times, reference_times = [], []
     for _ in range(repeats):
         ours_times.append(time_once(ours, device))
         reference_times.append(time_once(reference, device))
-    return Comparison(what, statistics.median(ours_times), statistics.median(reference_times), diff)
+    return Comparison(
+        what, statistics.median(ours_times), statistics.median(reference_times), diff, *counted
+    )
 
 
 def format_line(what: str, ours_s: float, reference_s: float, max_diff: float) -> str:

@@ -29,6 +29,11 @@ path.)
    It is for GPUs, where a small test costs its kernel launches: on a CPU the arithmetic
    is the cost, so expect about 1x there (fewer Python calls, more trials computed).
 
+After each comparison a line starting with `# ` counts the aten ops and host syncs one
+more call of each side dispatches (`interp.dispatch_count`; "not views" are about the
+kernel launches): where a GPU is bound by launches, as with small models, the speedup
+follows their ratio; on a CPU the arithmetic decides.
+
 `--quick` shrinks both (a 2-layer model for EAP, 60 training steps) for CI. A final line
 starting with `#` gives the load average.
 """
@@ -97,7 +102,8 @@ def eap_comparison(quick: bool, device: torch.device) -> Comparison:
         f"EAP over all {n_edges} edges, native {shape['n_layers']}L {shape['n_heads']}h "
         f"d{shape['d_model']}, {n_examples}x{n_pos} tokens, vs one forward + backward"
     )
-    return compare(what, ours, forward_backward, device=device, repeats=1 if quick else 3)
+    return compare(what, ours, forward_backward, device=device, repeats=1 if quick else 3,
+                   count_ops=True)
 
 
 def trained_induction(
@@ -272,13 +278,15 @@ def acdc_comparisons(quick: bool, device: torch.device, speculation: int) -> lis
         f"({batched.n_trials} trials) vs 1 ({sequential.n_trials} trials)"
     )
     return [
-        compare(what, lambda: run(True), lambda: run(False), device=device, repeats=repeats),
+        compare(what, lambda: run(True), lambda: run(False), device=device, repeats=repeats,
+                count_ops=True),
         compare(
             hooked_what,
             lambda: run(True),
             lambda: hooked_acdc(model, batch, threshold).float(),
             device=device,
             repeats=repeats,
+            count_ops=True,
         ),
         compare(
             speculative_what,
@@ -286,6 +294,7 @@ def acdc_comparisons(quick: bool, device: torch.device, speculation: int) -> lis
             lambda: speculative(1).kept.float(),
             device=device,
             repeats=repeats,
+            count_ops=True,
         ),
     ]
 
@@ -309,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         eap_comparison(args.quick, args.device),
         *acdc_comparisons(args.quick, args.device, args.options["speculation"]),
     ):
-        print(comparison.line(), flush=True)
+        for line in comparison.lines():
+            print(line, flush=True)
     print(load_line(), flush=True)
     return 0
 

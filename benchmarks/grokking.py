@@ -21,6 +21,11 @@ per-epoch training losses). Lines:
    (`cuda_graph=True`) against its eager step, from the same weights (max |diff| of the
    losses). `--graph-only` prints these lines alone (the GPU check of the graph path).
 
+Lines 1, 2 and 4 are each followed by a line starting with `# ` that counts the aten ops
+and host syncs of one more epoch of each side (`interp.dispatch_count`; "not views" are
+about the kernel launches): on a GPU a small model's epoch is bound by launches, so its
+speed follows their ratio.
+
 Ours computes the last layer only at the `=` position (exact: the loss reads nothing
 else); the plain loop computes every position, as the published implementations do.
 """
@@ -38,6 +43,7 @@ from _common import format_line, max_abs_diff, synchronize, time_once
 from torch import Tensor, nn
 
 from interp import models
+from interp.dispatch_count import dispatch_of
 from interp.grokking.trainer import GrokfastSettings, OptimSettings, StackedTrainer
 from interp.tasks.base import TaskBatch
 from interp.tasks.modular import ModularArithmetic
@@ -179,6 +185,7 @@ def speed_lines(setting: Setting, device: torch.device) -> list[str]:
         f"{setting.epochs / ours_s:.0f} vs {setting.epochs / plain_s:.0f} epochs/s)",
         ours_s, plain_s, max_abs_diff(ours_loss, plain_loss),
     ))
+    lines.append(dispatch_line("1 seed", ours.step, plain.step))
     single_s = ours_s
     s = setting.seeds
     ours, plain, _ = make_pair(setting, s, device)
@@ -191,6 +198,7 @@ def speed_lines(setting: Setting, device: torch.device) -> list[str]:
         f"({seed_epochs / ours_s:.0f} vs {seed_epochs / plain_s:.0f} seed-epochs/s)",
         ours_s, plain_s, max_abs_diff(ours_loss, plain_loss),
     ))
+    lines.append(dispatch_line(f"{s} seeds", ours.step, plain.step))
     lines.append(format_line(
         f"{s} seeds batched vs our single run x{s}, {setting.epochs} epochs",
         ours_s, single_s * s, 0.0,
@@ -206,7 +214,20 @@ def speed_lines(setting: Setting, device: torch.device) -> list[str]:
         f"on {device.type}",
         vmapped_s, looped_s, max_abs_diff(ours_loss, other_loss),
     ))
+    vmapped, looped = (ours, other) if ours.vectorize else (other, ours)
+    lines.append(dispatch_line(f"{s} seeds, vmapped", vmapped.step, looped.step,
+                               reference="a pass per model"))
     return lines
+
+
+def dispatch_line(what: str, ours_step, reference_step, reference: str = "plain") -> str:  # noqa: ANN001
+    """`# <what>: aten ops per epoch ours ..., plain ...`: one more epoch of each (both stay
+    in step), counted (`interp.dispatch_count`); on a GPU, where a small model's epoch is
+    bound by launches, the ratio of the ops that are not views is what the speed tends to."""
+    ours, other = dispatch_of(ours_step), dispatch_of(reference_step)
+    fewer = other.kernels / ours.kernels if ours.kernels else float("inf")
+    return (f"# {what}: aten ops per epoch ours {ours.summary()}, {reference} "
+            f"{other.summary()}, {fewer:.1f}x fewer not views")
 
 
 def graph_lines(

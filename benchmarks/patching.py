@@ -39,6 +39,12 @@ patching (`circuits.attribution.attribute`: two forward passes and one backward 
 set against our exact patching as the reference, with the Pearson correlation of the two
 grids in the line; its max |diff| is the first-order approximation's error, not a bug.
 Otherwise max |diff| is between the two value tensors (`[layer, pos]` and `[layer, head]`).
+After each comparison a line starting with `# ` counts the aten ops and host syncs one
+more call of each side dispatches (`interp.dispatch_count`; "not views" are about the
+kernel launches): where a GPU is bound by launches, as with small models, the speedup
+follows their ratio; on a CPU the arithmetic decides (and there the incremental engine
+reads the metric on at most `CPU_METRIC_BUFFER` logits at once, so it counts more ops
+there than on a GPU).
 A final line starting with `#` gives the load average: timings on a small CPU are noisy
 when anything else runs.
 
@@ -208,6 +214,7 @@ def compare_model(shape: ModelShape, sizes: Sizes, device: torch.device) -> list
                 lambda target=target: reference(model, batch, target),
                 device=device,
                 repeats=sizes.repeats,
+                count_ops=True,
             )
         )
         r = correlation(attribution(model, batch, target), exact(model, batch, target, max_batch))
@@ -219,6 +226,7 @@ def compare_model(shape: ModelShape, sizes: Sizes, device: torch.device) -> list
                 lambda target=target, max_batch=max_batch: ours(model, batch, target, max_batch),
                 device=device,
                 repeats=sizes.repeats,
+                count_ops=True,
             )
         )
     return comparisons
@@ -231,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     for shape in sizes.models:
         for comparison in compare_model(shape, sizes, args.device):
-            print(comparison.line(), flush=True)
+            for line in comparison.lines():
+                print(line, flush=True)
     print(load_line(), flush=True)
     return 0
 

@@ -291,7 +291,7 @@ class EdgePatcher:
         x = inputs.unflatten(3, (arch.n_heads, 3))
         normed = self._norm(f"{block}.ln1", x).flatten(0, 1)  # [CB, P, H, 3, d]
         q, k, v = (self._project(block, part, normed[:, :, :, i]) for i, part in enumerate("qkv"))
-        z, _ = functional.mix_heads(q, k, v, positions, arch)
+        z, _ = functional.mix_heads(q, k, v, positions, arch, fused=True)
         per_head = torch.einsum("bphe,hde->bphd", z, self._w_out(block))
         return per_head.unflatten(0, (n_circuits, batch))
 

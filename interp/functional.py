@@ -24,6 +24,7 @@ Parameter layout: `interp.param_layout` (keys and shapes, `params_of`, `load_par
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -61,6 +62,7 @@ __all__ = [
     "head_projection",
     "live_params",
     "load_params",
+    "causal_bias",
     "mix_heads",
     "mlp",
     "normalize",
@@ -290,6 +292,7 @@ def _attention(
         torch.arange(seq, device=x.device)[query] if causal or rope is not None else None
     )
     z, pattern = mix_heads(q, k, v, positions, arch, rope, causal=causal)
+    assert pattern is not None  # not fused
     return attention_output(params, prefix, record(f"{prefix}.hook_z", z)), pattern
 
 
@@ -317,13 +320,20 @@ def mix_heads(
     pattern: Float[Tensor, "batch head query key"] | None = None,
     *,
     causal: bool | None = None,
-) -> tuple[Float[Tensor, "batch query head d_head"], Float[Tensor, "batch head query key"]]:
+    fused: bool = False,
+) -> tuple[Float[Tensor, "batch query head d_head"], Float[Tensor, "batch head query key"] | None]:
     """Attention of queries at `query_positions` over keys 0..key-1 (causal unless the
     model is bidirectional): returns each head's output `z` and the pattern. With
     `pattern` given, q and k are not read (pass None) and `z = pattern @ v`. `rope`: the
     cos/sin tables of every key position. `causal=False` skips the mask (default: the
     model's setting), for queries that see every key anyway; `query_positions` may then be
-    None when there is no `rope` either."""
+    None when there is no `rope` either.
+
+    `fused=True`, for callers that do not read the pattern: one
+    `F.scaled_dot_product_attention` kernel (the causal mask an additive table kept per
+    size and device) instead of the seven of scores, scale, mask, softmax and mixing; the
+    pattern comes back as None. The same function to float rounding (~1e-6). Not under
+    `torch.func.vmap`: the fused kernels have no batching rule there."""
     values = v.transpose(1, 2)
     if pattern is None:
         if q is None or k is None:
@@ -336,8 +346,19 @@ def mix_heads(
             query_rope = (rope[0][query_positions], rope[1][query_positions])
             queries = _apply_rotary(queries, query_rope, arch.rotary_dim)
             keys = _apply_rotary(keys, rope, arch.rotary_dim)
+        masked = causal and query_positions is not None
+        if fused:
+            bias = (
+                causal_bias(keys.shape[2], keys.device, queries.dtype)[query_positions]
+                if masked
+                else None
+            )
+            z = F.scaled_dot_product_attention(
+                queries, keys, values, attn_mask=bias, scale=1.0 / arch.attn_scale
+            )
+            return z.transpose(1, 2), None
         scores = torch.matmul(queries, keys.transpose(-2, -1)) / arch.attn_scale
-        if causal and query_positions is not None:
+        if masked:
             key_positions = torch.arange(keys.shape[2], device=keys.device)
             mask = key_positions[None, :] > query_positions[:, None]
             # Every query sees key 0, so no row is all -inf: masked weights come out 0.
@@ -345,6 +366,21 @@ def mix_heads(
         else:
             pattern = F.softmax(scores, dim=-1)
     return torch.matmul(pattern, values).transpose(1, 2), pattern
+
+
+@functools.lru_cache(maxsize=32)
+def causal_bias(
+    n_keys: int, device: torch.device, dtype: torch.dtype
+) -> Float[Tensor, "query key"]:
+    """The additive causal mask of `n_keys` positions: 0 where query i may see key j
+    (j <= i), -inf elsewhere; kept per size, device and dtype (rows are picked by index,
+    so a sweep builds it once). Made outside inference mode, so that autograd may save it."""
+    with torch.inference_mode(False), torch.no_grad():
+        positions = torch.arange(n_keys, device=device)
+        above = positions[None, :] > positions[:, None]
+        return torch.zeros(n_keys, n_keys, device=device, dtype=dtype).masked_fill_(
+            above, float("-inf")
+        )
 
 
 def attention_output(

@@ -181,7 +181,10 @@ def live_params(model: TransformerBridge) -> Params:
     Where each key lives (module and attribute) is worked out once per model and kept on
     it, since the bridge's `state_dict()` converts every key (about 1.5 ms for a 2-layer
     model); the tensors are looked up afresh on every call, so weights loaded or moved to
-    another device since are seen.
+    another device since are seen. The detached views are kept too, and reused while the
+    module holds the same tensor on the same memory (a view shares it, so in-place loads
+    show through): a detach is an op dispatched per weight, which on a GPU is host time
+    that a patching sweep of a small model notices.
     """
     owners = model.__dict__.get("_interp_param_owners")
     if owners is None:
@@ -196,7 +199,20 @@ def live_params(model: TransformerBridge) -> Params:
             return {name: tensor.detach() for name, tensor in state.items()}
         owners = {key: found[id(tensor)] for key, tensor in state.items()}
         model.__dict__["_interp_param_owners"] = owners
-    return {key: getattr(module, name).detach() for key, (module, name) in owners.items()}
+    views: dict[str, tuple[Tensor, int, Tensor]] = model.__dict__.setdefault(
+        "_interp_param_views", {}
+    )
+    live: Params = {}
+    for key, (module, name) in owners.items():
+        tensor = getattr(module, name)
+        kept = views.get(key)
+        if kept is None or kept[0] is not tensor or kept[1] != tensor.data_ptr() or (
+            kept[2].shape != tensor.shape or kept[2].dtype != tensor.dtype
+        ):
+            kept = (tensor, tensor.data_ptr(), tensor.detach())
+            views[key] = kept
+        live[key] = kept[2]
+    return live
 
 
 def load_params(model: TransformerBridge, params: Mapping[str, Tensor]) -> None:

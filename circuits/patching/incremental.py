@@ -383,7 +383,7 @@ class _Step:
             k = full
         else:
             raise ValueError(f"incremental patching has no rule for activation {name!r}")
-        z, _ = functional.mix_heads(q[:, cached], k, v, rows, self.arch)
+        z, _ = functional.mix_heads(q[:, cached], k, v, rows, self.arch, fused=True)
         return z
 
     def after_z(self, layer: int, z: Tensor) -> Tensor:
@@ -430,7 +430,7 @@ class _Step:
                 )
                 for part in ("k", "v")
             )
-            z, _ = functional.mix_heads(q, k, v, rows, self.arch)
+            z, _ = functional.mix_heads(q, k, v, rows, self.arch, fused=True)
             attn_out = functional.attention_output(self.params, attn, z)
             resid = self.with_mlp(layer, self.at_rows(resid, layer, self.p0) + attn_out)
         return resid

@@ -14,6 +14,22 @@ LINE = re.compile(
     r"speedup (?P<speedup>\d+\.\d)x, max \|diff\| (?P<diff>0|\d(?:\.\d+)?e[+-]\d\d)$"
 )
 """`<what>: ours 0.123 s, reference 1.234 s, speedup 10.0x, max |diff| 3e-06`."""
+DISPATCH = re.compile(
+    r"^# (?P<what>.+): aten ops per (?:call|epoch) ours (?P<ours>[\d,]+) ops "
+    r"\((?P<ours_kernels>[\d,]+) not views\), \d+ syncs, (?P<reference>.+?) "
+    r"(?P<ref>[\d,]+) ops \((?P<ref_kernels>[\d,]+) not views\), \d+ syncs, "
+    r"(?P<fewer>\d+\.\d|inf)x fewer not views$"
+)
+"""`# <what>: aten ops per call ours 1,234 ops (567 not views), 5 syncs, reference ...`, the
+comment line after a comparison whose dispatched ops were counted."""
+
+
+def split_dispatch(lines: list[str]) -> tuple[list[str], list[re.Match[str]]]:
+    """The lines other than the op counts, and the op-count lines matched (each must)."""
+    counted = [line for line in lines if " aten ops per " in line]
+    matches = [DISPATCH.match(line) for line in counted]
+    assert all(matches), counted
+    return [line for line in lines if line not in counted], matches  # type: ignore[misc]
 
 
 def run_quick(script: str, timeout: int = 300) -> list[str]:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from quick_run import LINE, run_quick
+from quick_run import LINE, run_quick, split_dispatch
 
 
 @pytest.mark.slow
 def test_quick_circuits_benchmark_prints_eap_and_acdc_lines() -> None:
-    lines = run_quick("circuit_discovery.py")
+    lines, counted = split_dispatch(run_quick("circuit_discovery.py"))
     assert len(lines) == 5, lines
+    # Each comparison is followed by its op counts; speculation tests edges in batches, so
+    # it dispatches fewer ops than one test at a time.
+    assert len(counted) == 4, counted
+    assert float(counted[3]["fewer"]) > 1.0, counted[3].string
     eap, acdc, hooked, speculative = (LINE.match(line) for line in lines[:4])
     assert eap and eap["what"].startswith("EAP over all 110 edges"), lines
     assert acdc and acdc["what"].startswith("ACDC (KL, tau 0.05) on induction_2l"), lines

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from quick_run import split_dispatch
 
 REPO = Path(__file__).resolve().parents[2]
 LINE = re.compile(
@@ -26,7 +27,10 @@ def test_quick_grokking_benchmark_prints_the_standard_lines() -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
+    lines, counted = split_dispatch(done.stdout.strip().splitlines())
+    assert [match["what"] for match in counted] == [
+        "1 seed", "4 seeds", "4 seeds, vmapped"
+    ], done.stdout
     timed = [LINE.match(line) for line in lines[:4]]
     assert all(timed), done.stdout
     # Ours and the plain loop start from the same weights: the loss curves must agree.

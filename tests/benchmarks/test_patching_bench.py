@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 
 import pytest
-from quick_run import LINE, run_quick
+from quick_run import LINE, run_quick, split_dispatch
 
 
 @pytest.mark.slow
 def test_quick_patching_benchmark_matches_transformer_lens() -> None:
-    lines = run_quick("patching.py")
+    lines, counted = split_dispatch(run_quick("patching.py"))
     assert len(lines) == 5, lines
+    assert len(counted) == 4, counted
+    # One forward pass per index (TransformerLens) against one pass per chunk of indices.
+    assert all(float(match["fewer"]) > 1.0 for match in (counted[0], counted[2])), counted
     matches = [LINE.match(line) for line in lines[:4]]
     assert all(matches), lines
     whats = [match["what"] for match in matches]

@@ -10,12 +10,12 @@ import pytest
 import torch
 import transformer_lens.patching as tl_patching
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.attribution import attribute
 from circuits.patching import TARGETS, PatchingResult, patch
 from interp import models
+from interp.dispatch_count import count_dispatch
 from interp.metrics import logit_diff, mean_metric, normalise
 from interp.runs import RunStore
 from interp.tasks.base import TaskBatch
@@ -220,22 +220,6 @@ def test_metric_that_vmap_cannot_run_gives_the_same_values(model, batch, engine)
         assert fallback.metric_corrupted == pytest.approx(plain.metric_corrupted, abs=1e-6)
 
 
-class _DispatchCounter(TorchDispatchMode):
-    """Counts the aten ops run under it, and those that wait for the device (host syncs)."""
-
-    SYNCS = frozenset({"_local_scalar_dense", "item", "is_nonzero"})
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-        self.syncs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        self.ops += 1
-        self.syncs += func.overloadpacket.__name__ in self.SYNCS
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("target", ["resid_pre", "z"])
 def test_incremental_engine_runs_few_ops_and_no_sync_per_index(model, batch, target) -> None:
     """On a GPU small sweeps are bound by host-side dispatch: the metric is read once per
@@ -243,10 +227,10 @@ def test_incremental_engine_runs_few_ops_and_no_sync_per_index(model, batch, tar
     syncs grow by a metric call per index (as they did: 724 and 532 ops with 51 and 39
     syncs here, against 320 and 266 with 5)."""
     with torch.inference_mode():
-        with _DispatchCounter() as forward:
+        with count_dispatch() as forward:
             model(batch.clean)
         patch(model, batch, target, METRIC, max_batch=300, progress=False)  # warm
-        with _DispatchCounter() as counter:
+        with count_dispatch() as counter:
             patch(model, batch, target, METRIC, max_batch=300, progress=False)
     assert counter.syncs <= 8, counter.syncs
     assert counter.ops <= 4 * forward.ops, (counter.ops, forward.ops)

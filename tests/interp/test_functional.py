@@ -263,3 +263,33 @@ def test_batched_final_position_does_not_broadcast_weights_to_examples() -> None
     assert largest < 2 * 64 * 32 * 32
     full = functional.batched_forward(stacked, toks, spec)
     torch.testing.assert_close(logits[:, :, 0], full[:, :, -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("query", [slice(0, 7), slice(4, 7), slice(6, 7)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_mix_heads_equals_the_explicit_pattern(query: slice, causal: bool) -> None:
+    """One fused kernel (`fused=True`) against scores, mask, softmax and mixing: the same
+    z for queries at every position, at a suffix, and at the last one; with gradients."""
+    spec = ModelSpec(n_layers=1, d_model=32, n_heads=4, d_vocab=20, n_ctx=7,
+                     attention="causal" if causal else "bidirectional")
+    arch = functional.architecture(spec)
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, n, 4, 8, generator=generator) for n in (
+        query.stop - query.start, 7, 7))
+    positions = torch.arange(7)[query]
+    explicit, pattern = functional.mix_heads(q, k, v, positions, arch)
+    k.requires_grad_(True)
+    fused, none = functional.mix_heads(q, k, v, positions, arch, fused=True)
+    assert none is None and pattern is not None
+    torch.testing.assert_close(fused, explicit, rtol=0, atol=2e-6)
+    fused.sum().backward()
+    assert k.grad is not None and torch.isfinite(k.grad).all()
+
+
+def test_causal_bias_is_zero_on_and_below_the_diagonal_and_made_once() -> None:
+    bias = functional.causal_bias(4, torch.device("cpu"), torch.float32)
+    assert torch.equal(bias.isneginf(), torch.triu(torch.ones(4, 4, dtype=torch.bool), 1))
+    assert (bias[~bias.isneginf()] == 0).all()
+    with torch.inference_mode():  # kept from before, and usable by autograd afterwards
+        assert functional.causal_bias(4, torch.device("cpu"), torch.float32) is bias
+    assert not bias.is_inference()

@@ -8,6 +8,7 @@ import torch
 from native_specs import SPECS
 
 from interp import functional, param_layout
+from interp.dispatch_count import count_dispatch
 from interp.models import ModelSpec, build
 
 
@@ -48,6 +49,23 @@ def test_live_params_are_the_state_dict_without_copies_and_follow_loads() -> Non
     again = param_layout.live_params(model)
     for name, tensor in changed.items():
         assert torch.equal(again[name], tensor), name
+
+
+def test_live_params_reuse_their_views_until_a_weight_is_replaced() -> None:
+    """A second call dispatches no op (no detach per weight), and a tensor swapped in by
+    `.data =` (what `model.to` and loads by assignment do) is seen."""
+    model = build(ModelSpec(n_layers=1, d_model=16, n_heads=2, d_vocab=10, n_ctx=4), device="cpu")
+    first = param_layout.live_params(model)
+    with count_dispatch() as counted:
+        second = param_layout.live_params(model)
+    assert counted.ops == 0
+    assert all(second[k] is first[k] for k in first)
+    weight = model.state_dict(keep_vars=True)["embed.weight"]
+    weight.data = torch.full_like(weight, 3.0)
+    third = param_layout.live_params(model)
+    assert torch.equal(third["embed.weight"], torch.full_like(weight, 3.0))
+    assert third["embed.weight"].data_ptr() == weight.data_ptr()
+    assert third["unembed.weight"] is first["unembed.weight"]
 
 
 def test_bad_layouts_raise_one_line_value_errors() -> None:
