@@ -13,7 +13,10 @@ so `kernels = ops - views` is the closer estimate of launches.
 The count is of what reaches the aten dispatcher below autograd and `torch.func`
 transforms (a vmapped op counts once, backward ops count as they run). Python-only work
 (hook bookkeeping, module calls) is not counted, so on code with heavy Python per op (a
-hooked model) the count understates its host time.
+hooked model) the count understates its host time. Syncs are the reads that dispatch
+(`.item()`, `int(t)`, `float(t)`, `bool(t)`); `.tolist()`, `.numpy()` and `.cpu()` of a CPU
+tensor dispatch nothing, so on a CPU run the reads that would be device-to-host copies
+on a GPU are not counted.
 
     with count_dispatch() as counted:
         model(tokens)

@@ -18,6 +18,11 @@
 #               CUDA-graph grokking step against the eager one (issue 3)
 #   grokking    the reference config (issue 3) with 5 seeds batched; its summaries and
 #               metrics come back as $OUT/grokking_p113.tar.gz
+#   grokking_graph  the same run with `cuda_graph=true` (each step replayed as a CUDA
+#               graph; limit 200 s): if it groks as the eager run did and faster, make
+#               the graph the config's default. For a lease with ~4 minutes left after
+#               `benchmarks`: run(command="bash benchmarks/device/gpu_checks.sh
+#               grokking_graph", carry=[".whl"], timeout_s=240)
 #   all         both, for a lease with the time for it
 # Every step has its own time limit and appends its output to $OUT/<part>.log as it goes
 # (five files come back at most: the tool returns eight); $OUT/summary.txt lists each
@@ -81,10 +86,16 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '-', \
   step bench_probing 90 "$PYTHON" benchmarks/probing.py --device "$DEVICE" "${quick[@]}"
 fi
 
-if [ "$part" = grokking ] || [ "$part" = all ]; then
+if [ "$part" = grokking ] || [ "$part" = grokking_graph ] || [ "$part" = all ]; then
   log=grokking.log
-  step grokking_p113 290 "$PYTHON" -m interp.cli run experiments/grokking_p113.yaml \
-    "${grok_sets[@]}" --set device="$DEVICE" --runs-dir /tmp/gpu_runs --no-progress
+  if [ "$part" = grokking_graph ]; then
+    step grokking_p113_graph 200 "$PYTHON" -m interp.cli run experiments/grokking_p113.yaml \
+      "${grok_sets[@]}" --set device="$DEVICE" --set cuda_graph=true \
+      --runs-dir /tmp/gpu_runs --no-progress
+  else
+    step grokking_p113 290 "$PYTHON" -m interp.cli run experiments/grokking_p113.yaml \
+      "${grok_sets[@]}" --set device="$DEVICE" --runs-dir /tmp/gpu_runs --no-progress
+  fi
   (cd /tmp/gpu_runs 2>/dev/null && find . \( -name '*.json' -o -name '*.jsonl' \
     -o -name '*.yaml' -o -name '*.parquet' \) -print0 | tar -czf "$OUT/grokking_p113.tar.gz" \
     --null -T -) || echo "no grokking run folder" | tee -a "$OUT/summary.txt"

@@ -60,6 +60,9 @@ class GrokkingConfig(ExperimentConfig):
     log_every: int = Field(default=100, ge=1)
     progress_every: int = Field(default=1000, ge=0)
     checkpoint_every: int = Field(default=5000, ge=1)
+    cuda_graph: bool = False
+    """Replay each training step as a captured CUDA graph (`StackedTrainer(cuda_graph=True)`)
+    when the run is on CUDA; ignored on a CPU. Off by default until measured on a GPU."""
 
     @model_validator(mode="before")
     @classmethod
@@ -97,6 +100,7 @@ class GrokkingConfig(ExperimentConfig):
 def build_trainer(config: GrokkingConfig, task: ModularArithmetic) -> StackedTrainer:
     """The trainer for a config, at epoch 0."""
     train_set, test_set = task.train_test()
+    device = models.resolve_device(config.device)
     return StackedTrainer(
         spec=config.model,
         seeds=config.model_seeds,
@@ -104,7 +108,8 @@ def build_trainer(config: GrokkingConfig, task: ModularArithmetic) -> StackedTra
         test_set=test_set,
         optim=config.optim,
         grokfast=config.grokfast,
-        device=models.resolve_device(config.device),
+        device=device,
+        cuda_graph=config.cuda_graph and device.type == "cuda",
     )
 
 

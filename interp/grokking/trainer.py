@@ -24,6 +24,7 @@ is added back amplified, `grad = grad + lamb * ema`, before the optimiser step.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -174,6 +175,7 @@ class StackedTrainer:
         self.epoch = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_out: tuple[Tensor, Tensor] | None = None
+        self._graph_failed = False
         self._eager_since_load = 0
 
     @property
@@ -234,16 +236,35 @@ class StackedTrainer:
 
     def _graph_step(self) -> tuple[Tensor, Tensor]:
         """Replay the captured step (capturing it first); the outputs are copied out, since
-        the next replay overwrites them."""
+        the next replay overwrites them. A capture that fails (an op CUDA graphs cannot
+        hold) warns once and the run goes on with eager steps: nothing a capture records
+        runs, so the state is as before it."""
         if self._graph is None:
+            if self._graph_failed:
+                return self._eager_step()
             # After the eager warm-up (lazy optimiser state, the Grokfast EMA, cuBLAS set up),
             # capture with no gradients yet: backward allocates them in the graph's pool,
             # and every replay overwrites them (as `zero_grad(set_to_none=True)` would).
             torch.cuda.synchronize(self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._graph_out = self._eager_step()
+            graph = torch.cuda.CUDAGraph()
+            stream = torch.cuda.current_stream(self.device)
+            try:
+                with torch.cuda.graph(graph):
+                    self._graph_out = self._eager_step()
+            except RuntimeError as error:
+                self._graph_failed, self._graph_out = True, None
+                torch.cuda.set_stream(stream)  # a failed capture_end leaves its stream set
+                torch.cuda.synchronize(self.device)
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                warnings.warn(
+                    f"capturing the training step as a CUDA graph failed "
+                    f"({type(error).__name__}: {reason}); training on with eager steps",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return self._eager_step()
+            self._graph = graph
         self._graph.replay()
         assert self._graph_out is not None
         loss, accuracy = self._graph_out

@@ -56,6 +56,15 @@ def test_config_errors(config_path: Path) -> None:
         load_config(config_path, ["model.d_vocab_out=5"])
 
 
+def test_cuda_graph_key_applies_on_cuda_only(config_path: Path) -> None:
+    _, config = load_config(config_path, ["cuda_graph=true"])
+    assert config.cuda_graph is True
+    trainer = build_trainer(config, ModularArithmetic(config.task))  # device: cpu
+    assert trainer.cuda_graph is False and trainer.device.type == "cpu"
+    with pytest.raises(ConfigError, match="cuda_graph"):
+        load_config(config_path, ["cuda_graph=sometimes"])
+
+
 def _trainer(
     config_path: Path, seeds: list[int], grokfast: bool, vectorize: bool | None = None
 ) -> StackedTrainer:

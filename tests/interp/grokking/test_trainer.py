@@ -70,3 +70,29 @@ def test_cuda_graph_step_matches_the_eager_step(grokfast: bool) -> None:
     for _ in range(20):
         eager, graph = (t.step()[0] for t in trainers)
         torch.testing.assert_close(graph, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_failed_capture_warns_and_trains_on_eagerly(monkeypatch) -> None:
+    """A step that syncs with the host cannot be captured: the trainer warns and goes on
+    with eager steps, on the same trajectory as a trainer that never tried."""
+    train, test = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()
+    trainers = [
+        StackedTrainer(SPEC, [0, 1], train, test, OptimSettings(lr=3e-3, warmup_epochs=6),
+                       GrokfastSettings(enabled=True), torch.device("cuda"), cuda_graph=graph)
+        for graph in (False, True)
+    ]
+    graph_trainer = trainers[1]
+    eager_step = graph_trainer._eager_step
+
+    def syncing_step():
+        loss, accuracy = eager_step()
+        float(loss.sum())  # a host sync: illegal while capturing
+        return loss, accuracy
+
+    monkeypatch.setattr(graph_trainer, "_eager_step", syncing_step)
+    with pytest.warns(RuntimeWarning, match="CUDA graph failed"):
+        for _ in range(10):
+            eager, graph = (t.step()[0] for t in trainers)
+            torch.testing.assert_close(graph, eager, rtol=1e-5, atol=1e-6)
+    assert graph_trainer._graph is None
