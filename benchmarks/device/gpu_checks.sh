@@ -14,8 +14,10 @@
 # Parts:
 #   benchmarks  the environment, the CUDA tests (models, activations, the grokking
 #               trainer's CUDA graph), then benchmarks/{patching,circuit_discovery,
-#               grokking,probing}.py --device cuda (issues 4, 6, 3 and 7) and the
-#               CUDA-graph grokking step against the eager one (issue 3)
+#               grokking,probing}.py --device cuda (issues 4, 6, 3 and 7), the
+#               CUDA-graph grokking step against the eager one (issue 3), and
+#               benchmarks/device/profile_gpu.py (host time against kernel time of the
+#               calls whose GPU targets were missed)
 #   grokking    the reference config (issue 3) with 5 seeds batched; its summaries and
 #               metrics come back as $OUT/grokking_p113.tar.gz
 #   grokking_graph  the same run with `cuda_graph=true` (each step replayed as a CUDA
@@ -74,14 +76,16 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '-', \
   step cuda_tests 70 "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
     tests/interp/test_activations.py tests/interp/test_models.py \
     tests/interp/grokking/test_trainer.py -k "cuda or device or graph"
-  step bench_patching 90 "$PYTHON" benchmarks/patching.py --device "$DEVICE" "${quick[@]}"
-  step bench_circuits 100 "$PYTHON" benchmarks/circuit_discovery.py --device "$DEVICE" "${quick[@]}"
+  step bench_patching 75 "$PYTHON" benchmarks/patching.py --device "$DEVICE" "${quick[@]}"
+  step bench_circuits 85 "$PYTHON" benchmarks/circuit_discovery.py --device "$DEVICE" "${quick[@]}"
   if [ "$DEVICE" = cuda ]; then  # issue 3: the opt-in CUDA-graph step vs eager, 200 epochs
     step grokking_cuda_graph 40 "$PYTHON" benchmarks/grokking.py --device cuda --graph-only \
       "${quick[@]}"
   fi
   step bench_grokking 100 "$PYTHON" benchmarks/grokking.py --device "$DEVICE" "${quick[@]}" \
     "${grok_cap[@]}"
+  # where the time of ACDC, the small head sweep and a grokking epoch goes (host or kernels)
+  step profile 45 "$PYTHON" benchmarks/device/profile_gpu.py --device "$DEVICE" "${quick[@]}"
   # last: scikit-learn's per-layer logistic fits alone took 36 s on the H200's host
   step bench_probing 90 "$PYTHON" benchmarks/probing.py --device "$DEVICE" "${quick[@]}"
 fi
