@@ -219,6 +219,9 @@ class PruningState:
             np.array([sources[f"L{layer}H{h}"] for h in range(n_heads)])
             for layer in range(self.arch.n_layers)
         ]
+        self.head_rows = [  # every q, k and v destination of a block, part-major
+            np.concatenate([rows[part] for part in HEAD_INPUTS]) for rows in self.head_destinations
+        ]
         self.mlp_destination = [
             destinations.get(f"mlp{layer}") for layer in range(self.arch.n_layers)
         ]
@@ -512,26 +515,31 @@ class PruningState:
     def _updated(
         self,
         current: Float[Tensor, "n batch row d_model"],
-        destinations: np.ndarray,
+        weights: list[np.ndarray],
         changes: list[_Change],
         into_reads: bool,
     ) -> Float[Tensor, "trial n batch row d_model"] | None:
-        """The inputs of `destinations` (currently `current`) after `changes`, carried along
-        the kept edges, in each trial; None when no kept edge carries any of them."""
+        """The inputs of some destinations (currently `current`) after `changes`, carried
+        along the kept edges (`weights[i]`: kept `[destination, source]` of `changes[i]`'s
+        sources), in each trial; None when no kept edge carries any of them."""
         total: Tensor | None = None
-        for change in changes:
-            weights = self.kept[destinations][:, change.sources]
-            if not weights.any():
+        for change, kept in zip(changes, weights, strict=True):
+            if not kept.any():
                 continue
             delta = change.rows(into_reads, self.reads)
-            if weights.all():  # every destination reads every source: broadcast
+            if kept.all():  # every destination reads every source: broadcast
                 term = delta if delta.shape[1] == 1 else delta.sum(1, keepdim=True)
             elif delta.shape[1] == 1:
-                term = delta * self._mix(weights, delta, column=True)
+                term = delta * self._mix(kept, delta, column=True)
             else:
-                term = torch.einsum("tn,snbrd->stbrd", self._mix(weights, delta, False), delta)
+                term = torch.einsum("tn,snbrd->stbrd", self._mix(kept, delta, False), delta)
             total = term if total is None else total + term
         return None if total is None else current + total
+
+    def _kept_from(self, destinations: np.ndarray, changes: list[_Change]) -> list[np.ndarray]:
+        """Kept `[destination, source]` from each change's sources into `destinations`."""
+        rows = self.kept[destinations]
+        return [rows[:, change.sources] for change in changes]
 
     def _planted(
         self, current: Float[Tensor, "n batch row d_model"], row: int, seed: _Seed
@@ -560,11 +568,10 @@ class PruningState:
     ) -> _Change | None:
         """Recompute the heads of `layer` whose q, k or v input changed."""
         n_heads, at_reads = self.arch.n_heads, layer == self.last
+        kept = self._kept_from(self.head_rows[layer], changes)  # [part * head, source] each
         touched = np.zeros(n_heads, dtype=bool)
-        for part in HEAD_INPUTS:
-            rows = self.head_destinations[layer][part]
-            for change in changes:
-                touched |= self.kept[rows][:, change.sources].any(axis=1)
+        for block in kept:
+            touched |= block.reshape(len(HEAD_INPUTS), n_heads, -1).any(axis=(0, 2))
         if seed is not None:
             touched[seed.node.head] = True
         heads = np.flatnonzero(touched)
@@ -572,15 +579,15 @@ class PruningState:
             return None
         index = self._heads(heads)
         proj: dict[str, Tensor] = {}
-        for part in HEAD_INPUTS:
+        for i, part in enumerate(HEAD_INPUTS):
             into_reads = at_reads and part == "q"
             current = self.head_in[layer][part][index]
             if seed is not None and seed.node.input == part:
                 row = int(np.searchsorted(heads, seed.node.head))
                 new_in = self._planted(current, row, seed)
             else:
-                destinations = self.head_destinations[layer][part][heads]
-                new_in = self._updated(current, destinations, changes, into_reads)
+                rows = heads + i * n_heads
+                new_in = self._updated(current, [b[rows] for b in kept], changes, into_reads)
             if new_in is None:
                 proj[part] = self.proj[layer][part][index]
                 continue
@@ -602,7 +609,9 @@ class PruningState:
             new_in = self._planted(current, 0, seed)
         else:
             destination = np.array([self.mlp_destination[layer]])
-            new_in = self._updated(current, destination, changes, at_reads)
+            new_in = self._updated(
+                current, self._kept_from(destination, changes), changes, at_reads
+            )
         if new_in is None:
             return None
         out = self._mlp(layer, new_in[:, 0])
@@ -620,7 +629,7 @@ class PruningState:
             new_in = self._planted(current, 0, seed)
         else:
             destination = np.array([self.logits_destination])
-            new_in = self._updated(current, destination, changes, True)
+            new_in = self._updated(current, self._kept_from(destination, changes), changes, True)
         if new_in is None:
             return [self.damage] * n_trials
         writes.append((self.logit_in, "logits", None, new_in[:, 0]))
