@@ -32,11 +32,11 @@ def split_dispatch(lines: list[str]) -> tuple[list[str], list[re.Match[str]]]:
     return [line for line in lines if line not in counted], matches  # type: ignore[misc]
 
 
-def run_quick(script: str, timeout: int = 300) -> list[str]:
-    """Lines printed by `python benchmarks/<script> --quick --device cpu` (one thread,
-    offline); fails the test with the end of stderr if the script fails."""
+def run_quick(script: str, *extra: str, timeout: int = 300) -> list[str]:
+    """Lines printed by `python benchmarks/<script> --quick --device cpu <extra>` (one
+    thread, offline); fails the test with the end of stderr if the script fails."""
     done = subprocess.run(
-        [sys.executable, f"benchmarks/{script}", "--quick", "--device", "cpu"],
+        [sys.executable, f"benchmarks/{script}", "--quick", "--device", "cpu", *extra],
         cwd=REPO,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
         capture_output=True,

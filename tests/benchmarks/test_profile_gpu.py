@@ -3,13 +3,10 @@ it profiles on a GPU lease, so its plumbing cannot rot before one."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
-from quick_run import REPO
+from quick_run import run_quick
 
 HEADER = re.compile(
     r"^== (?P<what>.+): wall [\d.]+ ms \(unprofiled\), kernels [\d.]+ ms of device time, "
@@ -19,18 +16,9 @@ HEADER = re.compile(
 
 @pytest.mark.slow
 def test_profile_prints_one_summary_per_call() -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/device/profile_gpu.py", "--device", "cpu", "--quick",
-         "--rows", "3"],
-        cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    headers = [HEADER.match(line) for line in done.stdout.splitlines() if line.startswith("== ")]
-    assert all(headers) and len(headers) == 4, done.stdout[-3000:]
+    output = run_quick("device/profile_gpu.py", "--rows", "3")
+    headers = [HEADER.match(line) for line in output if line.startswith("== ")]
+    assert all(headers) and len(headers) == 4, output[-40:]
     assert [h["what"].split(",")[0] for h in headers] == [
         "ACDC", "patching z", "grokking", "grokking"
     ]
