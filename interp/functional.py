@@ -84,6 +84,7 @@ def forward(
     final_position_only: bool = False,
     logit_positions: Int[Tensor, " n"] | None = None,
     last_layer_positions: Int[Tensor, " n"] | None = None,
+    patterns: bool = True,
 ) -> Float[Tensor, "batch pos d_vocab_out"]:
     """Logits of the native model `spec` with weights `params` on `tokens`.
 
@@ -114,6 +115,9 @@ def forward(
             the last layer's queries, MLP and the unembedding run there only, logits
             `[batch, n, d_vocab_out]`; the last layer's cache entries other than its
             `resid_pre`, `hook_k` and `hook_v` cover these positions only.
+        patterns: False: no attention pattern is formed, so none is cached; each
+            attention is one fused kernel (`mix_heads(fused=True)`), equal to ~1e-6 rather
+            than bit for bit (the default is the bridge's own arithmetic).
     """
     arch = architecture(spec)
     if validate:
@@ -124,7 +128,7 @@ def forward(
     last_query: slice | Tensor | None = last_layer_positions
     if final_position_only:
         last_query = slice(tokens.shape[1] - 1, tokens.shape[1])
-    return _logits(params, tokens, arch, cache, last_query, logit_positions)
+    return _logits(params, tokens, arch, cache, last_query, logit_positions, fused=not patterns)
 
 
 def batched_forward(
@@ -179,10 +183,12 @@ def _logits(
     last_query: slice | Tensor | None = None,
     logit_positions: Tensor | None = None,
     batched: bool = False,
+    fused: bool = False,
 ) -> Tensor:
     """The forward pass proper: no checks and no data-dependent Python control flow.
     `last_query`: the positions the last layer computes its queries at (None: all).
-    `batched`: running under `vmap` over stacked parameters (see `_attention`)."""
+    `batched`: running under `vmap` over stacked parameters (see `_attention`).
+    `fused`: attention as one kernel, no pattern (see `mix_heads`); not with `batched`."""
     batch, seq = tokens.shape
     record = _recorder(cache)
     resid = record("hook_embed", F.embedding(tokens, params["embed.weight"]))
@@ -200,9 +206,10 @@ def _logits(
         last = last_query is not None and layer == arch.n_layers - 1
         query = last_query if last else slice(0, seq)
         attn_out, pattern = _attention(
-            params, f"{block}.attn", normed, arch, rope, query, record, batched
+            params, f"{block}.attn", normed, arch, rope, query, record, batched, fused
         )
-        record(f"{block}.attn.hook_pattern", pattern)
+        if pattern is not None:
+            record(f"{block}.attn.hook_pattern", pattern)
         resid = resid[:, query] + record(f"{block}.hook_attn_out", attn_out)
         if arch.d_mlp is not None:
             record(f"{block}.hook_resid_mid", resid)
@@ -269,9 +276,10 @@ def _attention(
     query: slice | Tensor,
     record: Callable[[str, Tensor], Tensor],
     batched: bool = False,
-) -> tuple[Float[Tensor, "batch query d_model"], Float[Tensor, "batch head query key"]]:
+    fused: bool = False,
+) -> tuple[Float[Tensor, "batch query d_model"], Float[Tensor, "batch head query key"] | None]:
     """Causal multi-head attention of the `query` positions over every position; returns
-    the output and the pattern.
+    the output and the pattern (None when `fused`).
 
     Under `vmap` over stacked weights (`batched`), a strided slice of the positions is made
     contiguous before its projection: `vmap`'s rule for a linear layer with a batched
@@ -291,8 +299,7 @@ def _attention(
     positions = (
         torch.arange(seq, device=x.device)[query] if causal or rope is not None else None
     )
-    z, pattern = mix_heads(q, k, v, positions, arch, rope, causal=causal)
-    assert pattern is not None  # not fused
+    z, pattern = mix_heads(q, k, v, positions, arch, rope, causal=causal, fused=fused)
     return attention_output(params, prefix, record(f"{prefix}.hook_z", z)), pattern
 
 

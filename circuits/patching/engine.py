@@ -229,6 +229,7 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
         sweep.source_tokens,
         batch.position.tolist(),
         last_layer_at_read="pos" not in sweep.space.axes,  # per-position caches not needed
+        patterns=incremental.patterns_needed(sweep.space),
     )
     per_copy = CopyMetric(sweep.metric, batch)
     per_pass = sweep.per_pass

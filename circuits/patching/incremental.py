@@ -93,11 +93,20 @@ class _Half(Mapping[str, Tensor]):
         return len(self._both)
 
 
+def patterns_needed(space: IndexSpace) -> bool:
+    """Whether patching `space` reads the runs' attention patterns: a pattern target, or a
+    value target (`z = pattern @ v` with the base run's pattern)."""
+    return space.hook_name(0).endswith(("attn.hook_pattern", "attn.hook_v"))
+
+
 class IncrementalPatcher:
     """Patched logits at the read positions for chunks of indices of one layer.
 
     Built once per sweep: runs the base and source prompts through `interp.functional`,
     caching every activation, then `patched_logits(space, chunk)` answers each chunk.
+    With `patterns=False` the attention patterns are neither formed nor cached (each
+    attention one fused kernel): for sweeps whose target is neither a pattern nor a
+    value, the only ones that read them (`patterns_needed`).
     Host-side bookkeeping (which positions a chunk computes, which it patches) stays in
     Python numbers, so answering a chunk never waits for the device.
     """
@@ -110,6 +119,7 @@ class IncrementalPatcher:
         read_positions: Sequence[int],
         *,
         last_layer_at_read: bool = False,
+        patterns: bool = True,
     ) -> None:
         arch = _architecture_of(model)
         if arch is None:
@@ -150,6 +160,7 @@ class IncrementalPatcher:
             spec,
             cache=both,
             validate=False,  # the weights are the model's own; the tokens were checked
+            patterns=patterns,
             **(
                 {"last_layer_positions": self.read}
                 if last_layer_at_read

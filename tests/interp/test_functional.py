@@ -293,3 +293,17 @@ def test_causal_bias_is_zero_on_and_below_the_diagonal_and_made_once() -> None:
     with torch.inference_mode():  # kept from before, and usable by autograd afterwards
         assert functional.causal_bias(4, torch.device("cpu"), torch.float32) is bias
     assert not bias.is_inference()
+
+
+def test_forward_without_patterns_caches_none_and_agrees() -> None:
+    spec = ModelSpec(n_layers=2, d_model=32, n_heads=4, d_mlp=16, d_vocab=20, n_ctx=6)
+    params = functional.params_of(build(spec, device="cpu"))
+    tokens = torch.randint(0, 20, (3, 6), generator=torch.Generator().manual_seed(1))
+    full: dict[str, torch.Tensor] = {}
+    lean: dict[str, torch.Tensor] = {}
+    expected = functional.forward(params, tokens, spec, cache=full)
+    logits = functional.forward(params, tokens, spec, cache=lean, patterns=False)
+    assert set(full) - set(lean) == {f"blocks.{layer}.attn.hook_pattern" for layer in range(2)}
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    for name, value in lean.items():
+        torch.testing.assert_close(value, full[name], rtol=0, atol=1e-5, msg=name)
