@@ -94,5 +94,5 @@ def test_a_failed_capture_warns_and_trains_on_eagerly(monkeypatch) -> None:
     with pytest.warns(RuntimeWarning, match="CUDA graph failed"):
         for _ in range(10):
             eager, graph = (t.step()[0] for t in trainers)
-            torch.testing.assert_close(graph, eager, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(graph, eager, rtol=1e-4, atol=1e-5)
     assert graph_trainer._graph is None
