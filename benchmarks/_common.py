@@ -132,12 +132,7 @@ class Comparison:
         to where launches bound it."""
         if self.ours_ops is None or self.reference_ops is None:
             raise ValueError(f"{self.what}: the ops were not counted (compare(count_ops=True))")
-        ours, reference = self.ours_ops, self.reference_ops
-        fewer = reference.kernels / ours.kernels if ours.kernels else float("inf")
-        return (
-            f"# {self.what}: aten ops per call ours {ours.summary()}, "
-            f"reference {reference.summary()}, {fewer:.1f}x fewer not views"
-        )
+        return format_dispatch(self.what, self.ours_ops, self.reference_ops)
 
 
 def compare(
@@ -175,6 +170,22 @@ def format_line(what: str, ours_s: float, reference_s: float, max_diff: float) -
     return (
         f"{what}: ours {ours_s:.3f} s, reference {reference_s:.3f} s, "
         f"speedup {speedup:.1f}x, max |diff| {diff}"
+    )
+
+
+def format_dispatch(
+    what: str,
+    ours: count_dispatch,
+    reference: count_dispatch,
+    per: str = "call",
+    reference_name: str = "reference",
+) -> str:
+    """`# <what>: aten ops per <per> ours 1,234 ops (567 not views), 5 syncs, <reference_name>
+    ..., 8.0x fewer not views` (`interp.dispatch_count`)."""
+    fewer = reference.kernels / ours.kernels if ours.kernels else float("inf")
+    return (
+        f"# {what}: aten ops per {per} ours {ours.summary()}, "
+        f"{reference_name} {reference.summary()}, {fewer:.1f}x fewer not views"
     )
 
 

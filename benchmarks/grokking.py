@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from _common import format_line, max_abs_diff, synchronize, time_once
+from _common import format_dispatch, format_line, max_abs_diff, synchronize, time_once
 from torch import Tensor, nn
 
 from interp import models
@@ -224,10 +224,8 @@ def dispatch_line(what: str, ours_step, reference_step, reference: str = "plain"
     """`# <what>: aten ops per epoch ours ..., plain ...`: one more epoch of each (both stay
     in step), counted (`interp.dispatch_count`); on a GPU, where a small model's epoch is
     bound by launches, the ratio of the ops that are not views is what the speed tends to."""
-    ours, other = dispatch_of(ours_step), dispatch_of(reference_step)
-    fewer = other.kernels / ours.kernels if ours.kernels else float("inf")
-    return (f"# {what}: aten ops per epoch ours {ours.summary()}, {reference} "
-            f"{other.summary()}, {fewer:.1f}x fewer not views")
+    return format_dispatch(what, dispatch_of(ours_step), dispatch_of(reference_step),
+                           per="epoch", reference_name=reference)
 
 
 def graph_lines(
