@@ -19,14 +19,18 @@ edges, at the read positions in the last block. The change of damage measured wh
 was tested is kept as its score.
 
 Speculation (`speculation=k`, for GPUs, where one small test costs its kernel launches
-rather than its arithmetic): the incoming edges of a destination are tested k at a time in
-one batched computation, trial j of a batch assuming that the j - 1 edges before it are
-removed. Walking the batch in order, each trial's decision is ACDC's own as long as every
-edge before it was removed; at the first edge kept, the trials after it are discarded and
-the next batch starts after that edge. The circuit and the scores are those of
-`speculation=1` (to float rounding); only the number of trials computed grows. By default
-the incremental tests speculate `GPU_SPECULATION` edges at a time on a GPU and test one at
-a time elsewhere.
+rather than its arithmetic): up to k edges are tested in one batched computation, trial j
+of a batch assuming the decisions on the edges before it. A batch runs over the incoming
+edges of one destination, or of all the q, k and v inputs of one block's heads (nothing
+tested there feeds another of them). Walking the batch in order, each trial's decision is
+ACDC's own as long as every decision before it was the assumed one; at the first that was
+not, the trials after it are discarded and the next batch starts after that edge. A
+first batch assumes every edge removed; after a wrong assumption the next batch assumes
+kept the edges whose removal raised the damage by tau or more in the discarded trials (a
+guess that only decides how many trials are used). The circuit and the scores are those
+of `speculation=1` (to float rounding); only the number of trials computed grows. By
+default the incremental tests speculate `GPU_SPECULATION` edges at a time on a GPU and
+test one at a time elsewhere.
 """
 
 from __future__ import annotations
@@ -46,17 +50,18 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.edge_patching import Ablation, EdgePatcher
-from circuits.graph import ComputationalGraph
+from circuits.graph import ComputationalGraph, Node
 from circuits.patching.engine import PatchMetric, scalar_metric
-from circuits.pruning_state import PruningState, Trial
+from circuits.pruning_state import PruningState, Trial, chain_of_trials
 from interp.metrics import kl_divergence
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
 
 GPU_SPECULATION = 16
 """`acdc`'s default speculation when the model is on a GPU (incremental tests): on the
-2-layer induction model it computes 111 trials in 35 batches where one at a time computes
-66 trials in 66, and a batch costs its launches, not its arithmetic."""
+2-layer induction model of `benchmarks/circuit_discovery.py` it computes 169 trials in 16
+batches where one at a time computes 66 trials in 66, and a batch costs its launches, not
+its arithmetic."""
 
 Damage = Callable[[Tensor], float]
 """`edge mask [n_edges] -> damage of that circuit` (lower is better), from a full
@@ -227,17 +232,19 @@ class FullPassTests:
     def trial(self, edge: int) -> Trial:
         return self.trials([edge])[0]
 
-    def trials(self, edges: Sequence[int]) -> list[Trial]:
-        """Trial j: the current circuit without `edges[0]`, ..., `edges[j]`."""
+    def trials(
+        self, edges: Sequence[int], assume_kept: Sequence[bool] | None = None
+    ) -> list[Trial]:
+        """Trial j: the current circuit without `edges[j]` and the edges before it not
+        assumed kept (`PruningState.trials`)."""
         edges = [int(edge) for edge in edges]
+        assume_kept = [False] * len(edges) if assume_kept is None else list(assume_kept)
         masks = self.kept.repeat(len(edges), 1)
         for j, edge in enumerate(edges):
-            masks[j:, edge] = 0.0
-        damages = self.measure(masks)
-        return [
-            Trial(edge=edge, damage=damages[j], writes=[], earlier=tuple(edges[:j]), slot=j)
-            for j, edge in enumerate(edges)
-        ]
+            masks[j, edge] = 0.0
+            if not assume_kept[j]:
+                masks[j + 1 :, edge] = 0.0
+        return chain_of_trials(edges, assume_kept, self.measure(masks), [])
 
     def commit(self, trial: Trial) -> None:
         self.kept[[*trial.earlier, trial.edge]] = 0.0
@@ -245,6 +252,43 @@ class FullPassTests:
 
     def drop_untested(self, edges: list[int]) -> None:
         self.kept[edges] = 0.0
+
+
+def _guessed_kept(
+    trials: Sequence[Trial], assumed: Sequence[bool], base: float, threshold: float
+) -> list[bool]:
+    """For each trial of a speculative batch, whether its edge would be kept by what the
+    batch measured: the rise of damage over the trials' own chain of assumptions (the
+    damage of the last trial before it assumed removed, or `base`). After a wrong
+    assumption these rises are measured in a slightly different circuit; they serve as
+    the assumptions of the next batch, which only decide how many of its trials are
+    used, never a decision."""
+    guesses = []
+    chain = base
+    for trial, kept in zip(trials, assumed, strict=True):
+        guesses.append(not trial.damage - chain < threshold)
+        if not kept:
+            chain = trial.damage
+    return guesses
+
+
+def _stage_groups(destinations: Sequence[Node]) -> list[list[Node]]:
+    """Destinations in reverse topological order (ACDC's), consecutive ones tested as one
+    batch grouped: the q, k and v inputs of one block's heads form a group, every other
+    destination (an MLP, the logits) is one on its own."""
+    groups: list[list[Node]] = []
+    for node in reversed(destinations):
+        previous = groups[-1][-1] if groups else None
+        same_block = (
+            previous is not None
+            and node.kind == previous.kind == "head"
+            and node.layer == previous.layer
+        )
+        if same_block:
+            groups[-1].append(node)
+        else:
+            groups.append([node])
+    return groups
 
 
 def acdc(
@@ -274,9 +318,9 @@ def acdc(
             the logits at `batch.position` only, as every metric of `interp.metrics`
             does). False runs every test as a full edge-patched forward pass from the
             embedding (the plain ACDC loop; the same circuit, for comparison).
-        speculation: How many incoming edges of a destination to test in one batched
-            computation, trial j assuming the j - 1 before it removed (see the module's
-            docstring): the same circuit and scores, in fewer but larger computations,
+        speculation: How many edges to test in one batched computation, trial j assuming
+            the decisions on the j - 1 before it (see the module's docstring): the same
+            circuit and scores, in fewer but larger computations,
             which pays on a GPU; a CPU does the same arithmetic, and more of it. With
             `incremental=False` the batch is one full pass of that many circuits. None
             (the default): `GPU_SPECULATION` for incremental tests of a model on a GPU,
@@ -309,32 +353,42 @@ def acdc(
         incoming.setdefault(edge.destination.name, []).append(i)
         outgoing.setdefault(edge.source.component, []).append(i)
     n_tests = n_trials = 0
-    destinations = list(reversed(graph.destinations))
-    for destination in tqdm(destinations, disable=not progress, desc="ACDC"):
-        edges = incoming[destination.name]
-        feeds = outgoing.get(destination.component, [])
-        if destination.kind != "logits" and not kept[feeds].any():
-            kept[edges] = False
-            tests.drop_untested(edges)
-            continue
-        order = list(reversed(edges))
+    bar = tqdm(total=len(graph.destinations), disable=not progress, desc="ACDC")
+    for group in _stage_groups(graph.destinations):
+        order: list[int] = []  # the group's edges in ACDC's order
+        for destination in group:
+            edges = incoming[destination.name]
+            feeds = outgoing.get(destination.component, [])
+            # (what a head of the group feeds lies in later stages: decided already)
+            if destination.kind != "logits" and not kept[feeds].any():
+                kept[edges] = False
+                tests.drop_untested(edges)
+            else:
+                order += reversed(edges)
         start = 0
+        guesses = np.zeros(len(order), dtype=bool)  # edges the next trials assume kept
         while start < len(order):
-            trials = tests.trials(order[start : start + speculation])
+            assumed = guesses[start : start + speculation].tolist()
+            trials = tests.trials(order[start : start + speculation], assumed)
             n_trials += len(trials)
             accepted: Trial | None = None
-            damage = tests.damage
-            for trial in trials:  # each decision holds while every edge before it went
+            damage = base = tests.damage
+            for j, trial in enumerate(trials):  # a decision holds while those before it did
                 start += 1
                 n_tests += 1
                 scores[trial.edge] = trial.damage - damage
                 removed = trial.damage - damage < threshold  # (a NaN damage keeps the edge)
-                if not removed:
-                    break  # kept: the trials after it assumed it removed
-                kept[trial.edge] = False
-                accepted, damage = trial, trial.damage
+                if removed:
+                    kept[trial.edge] = False
+                    accepted, damage = trial, trial.damage
+                if removed == assumed[j]:  # the trials after it assumed otherwise
+                    later = _guessed_kept(trials, assumed, base, threshold)[j + 1 :]
+                    guesses[start : start + len(later)] = later
+                    break
             if accepted is not None:
                 tests.commit(accepted)
+        bar.update(len(group))
+    bar.close()
     return ACDCResult(
         graph=graph,
         kept=torch.from_numpy(kept),

@@ -21,13 +21,15 @@ Accepting the removal writes the recomputed tensors into the state (`commit`). T
 arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm native models),
 so the damage equals that of a full edge-patched pass to float rounding.
 
-Speculation (`trials`): several edges into one destination, e1..eS, are tested as one
-batch, trial j being the current circuit without e1..ej. All of them recompute the same
-components (nothing but the destination's input differs, by the running sum of the edges'
-changes, since the sources of these edges lie upstream of it), so every tensor of the
-computation above carries a leading dimension of S trials; committing trial j writes its
-slice. Removing edge e_j after committing trial j-1 gives exactly trial j, so a caller can
-accept trials 1..j in order and commit the last one, as S sequential tests would.
+Speculation (`trials`): several edges e1..eS into one destination, or into q / k / v
+inputs of one block's heads, are tested as one batch, trial j being the current circuit
+without e_j and without the edges before it that the caller does not assume kept. All of
+them recompute the same components (nothing but the destinations' inputs differ, by
+running sums of the edges' changes, since the sources of these edges lie upstream of every
+destination of the batch), so every tensor of the computation above carries a leading
+dimension of S trials; committing trial j writes its slice. Removing e_j after committing
+the removals before it gives exactly trial j, so a caller can accept trials in order and
+commit the last removal, as S sequential tests would.
 
 Memory: the outputs, inputs and q/k/v projections of every head are held, about
 `4 * n_heads * n_layers * batch * pos * d_model` floats; inputs that no removal has touched
@@ -110,12 +112,36 @@ class _Change:
 
 @dataclass(frozen=True)
 class _Seed:
-    """The tested edges' changes of their (common) destination's input, `ablated_s - out_s`
-    per edge `[S, batch, rows, d_model]`, in the rows the destination's input is held in
-    (trial j removes edges 1..j, so its input changes by the sum of the first j)."""
+    """The tested edges' destinations and their changes of those inputs, `ablated_s - out_s`
+    per edge `[batch, rows, d_model]`, in the rows each destination's input is held in
+    (trial j removes edge j and those before it not assumed kept, so a destination's input
+    changes in trial j by the sum of those edges' changes into it). The destinations are
+    one node, or q / k / v inputs of heads of one block: the components of one stage."""
 
-    node: Node
-    delta: Tensor
+    nodes: tuple[Node, ...]
+    deltas: tuple[Tensor, ...]
+    kept: tuple[bool, ...]
+    """Per tested edge, whether the trials after it assume it kept (its change then enters
+    its own trial only)."""
+
+
+def _one_stage(nodes: Sequence[Node]) -> bool:
+    """Whether destinations `nodes` (one per tested edge) can be tested as one batch: one
+    node, or q / k / v inputs of heads of one block (they are recomputed in one stage, and
+    no edge into one of them comes from a component another one feeds)."""
+    first = nodes[0]
+    if all(node == first for node in nodes):
+        return True
+    return all(node.kind == "head" and node.layer == first.layer for node in nodes)
+
+
+def _seed_rows(seed: _Seed, part: str, heads: np.ndarray) -> list[int | None]:
+    """Per tested edge, the row among `heads` (sorted) of its destination when that is a
+    `part` input (q, k or v), else None."""
+    return [
+        int(np.searchsorted(heads, node.head)) if node.input == part else None
+        for node in seed.nodes
+    ]
 
 
 @dataclass(frozen=True)
@@ -138,6 +164,23 @@ class Trial:
     writes: list[tuple[dict, object, Heads | None, Tensor]]
     earlier: tuple[int, ...] = ()
     slot: int = 0
+
+
+def chain_of_trials(
+    edges: Sequence[int],
+    assume_kept: Sequence[bool],
+    damages: Sequence[float],
+    writes: list[tuple[dict, object, Heads | None, Tensor]],
+) -> list[Trial]:
+    """The trials of one speculative batch: trial j removes `edges[j]` and the edges
+    before it not assumed kept (`earlier`)."""
+    trials: list[Trial] = []
+    earlier: list[int] = []
+    for j, edge in enumerate(edges):
+        trials.append(Trial(edge, damages[j], writes, tuple(earlier), slot=j))
+        if not assume_kept[j]:
+            earlier.append(edge)
+    return trials
 
 
 class PruningState:
@@ -429,26 +472,45 @@ class PruningState:
         """The damage of the current circuit without edge `edge` (not applied)."""
         return self.trials([edge])[0]
 
-    def trials(self, edges: Sequence[int]) -> list[Trial]:
-        """Speculative tests of edges into one destination, computed as one batch: trial j
-        is the current circuit without `edges[0]`, ..., `edges[j]` (nothing applied).
+    def trials(
+        self, edges: Sequence[int], assume_kept: Sequence[bool] | None = None
+    ) -> list[Trial]:
+        """Speculative tests of edges into one destination, or into the q, k and v inputs of
+        one block's heads, computed as one batch: trial j is the current circuit without
+        `edges[j]` and without every edge before it that is not assumed kept
+        (`assume_kept[i]`; by default none is), nothing applied.
 
-        Committing trial j gives the state that committing trials 0, ..., j one after the
-        other would (to float rounding), so trial j's damage is that of sequential tests
-        as long as the edges before it were removed.
+        Committing trial j gives the state that committing the removals of its edges one
+        after the other would (to float rounding), so trial j's damage is that of
+        sequential tests as long as the decisions on the edges before it were the assumed
+        ones.
         """
         edges = [int(edge) for edge in edges]
         pairs = self.edge_pairs[edges]
-        if not edges or (len(edges) > 1 and bool((pairs[:, 0] != pairs[0, 0]).any())):
-            raise ValueError(f"trials: edges must be one or more into one destination, got {edges}")
-        node = self.patcher.graph.destinations[int(pairs[0, 0])]
+        graph = self.patcher.graph
+        nodes = tuple(graph.destinations[int(destination)] for destination in pairs[:, 0])
+        if not edges or not _one_stage(nodes):
+            raise ValueError(
+                "trials: edges must be one or more into one destination, or into the q, k "
+                f"and v inputs of heads of one block, got {edges}"
+            )
+        if assume_kept is None:
+            assume_kept = [False] * len(edges)
+        if len(assume_kept) != len(edges):
+            raise ValueError(
+                f"trials: assume_kept needs one flag per edge, got {len(assume_kept)} for "
+                f"{len(edges)} edges"
+            )
+        node = nodes[0]
         start = self.patcher.stage(node)
         changes: list[_Change] = []
         writes: list[tuple[dict, object, Tensor | None, Tensor]] = []
         with torch.inference_mode():
-            into_reads = self._held_at_reads(node)
-            deltas = [self._removal(source, into_reads) for source in pairs[:, 1].tolist()]
-            seed = _Seed(node, deltas[0][None] if len(deltas) == 1 else torch.stack(deltas))
+            deltas = tuple(
+                self._removal(source, self._held_at_reads(into))
+                for source, into in zip(pairs[:, 1].tolist(), nodes, strict=True)
+            )
+            seed = _Seed(nodes, deltas, tuple(bool(flag) for flag in assume_kept))
             for stage in range(start, 2 * self.arch.n_layers):
                 layer, is_mlp = divmod(stage, 2)
                 planted = seed if stage == start else None
@@ -462,10 +524,7 @@ class PruningState:
                     changes.append(change)
             planted = seed if node.kind == "logits" else None
             damages = self._logits_stage(changes, planted, writes, len(edges))
-        return [
-            Trial(edge=edge, damage=damages[j], writes=writes, earlier=tuple(edges[:j]), slot=j)
-            for j, edge in enumerate(edges)
-        ]
+        return chain_of_trials(edges, assume_kept, damages, writes)
 
     def _removal(self, source: int, into_reads: bool) -> Float[Tensor, "batch row d_model"]:
         """`ablated - output` of source `source` in the rows of an input held at the read
@@ -542,25 +601,32 @@ class PruningState:
         return [rows[:, change.sources] for change in changes]
 
     def _planted(
-        self, current: Float[Tensor, "n batch row d_model"], row: int, seed: _Seed
+        self,
+        current: Float[Tensor, "n batch row d_model"],
+        seed: _Seed,
+        rows: Sequence[int | None],
     ) -> Float[Tensor, "trial n batch row d_model"]:
-        """`current` in each trial, with destination `row`'s input changed by the running
-        sum of the tested edges' changes, added one at a time as sequential tests add them
-        (and faster on a CPU than `cumsum`). The seed's stage is the first one recomputed,
-        so nothing else has changed these inputs."""
-        if len(current) == 1:  # the seed's component alone (as at the seed's stage)
-            if len(seed.delta) == 1:
-                return (current + seed.delta)[None]
-            planted = torch.empty_like(seed.delta)
-            rows, deltas = planted.unbind(0), seed.delta.unbind(0)  # views, in one call
-            torch.add(current[0], deltas[0], out=rows[0])
-            for j in range(1, len(deltas)):
-                torch.add(rows[j - 1], deltas[j], out=rows[j])
+        """`current` in each trial, with the input in row `rows[j]` changed by edge j's
+        change in trial j and, unless edge j is assumed kept, in every later trial (None:
+        edge j feeds none of these inputs); the changes added one at a time, in order, as
+        sequential tests add them (and faster on a CPU than `cumsum`). The seed's stage is
+        the first one recomputed, so nothing else has changed these inputs."""
+        deltas, kept = seed.deltas, seed.kept
+        if len(current) == 1 and None not in rows:  # one input, every edge into it
+            if len(deltas) == 1:
+                return (current + deltas[0])[None]
+            planted = current.new_empty((len(deltas), *current.shape[1:]))
+            trials = planted.unbind(0)  # views, in one call
+            removed = current[0]  # the input with the edges before trial j removed
+            for j, delta in enumerate(deltas):
+                torch.add(removed, delta, out=trials[j])
+                if not kept[j]:
+                    removed = trials[j]
             return planted[:, None]
-        planted = current.expand(len(seed.delta), *current.shape).clone()
-        planted[0, row] += seed.delta[0]
-        for j in range(1, len(seed.delta)):
-            torch.add(planted[j - 1, row], seed.delta[j], out=planted[j, row])
+        planted = current.expand(len(deltas), *current.shape).clone()
+        for j, (row, delta) in enumerate(zip(rows, deltas, strict=True)):
+            if row is not None:
+                (planted[j, row] if kept[j] else planted[j:, row]).add_(delta)
         return planted
 
     def _heads_stage(
@@ -573,7 +639,7 @@ class PruningState:
         for block in kept:
             touched |= block.reshape(len(HEAD_INPUTS), n_heads, -1).any(axis=(0, 2))
         if seed is not None:
-            touched[seed.node.head] = True
+            touched[[node.head for node in seed.nodes]] = True
         heads = np.flatnonzero(touched)
         if heads.size == 0:
             return None
@@ -582,12 +648,12 @@ class PruningState:
         for i, part in enumerate(HEAD_INPUTS):
             into_reads = at_reads and part == "q"
             current = self.head_in[layer][part][index]
-            if seed is not None and seed.node.input == part:
-                row = int(np.searchsorted(heads, seed.node.head))
-                new_in = self._planted(current, row, seed)
+            rows = [] if seed is None else _seed_rows(seed, part, heads)
+            if any(row is not None for row in rows):
+                new_in = self._planted(current, seed, rows)  # type: ignore[arg-type]
             else:
-                rows = heads + i * n_heads
-                new_in = self._updated(current, [b[rows] for b in kept], changes, into_reads)
+                held = heads + i * n_heads
+                new_in = self._updated(current, [b[held] for b in kept], changes, into_reads)
             if new_in is None:
                 proj[part] = self.proj[layer][part][index]
                 continue
@@ -606,7 +672,7 @@ class PruningState:
         at_reads = layer == self.last
         current = self.mlp_in[layer]["in"][None]
         if seed is not None:
-            new_in = self._planted(current, 0, seed)
+            new_in = self._planted(current, seed, [0] * len(seed.deltas))
         else:
             destination = np.array([self.mlp_destination[layer]])
             new_in = self._updated(
@@ -626,7 +692,7 @@ class PruningState:
         """The damage of each trial's circuit, whose logit input these changes give."""
         current = self.logit_in["logits"][None]
         if seed is not None:
-            new_in = self._planted(current, 0, seed)
+            new_in = self._planted(current, seed, [0] * len(seed.deltas))
         else:
             destination = np.array([self.logits_destination])
             new_in = self._updated(current, self._kept_from(destination, changes), changes, True)

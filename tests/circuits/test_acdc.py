@@ -12,6 +12,7 @@ from circuits.acdc import ACDCResult, acdc
 from circuits.edge_patching import EdgePatcher
 from circuits.evaluate import circuit_kl
 from circuits.planted import PLANTED, planted
+from circuits.pruning_state import PruningState
 from interp.metrics import logit_diff, mean_metric
 from interp.runs import RunStore
 
@@ -99,6 +100,29 @@ def test_speculation_finds_the_same_circuit_on_planted_models(name: str) -> None
             acdc, case.model, case.batch, threshold, objective=mean_metric(logit_diff)
         )
         _assert_same_result(run(progress=False, speculation=16), run(progress=False))
+
+
+def test_batches_span_a_blocks_heads_and_assume_the_measured_decisions(
+    model, batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A speculative batch runs over the inputs of all of a block's heads, and after a
+    wrong assumption the next batch assumes kept the edges whose rise it measured above
+    tau; the circuit and scores stay those of one test at a time."""
+    batches: list[tuple[int, list[bool]]] = []
+    trials = PruningState.trials
+
+    def recorded(state: PruningState, edges, assume_kept=None):
+        destinations = {int(state.edge_pairs[edge, 0]) for edge in edges}
+        batches.append((len(destinations), list(assume_kept or [])))
+        return trials(state, edges, assume_kept)
+
+    sequential = acdc(model, batch, 0.003, progress=False)
+    monkeypatch.setattr(PruningState, "trials", recorded)
+    ours = acdc(model, batch, 0.003, progress=False, speculation=64)
+    _assert_same_result(ours, sequential)
+    assert len(batches) < sequential.n_tests / 3
+    assert any(n_destinations > 1 for n_destinations, _ in batches)
+    assert any(any(assumed) for _, assumed in batches)
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4"])

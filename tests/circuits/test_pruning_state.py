@@ -124,12 +124,58 @@ def test_a_batch_of_trials_is_the_chain_of_sequential_removals(shape: str) -> No
     assert ours.damage > 1e-3  # removals happened: the checks were not vacuous
 
 
-def test_trials_of_several_destinations_are_refused() -> None:
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_trials_across_a_blocks_heads_with_edges_assumed_kept(shape: str) -> None:
+    """One batch over edges into several q / k / v inputs of one block, some assumed kept:
+    trial j removes edge j and the earlier edges not assumed kept, and equals a full
+    edge-patched pass of that circuit; committing one leaves the state of sequential
+    commits of those removals."""
+    model = models.build(dict(SHAPES[shape], seed=3), device="cpu")
+    patcher, batch = EdgePatcher(model), _batch()
+    last = SHAPES[shape]["n_layers"] - 1
+    cases = [  # the last block holds its queries at the read rows only
+        [f"L{layer}H1.v", f"L{layer}H1.q", f"L{layer}H0.k", f"L{layer}H1.k"]
+        for layer in sorted({0, last})
+    ]
+    for names in [*cases, ["logits"]]:  # and one destination alone
+        per_name = 6 // len(names) + 1
+        edges = [edge for name in names for edge in _incoming(patcher, name)[:per_name]]
+        assume_kept = [j % 3 == 1 for j in range(len(edges))]
+        ours = PruningState(patcher, batch, "resample")
+        trials = ours.trials(edges, assume_kept)
+        removed: list[int] = []
+        for j, (edge, trial) in enumerate(zip(edges, trials, strict=True)):
+            assert trial.earlier == tuple(removed), (names, j)
+            mask = torch.ones(patcher.n_edges)
+            mask[[*removed, edge]] = 0.0
+            full = circuit_kl(patcher, batch, mask[None], ablation="resample")
+            assert trial.damage == pytest.approx(full.item(), abs=1e-5), (names, j)
+            if not assume_kept[j]:
+                removed.append(edge)
+        chosen = trials[-2]
+        sequential = PruningState(patcher, batch, "resample")
+        for edge in (*chosen.earlier, chosen.edge):
+            sequential.commit(sequential.trial(edge))
+        ours.commit(chosen)
+        assert ours.damage == pytest.approx(sequential.damage, abs=1e-6)
+        assert (ours.kept == sequential.kept).all()
+        for edge in range(0, patcher.n_edges, 5):  # every further test agrees
+            assert ours.trial(edge).damage == pytest.approx(
+                sequential.trial(edge).damage, abs=1e-5
+            )
+        assert ours.damage > 1e-4  # removals happened: the checks were not vacuous
+
+
+def test_trials_of_several_stages_are_refused() -> None:
     model = models.build(dict(SHAPES["mlp_causal"], seed=3), device="cpu")
     patcher = EdgePatcher(model)
     state = PruningState(patcher, _batch(), "resample")
-    edges = [_incoming(patcher, "logits")[0], _incoming(patcher, "mlp2")[0]]
-    with pytest.raises(ValueError, match="into one destination"):
-        state.trials(edges)
-    with pytest.raises(ValueError, match="into one destination"):
+    message = "into one destination, or into the q, k and v inputs of heads of one block"
+    for names in (["logits", "mlp2"], ["L2H0.q", "L1H0.q"], ["L2H0.q", "mlp2"]):
+        edges = [_incoming(patcher, name)[0] for name in names]
+        with pytest.raises(ValueError, match=message):
+            state.trials(edges)
+    with pytest.raises(ValueError, match=message):
         state.trials([])
+    with pytest.raises(ValueError, match="one flag per edge"):
+        state.trials(_incoming(patcher, "logits")[:2], [True])
