@@ -23,11 +23,12 @@ path.)
 3. The same ACDC (ours as in 2) against the issue's reference, the straightforward loop
    that runs one full forward pass of the bridge with hooks per test (`hooked_acdc`
    below); same circuit. The issue's target: a speedup of at least 10x on a GPU.
-4. The same ACDC with speculation K (`--speculation`, default 16: K incoming edges of a
-   destination tested in one batched computation) against speculation 1; the circuit is
-   asserted identical and the scores equal to 1e-5, and the line gives both trial counts.
-   It is for GPUs, where a small test costs its kernel launches: on a CPU the arithmetic
-   is the cost, so expect about 1x there (fewer Python calls, more trials computed).
+4. The same ACDC with speculation K (`--speculation`, default 16: up to K edges into one
+   destination, or into one block's heads, tested in one batched computation) against
+   speculation 1; the circuit is asserted identical and the scores equal to 1e-5, and the
+   line gives both trial counts. It is for GPUs, where a small test costs its kernel
+   launches: on a CPU the arithmetic is the cost, so expect less than 1x there (fewer
+   Python calls, more and larger trials computed).
 
 After each comparison a line starting with `# ` counts the aten ops and host syncs one
 more call of each side dispatches (`interp.dispatch_count`; "not views" are about the
