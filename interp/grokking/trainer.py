@@ -298,12 +298,25 @@ class StackedTrainer:
             return logits[:, :, -1]
         per_model = [
             functional.forward(
-                {k: v[index] for k, v in self.params.items()}, data.clean, self.spec,
-                validate=False, final_position_only=True,
+                params, data.clean, self.spec, validate=False, final_position_only=True
             )[:, -1]
+            for params in self._per_model_params()
+        ]
+        return per_model[0][None] if len(per_model) == 1 else torch.stack(per_model)
+
+    def _per_model_params(self) -> list[dict[str, Tensor]]:
+        """Each model's parameters as views of the stacked tensors. One model's are a
+        squeeze, whose backward is a view too; several models' come from one `unbind` per
+        tensor, whose backward is one stack, where indexing model by model would
+        backpropagate through a zero-filled copy of the whole stacked tensor per model
+        (two kernels per weight per model on a GPU)."""
+        if self.n_models == 1:
+            return [{name: tensor.squeeze(0) for name, tensor in self.params.items()}]
+        unbound = {name: tensor.unbind(0) for name, tensor in self.params.items()}
+        return [
+            {name: parts[index] for name, parts in unbound.items()}
             for index in range(self.n_models)
         ]
-        return torch.stack(per_model)
 
     @torch.no_grad()
     def evaluate(self) -> EpochStats:

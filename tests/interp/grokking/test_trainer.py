@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from interp import functional
+from interp.dispatch_count import count_dispatch
 from interp.grokking.trainer import GrokfastSettings, OptimSettings, StackedTrainer
 from interp.models import ModelSpec
 from interp.tasks.modular import ModularArithmetic
@@ -42,6 +44,44 @@ def test_a_resumed_trainer_continues_bit_for_bit(vectorize: bool) -> None:
         assert torch.equal(resumed.state_dict()[key], value), key
     for key, value in saved.items():  # training on did not write into the loaded state
         assert torch.equal(state[key], value), key
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1, 2]])
+def test_models_run_one_by_one_backpropagate_without_zero_filled_copies(seeds) -> None:
+    """Per-model weights are views of the stacked tensors whose backward is a view (one
+    model) or one stack per tensor (several), not a `select_backward` (a zero-filled copy
+    of the whole stacked tensor) per weight per model; the gradients are the same."""
+    train, test = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()
+    trainer = StackedTrainer(
+        SPEC, seeds, train, test, OptimSettings(lr=3e-3, warmup_epochs=3), GrokfastSettings(),
+        torch.device("cpu"), vectorize=False,
+    )
+    trainer.step()
+    with count_dispatch() as counted:
+        trainer.step()
+    weights = [tensor for tensor in trainer.params.values() if tensor.requires_grad]
+    n_weights = len(weights)
+    assert counted.by_op["stack"] == (0 if len(seeds) == 1 else n_weights + 1), counted.by_op
+    assert counted.by_op["select_backward"] < n_weights  # was one per weight per model
+    # the same gradients as indexing model by model
+    loss = sum(
+        functional.forward(
+            {name: tensor[index] for name, tensor in trainer.params.items()},
+            train.clean, SPEC, final_position_only=True,
+        )[:, -1].square().mean()
+        for index in range(len(seeds))
+    )
+    expected = torch.autograd.grad(loss, weights)
+    per_model = trainer._per_model_params()
+    loss = sum(
+        functional.forward(params, train.clean, SPEC, final_position_only=True)[:, -1]
+        .square()
+        .mean()
+        for params in per_model
+    )
+    assert len(weights) > 10
+    for ours, reference in zip(torch.autograd.grad(loss, weights), expected, strict=True):
+        assert torch.equal(ours, reference)
 
 
 def test_out_of_range_tokens_are_refused_once_at_construction() -> None:
