@@ -125,6 +125,13 @@ def test_batches_span_a_blocks_heads_and_assume_the_measured_decisions(
     assert any(any(assumed) for _, assumed in batches)
 
 
+@pytest.mark.parametrize("threshold", [-1.0, float("inf")])
+def test_speculation_where_every_edge_is_kept_or_removed(model, batch, threshold) -> None:
+    sequential = acdc(model, batch, threshold, progress=False)
+    ours = acdc(model, batch, threshold, progress=False, speculation=16)
+    _assert_same_result(ours, sequential)
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4"])
 def test_bad_speculation_is_refused(model, batch, bad: object) -> None:
     with pytest.raises(ValueError, match="speculation must be an int >= 1"):
