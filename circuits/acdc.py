@@ -52,7 +52,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import ComputationalGraph, Node
 from circuits.patching.engine import PatchMetric, scalar_metric
-from circuits.pruning_state import PruningState, Trial, chain_of_trials
+from circuits.pruning_state import PruningState
+from circuits.pruning_trials import Trial, chain_of_trials
 from interp.metrics import kl_divergence
 from interp.runs import Run
 from interp.tasks.base import TaskBatch

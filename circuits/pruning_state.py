@@ -58,13 +58,10 @@ from torch import Tensor
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import HEAD_INPUTS, Node
 from circuits.patching.engine import PatchMetric, scalar_metric
+from circuits.pruning_trials import Heads, Seed, Trial, chain_of_trials, one_stage, seed_rows
 from interp import functional
 from interp.metrics import KLReference
 from interp.tasks.base import TaskBatch
-
-Heads = slice | Tensor
-"""Some heads of a block, along a head dimension: a slice (a view, no copy) when they are
-consecutive, else an index tensor."""
 
 
 def _matmul(
@@ -108,79 +105,6 @@ class _Change:
         if not self._at_reads:
             self._at_reads.append(self.delta[..., reads, :])
         return self._at_reads[0]
-
-
-@dataclass(frozen=True)
-class _Seed:
-    """The tested edges' destinations and their changes of those inputs, `ablated_s - out_s`
-    per edge `[batch, rows, d_model]`, in the rows each destination's input is held in
-    (trial j removes edge j and those before it not assumed kept, so a destination's input
-    changes in trial j by the sum of those edges' changes into it). The destinations are
-    one node, or q / k / v inputs of heads of one block: the components of one stage."""
-
-    nodes: tuple[Node, ...]
-    deltas: tuple[Tensor, ...]
-    kept: tuple[bool, ...]
-    """Per tested edge, whether the trials after it assume it kept (its change then enters
-    its own trial only)."""
-
-
-def _one_stage(nodes: Sequence[Node]) -> bool:
-    """Whether destinations `nodes` (one per tested edge) can be tested as one batch: one
-    node, or q / k / v inputs of heads of one block (they are recomputed in one stage, and
-    no edge into one of them comes from a component another one feeds)."""
-    first = nodes[0]
-    if all(node == first for node in nodes):
-        return True
-    return all(node.kind == "head" and node.layer == first.layer for node in nodes)
-
-
-def _seed_rows(seed: _Seed, part: str, heads: np.ndarray) -> list[int | None]:
-    """Per tested edge, the row among `heads` (sorted) of its destination when that is a
-    `part` input (q, k or v), else None."""
-    return [
-        int(np.searchsorted(heads, node.head)) if node.input == part else None
-        for node in seed.nodes
-    ]
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One tested removal: its damage and the state tensors it would write.
-
-    Attributes:
-        edge: The edge's index in `graph.edges`.
-        damage: The damage of the circuit without it (and without `earlier`).
-        writes: `(container, key, heads or None, value)`, applied by `commit`; each
-            value has a leading dimension of trials (shared by the trials of one batch),
-            of which this trial's is `slot`.
-        earlier: Edges of the same batch removed before `edge` in this trial (speculated
-            removals, `PruningState.trials`); committing the trial removes them too.
-        slot: This trial's index along the leading dimension of the writes' values.
-    """
-
-    edge: int
-    damage: float
-    writes: list[tuple[dict, object, Heads | None, Tensor]]
-    earlier: tuple[int, ...] = ()
-    slot: int = 0
-
-
-def chain_of_trials(
-    edges: Sequence[int],
-    assume_kept: Sequence[bool],
-    damages: Sequence[float],
-    writes: list[tuple[dict, object, Heads | None, Tensor]],
-) -> list[Trial]:
-    """The trials of one speculative batch: trial j removes `edges[j]` and the edges
-    before it not assumed kept (`earlier`)."""
-    trials: list[Trial] = []
-    earlier: list[int] = []
-    for j, edge in enumerate(edges):
-        trials.append(Trial(edge, damages[j], writes, tuple(earlier), slot=j))
-        if not assume_kept[j]:
-            earlier.append(edge)
-    return trials
 
 
 class PruningState:
@@ -489,7 +413,7 @@ class PruningState:
         pairs = self.edge_pairs[edges]
         graph = self.patcher.graph
         nodes = tuple(graph.destinations[int(destination)] for destination in pairs[:, 0])
-        if not edges or not _one_stage(nodes):
+        if not edges or not one_stage(nodes):
             raise ValueError(
                 "trials: edges must be one or more into one destination, or into the q, k "
                 f"and v inputs of heads of one block, got {edges}"
@@ -510,7 +434,7 @@ class PruningState:
                 self._removal(source, self._held_at_reads(into))
                 for source, into in zip(pairs[:, 1].tolist(), nodes, strict=True)
             )
-            seed = _Seed(nodes, deltas, tuple(bool(flag) for flag in assume_kept))
+            seed = Seed(nodes, deltas, tuple(bool(flag) for flag in assume_kept))
             for stage in range(start, 2 * self.arch.n_layers):
                 layer, is_mlp = divmod(stage, 2)
                 planted = seed if stage == start else None
@@ -603,7 +527,7 @@ class PruningState:
     def _planted(
         self,
         current: Float[Tensor, "n batch row d_model"],
-        seed: _Seed,
+        seed: Seed,
         rows: Sequence[int | None],
     ) -> Float[Tensor, "trial n batch row d_model"]:
         """`current` in each trial, with the input in row `rows[j]` changed by edge j's
@@ -630,7 +554,7 @@ class PruningState:
         return planted
 
     def _heads_stage(
-        self, layer: int, changes: list[_Change], seed: _Seed | None, writes: list
+        self, layer: int, changes: list[_Change], seed: Seed | None, writes: list
     ) -> _Change | None:
         """Recompute the heads of `layer` whose q, k or v input changed."""
         n_heads, at_reads = self.arch.n_heads, layer == self.last
@@ -648,7 +572,7 @@ class PruningState:
         for i, part in enumerate(HEAD_INPUTS):
             into_reads = at_reads and part == "q"
             current = self.head_in[layer][part][index]
-            rows = [] if seed is None else _seed_rows(seed, part, heads)
+            rows = [] if seed is None else seed_rows(seed, part, heads)
             if any(row is not None for row in rows):
                 new_in = self._planted(current, seed, rows)  # type: ignore[arg-type]
             else:
@@ -666,7 +590,7 @@ class PruningState:
         return _Change(self.head_sources[layer][heads], delta, at_reads)
 
     def _mlp_stage(
-        self, layer: int, changes: list[_Change], seed: _Seed | None, writes: list
+        self, layer: int, changes: list[_Change], seed: Seed | None, writes: list
     ) -> _Change | None:
         """Recompute the MLP of `layer` if its input changed."""
         at_reads = layer == self.last
@@ -687,7 +611,7 @@ class PruningState:
         return _Change(np.array([self.mlp_source[layer]]), delta, at_reads)
 
     def _logits_stage(
-        self, changes: list[_Change], seed: _Seed | None, writes: list, n_trials: int
+        self, changes: list[_Change], seed: Seed | None, writes: list, n_trials: int
     ) -> list[float]:
         """The damage of each trial's circuit, whose logit input these changes give."""
         current = self.logit_in["logits"][None]
