@@ -53,7 +53,7 @@ from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import ComputationalGraph, Node
 from circuits.patching.engine import PatchMetric, scalar_metric
 from circuits.pruning_state import PruningState
-from circuits.pruning_trials import Trial, chain_of_trials
+from circuits.pruning_trials import Trial, chain_of_trials, one_stage
 from interp.metrics import kl_divergence
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
@@ -274,18 +274,12 @@ def _guessed_kept(
 
 
 def _stage_groups(destinations: Sequence[Node]) -> list[list[Node]]:
-    """Destinations in reverse topological order (ACDC's), consecutive ones tested as one
-    batch grouped: the q, k and v inputs of one block's heads form a group, every other
-    destination (an MLP, the logits) is one on its own."""
+    """Destinations in reverse topological order (ACDC's), consecutive ones that one batch
+    may test together grouped (`one_stage`): the q, k and v inputs of one block's heads
+    form a group, every other destination (an MLP, the logits) is one on its own."""
     groups: list[list[Node]] = []
     for node in reversed(destinations):
-        previous = groups[-1][-1] if groups else None
-        same_block = (
-            previous is not None
-            and node.kind == previous.kind == "head"
-            and node.layer == previous.layer
-        )
-        if same_block:
+        if groups and one_stage([groups[-1][-1], node]):
             groups[-1].append(node)
         else:
             groups.append([node])
