@@ -59,6 +59,7 @@ __all__ = [
     "attention_output",
     "batched_forward",
     "causal_bias",
+    "first_layer_tables",
     "forward",
     "head_projection",
     "live_params",
@@ -85,6 +86,7 @@ def forward(
     logit_positions: Int[Tensor, " n"] | None = None,
     last_layer_positions: Int[Tensor, " n"] | None = None,
     patterns: bool = True,
+    token_tables: bool = False,
 ) -> Float[Tensor, "batch pos d_vocab_out"]:
     """Logits of the native model `spec` with weights `params` on `tokens`.
 
@@ -118,6 +120,12 @@ def forward(
         patterns: False: no attention pattern is formed, so none is cached; each
             attention is one fused kernel (`mix_heads(fused=True)`), equal to ~1e-6 rather
             than bit for bit (the default is the bridge's own arithmetic).
+        token_tables: Compute the first layer's residual stream, queries, keys and values
+            once per (position, token) and gather them (`first_layer_tables`), instead of
+            once per (example, position): the same values to float rounding, and much less
+            work when the batch is larger than the vocabulary (the grokking sets: 3,830
+            examples of a 114-token vocabulary). Absolute position embeddings only; no
+            `cache`.
     """
     arch = architecture(spec)
     if validate:
@@ -128,7 +136,12 @@ def forward(
     last_query: slice | Tensor | None = last_layer_positions
     if final_position_only:
         last_query = slice(tokens.shape[1] - 1, tokens.shape[1])
-    return _logits(params, tokens, arch, cache, last_query, logit_positions, fused=not patterns)
+    if token_tables:
+        _check_token_tables(arch, cache)
+    return _logits(
+        params, tokens, arch, cache, last_query, logit_positions, fused=not patterns,
+        token_tables=token_tables,
+    )
 
 
 def batched_forward(
@@ -138,6 +151,7 @@ def batched_forward(
     final_position_only: bool = False,
     *,
     validate: bool = True,
+    token_tables: bool = False,
 ) -> Float[Tensor, "S batch pos d_vocab_out"]:
     """`forward` of S models at once: `stacked` holds each parameter with a leading axis S
     (`stack_params`); the tokens are shared. One `torch.func.vmap` over the leading axis.
@@ -149,10 +163,14 @@ def batched_forward(
         check_layout(stacked, arch_param_shapes(arch), leading=1, what="stacked params")
         check_tokens(tokens, arch)
 
+    if token_tables:
+        _check_token_tables(arch, None)
     last_query = slice(tokens.shape[1] - 1, tokens.shape[1]) if final_position_only else None
 
     def one_model(params: Mapping[str, Tensor]) -> Tensor:
-        return _logits(params, tokens, arch, None, last_query, batched=True)
+        return _logits(
+            params, tokens, arch, None, last_query, batched=True, token_tables=token_tables
+        )
 
     return torch.func.vmap(one_model)(dict(stacked))
 
@@ -184,30 +202,42 @@ def _logits(
     logit_positions: Tensor | None = None,
     batched: bool = False,
     fused: bool = False,
+    token_tables: bool = False,
 ) -> Tensor:
     """The forward pass proper: no checks and no data-dependent Python control flow.
     `last_query`: the positions the last layer computes its queries at (None: all).
     `batched`: running under `vmap` over stacked parameters (see `_attention`).
-    `fused`: attention as one kernel, no pattern (see `mix_heads`); not with `batched`."""
+    `fused`: attention as one kernel, no pattern (see `mix_heads`); not with `batched`.
+    `token_tables`: the first layer from per-(position, token) tables (`first_layer_tables`)."""
     batch, seq = tokens.shape
     record = _recorder(cache)
-    resid = record("hook_embed", F.embedding(tokens, params["embed.weight"]))
     rope: tuple[Tensor, Tensor] | None = None
-    if arch.rotary:
-        rope = _rotary_tables(arch, seq, tokens.device)
+    first_qkv: tuple[Tensor, Tensor, Tensor] | None = None
+    if token_tables:
+        first_query = last_query if last_query is not None and arch.n_layers == 1 else None
+        resid, first_qkv = first_layer_tables(params, tokens, arch, first_query)
     else:
-        pos = params["pos_embed.weight"][:seq].expand(batch, seq, arch.d_model)
-        resid = resid + record("hook_pos_embed", pos)
+        resid = record("hook_embed", F.embedding(tokens, params["embed.weight"]))
+        if arch.rotary:
+            rope = _rotary_tables(arch, seq, tokens.device)
+        else:
+            pos = params["pos_embed.weight"][:seq].expand(batch, seq, arch.d_model)
+            resid = resid + record("hook_pos_embed", pos)
 
     for layer in range(arch.n_layers):
         block = f"blocks.{layer}"
         record(f"{block}.hook_resid_pre", resid)
-        normed = normalize(params, f"{block}.ln1", resid, arch.normalization, arch.eps)
         last = last_query is not None and layer == arch.n_layers - 1
         query = last_query if last else slice(0, seq)
-        attn_out, pattern = _attention(
-            params, f"{block}.attn", normed, arch, rope, query, record, batched, fused
-        )
+        if layer == 0 and first_qkv is not None:
+            attn_out, pattern = _attention_of(
+                params, f"{block}.attn", first_qkv, arch, rope, query, record, seq
+            )
+        else:
+            normed = normalize(params, f"{block}.ln1", resid, arch.normalization, arch.eps)
+            attn_out, pattern = _attention(
+                params, f"{block}.attn", normed, arch, rope, query, record, batched, fused
+            )
         if pattern is not None:
             record(f"{block}.attn.hook_pattern", pattern)
         resid = resid[:, query] + record(f"{block}.hook_attn_out", attn_out)
@@ -221,6 +251,54 @@ def _logits(
     if logit_positions is not None:
         resid = resid[:, logit_positions]
     return unembed(params, resid, arch)
+
+
+def first_layer_tables(
+    params: Mapping[str, Tensor],
+    tokens: Int[Tensor, "batch pos"],
+    arch: Architecture,
+    query: slice | Tensor | None = None,
+) -> tuple[
+    Float[Tensor, "batch pos d_model"],
+    tuple[
+        Float[Tensor, "batch query head d_head"],
+        Float[Tensor, "batch pos head d_head"],
+        Float[Tensor, "batch pos head d_head"],
+    ],
+]:
+    """The embedded residual stream and the first attention's queries (at `query`; None:
+    every position), keys and values, gathered from tables over (position, token).
+
+    With absolute position embeddings, the first block's input at position i depends on
+    the token there alone: `W_E[t] + W_pos[i]`, and so do its normalised input and its
+    q, k and v. Computed for every (position, token) pair, they cost `pos x d_vocab` rows
+    of arithmetic instead of `batch x pos`; each example's rows are then gathered, all in
+    one `F.embedding` (whose backward sums the examples' gradients per row). The same
+    values as the per-example pass to float rounding (the residual stream bit for bit)."""
+    batch, seq = tokens.shape
+    embed = params["embed.weight"]
+    d_vocab, d_model, width = embed.shape[0], arch.d_model, arch.n_heads * arch.d_head
+    table = embed + params["pos_embed.weight"][:seq, None]  # [pos, d_vocab, d_model]
+    normed = normalize(params, "blocks.0.ln1", table, arch.normalization, arch.eps)
+    prefix = "blocks.0.attn"
+    weight = torch.cat([params[f"{prefix}.{name}.weight"] for name in "qkv"])
+    bias = torch.cat([params[f"{prefix}.{name}.bias"] for name in "qkv"])
+    # One table, one gather: [pos * d_vocab, d_model + 3 * heads * d_head].
+    rows = torch.cat([table, F.linear(normed, weight, bias)], dim=-1).flatten(0, 1)
+    at = tokens + torch.arange(seq, device=tokens.device) * d_vocab  # [batch, pos]
+    resid, q, k, v = (  # one split: its backward is one concatenation
+        part.unflatten(-1, (arch.n_heads, arch.d_head)) if i else part
+        for i, part in enumerate(F.embedding(at, rows).split([d_model, width, width, width], -1))
+    )
+    return resid, (q if query is None else q[:, query], k, v)
+
+
+def _check_token_tables(arch: Architecture, cache: dict[str, Tensor] | None) -> None:
+    """Raise a one-line ValueError where `token_tables=True` cannot apply."""
+    if arch.rotary:
+        raise ValueError("token_tables needs absolute position embeddings; this model is rotary")
+    if cache is not None:
+        raise ValueError("token_tables keeps no per-example embeddings to cache: pass cache=None")
 
 
 def unembed(
@@ -291,14 +369,30 @@ def _attention(
     x_query = x if whole else x[:, query]
     if batched and isinstance(query, slice) and not x_query.is_contiguous():
         x_query = x_query.contiguous()
-    q = record(f"{prefix}.hook_q", head_projection(params, prefix, "q", x_query, arch))
-    k = record(f"{prefix}.hook_k", head_projection(params, prefix, "k", x, arch))
-    v = record(f"{prefix}.hook_v", head_projection(params, prefix, "v", x, arch))
+    q = head_projection(params, prefix, "q", x_query, arch)
+    k = head_projection(params, prefix, "k", x, arch)
+    v = head_projection(params, prefix, "v", x, arch)
+    return _attention_of(params, prefix, (q, k, v), arch, rope, query, record, seq, fused)
+
+
+def _attention_of(
+    params: Mapping[str, Tensor],
+    prefix: str,
+    qkv: tuple[Tensor, Tensor, Tensor],
+    arch: Architecture,
+    rope: tuple[Tensor, Tensor] | None,
+    query: slice | Tensor,
+    record: Callable[[str, Tensor], Tensor],
+    seq: int,
+    fused: bool = False,
+) -> tuple[Float[Tensor, "batch query d_model"], Float[Tensor, "batch head query key"] | None]:
+    """`_attention` from the queries (at `query`), keys and values `[batch, pos, head,
+    d_head]` of its heads."""
+    q, k, v = (record(f"{prefix}.hook_{name}", x) for name, x in zip("qkv", qkv, strict=True))
+    device = k.device
     sees_every_key = isinstance(query, slice) and min(range(seq)[query], default=0) >= seq - 1
     causal = arch.causal and not sees_every_key
-    positions = (
-        torch.arange(seq, device=x.device)[query] if causal or rope is not None else None
-    )
+    positions = torch.arange(seq, device=device)[query] if causal or rope is not None else None
     z, pattern = mix_heads(q, k, v, positions, arch, rope, causal=causal, fused=fused)
     return attention_output(params, prefix, record(f"{prefix}.hook_z", z)), pattern
 

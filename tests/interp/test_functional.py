@@ -307,3 +307,57 @@ def test_forward_without_patterns_caches_none_and_agrees() -> None:
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
     for name, value in lean.items():
         torch.testing.assert_close(value, full[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_token_tables_give_the_bridge_logits_and_gradients(case) -> None:
+    """`token_tables=True` gathers the first layer's residual stream and q/k/v from
+    per-(position, token) tables: the same logits and gradients, every architecture with
+    absolute positions; a one-line error for rotary models and for a cache."""
+    spec, model = case
+    params = functional.params_of(model)
+    toks = tokens(spec, batch=9, seed=3)
+    if spec.positional_embedding == "rotary":
+        with pytest.raises(ValueError, match="token_tables needs absolute position embeddings"):
+            functional.forward(params, toks, spec, token_tables=True)
+        return
+    with pytest.raises(ValueError, match="pass cache=None"):
+        functional.forward(params, toks, spec, token_tables=True, cache={})
+    with torch.no_grad():
+        reference = model(toks)
+    tabled = functional.forward(params, toks, spec, token_tables=True)
+    torch.testing.assert_close(tabled, reference, atol=1e-5, rtol=0)
+    last = functional.forward(params, toks, spec, token_tables=True, final_position_only=True)
+    torch.testing.assert_close(last[:, 0], reference[:, -1], atol=1e-5, rtol=0)
+
+    targets = toks % spec.d_vocab_out
+
+    def loss(params: dict[str, torch.Tensor], tables: bool) -> torch.Tensor:
+        logits = functional.forward(params, toks, spec, validate=False, token_tables=tables)
+        return loss_on(logits, targets)
+
+    plain, tabled_grads = (torch.func.grad(loss)(params, tables) for tables in (False, True))
+    for name, grad in plain.items():
+        torch.testing.assert_close(tabled_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+    stacked = functional.stack_params([params, functional.params_of(randomised(spec, 1))])
+    batched = functional.batched_forward(stacked, toks, spec, token_tables=True)
+    torch.testing.assert_close(batched[0], reference, atol=1e-5, rtol=0)
+
+
+def test_token_tables_project_each_position_and_token_once() -> None:
+    """Counted FLOPs: the tables replace the q, k and v projections of batch x pos rows by
+    one projection of pos x d_vocab rows; every other matmul is the same."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = SPECS["ln-relu-1layer"]
+    params = functional.params_of(randomised(spec))
+    batch = 40
+    toks = tokens(spec, batch=batch, seed=4)
+    flops = []
+    for tables in (False, True):
+        with FlopCounterMode(display=False) as counter:
+            functional.forward(params, toks, spec, token_tables=tables)
+        flops.append(counter.get_total_flops())
+    width = spec.n_heads * spec.d_head
+    rows_saved = spec.n_ctx * (batch - spec.d_vocab)
+    assert flops[0] - flops[1] == 2 * 3 * spec.d_model * width * rows_saved
