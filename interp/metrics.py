@@ -20,15 +20,6 @@ from torch import Tensor
 from interp.tasks.base import MetricFn, TaskBatch
 
 
-def rowwise(metric: MetricFn) -> MetricFn:
-    """Mark `metric` as row-wise: example i's value depends on example i's logits and
-    batch rows alone, so it may be evaluated on many batches stacked into one (patching
-    reads the metric of every patched copy that way, `mean_metric(...).rowwise_metric`). Every
-    metric of `METRICS` is row-wise; mark your own only if it is."""
-    metric.rowwise = True  # type: ignore[attr-defined]
-    return metric
-
-
 def logits_at(
     logits: Float[Tensor, "batch pos vocab"], position: Int[Tensor, " batch"]
 ) -> Float[Tensor, "batch vocab"]:
@@ -63,7 +54,6 @@ def at_least_float32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-@rowwise
 def logit_diff(
     logits: Float[Tensor, "batch pos vocab"], batch: TaskBatch
 ) -> Float[Tensor, " batch"]:
@@ -72,7 +62,6 @@ def logit_diff(
     return _token_logit(final, batch.answer) - _token_logit(final, batch.wrong)
 
 
-@rowwise
 def answer_logprob(
     logits: Float[Tensor, "batch pos vocab"], batch: TaskBatch
 ) -> Float[Tensor, " batch"]:
@@ -81,7 +70,6 @@ def answer_logprob(
     return _token_logit(torch.log_softmax(final, dim=-1), batch.answer)
 
 
-@rowwise
 def answer_prob(
     logits: Float[Tensor, "batch pos vocab"], batch: TaskBatch
 ) -> Float[Tensor, " batch"]:
@@ -89,7 +77,6 @@ def answer_prob(
     return answer_logprob(logits, batch).exp()
 
 
-@rowwise
 def accuracy(logits: Float[Tensor, "batch pos vocab"], batch: TaskBatch) -> Float[Tensor, " batch"]:
     """1.0 where the top logit at `batch.position` is `batch.answer`, else 0.0."""
     final = logits_at(logits, batch.position)
@@ -191,7 +178,4 @@ def mean_metric(
 
     averaged.__name__ = f"mean_{getattr(metric, '__name__', 'metric')}"
     averaged.__doc__ = f"Batch mean of {averaged.__name__[5:]}."
-    # The per-example metric, for callers that read many batches' means at once; None
-    # unless it is marked `rowwise`.
-    averaged.rowwise_metric = metric if getattr(metric, "rowwise", False) else None  # type: ignore[attr-defined]
     return averaged

@@ -67,17 +67,13 @@ def _metric_value(metric: PatchMetric, logits: Tensor, batch: TaskBatch) -> Tens
 class CopyMetric:
     """The metric of every patched copy of a chunk, `[copy, batch, pos, vocab]` -> `[copy]`.
 
-    A row-wise per-example metric averaged over the batch (`interp.metrics.mean_metric` of
-    a metric marked `rowwise`, as every metric of `interp.metrics` is) runs once on the
-    copies stacked into one batch, against the batch tiled as many times, then is averaged
-    per copy. Any other metric runs in one `torch.func.vmap` call over the copies where it
-    allows that. Either way a handful of batched ops per chunk replace the metric's ops once
-    per copy, which on a GPU is most of a small model's patching time (host-side dispatch);
-    stacking also skips vmap's own overhead (about half the metric's host time on a small
-    sweep). A metric that `vmap` cannot run (data-dependent Python control flow on the
+    One `torch.func.vmap` call over the copies where the metric allows it (every metric
+    of `interp.metrics` does): a handful of batched ops per chunk instead of the metric's
+    ops once per copy, which on a GPU is most of a small model's patching time (host-side
+    dispatch). A metric that `vmap` cannot run (data-dependent Python control flow on the
     logits, `.item()`, randomness) is called once per copy from then on, as before; an
-    error of the metric itself is raised again from that call. Every way gives the same
-    values (the metric is applied to each copy's own examples); only a metric with side
+    error of the metric itself is raised again from that call. Either way the values are
+    the same (the metric is applied to each copy's own examples); only a metric with side
     effects can tell, as it is called once per group of copies.
     """
 
@@ -86,9 +82,6 @@ class CopyMetric:
         self.batch = batch
         self.vectorised = True
         """Whether the next call tries `vmap` (False once it failed)."""
-        self.rows: PatchMetric | None = getattr(metric, "rowwise_metric", None)
-        """The row-wise per-example metric that `metric` averages, if it is one."""
-        self._tiled: dict[int, TaskBatch] = {}
 
     def one(self, logits: Float[Tensor, "batch pos vocab"]) -> Tensor:
         """The metric of one copy, a detached 0-d float tensor."""
@@ -97,24 +90,12 @@ class CopyMetric:
     def __call__(self, logits: Float[Tensor, "copy batch pos vocab"]) -> Float[Tensor, " copy"]:
         if len(logits) == 1:
             return self.one(logits[0])[None]
-        if self.rows is not None:
-            return self._stacked(self.rows, logits)
         if self.vectorised:
             try:
                 return torch.func.vmap(self.one)(logits)
             except Exception:  # not vmappable (or failing): per copy, which re-raises errors
                 self.vectorised = False
         return torch.stack([self.one(copy) for copy in logits])
-
-    def _stacked(
-        self, rows: PatchMetric, logits: Float[Tensor, "copy batch pos vocab"]
-    ) -> Float[Tensor, " copy"]:
-        copies, batch = logits.shape[:2]
-        tiled = self._tiled.get(copies)
-        if tiled is None:
-            tiled = self._tiled[copies] = self.batch.tiled(copies)
-        values = torch.as_tensor(rows(logits.flatten(0, 1), tiled))
-        return values.reshape(copies, batch).mean(dim=1).detach().float()
 
 
 def _position_labels(batch: TaskBatch, tokenizer: Any | None) -> tuple[str, ...]:

@@ -86,11 +86,6 @@ class TaskBatch:
             index = slice(index, index + 1)
         return self._map(lambda t: t[index])
 
-    def tiled(self, copies: int) -> TaskBatch:
-        """The batch repeated `copies` times along the batch axis: copy k holds examples
-        `k * len(self)` to `(k + 1) * len(self) - 1`."""
-        return self._map(lambda t: t.repeat(copies, *([1] * (t.ndim - 1))))
-
     def chunks(self, batch_size: int) -> Iterator[TaskBatch]:
         """Consecutive sub-batches of at most `batch_size` examples."""
         if batch_size < 1:

@@ -14,10 +14,9 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.attribution import attribute
 from circuits.patching import TARGETS, PatchingResult, patch
-from circuits.patching.engine import CopyMetric
 from interp import models
 from interp.dispatch_count import count_dispatch
-from interp.metrics import METRICS, logit_diff, mean_metric, normalise
+from interp.metrics import logit_diff, mean_metric, normalise
 from interp.runs import RunStore
 from interp.tasks.base import TaskBatch
 
@@ -219,34 +218,6 @@ def test_metric_that_vmap_cannot_run_gives_the_same_values(model, batch, engine)
         torch.testing.assert_close(fallback.values, plain.values, atol=1e-6, rtol=0)
         assert fallback.metric_clean == pytest.approx(plain.metric_clean, abs=1e-6)
         assert fallback.metric_corrupted == pytest.approx(plain.metric_corrupted, abs=1e-6)
-
-
-def test_rowwise_metrics_read_all_copies_stacked_with_per_copy_values() -> None:
-    """`CopyMetric` stacks the copies into one batch for the averaged row-wise metrics of
-    `interp.metrics`, vmaps a metric not marked row-wise (here one centred on its own
-    batch's mean, which stacking would get wrong), and both equal one call per copy."""
-    generator = torch.Generator().manual_seed(5)
-    copies, n, n_pos, vocab = 6, 5, 4, 11
-    logits = torch.randn(copies, n, n_pos, vocab, generator=generator)
-    tokens = torch.randint(0, vocab, (n, n_pos), generator=generator)
-    batch = TaskBatch(
-        clean=tokens, corrupted=tokens.flip(0),
-        answer=torch.randint(0, vocab, (n,), generator=generator),
-        wrong=torch.randint(0, vocab, (n,), generator=generator),
-        position=torch.randint(0, n_pos, (n,), generator=generator),
-    )
-
-    def centred(logits: Tensor, batch: TaskBatch) -> Tensor:
-        diff = logit_diff(logits, batch)
-        return (diff - diff.mean()).abs()
-
-    for per_example in (*METRICS.values(), centred):
-        metric = mean_metric(per_example)
-        reader = CopyMetric(metric, batch)
-        assert (reader.rows is not None) == (per_example is not centred)
-        one_by_one = torch.stack([reader.one(copy) for copy in logits])
-        torch.testing.assert_close(reader(logits), one_by_one, atol=1e-6, rtol=0)
-        assert reader.vectorised
 
 
 @pytest.mark.parametrize("target", ["resid_pre", "z"])

@@ -428,11 +428,3 @@ def test_factory_errors_name_the_problem() -> None:
         make_task({"name": "induction", "half_lenn": 3})
     with pytest.raises(ValueError, match="mapping"):
         make_task(["modular"])  # type: ignore[arg-type]
-
-
-def test_tiled_batch_repeats_every_field_copy_by_copy() -> None:
-    batch = ModularArithmetic(p=7).batch()
-    tiled = batch.tiled(3)
-    assert len(tiled) == 3 * len(batch)
-    for copy in range(3):
-        assert_same_batch(tiled[copy * len(batch) : (copy + 1) * len(batch)], batch)
