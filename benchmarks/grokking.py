@@ -166,8 +166,7 @@ def timed_epochs(step, epochs: int, device: torch.device) -> tuple[float, Tensor
 
     def run() -> None:
         for _ in range(epochs):
-            out = step()
-            losses.append(out[0] if isinstance(out, tuple) else out)
+            losses.append(step())
 
     seconds = time_once(run, device)
     return seconds, torch.stack(losses)
@@ -242,9 +241,9 @@ def graph_lines(
         eager, _, _ = make_pair(setting, n_seeds, device)
         graph, _, _ = make_pair(setting, n_seeds, device, cuda_graph=True)
         warm = StackedTrainer.GRAPH_WARMUP_EPOCHS + 1
-        eager_losses = [eager.step()[0] for _ in range(warm)]
+        eager_losses = [eager.step() for _ in range(warm)]
         try:
-            graph_losses = [graph.step()[0] for _ in range(warm)]
+            graph_losses = [graph.step() for _ in range(warm)]
             graph_s, graph_loss = timed_epochs(graph.step, setting.epochs, device)
         except Exception as error:  # noqa: BLE001 - report it and go on to the next lines
             lines.append(f"{n_seeds} seed(s) CUDA graph: failed: {type(error).__name__}: "

@@ -285,12 +285,20 @@ def first_layer_tables(
     bias = torch.cat([params[f"{prefix}.{name}.bias"] for name in "qkv"])
     # One table, one gather: [pos * d_vocab, d_model + 3 * heads * d_head].
     rows = torch.cat([table, F.linear(normed, weight, bias)], dim=-1).flatten(0, 1)
-    at = tokens + torch.arange(seq, device=tokens.device) * d_vocab  # [batch, pos]
+    at = tokens + _row_offsets(seq, d_vocab, tokens.device)  # [batch, pos]
     resid, q, k, v = (  # one split: its backward is one concatenation
         part.unflatten(-1, (arch.n_heads, arch.d_head)) if i else part
         for i, part in enumerate(F.embedding(at, rows).split([d_model, width, width, width], -1))
     )
     return resid, (q if query is None else q[:, query], k, v)
+
+
+@functools.lru_cache(maxsize=32)
+def _row_offsets(seq: int, d_vocab: int, device: torch.device) -> Int[Tensor, " pos"]:
+    """`i * d_vocab` for each position i: the first row of position i's block of a
+    `first_layer_tables` table; kept per size and device rather than rebuilt each call."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.arange(seq, device=device) * d_vocab
 
 
 def _check_token_tables(arch: Architecture, cache: dict[str, Tensor] | None) -> None:

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
@@ -81,18 +82,29 @@ class EpochStats:
     test_acc: Tensor
 
 
-def answer_loss_and_accuracy(
-    final: Float[Tensor, "S batch vocab"], batch: TaskBatch
-) -> tuple[Float[Tensor, " S"], Float[Tensor, " S"]]:
-    """Per-model mean cross-entropy and accuracy of the answer, from the logits at the
-    answer position."""
-    log_probs = final.float().log_softmax(dim=-1)
-    answer = batch.answer[None, :, None].expand(final.shape[0], -1, 1)
-    loss = -log_probs.gather(-1, answer)[..., 0].mean(dim=-1)
+def answer_loss(final: Float[Tensor, "S batch vocab"], batch: TaskBatch) -> Float[Tensor, " S"]:
+    """Per-model mean cross-entropy of the answer, from the logits at the answer position
+    (`F.cross_entropy` over the models' examples stacked: fewer kernels, in both directions,
+    than a log-softmax and a gather)."""
+    n_models = final.shape[0]
+    answers = batch.answer if n_models == 1 else batch.answer.repeat(n_models)
+    per_example = F.cross_entropy(final.float().flatten(0, 1), answers, reduction="none")
+    return per_example.view(n_models, -1).mean(dim=-1)
+
+
+def answer_accuracy(final: Float[Tensor, "S batch vocab"], batch: TaskBatch) -> Float[Tensor, " S"]:
+    """Per-model fraction of examples whose top logit is the answer."""
     # count / n, not mean(): CUDA's mean multiplies by 1/n, which turns all-correct into
     # 0.99999994 (float32), and "train accuracy 1.0" is a threshold the summary reads.
     correct = (final.argmax(dim=-1) == batch.answer[None]).float().sum(dim=-1)
-    return loss, correct / final.shape[1]
+    return correct / final.shape[1]
+
+
+def answer_loss_and_accuracy(
+    final: Float[Tensor, "S batch vocab"], batch: TaskBatch
+) -> tuple[Float[Tensor, " S"], Float[Tensor, " S"]]:
+    """`answer_loss` and `answer_accuracy`."""
+    return answer_loss(final, batch), answer_accuracy(final, batch)
 
 
 class StackedTrainer:
@@ -182,7 +194,7 @@ class StackedTrainer:
         self.ema: dict[str, Tensor] | None = None
         self.epoch = 0
         self._graph: torch.cuda.CUDAGraph | None = None
-        self._graph_out: tuple[Tensor, Tensor] | None = None
+        self._graph_out: Tensor | None = None
         self._graph_failed = False
         self._eager_since_load = 0
 
@@ -195,8 +207,9 @@ class StackedTrainer:
         scale = min(1.0, epoch / warmup) if warmup else 1.0
         return self.optim_settings.lr * scale
 
-    def step(self) -> tuple[Tensor, Tensor]:
-        """One full-batch epoch; returns the per-model train loss and accuracy before it."""
+    def step(self) -> Tensor:
+        """One full-batch epoch; returns the per-model train loss before it, `[S]` (the
+        accuracy is `evaluate`'s: an epoch computes only what its update needs)."""
         self.epoch += 1
         lr = self._lr(self.epoch)
         if self._lr_tensor is not None:
@@ -217,17 +230,16 @@ class StackedTrainer:
         """Whether the Grokfast EMA exists (or is not used): its first epoch is eager."""
         return self.ema is not None or not self.grokfast.enabled
 
-    def _eager_step(self) -> tuple[Tensor, Tensor]:
-        train = self.train_set
-        loss, accuracy = answer_loss_and_accuracy(self._final_logits(train), train)
+    def _eager_step(self) -> Tensor:
+        loss = answer_loss(self._final_logits(self.train_set), self.train_set)
         self.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         if self.grokfast.enabled:
             self._apply_grokfast()
         self.optimizer.step()
-        return loss.detach(), accuracy
+        return loss.detach()
 
-    def _side_stream_step(self) -> tuple[Tensor, Tensor]:
+    def _side_stream_step(self) -> Tensor:
         """An eager step on a side stream, as PyTorch's recipe for capturing a whole
         training step asks of the warm-up steps before a capture (state made lazily, such
         as cuBLAS workspaces and the optimiser's, is then not tied to the default stream);
@@ -236,13 +248,12 @@ class StackedTrainer:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
-            loss, accuracy = self._eager_step()
+            loss = self._eager_step()
         current.wait_stream(side)
-        for made_there in (loss, accuracy):  # read on the default stream from now on
-            made_there.record_stream(current)
-        return loss, accuracy
+        loss.record_stream(current)  # read on the default stream from now on
+        return loss
 
-    def _graph_step(self) -> tuple[Tensor, Tensor]:
+    def _graph_step(self) -> Tensor:
         """Replay the captured step (capturing it first); the outputs are copied out, since
         the next replay overwrites them. A capture that fails (an op CUDA graphs cannot
         hold) warns once and the run goes on with eager steps: nothing a capture records
@@ -275,8 +286,7 @@ class StackedTrainer:
             self._graph = graph
         self._graph.replay()
         assert self._graph_out is not None
-        loss, accuracy = self._graph_out
-        return loss.clone(), accuracy.clone()
+        return self._graph_out.clone()
 
     def _apply_grokfast(self) -> None:
         alpha, lamb = self.grokfast.alpha, self.grokfast.lamb
@@ -306,12 +316,12 @@ class StackedTrainer:
                 self.params, data.clean, self.spec, final_position_only=True, validate=False,
                 token_tables=self.token_tables,
             )
-            return logits[:, :, -1]
+            return logits.squeeze(2)  # [S, batch, 1, vocab]: a view both ways
         per_model = [
             functional.forward(
                 params, data.clean, self.spec, validate=False, final_position_only=True,
                 token_tables=self.token_tables,
-            )[:, -1]
+            ).squeeze(1)
             for params in self._per_model_params()
         ]
         return per_model[0][None] if len(per_model) == 1 else torch.stack(per_model)
