@@ -62,6 +62,7 @@ __all__ = [
     "first_layer_tables",
     "forward",
     "head_projection",
+    "linear",
     "live_params",
     "load_params",
     "mix_heads",
@@ -284,7 +285,7 @@ def first_layer_tables(
     weight = torch.cat([params[f"{prefix}.{name}.weight"] for name in "qkv"])
     bias = torch.cat([params[f"{prefix}.{name}.bias"] for name in "qkv"])
     # One table, one gather: [pos * d_vocab, d_model + 3 * heads * d_head].
-    rows = torch.cat([table, F.linear(normed, weight, bias)], dim=-1).flatten(0, 1)
+    rows = torch.cat([table, linear(normed, weight, bias)], dim=-1).flatten(0, 1)
     at = tokens + _row_offsets(seq, d_vocab, tokens.device)  # [batch, pos]
     resid, q, k, v = (  # one split: its backward is one concatenation
         part.unflatten(-1, (arch.n_heads, arch.d_head)) if i else part
@@ -314,7 +315,22 @@ def unembed(
 ) -> Float[Tensor, "batch pos d_vocab_out"]:
     """Logits from the final residual stream: the final norm, then the unembedding."""
     normed = normalize(params, "ln_final", resid, arch.normalization, arch.eps)
-    return F.linear(normed, params["unembed.weight"], params["unembed.bias"])
+    return linear(normed, params["unembed.weight"], params["unembed.bias"])
+
+
+def linear(
+    x: Float[Tensor, "*lead d_in"], weight: Float[Tensor, "d_out d_in"], bias: Tensor | None
+) -> Float[Tensor, "*lead d_out"]:
+    """`F.linear`, except under `torch.func.vmap` over stacked weights, where it computes
+    `(W @ x^T)^T + b`: the same values, in two kernels where vmap's rule for `F.linear`
+    with a batched bias (`addmm`) takes three (it also scales the bias by beta = 1), and
+    with the weight's gradient made in the weight's own layout (`grad^T @ x`), which
+    autograd then accumulates without a copy (`x @ W^T` gives it transposed: a copy per
+    weight per step)."""
+    if bias is not None and torch._C._functorch.is_batchedtensor(weight):
+        rows = x.reshape(-1, x.shape[-1])
+        return torch.matmul(weight, rows.mT).mT.reshape(*x.shape[:-1], -1) + bias
+    return F.linear(x, weight, bias)
 
 
 def _recorder(cache: dict[str, Tensor] | None) -> Callable[[str, Tensor], Tensor]:
@@ -415,7 +431,7 @@ def head_projection(
     """The `name` ("q", "k" or "v") of every head of the attention at `prefix`, in
     TransformerLens's hook layout (before rotary embedding)."""
     weight, bias = params[f"{prefix}.{name}.weight"], params[f"{prefix}.{name}.bias"]
-    flat = F.linear(x, weight, bias)
+    flat = linear(x, weight, bias)
     return flat.reshape(x.shape[0], x.shape[1], arch.n_heads, arch.d_head)
 
 
@@ -497,7 +513,7 @@ def attention_output(
 ) -> Float[Tensor, "batch query d_model"]:
     """The attention's output: every head's `z` through `W_O`, plus the output bias."""
     flat = z.reshape(z.shape[0], z.shape[1], -1)
-    return F.linear(flat, params[f"{prefix}.o.weight"], params[f"{prefix}.o.bias"])
+    return linear(flat, params[f"{prefix}.o.weight"], params[f"{prefix}.o.bias"])
 
 
 def _rotary_tables(arch: Architecture, seq: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -535,13 +551,13 @@ def mlp(
     record = record or _recorder(None)
     pre = record(
         f"{prefix}.hook_pre",
-        F.linear(x, params[f"{prefix}.in.weight"], params[f"{prefix}.in.bias"]),
+        linear(x, params[f"{prefix}.in.weight"], params[f"{prefix}.in.bias"]),
     )
     post = _activation(arch.act_fn, pre, inplace=inplace and not pre.requires_grad)
     if arch.act_fn == "solu_ln":
         post = normalize(params, f"{prefix}.ln", post, "LN", arch.eps)
     record(f"{prefix}.hook_post", post)
-    return F.linear(post, params[f"{prefix}.out.weight"], params[f"{prefix}.out.bias"])
+    return linear(post, params[f"{prefix}.out.weight"], params[f"{prefix}.out.bias"])
 
 
 def _activation(name: str, x: Tensor, inplace: bool = False) -> Tensor:

@@ -361,3 +361,28 @@ def test_token_tables_project_each_position_and_token_once() -> None:
     width = spec.n_heads * spec.d_head
     rows_saved = spec.n_ctx * (batch - spec.d_vocab)
     assert flops[0] - flops[1] == 2 * 3 * spec.d_model * width * rows_saved
+
+
+@pytest.mark.parametrize("lead", [(7,), (7, 2)])
+def test_linear_under_vmap_equals_f_linear_and_accumulates_weight_grads_without_copies(
+    lead: tuple[int, ...],
+) -> None:
+    """Under vmap over stacked weights `functional.linear` computes `(W @ x^T)^T + b`: the
+    values of `F.linear` per model, and weight gradients made in the weights' layout, so
+    that autograd accumulates them with no copy (`x @ W^T` makes them transposed)."""
+    from interp.dispatch_count import count_dispatch
+
+    generator = torch.Generator().manual_seed(6)
+    n_models, d_in, d_out = 3, 5, 4
+    weight = torch.randn(n_models, d_out, d_in, generator=generator).requires_grad_(True)
+    bias = torch.randn(n_models, d_out, generator=generator).requires_grad_(True)
+    x = torch.randn(*lead, d_in, generator=generator)
+    out = torch.func.vmap(functional.linear, in_dims=(None, 0, 0))(x, weight, bias)
+    expected = [F.linear(x, w, b) for w, b in zip(weight, bias, strict=True)]
+    torch.testing.assert_close(out, torch.stack(expected), atol=1e-6, rtol=0)
+    with count_dispatch() as counted:
+        out.square().sum().backward()
+    assert counted.by_op["copy_"] == 0, counted.by_op
+    reference = torch.autograd.grad(sum(e.square().sum() for e in expected), [weight, bias])
+    torch.testing.assert_close(weight.grad, reference[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bias.grad, reference[1], atol=1e-5, rtol=1e-5)
