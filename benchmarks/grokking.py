@@ -15,9 +15,11 @@ per-epoch training losses). Lines:
 3. S seeds batched against our own single-seed trainer run S times;
 4. the two ways our trainer can run S models: one vmapped computation (what it does on
    CUDA) against a pass per model on its slice of the stacked weights (what it does on CPU);
-5. epochs until every model reaches test accuracy 0.99, with Grokfast (Lee et al. 2024)
+5. S seeds: our trainer's first layer from per-(position, token) tables (what it does,
+   `functional.first_layer_tables`) against the same trainer computing it per example;
+6. epochs until every model reaches test accuracy 0.99, with Grokfast (Lee et al. 2024)
    against without, on the same config and seeds (printed in epochs, not seconds);
-6. on CUDA only, 1 seed and S seeds: our trainer's opt-in CUDA-graph step
+7. on CUDA only, 1 seed and S seeds: our trainer's opt-in CUDA-graph step
    (`cuda_graph=True`) against its eager step, from the same weights (max |diff| of the
    losses). `--graph-only` prints these lines alone (the GPU check of the graph path).
 
@@ -216,6 +218,15 @@ def speed_lines(setting: Setting, device: torch.device) -> list[str]:
     vmapped, looped = (ours, other) if ours.vectorize else (other, ours)
     lines.append(dispatch_line(f"{s} seeds, vmapped", vmapped.step, looped.step,
                                reference="a pass per model"))
+    per_example, _, _ = make_pair(setting, s, device)
+    per_example.token_tables = False
+    per_example.step()
+    per_example_s, per_example_loss = timed_epochs(per_example.step, setting.epochs, device)
+    lines.append(format_line(
+        f"{s} seeds, {setting.epochs} epochs: first layer from (position, token) tables "
+        f"(ours) vs computed per example (reference)",
+        ours_s, per_example_s, max_abs_diff(ours_loss, per_example_loss),
+    ))
     return lines
 
 
