@@ -124,8 +124,8 @@ def forward(
         token_tables: Compute the first layer's residual stream, queries, keys and values
             once per (position, token) and gather them (`first_layer_tables`), instead of
             once per (example, position): the same values to float rounding, and much less
-            work when the batch is larger than the vocabulary (the grokking sets: 3,830
-            examples of a 114-token vocabulary). Absolute position embeddings only; no
+            work when the batch is larger than the vocabulary (the grokking training
+            set: 3,831 examples of a 115-token vocabulary). Absolute position embeddings only; no
             `cache`.
     """
     arch = architecture(spec)

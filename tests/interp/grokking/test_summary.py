@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from interp.grokking.summary import seed_summary
-from interp.grokking.trainer import answer_loss_and_accuracy
+from interp.grokking.trainer import answer_loss, answer_loss_and_accuracy
 from interp.tasks.base import TaskBatch
 
 
@@ -50,3 +50,16 @@ def test_summary_reads_float32_all_correct_as_fitted_and_one_error_as_not() -> N
     never_fitted = seed_summary(_rows([one_wrong] * 20, test))
     assert never_fitted["epoch_train_acc_1"] is None
     assert not never_fitted["grokked"]
+
+
+def test_answer_loss_is_each_models_mean_cross_entropy() -> None:
+    generator = torch.Generator().manual_seed(3)
+    n_models, n, vocab = 3, 50, 11
+    answers = torch.randint(0, vocab, (n,), generator=generator)
+    logits = torch.randn(n_models, n, vocab, generator=generator)
+    by_hand = torch.stack([
+        -sum(torch.log_softmax(logits[m, i], -1)[answers[i]] for i in range(n)) / n
+        for m in range(n_models)
+    ])
+    torch.testing.assert_close(answer_loss(logits, _batch(answers)), by_hand)
+    torch.testing.assert_close(answer_loss(logits[1:2], _batch(answers)), by_hand[1:2])
