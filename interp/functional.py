@@ -138,8 +138,8 @@ def forward(
             once per (position, token) and gather them (`first_layer_tables`), instead of
             once per (example, position): the same values to float rounding, and much less
             work when the batch is larger than the vocabulary (the grokking training
-            set: 3,831 examples of a 115-token vocabulary). Absolute position embeddings only; no
-            `cache`.
+            set: 3,831 examples of a 115-token vocabulary). Absolute position embeddings
+            only; no `cache`.
     """
     arch = architecture(spec)
     if validate:
@@ -182,9 +182,7 @@ def batched_forward(
     last_query = slice(tokens.shape[1] - 1, tokens.shape[1]) if final_position_only else None
 
     def one_model(params: Mapping[str, Tensor]) -> Tensor:
-        return _logits(
-            params, tokens, arch, None, last_query, batched=True, token_tables=token_tables
-        )
+        return _logits(params, tokens, arch, None, last_query, token_tables=token_tables)
 
     return torch.func.vmap(one_model)(dict(stacked))
 
@@ -214,14 +212,12 @@ def _logits(
     cache: dict[str, Tensor] | None,
     last_query: slice | Tensor | None = None,
     logit_positions: Tensor | None = None,
-    batched: bool = False,
     fused: bool = False,
     token_tables: bool = False,
 ) -> Tensor:
     """The forward pass proper: no checks and no data-dependent Python control flow.
     `last_query`: the positions the last layer computes its queries at (None: all).
-    `batched`: running under `vmap` over stacked parameters (see `attention`).
-    `fused`: attention as one kernel, no pattern (see `mix_heads`); not with `batched`.
+    `fused`: attention as one kernel, no pattern (see `mix_heads`); not under `vmap`.
     `token_tables`: the first layer from per-(position, token) tables (`first_layer_tables`)."""
     batch, seq = tokens.shape
     record = recorder(cache)
@@ -250,7 +246,7 @@ def _logits(
         else:
             normed = normalize(params, f"{block}.ln1", resid, arch.normalization, arch.eps)
             attn_out, pattern = attention(
-                params, f"{block}.attn", normed, arch, rope, query, record, batched, fused
+                params, f"{block}.attn", normed, arch, rope, query, record, fused
             )
         if pattern is not None:
             record(f"{block}.attn.hook_pattern", pattern)

@@ -110,22 +110,19 @@ def attention(
     rope: tuple[Tensor, Tensor] | None,
     query: slice | Tensor,
     record: Callable[[str, Tensor], Tensor],
-    batched: bool = False,
     fused: bool = False,
 ) -> tuple[Float[Tensor, "batch query d_model"], Float[Tensor, "batch head query key"] | None]:
     """Causal multi-head attention of the `query` positions over every position; returns
     the output and the pattern (None when `fused`).
 
-    Under `vmap` over stacked weights (`batched`), a strided slice of the positions is made
-    contiguous before its projection: `vmap`'s rule for a linear layer with a batched
-    weight otherwise broadcasts the weight to every example (for the grokking benchmark's
-    32 seeds, an 8 GB copy and a per-example matmul in each direction). Queries that see
-    every key (the last position only) skip the causal mask, which would mask nothing."""
+    Under `vmap` over stacked weights a strided slice of the positions reaches `linear`,
+    which flattens it into rows (a copy) before its matmul; `vmap`'s own rule for
+    `F.linear` would broadcast the weight to every example instead (for the grokking
+    benchmark's 32 seeds, an 8 GB copy and a per-example matmul in each direction).
+    Queries that see every key (the last position only) skip the causal mask, which would
+    mask nothing."""
     seq = x.shape[1]
-    whole = isinstance(query, slice) and query == slice(0, seq)
-    x_query = x if whole else x[:, query]
-    if batched and isinstance(query, slice) and not x_query.is_contiguous():
-        x_query = x_query.contiguous()
+    x_query = x if isinstance(query, slice) and query == slice(0, seq) else x[:, query]
     q = head_projection(params, prefix, "q", x_query, arch)
     k = head_projection(params, prefix, "k", x, arch)
     v = head_projection(params, prefix, "v", x, arch)
