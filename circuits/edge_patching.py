@@ -13,9 +13,10 @@ output bias `b_O` belongs to no head and is never ablated.
 
 The forward pass is `interp.functional`'s, with each head's q, k and v computed from its
 own input (so each input has its own LayerNorm), which makes the patching exact for the
-pre-LayerNorm native models it covers: with every edge in the circuit it gives the model's
-logits (to float rounding), with none it gives the ablated run's. Post-LayerNorm models
-(BERT) have no such decomposition of the residual stream; they are refused. Circuits are
+pre-LayerNorm models it covers (native models and pretrained GPT-2,
+`functional.architecture_of`): with every edge in the circuit it gives the model's logits
+(to float rounding), with none it gives the ablated run's. Post-LayerNorm models (BERT)
+have no such decomposition of the residual stream; they are refused. Circuits are
 batched: C masks run as one forward pass of C copies of the batch. Edge attribution
 patching (`circuits.eap`) takes gradients at the destination inputs of a run.
 """
@@ -34,7 +35,6 @@ from circuits.graph import ComputationalGraph, Node
 from circuits.patching.engine import PatchMetric, scalar_metric
 from interp import functional
 from interp.functional import Architecture
-from interp.models import spec_of
 from interp.tasks.base import TaskBatch
 
 Ablation = Literal["resample", "mean", "zero"]
@@ -42,13 +42,13 @@ ABLATIONS: tuple[Ablation, ...] = ("resample", "mean", "zero")
 
 
 def _architecture(model: TransformerBridge) -> Architecture:
-    spec = spec_of(model)
-    if spec is None:
+    try:
+        arch = functional.architecture_of(model)
+    except ValueError as error:
         raise ValueError(
-            "edge patching covers native models built by interp.models.build (pre-LayerNorm, "
-            "where the residual stream is a sum of source outputs); this model is not one"
-        )
-    arch = functional.architecture(spec)
+            "edge patching covers pre-LayerNorm models whose residual stream is a sum of "
+            f"source outputs (native models, pretrained GPT-2): {error}"
+        ) from None
     if arch.rotary:
         raise ValueError("edge patching does not cover rotary embeddings yet")
     return arch
@@ -67,7 +67,8 @@ class EdgePatcher:
     """Edge-ablated forward passes of one native model.
 
     Args:
-        model: A native model from `interp.models.build` (not rotary).
+        model: A native model from `interp.models.build` or a pretrained GPT-2 (not
+            rotary; `functional.architecture_of`).
         graph: Its `ComputationalGraph` (default: `ComputationalGraph.from_model(model)`).
     """
 

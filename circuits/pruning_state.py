@@ -18,7 +18,7 @@ circuit; a test
    its MLP and the logits at the read positions only.
 
 Accepting the removal writes the recomputed tensors into the state (`commit`). The
-arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm native models),
+arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm models: native, GPT-2),
 so the damage equals that of a full edge-patched pass to float rounding.
 
 Speculation (`trials`): several edges e1..eS into one destination, or into q / k / v

@@ -63,15 +63,18 @@ from interp.param_layout import (
     stack_params,
     unstack_params,
 )
+from interp.pretrained_layout import architecture_of, covers
 
 __all__ = [
     "TRAINABLE_EXCLUDED",
     "Architecture",
     "Params",
     "architecture",
+    "architecture_of",
     "attention_output",
     "batched_forward",
     "causal_bias",
+    "covers",
     "first_layer_tables",
     "forward",
     "head_projection",

@@ -40,6 +40,7 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
+from transformers.pytorch_utils import Conv1D
 
 from interp.models import ModelSpec
 
@@ -74,8 +75,11 @@ class Architecture:
     causal: bool = True
 
 
-def architecture(spec: ModelSpec | Mapping[str, Any]) -> Architecture:
-    """Resolve a spec; raise a one-line ValueError for settings this module does not cover."""
+def architecture(spec: ModelSpec | Mapping[str, Any] | Architecture) -> Architecture:
+    """Resolve a spec; raise a one-line ValueError for settings this module does not cover.
+    An `Architecture` (a pretrained model's, from `architecture_of`) is returned as is."""
+    if isinstance(spec, Architecture):
+        return spec
     if isinstance(spec, Mapping):
         try:
             spec = ModelSpec.model_validate(dict(spec))
@@ -93,15 +97,7 @@ def _resolved(spec: ModelSpec) -> Architecture:
     """`architecture` of a validated (frozen, hashable) spec, remembered: building the
     bridge config costs about as much as a small model's forward pass on a few tokens."""
     cfg = spec.to_bridge_config()
-    unsupported = {
-        "gated_mlp": bool(cfg.gated_mlp),
-        "final_rms": bool(cfg.final_rms),
-        "n_key_value_heads (GQA)": cfg.n_key_value_heads not in (None, cfg.n_heads),
-        "attn_scores_soft_cap": cfg.attn_scores_soft_cap > 0,
-        "output_logits_soft_cap": cfg.output_logits_soft_cap > 0,
-        "rope_scaling": bool(getattr(cfg, "rope_scaling", None)),
-    }
-    named = [name for name, present in unsupported.items() if present]
+    named = unsupported_features(cfg)
     if named:
         raise ValueError(f"interp.functional does not support {', '.join(named)}")
     use_scale = cfg.use_attn_scale and cfg.attn_scale > 0
@@ -125,6 +121,19 @@ def _resolved(spec: ModelSpec) -> Architecture:
         attn_scale=float(cfg.attn_scale) if use_scale else math.sqrt(d_head),
         causal=spec.attention == "causal",
     )
+
+
+def unsupported_features(cfg: Any) -> list[str]:
+    """The settings of a TransformerLens config that the forward pass does not compute."""
+    unsupported = {
+        "gated_mlp": bool(cfg.gated_mlp),
+        "final_rms": bool(cfg.final_rms),
+        "n_key_value_heads (GQA)": cfg.n_key_value_heads not in (None, cfg.n_heads),
+        "attn_scores_soft_cap": (cfg.attn_scores_soft_cap or 0) > 0,
+        "output_logits_soft_cap": (cfg.output_logits_soft_cap or 0) > 0,
+        "rope_scaling": bool(getattr(cfg, "rope_scaling", None)),
+    }
+    return [name for name, present in unsupported.items() if present]
 
 
 def param_shapes(spec: ModelSpec | Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -170,8 +179,11 @@ def _norm_shapes(prefix: str, width: int, kind: str | None) -> dict[str, tuple[i
 
 
 def params_of(model: TransformerBridge) -> Params:
-    """Detached copies of `model.state_dict()`, same keys: editing them leaves the model be."""
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    """Detached copies of `live_params(model)`, same keys: editing them leaves the model be."""
+    return {
+        name: tensor.clone(memory_format=torch.contiguous_format)
+        for name, tensor in live_params(model).items()
+    }
 
 
 def live_params(model: TransformerBridge) -> Params:
@@ -185,6 +197,10 @@ def live_params(model: TransformerBridge) -> Params:
     module holds the same tensor on the same memory (a view shares it, so in-place loads
     show through): a detach is an op dispatched per weight, which on a GPU is host time
     that a patching sweep of a small model notices.
+
+    Weights of Hugging Face `Conv1D` modules (GPT-2's attention output and MLP), which
+    store `[in, out]`, are given transposed, as `nn.Linear`'s `[out, in]`: the layout of
+    `arch_param_shapes` (a view, no copy).
     """
     owners = model.__dict__.get("_interp_param_owners")
     if owners is None:
@@ -207,20 +223,31 @@ def live_params(model: TransformerBridge) -> Params:
         tensor = getattr(module, name)
         kept = views.get(key)
         if kept is None or kept[0] is not tensor or kept[1] != tensor.data_ptr() or (
-            kept[2].shape != tensor.shape or kept[2].dtype != tensor.dtype
+            kept[2].dtype != tensor.dtype or kept[2].numel() != tensor.numel()
         ):
-            kept = (tensor, tensor.data_ptr(), tensor.detach())
+            view = tensor.detach()
+            if name == "weight" and isinstance(module, Conv1D):
+                view = view.t()
+            kept = (tensor, tensor.data_ptr(), view)
             views[key] = kept
         live[key] = kept[2]
     return live
 
 
 def load_params(model: TransformerBridge, params: Mapping[str, Tensor]) -> None:
-    """Copy `params` into the bridge's weights in place (strict: same keys, same shapes)."""
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    check_layout(params, expected, leading=0, what="params")
+    """Copy `params` into the bridge's weights in place (strict: the keys and shapes of
+    `live_params(model)`, so a GPT-2 `Conv1D` weight is given as `[out, in]` too)."""
+    live = live_params(model)
+    check_layout(params, {name: tuple(t.shape) for name, t in live.items()}, leading=0,
+                 what="params")
+    tied: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
+    for name, target in live.items():
+        first = tied.setdefault((target.data_ptr(), target.shape, target.stride()), name)
+        if first != name and not torch.equal(params[first], params[name]):
+            raise ValueError(f"params[{name!r}] must equal params[{first!r}]: the model ties them")
     with torch.no_grad():
-        model.load_state_dict({name: t.detach() for name, t in params.items()}, strict=True)
+        for name, target in live.items():
+            target.copy_(params[name].detach())
 
 
 def stack_params(params: Sequence[Mapping[str, Tensor]]) -> Params:

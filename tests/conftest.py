@@ -28,6 +28,18 @@ def minilm(minilm_path: str):
 
 
 @pytest.fixture(scope="session")
+def gpt2(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer GPT-2 (Hugging Face format, `tests/pretrained_models.py`) booted
+    from a local folder as a pretrained bridge; in eval mode."""
+    from pretrained_models import write_gpt2
+
+    from interp import models
+
+    folder = write_gpt2(tmp_path_factory.mktemp("gpt2"))
+    return models.load(folder, device="cpu").eval()
+
+
+@pytest.fixture(scope="session")
 def induction_2l_model():
     """The 2-layer attention-only model of experiments/induction_2l.yaml, trained once per
     session for 300 steps on CPU (as in tests/interp/test_training.py); in eval mode."""

@@ -9,7 +9,7 @@ corrupted run; noising patches the corrupted activation into the clean run.
 Instead of one forward pass per index (TransformerLens's `patching.py`), a chunk of K
 indices is folded into the batch: the base tokens are repeated K times (K*B examples), one
 hook per layer writes into copy k the source activation at copy k's index, and the metric
-is read on each copy's B examples. On native models the incremental engine
+is read on each copy's B examples. On native models and pretrained GPT-2 the incremental engine
 (`circuits.patching.incremental`) also skips what a patch cannot change: earlier layers,
 earlier positions, and every position but the one the metric reads.
 """
@@ -274,11 +274,8 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
 def _resolve_engine(engine: str, model: TransformerBridge) -> Engine:
     if engine == "auto":
         return "incremental" if incremental.supports(model) else "hooks"
-    if engine == "incremental" and not incremental.supports(model):
-        raise ValueError(
-            "engine='incremental' needs a causal native model built by interp.models.build "
-            "without rotary embeddings; use engine='hooks' or 'auto'"
-        )
+    if engine == "incremental" and (reason := incremental.unsupported_reason(model)):
+        raise ValueError(f"engine='incremental' cannot run here: {reason}; use 'hooks' or 'auto'")
     if engine not in ("incremental", "hooks"):
         raise ValueError(f"engine must be 'auto', 'incremental' or 'hooks', got {engine!r}")
     return engine  # type: ignore[return-value]
@@ -315,7 +312,8 @@ def patch(
         progress: Show a progress bar over forward passes.
         engine: `"incremental"` reruns only the layers and positions a patch can change
             and computes the logits at `batch.position` only (causal native models of
-            `interp.models.build` without rotary embeddings; the metric must read the
+            `interp.models.build` without rotary embeddings, and pretrained GPT-2:
+            `incremental.supports`; the metric must read the
             logits at `batch.position`, as every metric of `interp.metrics` does);
             `"hooks"` runs the whole bridge with hooks (any model, any metric, and the
             user's own hooks on the model run too); `"auto"` picks incremental where it
@@ -331,8 +329,9 @@ def patch(
         raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-    check_patchable(space, model)
     chosen = _resolve_engine(engine, model)
+    if chosen == "hooks":  # the incremental engine computes the pattern itself
+        check_patchable(space, model)
     batch = batch.to(model_device(model))
     n_examples, n_pos = batch.clean.shape
     sizes = space.sizes(model, n_pos)

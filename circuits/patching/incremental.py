@@ -17,7 +17,8 @@ engine reruns:
 
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
 those of the hook engine (and of TransformerLens) to float rounding. It covers the causal
-native models of `interp.models.build` without rotary embeddings (`supports(model)`);
+models without rotary embeddings that `interp.functional` computes (`supports(model)`):
+native models of `interp.models.build` and pretrained GPT-2 (`functional.architecture_of`);
 other models go through the hook engine. Hooks a user attached to the bridge are not run here.
 
 The metric sees full `[batch, pos, vocab]` logits holding the patched logits at the read
@@ -44,26 +45,27 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.patching.targets import IndexSpace
 from interp import functional
-from interp.functional import Architecture
-from interp.models import spec_of
 
 Params = dict[str, Tensor]
 
 
 def supports(model: TransformerBridge) -> bool:
-    """Whether `model` is a native model this engine reproduces exactly."""
-    return _architecture_of(model) is not None
+    """Whether this engine reproduces `model` exactly: a causal model without rotary
+    embeddings that `interp.functional` covers (native, or pretrained GPT-2)."""
+    return unsupported_reason(model) is None
 
 
-def _architecture_of(model: TransformerBridge) -> Architecture | None:
-    spec = spec_of(model)
-    if spec is None:
-        return None
+def unsupported_reason(model: TransformerBridge) -> str | None:
+    """Why this engine does not cover `model` (one line), or None when it does."""
     try:
-        arch = functional.architecture(spec)
-    except ValueError:
-        return None
-    return None if arch.rotary or not arch.causal else arch
+        arch = functional.architecture_of(model)
+    except ValueError as error:
+        return str(error)
+    if arch.rotary:
+        return "the incremental engine does not cover rotary embeddings"
+    if not arch.causal:
+        return "the incremental engine needs causal attention"
+    return None
 
 
 def first_position(space: IndexSpace, index: tuple[int, ...]) -> int:
@@ -121,16 +123,11 @@ class IncrementalPatcher:
         last_layer_at_read: bool = False,
         patterns: bool = True,
     ) -> None:
-        arch = _architecture_of(model)
-        if arch is None:
-            raise ValueError(
-                "the incremental patching engine covers causal native models built by "
-                "interp.models.build without rotary embeddings; use engine='hooks'"
-            )
-        self.arch = arch
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"{reason}; use engine='hooks'")
+        self.arch = arch = functional.architecture_of(model)
         self.params: Params = functional.live_params(model)
-        spec = spec_of(model)
-        assert spec is not None  # checked by _architecture_of
         self.n_examples, self.n_pos = base_tokens.shape
         device = base_tokens.device
         self.read_positions = sorted({int(position) for position in read_positions})
@@ -157,7 +154,7 @@ class IncrementalPatcher:
         logits = functional.forward(
             self.params,
             tokens,
-            spec,
+            arch,
             cache=both,
             validate=False,  # the weights are the model's own; the tokens were checked
             patterns=patterns,

@@ -47,8 +47,7 @@ from jaxtyping import Complex, Float
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.functional import params_of
-from interp.models import spec_of
+from interp.functional import architecture_of, covers, params_of
 from interp.runs import Run
 
 CompositionKind = Literal["Q", "K", "V"]
@@ -154,19 +153,20 @@ def weights_from_params(
 def head_weights(model: TransformerBridge, *, fold_layer_norm: bool = False) -> HeadWeights:
     """Per-head weights of a bridge.
 
-    Native models (built by `interp.models.build`) are read from their state dict
-    (`weights_from_params`). Any other bridge is read through TransformerLens's stacked
-    properties `model.W_Q` / `W_K` / `W_V` `[layer, head, d_model, d_head]`, `model.W_O`,
-    `model.W_E`, `model.W_U` (grouped K/V heads are repeated to n_heads). `fold_layer_norm`
-    is for pre-norm native models only.
+    Native models (built by `interp.models.build`) and pretrained GPT-2 are read from their
+    weights in the native layout (`weights_from_params` on `params_of`). Any other bridge
+    is read through TransformerLens's stacked properties `model.W_Q` / `W_K` / `W_V`
+    `[layer, head, d_model, d_head]`, `model.W_O`, `model.W_E`, `model.W_U` (grouped K/V
+    heads are repeated to n_heads). `fold_layer_norm` is for the pre-norm models of the
+    first kind only.
     """
-    spec = spec_of(model)
-    if spec is not None:
-        return weights_from_params(params_of(model), spec.n_heads, fold_layer_norm=fold_layer_norm)
+    if covers(model):
+        n_heads = architecture_of(model).n_heads
+        return weights_from_params(params_of(model), n_heads, fold_layer_norm=fold_layer_norm)
     if fold_layer_norm:
         raise ValueError(
-            "fold_layer_norm is only supported for native pre-norm models; this bridge's "
-            "norms may sit elsewhere (e.g. BERT is post-norm)"
+            "fold_layer_norm is only supported for pre-norm models that interp.functional "
+            "covers (native, GPT-2); this bridge's norms may sit elsewhere (BERT is post-norm)"
         )
     try:
         with torch.no_grad():

@@ -110,7 +110,7 @@ def test_batched_circuits_equal_one_at_a_time(model, batch) -> None:
 
 
 def test_bad_inputs_raise_one_line(minilm, model, batch) -> None:
-    with pytest.raises(ValueError, match="edge patching covers native models"):
+    with pytest.raises(ValueError, match="covers pre-LayerNorm models.*this model is a Bert"):
         EdgePatcher(minilm)
     patcher = EdgePatcher(model)
     with pytest.raises(ValueError, match=r"masks must be \[n_circuits, \d+\]"):

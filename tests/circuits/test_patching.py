@@ -197,7 +197,7 @@ def test_pattern_patching_is_refused_where_the_hook_only_observes(minilm, minilm
 
 
 def test_incremental_engine_is_refused_where_it_does_not_apply(minilm, minilm_batch) -> None:
-    with pytest.raises(ValueError, match="engine='incremental' needs a causal native model"):
+    with pytest.raises(ValueError, match="'incremental' cannot run here: .*model is a Bert"):
         patch(minilm, minilm_batch, "z", METRIC, progress=False, engine="incremental")
 
 

@@ -145,10 +145,21 @@ def test_native_weights_equal_bridge_properties_and_fold_layer_norm() -> None:
     torch.testing.assert_close(folded.W_U, scale * raw.W_U)
 
 
+def test_gpt2_weights_equal_bridge_properties_and_fold_layer_norm(gpt2) -> None:
+    """GPT-2 is read in the native layout (its Conv1D weights transposed): the same
+    matrices as TransformerLens's own properties of the bridge."""
+    raw = head_weights(gpt2)
+    for name in ("W_Q", "W_K", "W_V", "W_O", "W_E", "W_U"):
+        torch.testing.assert_close(getattr(raw, name), getattr(gpt2, name).detach())
+    folded = head_weights(gpt2, fold_layer_norm=True)
+    ln1 = params_of(gpt2)["blocks.0.ln1.weight"]
+    torch.testing.assert_close(folded.W_K[0], ln1[:, None] * raw.W_K[0])
+
+
 def test_pretrained_bridge_exposes_per_head_weights(minilm) -> None:
     weights = head_weights(minilm)
     assert weights.W_Q.shape == (6, 12, 384, 32) and weights.W_O.shape == (6, 12, 32, 384)
-    with pytest.raises(ValueError, match="native pre-norm"):
+    with pytest.raises(ValueError, match="only supported for pre-norm models"):
         head_weights(minilm, fold_layer_norm=True)
 
 

@@ -1,0 +1,68 @@
+"""The fast engines on a pretrained GPT-2 bridge (a random one written locally,
+`tests/pretrained_models.py`): activation patching against TransformerLens's own
+functions on the same bridge; edge patching, EAP and ACDC against the same weights in a
+native model, whose results the other tests check against references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pretrained_models import native_twin
+from test_patching import METRIC, REFERENCES, reference
+
+from circuits.acdc import acdc
+from circuits.eap import edge_attribution
+from circuits.edge_patching import EdgePatcher
+from circuits.patching import incremental, patch
+
+
+@pytest.fixture(scope="module")
+def twin(gpt2):
+    return native_twin(gpt2)
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("target", sorted(set(REFERENCES) - {"pattern"}))
+def test_incremental_patching_matches_transformer_lens(gpt2, batch, target, direction) -> None:
+    assert incremental.supports(gpt2)  # so engine="auto" takes it
+    result = patch(gpt2, batch, target, METRIC, direction=direction, max_batch=7,
+                   progress=False)
+    expected = reference(gpt2, batch, target, direction)
+    assert result.values.std() > 1e-3  # the patches really change the metric
+    torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
+
+
+def test_pattern_patching_runs_through_the_incremental_engine(gpt2, twin, batch) -> None:
+    """GPT-2's bridge fires hook_pattern after the attention used it, so hooks cannot patch
+    it there (refused); the incremental engine computes the pattern itself and equals
+    TransformerLens's patching on the native model with the same weights."""
+    with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this model"):
+        patch(gpt2, batch, "pattern", METRIC, progress=False, engine="hooks")
+    ours = patch(gpt2, batch, "pattern", METRIC, progress=False)
+    expected = reference(twin, batch, "pattern", "denoise")
+    assert ours.values.std() > 1e-3
+    torch.testing.assert_close(ours.values, expected.float(), atol=1e-4, rtol=0)
+
+
+def test_edge_patching_full_and_empty_circuits(gpt2, batch) -> None:
+    patcher = EdgePatcher(gpt2)
+    ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, "resample")
+    masks = torch.stack([torch.ones(patcher.n_edges), torch.zeros(patcher.n_edges)])
+    with torch.no_grad():
+        logits = patcher.run(batch.clean, patcher.dense(masks), ablated)
+        torch.testing.assert_close(logits[0], gpt2(batch.clean), atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits[1], gpt2(batch.corrupted), atol=1e-5, rtol=0)
+
+
+def test_eap_and_acdc_equal_those_of_the_native_twin(gpt2, twin, batch) -> None:
+    for method in ("eap", "eap-ig"):
+        ours = edge_attribution(gpt2, batch, METRIC, method=method, steps=3).scores
+        theirs = edge_attribution(twin, batch, METRIC, method=method, steps=3).scores
+        assert ours.abs().max() > 1e-3
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    ours_acdc = acdc(gpt2, batch, threshold=0.01, progress=False)
+    theirs_acdc = acdc(twin, batch, threshold=0.01, progress=False)
+    assert 0 < int(ours_acdc.kept.sum()) < len(ours_acdc.graph)
+    assert torch.equal(ours_acdc.kept, theirs_acdc.kept)
+    torch.testing.assert_close(ours_acdc.scores, theirs_acdc.scores, atol=1e-5, rtol=0,
+                               equal_nan=True)

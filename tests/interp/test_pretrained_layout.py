@@ -1,0 +1,102 @@
+"""Tests for interp.pretrained_layout: the pure forward pass on a pretrained GPT-2 bridge
+equals the bridge's own, its weights are read in the native layout, and models it does
+not compute are refused with their reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pretrained_models import GPT2_SHAPE, native_twin, write_gpt2
+
+from interp import functional, models
+from interp.pretrained_layout import architecture_of, covers
+
+TOKENS = torch.randint(
+    0, GPT2_SHAPE["vocab_size"], (3, 8), generator=torch.Generator().manual_seed(1)
+)
+
+
+def test_architecture_is_read_from_the_config(gpt2) -> None:
+    arch = architecture_of(gpt2)
+    assert (arch.n_layers, arch.n_heads, arch.d_model, arch.d_head) == (2, 4, 32, 8)
+    assert (arch.d_mlp, arch.d_vocab, arch.n_ctx) == (128, 20, 8)
+    assert (arch.act_fn, arch.normalization, arch.rotary, arch.causal) == (
+        "gelu_new", "LN", False, True
+    )
+    assert arch.attn_scale == pytest.approx(8**0.5)
+    assert covers(gpt2) and functional.covers(gpt2)
+
+
+def test_forward_and_its_cache_equal_the_bridge(gpt2) -> None:
+    cache: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        ours = functional.forward(functional.live_params(gpt2), TOKENS, architecture_of(gpt2),
+                                  cache=cache)
+        theirs, bridge_cache = gpt2.run_with_cache(TOKENS)
+    assert theirs.std() > 0.1  # not a degenerate model
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    for name in ("blocks.0.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.1.attn.hook_pattern",
+                 "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post"):
+        torch.testing.assert_close(cache[name], bridge_cache[name], atol=1e-5, rtol=0)
+
+
+def test_conv1d_weights_are_views_in_the_linear_layout(gpt2) -> None:
+    live = functional.live_params(gpt2)
+    weight = live["blocks.0.mlp.in.weight"]
+    assert tuple(weight.shape) == (128, 32)  # nn.Linear's [out, in]; GPT-2 stores [in, out]
+    stored = gpt2.state_dict()["blocks.0.mlp.in.weight"]
+    assert tuple(stored.shape) == (32, 128) and weight.data_ptr() == stored.data_ptr()
+    assert functional.live_params(gpt2)["blocks.0.mlp.in.weight"] is weight  # the view is kept
+
+
+def test_load_params_writes_through_the_transposed_layout(tmp_path: Path) -> None:
+    model = models.load(write_gpt2(tmp_path, seed=3), device="cpu").eval()
+    params = functional.params_of(model)
+    params["blocks.0.mlp.in.weight"] = params["blocks.0.mlp.in.weight"] * 2.0
+    params["blocks.1.attn.o.weight"] = torch.roll(params["blocks.1.attn.o.weight"], 1, dims=0)
+    functional.load_params(model, params)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(TOKENS), functional.forward(params, TOKENS, architecture_of(model)),
+            atol=1e-5, rtol=0,
+        )
+    params["unembed.weight"] = params["unembed.weight"] + 1.0
+    with pytest.raises(ValueError, match="must equal params\\['embed.weight'\\]: the model ties"):
+        functional.load_params(model, params)
+
+
+def test_native_twin_computes_the_same_logits(gpt2) -> None:
+    with torch.no_grad():
+        torch.testing.assert_close(native_twin(gpt2)(TOKENS), gpt2(TOKENS), atol=1e-5, rtol=0)
+
+
+def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="covers native models and GPT2LMHeadModel; this model "
+                                         "is a BertForMaskedLM"):
+        architecture_of(minilm)
+    assert not covers(minilm)
+    scaled = models.load(
+        write_gpt2(tmp_path / "scaled", scale_attn_by_inverse_layer_idx=True), device="cpu"
+    )
+    with pytest.raises(ValueError, match="does not support this GPT2LMHeadModel: "
+                                         "scale_attn_by_inverse_layer_idx"):
+        architecture_of(scaled)
+    processed = models.load(write_gpt2(tmp_path / "processed"), device="cpu")
+    processed.enable_compatibility_mode()
+    with pytest.raises(ValueError, match="TransformerLens has processed this one's"):
+        architecture_of(processed)
+
+
+def test_a_gpt_neox_is_refused(tmp_path: Path) -> None:
+    """Pythia's architecture (rotary, parallel attention and MLP) is not computed here."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(vocab_size=20, hidden_size=32, num_hidden_layers=1,
+                           num_attention_heads=4, intermediate_size=64,
+                           max_position_embeddings=8, bos_token_id=0, eos_token_id=0)
+    GPTNeoXForCausalLM(config).save_pretrained(tmp_path)
+    model = models.load(tmp_path, device="cpu")
+    with pytest.raises(ValueError, match="this model is a GPTNeoXForCausalLM"):
+        architecture_of(model)
