@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
 
+from interp import models
 from interp.dispatch_count import count_dispatch, dispatch_of
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -196,3 +199,21 @@ def load_line() -> str:
         f"# load average {one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min) "
         f"on {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
     )
+
+
+def random_gpt2(
+    n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int, device: torch.device
+) -> TransformerBridge:
+    """A random GPT-2 (Hugging Face `GPT2LMHeadModel`, GPT-2's own initialisation, seed 0)
+    written to a temporary folder and booted from it as a pretrained model, as `gpt2`
+    from the hub would be; in eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        n_layer=n_layers, n_head=n_heads, n_embd=d_model, vocab_size=d_vocab,
+        n_positions=n_ctx, bos_token_id=0, eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        GPT2LMHeadModel(config).save_pretrained(folder)
+        return models.load(folder, device=device).eval()

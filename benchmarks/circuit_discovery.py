@@ -13,6 +13,10 @@ path.)
    backward pass of the model (TransformerBridge, loss on the same logits). Target: EAP
    takes at most 3x that, i.e. the printed "speedup" is at least 0.33x. max |diff| is 0:
    there is nothing to compare numerically.
+   The second line does the same on a random Hugging Face GPT-2 of that shape
+   (`GPT2LMHeadModel`, booted from a local folder as `gpt2` from the hub is), which
+   edge patching covers too (`interp.pretrained_layout`); its reference is that bridge's
+   forward and backward pass (Hugging Face's modules behind TransformerLens's hooks).
 2. ACDC (`circuits.acdc.acdc`, KL objective, resample ablation) on the 2-layer
    attention-only induction model (`experiments/induction_2l.yaml`, trained here for 300
    steps), ours (each test's forward pass begun at the destination's layer, earlier
@@ -48,7 +52,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from _common import Comparison, compare, load_line, parse_args
+from _common import Comparison, compare, load_line, parse_args, random_gpt2
 
 from circuits.acdc import ACDCResult, acdc
 from circuits.eap import edge_attribution
@@ -76,16 +80,18 @@ def random_batch(n_examples: int, n_pos: int, d_vocab: int, seed: int) -> TaskBa
     )
 
 
-def eap_comparison(quick: bool, device: torch.device) -> Comparison:
+def eap_comparison(quick: bool, device: torch.device, family: str = "native") -> Comparison:
     shape = (
         dict(n_layers=2, n_heads=4, d_model=64)
         if quick
         else dict(n_layers=12, n_heads=12, d_model=768)
     )
     n_examples, n_pos, d_vocab = (4, 8, 100) if quick else (8, 32, 2000)
-    spec = dict(**shape, d_vocab=d_vocab, n_ctx=n_pos, act_fn="gelu_new", normalization="LN")
-    model = models.build(spec, device=device)
-    model.eval()
+    if family == "native":
+        spec = dict(**shape, d_vocab=d_vocab, n_ctx=n_pos, act_fn="gelu_new", normalization="LN")
+        model = models.build(spec, device=device).eval()
+    else:
+        model = random_gpt2(**shape, d_vocab=d_vocab, n_ctx=n_pos, device=device)
     batch = random_batch(n_examples, n_pos, d_vocab, seed=0).to(device)
     n_edges = len(ComputationalGraph.from_model(model))
 
@@ -100,7 +106,7 @@ def eap_comparison(quick: bool, device: torch.device) -> Comparison:
         return torch.zeros(1)
 
     what = (
-        f"EAP over all {n_edges} edges, native {shape['n_layers']}L {shape['n_heads']}h "
+        f"EAP over all {n_edges} edges, {family} {shape['n_layers']}L {shape['n_heads']}h "
         f"d{shape['d_model']}, {n_examples}x{n_pos} tokens, vs one forward + backward"
     )
     return compare(what, ours, forward_backward, device=device, repeats=1 if quick else 3,
@@ -317,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv, speculation_option)
     for comparison in (
         eap_comparison(args.quick, args.device),
+        eap_comparison(args.quick, args.device, family="GPT-2 (HF)"),
         *acdc_comparisons(args.quick, args.device, args.options["speculation"]),
     ):
         for line in comparison.lines():

@@ -3,7 +3,11 @@
     python benchmarks/patching.py [--quick] [--device cpu|cuda|auto]
 
 Two sweeps, each on two native models from `interp.models.build` (GELU, LayerNorm,
-vocabulary 1000): 2 layers x 4 heads x d_model 64, and 4 layers x 8 heads x d_model 256.
+vocabulary 1000): 2 layers x 4 heads x d_model 64, and 4 layers x 8 heads x d_model 256;
+then on a pretrained-format model of the larger shape: a random Hugging Face GPT-2
+(`GPT2LMHeadModel`) booted from a local folder, as `gpt2` from the hub is, which the
+incremental engine covers too (`interp.pretrained_layout`) and whose bridge runs Hugging
+Face's modules behind its hooks for the reference.
 
 - `resid_pre`: layer x position residual-stream patching, against
   `transformer_lens.patching.get_act_patch_resid_pre`;
@@ -57,9 +61,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from _common import Comparison, compare, load_line, parse_args, time_once
+from _common import Comparison, compare, load_line, parse_args, random_gpt2, time_once
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
@@ -88,14 +93,35 @@ AXES = {"resid_pre": "[layer, pos]", "z": "[layer, head]"}
 
 @dataclass(frozen=True)
 class ModelShape:
-    """One native model of the benchmark."""
+    """One model of the benchmark: native, or a Hugging Face GPT-2 booted from a folder."""
 
     n_layers: int
     n_heads: int
     d_model: int
+    family: Literal["native", "gpt2"] = "native"
 
     def label(self) -> str:
-        return f"native {self.n_layers}L {self.n_heads}h d{self.d_model}"
+        family = "native" if self.family == "native" else "GPT-2 (HF)"
+        return f"{family} {self.n_layers}L {self.n_heads}h d{self.d_model}"
+
+    def build(self, sizes: Sizes, device: torch.device) -> TransformerBridge:
+        """The model, random weights (seed 0), in eval mode (TransformerLens's patching
+        refuses a model in training mode)."""
+        if self.family == "gpt2":
+            return random_gpt2(
+                self.n_layers, self.n_heads, self.d_model, sizes.d_vocab, sizes.n_pos, device
+            )
+        spec = {
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "n_heads": self.n_heads,
+            "d_vocab": sizes.d_vocab,
+            "n_ctx": sizes.n_pos,
+            "act_fn": "gelu",
+            "normalization": "LN",
+            "seed": 0,
+        }
+        return build(spec, device=device).eval()
 
 
 @dataclass(frozen=True)
@@ -111,7 +137,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    models=(ModelShape(2, 4, 64), ModelShape(4, 8, 256)),
+    models=(ModelShape(2, 4, 64), ModelShape(4, 8, 256), ModelShape(4, 8, 256, "gpt2")),
     d_vocab=1000,
     n_examples=32,
     n_pos=24,
@@ -119,7 +145,7 @@ FULL = Sizes(
     repeats=3,
 )
 QUICK = Sizes(
-    models=(ModelShape(2, 4, 64),),
+    models=(ModelShape(2, 4, 64), ModelShape(2, 4, 64, "gpt2")),
     d_vocab=1000,
     n_examples=4,
     n_pos=8,
@@ -186,19 +212,8 @@ def fastest_max_batch(model: TransformerBridge, batch: TaskBatch, target: str, s
 
 
 def compare_model(shape: ModelShape, sizes: Sizes, device: torch.device) -> list[Comparison]:
-    """One comparison per target on one native model, left in eval mode."""
-    spec = {
-        "n_layers": shape.n_layers,
-        "d_model": shape.d_model,
-        "n_heads": shape.n_heads,
-        "d_vocab": sizes.d_vocab,
-        "n_ctx": sizes.n_pos,
-        "act_fn": "gelu",
-        "normalization": "LN",
-        "seed": 0,
-    }
-    model = build(spec, device=device)
-    model.eval()  # TransformerLens's patching refuses a model in training mode
+    """One comparison per target on one model, left in eval mode."""
+    model = shape.build(sizes, device)
     batch = random_batch(sizes, seed=0).to(device)
     comparisons = []
     for target in REFERENCES:

@@ -1,9 +1,12 @@
-"""A pure-function forward pass of the native models that `interp.models.build` makes.
+"""A pure-function forward pass of the native models that `interp.models.build` makes, and
+of pretrained GPT-2.
 
 `forward(params, tokens, spec)` computes the same logits as the bridge that `build(spec)`
 returns, from a plain dict of tensors keyed exactly like that bridge's `state_dict()`, with
-no hooks, wrappers or module state. It composes with `torch.func`: `torch.func.grad` for
-gradients, `torch.func.vmap` over parameters stacked along a leading axis
+no hooks, wrappers or module state. A pretrained GPT-2 bridge runs the same way, with
+`forward(live_params(model), tokens, architecture_of(model))` (`interp.pretrained_layout`
+says which models are covered and why others are not). It composes with `torch.func`:
+`torch.func.grad` for gradients, `torch.func.vmap` over parameters stacked along a leading axis
 (`stack_params`, `batched_forward`), so S seeds of one model train as one batched
 computation. After training, `load_params(model, params)` puts the weights back into a
 bridge, which then gives the same logits. The pieces of a block live in `interp.layers`;
@@ -110,7 +113,8 @@ def forward(
     Args:
         params: Tensors keyed like the bridge's `state_dict()` (see `param_shapes`).
         tokens: Token ids, at most `spec.n_ctx` positions.
-        spec: The model's shape.
+        spec: The model's shape: a native spec, or an `Architecture`
+            (`architecture_of(model)`, for a pretrained model too).
         cache: When a dict, filled with activations under TransformerLens hook names:
             `hook_embed`, `hook_pos_embed` [batch pos d_model]; per layer l
             `blocks.{l}.hook_resid_pre`, `.hook_attn_out`, `.hook_resid_mid`,

@@ -9,17 +9,18 @@ from quick_run import LINE, run_quick, split_dispatch
 @pytest.mark.slow
 def test_quick_circuits_benchmark_prints_eap_and_acdc_lines() -> None:
     lines, counted = split_dispatch(run_quick("circuit_discovery.py"))
-    assert len(lines) == 5, lines
+    assert len(lines) == 6, lines
     # Each comparison is followed by its op counts; speculation tests edges in batches, so
     # it dispatches fewer ops than one test at a time.
-    assert len(counted) == 4, counted
-    assert float(counted[3]["fewer"]) > 1.0, counted[3].string
-    eap, acdc, hooked, speculative = (LINE.match(line) for line in lines[:4])
-    assert eap and eap["what"].startswith("EAP over all 110 edges"), lines
+    assert len(counted) == 5, counted
+    assert float(counted[4]["fewer"]) > 1.0, counted[4].string
+    eap, eap_gpt2, acdc, hooked, speculative = (LINE.match(line) for line in lines[:5])
+    assert eap and eap["what"].startswith("EAP over all 110 edges, native 2L"), lines
+    assert eap_gpt2 and eap_gpt2["what"].startswith("EAP over all 110 edges, GPT-2 (HF) 2L")
     assert acdc and acdc["what"].startswith("ACDC (KL, tau 0.05) on induction_2l"), lines
     assert acdc["diff"] == "0", lines  # incremental and plain ACDC keep the same edges
     assert hooked and "with hooks per test" in hooked["what"], lines
     assert hooked["diff"] == "0", lines  # the hook-based loop keeps the same edges
     assert speculative and "speculation 16 (" in speculative["what"], lines
     assert speculative["diff"] == "0", lines  # speculative batches keep the same edges
-    assert lines[4].startswith("# load average "), lines
+    assert lines[5].startswith("# load average "), lines
