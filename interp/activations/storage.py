@@ -111,6 +111,10 @@ class ActivationSet:
     def __contains__(self, name: object) -> bool:
         return name in self._storage_key
 
+    def __iter__(self) -> Iterator[str]:
+        """The hook names (as `names`), so `for name in acts: acts[name]` works as on a dict."""
+        return iter(self.names)
+
     def __repr__(self) -> str:
         where = "memory" if self.path is None else str(self.path)
         return f"ActivationSet({len(self)} examples, {len(self.names)} hooks, in {where})"
@@ -179,6 +183,11 @@ class ActivationSet:
                 yield {key: handle.get_tensor(key) for key in keys}
 
     def _check_name(self, name: str) -> str:
+        if not isinstance(name, str):
+            raise KeyError(
+                f"an ActivationSet is indexed by hook name ({', '.join(self.names[:3])}...), "
+                f"not by {type(name).__name__} {name!r}"
+            )
         if name not in self._storage_key:
             raise KeyError(f"{name!r} is not in this set{_suggestion(name, self.names)}")
         return name

@@ -11,9 +11,11 @@ from pretrained_models import native_twin
 from test_patching import METRIC, REFERENCES, reference
 
 from circuits.acdc import acdc
+from circuits.attribution import attribute
 from circuits.eap import edge_attribution
 from circuits.edge_patching import EdgePatcher
 from circuits.patching import incremental, patch
+from circuits.path_patching import path_patch_senders
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +68,16 @@ def test_eap_and_acdc_equal_those_of_the_native_twin(gpt2, twin, batch) -> None:
     assert torch.equal(ours_acdc.kept, theirs_acdc.kept)
     torch.testing.assert_close(ours_acdc.scores, theirs_acdc.scores, atol=1e-5, rtol=0,
                                equal_nan=True)
+
+
+def test_hook_based_analyses_equal_those_of_the_native_twin(gpt2, twin, batch) -> None:
+    """Path and attribution patching run through hooks, which on this bridge sit around
+    Hugging Face's modules: they must give what they give on the native model."""
+    ours = path_patch_senders(gpt2, batch, ["L1H0.v"], METRIC).values
+    theirs = path_patch_senders(twin, batch, ["L1H0.v"], METRIC).values
+    assert (ours - ours.mean()).abs().max() > 1e-3
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    for target in ("z", "resid_pre", "mlp_out"):
+        ours = attribute(gpt2, batch, target, METRIC).values
+        torch.testing.assert_close(ours, attribute(twin, batch, target, METRIC).values,
+                                   atol=1e-5, rtol=0)

@@ -231,6 +231,17 @@ def test_save_and_load_memory_set(tmp_path):
     assert torch.equal(loaded["a"], original["a"]) and torch.equal(loaded["b"], original["b"])
 
 
+def test_iterates_over_hook_names_and_refuses_other_keys():
+    acts = ActivationSet({"a": torch.zeros(6, 2), "b": torch.ones(6, 3)})
+    assert list(acts) == ["a", "b"] and {name: acts[name].shape[1] for name in acts} == {
+        "a": 2, "b": 3
+    }
+    with pytest.raises(KeyError, match="indexed by hook name .*not by int 0"):
+        acts[0]
+    with pytest.raises(KeyError, match="'c' is not in this set"):
+        acts["c"]
+
+
 def test_unknown_hook_names_a_close_match(model, tokens):
     with pytest.raises(ValueError) as error:
         collect(model, tokens, ["blocks.0.hook_resid_pots"], progress=False)
