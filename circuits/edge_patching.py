@@ -47,10 +47,8 @@ def _architecture(model: TransformerBridge) -> Architecture:
     except ValueError as error:
         raise ValueError(
             "edge patching covers pre-LayerNorm models whose residual stream is a sum of "
-            f"source outputs (native models, pretrained GPT-2): {error}"
+            f"source outputs (native models, pretrained GPT-2 and GPT-NeoX): {error}"
         ) from None
-    if arch.rotary:
-        raise ValueError("edge patching does not cover rotary embeddings yet")
     return arch
 
 
@@ -98,6 +96,8 @@ class EdgePatcher:
                 i for node, i in destinations.items() if node.kind == "mlp" and node.layer == layer
             ]
         self._groups = _Groups(heads, mlps, len(self.graph.destinations) - 1)
+        self._parallel_mlp = self.arch.parallel_attn_mlp and self.arch.d_mlp is not None
+        self._rope_tables: dict[int, tuple[Tensor, Tensor]] = {}
 
     @property
     def n_edges(self) -> int:
@@ -198,11 +198,16 @@ class EdgePatcher:
 
         for layer in range(arch.n_layers):
             block = f"blocks.{layer}"
-            per_head = self._heads(layer, gather(self._groups.heads[layer]), positions)
+            head_inputs = gather(self._groups.heads[layer])
+            # Parallel attention and MLP: the MLP reads the block's input, not the heads.
+            mlp_input = gather([self._groups.mlps[layer]]) if self._parallel_mlp else None
+            per_head = self._heads(layer, head_inputs, positions)
             outputs += [per_head[:, :, :, head] for head in range(arch.n_heads)]
             bias = bias + params[f"{block}.attn.o.bias"]
             if arch.d_mlp is not None:
-                outputs.append(self._mlp(layer, gather([self._groups.mlps[layer]])[:, :, :, 0]))
+                if mlp_input is None:
+                    mlp_input = gather([self._groups.mlps[layer]])
+                outputs.append(self._mlp(layer, mlp_input[:, :, :, 0]))
         final = gather([self._groups.logits])[:, :, :, 0]
         return functional.unembed(params, final, arch)
 
@@ -237,11 +242,15 @@ class EdgePatcher:
 
         for layer in range(arch.n_layers):
             block = f"blocks.{layer}"
-            per_head = self._heads(layer, read(self._groups.heads[layer]), positions)
+            head_inputs = read(self._groups.heads[layer])
+            mlp_input = read([self._groups.mlps[layer]]) if self._parallel_mlp else None
+            per_head = self._heads(layer, head_inputs, positions)
             outputs += [per_head[:, :, :, head] for head in range(arch.n_heads)]
             resid = resid + per_head.sum(dim=3) + params[f"{block}.attn.o.bias"]
             if arch.d_mlp is not None:
-                out = self._mlp(layer, read([self._groups.mlps[layer]])[:, :, :, 0])
+                if mlp_input is None:
+                    mlp_input = read([self._groups.mlps[layer]])
+                out = self._mlp(layer, mlp_input[:, :, :, 0])
                 outputs.append(out)
                 resid = resid + out
         if not unembed:
@@ -292,17 +301,29 @@ class EdgePatcher:
         x = inputs.unflatten(3, (arch.n_heads, 3))
         normed = self._norm(f"{block}.ln1", x).flatten(0, 1)  # [CB, P, H, 3, d]
         q, k, v = (self._project(block, part, normed[:, :, :, i]) for i, part in enumerate("qkv"))
-        z, _ = functional.mix_heads(q, k, v, positions, arch, fused=True)
+        z, _ = functional.mix_heads(q, k, v, positions, arch, self._rope(len(positions)),
+                                    fused=True)
         per_head = torch.einsum("bphe,hde->bphd", z, self._w_out(block))
         return per_head.unflatten(0, (n_circuits, batch))
+
+    def _rope(self, n_pos: int) -> tuple[Tensor, Tensor] | None:
+        """Rotary cos and sin of `n_pos` positions (None where the model has none)."""
+        if not self.arch.rotary:
+            return None
+        if n_pos not in self._rope_tables:
+            self._rope_tables[n_pos] = functional.rotary_tables(self.arch, n_pos, self.device)
+        return self._rope_tables[n_pos]
 
     def _mlp(self, layer: int, x: Float[Tensor, "circuit batch pos d_model"]) -> Tensor:
         block = f"blocks.{layer}"
         return functional.mlp(self.params, f"{block}.mlp", self._norm(f"{block}.ln2", x), self.arch)
 
     def embed(self, tokens: Tensor) -> Float[Tensor, "batch pos d_model"]:
-        """The embedding source's output: token plus position embeddings."""
+        """The embedding source's output: token plus position embeddings (rotary models:
+        the token embeddings alone)."""
         embed = torch.nn.functional.embedding(tokens, self.params["embed.weight"])
+        if self.arch.rotary:
+            return embed
         return embed + self.params["pos_embed.weight"][: tokens.shape[1]]
 
     def _norm(self, prefix: str, x: Tensor) -> Tensor:

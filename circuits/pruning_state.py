@@ -121,6 +121,15 @@ class PruningState:
             positions is refused rather than misread.
     """
 
+    @staticmethod
+    def unsupported_reason(arch: functional.Architecture) -> str | None:
+        """What of `arch` this state does not compute (None: it covers the model)."""
+        if arch.rotary:
+            return "rotary embeddings"
+        if arch.parallel_attn_mlp:
+            return "parallel attention and MLP"
+        return None
+
     def __init__(
         self,
         patcher: EdgePatcher,
@@ -128,6 +137,8 @@ class PruningState:
         ablation: Ablation,
         objective: str | PatchMetric = "kl",
     ):
+        if reason := self.unsupported_reason(patcher.arch):
+            raise ValueError(f"PruningState does not cover {reason}; use acdc(incremental=False)")
         if objective != "kl" and not callable(objective):
             raise ValueError(f"objective must be 'kl' or a metric function, got {objective!r}")
         self.patcher, self.arch, self.params = patcher, patcher.arch, patcher.params

@@ -257,12 +257,22 @@ def _logits(
             )
         if pattern is not None:
             record(f"{block}.attn.hook_pattern", pattern)
-        resid = resid[:, query] + record(f"{block}.hook_attn_out", attn_out)
-        if arch.d_mlp is not None:
-            record(f"{block}.hook_resid_mid", resid)
-            normed = normalize(params, f"{block}.ln2", resid, arch.normalization, arch.eps)
+        if arch.parallel_attn_mlp:  # both read the block's input: no resid_mid
+            normed = normalize(params, f"{block}.ln2", resid[:, query], arch.normalization,
+                               arch.eps)
             mlp_out = mlp(params, f"{block}.mlp", normed, arch, record)
-            resid = resid + record(f"{block}.hook_mlp_out", mlp_out)
+            resid = (
+                resid[:, query]
+                + record(f"{block}.hook_attn_out", attn_out)
+                + record(f"{block}.hook_mlp_out", mlp_out)
+            )
+        else:
+            resid = resid[:, query] + record(f"{block}.hook_attn_out", attn_out)
+            if arch.d_mlp is not None:
+                record(f"{block}.hook_resid_mid", resid)
+                normed = normalize(params, f"{block}.ln2", resid, arch.normalization, arch.eps)
+                mlp_out = mlp(params, f"{block}.mlp", normed, arch, record)
+                resid = resid + record(f"{block}.hook_mlp_out", mlp_out)
         record(f"{block}.hook_resid_post", resid)
 
     if logit_positions is not None:

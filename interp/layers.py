@@ -185,8 +185,8 @@ def mix_heads(
         queries, keys = q.transpose(1, 2), k.transpose(1, 2)
         if rope is not None and query_positions is not None:
             query_rope = (rope[0][query_positions], rope[1][query_positions])
-            queries = _apply_rotary(queries, query_rope, arch.rotary_dim)
-            keys = _apply_rotary(keys, rope, arch.rotary_dim)
+            queries = _apply_rotary(queries, query_rope, arch)
+            keys = _apply_rotary(keys, rope, arch)
         masked = causal and query_positions is not None
         if fused:
             bias = (
@@ -233,20 +233,29 @@ def attention_output(
 
 
 def rotary_tables(arch: Architecture, seq: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Cos and sin [pos, rotary_dim] of rotary embeddings (Su et al. 2021, RoFormer), in the
-    adjacent-pair layout: dimensions 2i and 2i+1 rotate together at frequency i."""
+    """Cos and sin [pos, rotary_dim] of rotary embeddings (Su et al. 2021, RoFormer) on the
+    first `rotary_dim` dimensions of each head, frequency i for the pair (2i, 2i+1) in the
+    adjacent-pair layout and for (i, i + rotary_dim / 2) in GPT-NeoX's rotate-half one
+    (`arch.rotary_adjacent_pairs`)."""
     dim = arch.rotary_dim
     inv_freq = 1.0 / (arch.rotary_base ** (torch.arange(0, dim, 2).float() / dim))
     angles = torch.outer(torch.arange(arch.n_ctx).float(), inv_freq)[:seq]
-    cos = angles.cos().repeat_interleave(2, dim=-1).to(device)
-    sin = angles.sin().repeat_interleave(2, dim=-1).to(device)
-    return cos, sin
+    if arch.rotary_adjacent_pairs:
+        angles = angles.repeat_interleave(2, dim=-1)
+    else:
+        angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(device), angles.sin().to(device)
 
 
-def _apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor], dim: int) -> Tensor:
+def _apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor], arch: Architecture) -> Tensor:
     cos, sin = (table.to(x.dtype) for table in rope)
+    dim = arch.rotary_dim
     rotated, passed = x[..., :dim], x[..., dim:]
-    swapped = torch.stack((-rotated[..., 1::2], rotated[..., 0::2]), dim=-1).flatten(-2)
+    if arch.rotary_adjacent_pairs:
+        swapped = torch.stack((-rotated[..., 1::2], rotated[..., 0::2]), dim=-1).flatten(-2)
+    else:
+        first, second = rotated.chunk(2, dim=-1)
+        swapped = torch.cat([-second, first], dim=-1)
     rotated = rotated * cos + swapped * sin
     return torch.cat([rotated, passed], dim=-1) if passed.shape[-1] else rotated
 

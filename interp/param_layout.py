@@ -73,6 +73,11 @@ class Architecture:
     eps: float
     attn_scale: float
     causal: bool = True
+    parallel_attn_mlp: bool = False
+    """GPT-J / GPT-NeoX blocks: `resid + attn(ln1(resid)) + mlp(ln2(resid))`."""
+    rotary_adjacent_pairs: bool = True
+    """Rotary layout: dimensions 2i and 2i+1 rotate together (TransformerLens's native
+    models), or i and i + rotary_dim / 2 (GPT-NeoX's "rotate half")."""
 
 
 def architecture(spec: ModelSpec | Mapping[str, Any] | Architecture) -> Architecture:

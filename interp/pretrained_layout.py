@@ -36,8 +36,11 @@ from interp.param_layout import (
     unsupported_features,
 )
 
-COVERED_PRETRAINED: tuple[str, ...] = ("GPT2LMHeadModel",)
+COVERED_PRETRAINED: tuple[str, ...] = ("GPT2LMHeadModel", "GPTNeoXForCausalLM")
 """Hugging Face model classes whose bridges `architecture_of` reads."""
+
+_ROTARY = {"GPTNeoXForCausalLM"}
+"""Covered classes with rotary position embeddings (GPT-NeoX's rotate-half layout)."""
 
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "silu": "silu",
                 "gelu_pytorch_tanh": "gelu_new"}
@@ -67,8 +70,12 @@ def architecture_of(model: TransformerBridge) -> Architecture:
             f"interp.functional covers native models and {', '.join(COVERED_PRETRAINED)}; "
             f"this model is a {name}"
         )
-    reasons = unsupported_features(cfg) + _pretrained_differences(cfg)
-    reasons += _hf_config_differences(getattr(original, "config", None))
+    hf_config = getattr(original, "config", None)
+    rotary = name in _ROTARY
+    reasons = [r for r in unsupported_features(cfg) if not (rotary and r == "rope_scaling")]
+    reasons += _pretrained_differences(cfg, rotary) + _hf_config_differences(hf_config)
+    rotary_dim, rotary_base, rope_reason = _rotary_of(hf_config, int(cfg.d_head), rotary)
+    reasons += [rope_reason] if rope_reason else []
     if reasons:
         raise ValueError(f"interp.functional does not support this {name}: {', '.join(reasons)}")
     arch = Architecture(
@@ -82,14 +89,16 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         n_ctx=int(cfg.n_ctx),
         act_fn=_ACTIVATIONS[str(cfg.act_fn)],
         normalization=cfg.normalization_type,
-        rotary=False,
-        rotary_dim=int(cfg.d_head),
-        rotary_base=float(cfg.rotary_base),
+        rotary=rotary,
+        rotary_dim=rotary_dim,
+        rotary_base=rotary_base,
         eps=float(cfg.eps),
         attn_scale=(
             float(cfg.attn_scale) if (cfg.attn_scale or 0) > 0 else math.sqrt(int(cfg.d_head))
         ),
         causal=True,
+        parallel_attn_mlp=bool(cfg.parallel_attn_mlp),
+        rotary_adjacent_pairs=False,
     )
     try:
         check_layout(live_params(model), arch_param_shapes(arch), leading=0, what="its weights")
@@ -107,14 +116,13 @@ def covers(model: TransformerBridge) -> bool:
     return True
 
 
-def _pretrained_differences(cfg: Any) -> list[str]:
-    """Settings of a pretrained model's TransformerLens config that a native one never has
-    and the forward pass does not compute."""
+def _pretrained_differences(cfg: Any, rotary: bool) -> list[str]:
+    """Settings of a pretrained model's TransformerLens config that the forward pass does
+    not compute (`rotary`: the class is one of `_ROTARY`)."""
     differs = {
         f"positional_embedding_type={cfg.positional_embedding_type!r}":
-            cfg.positional_embedding_type != "standard",
+            cfg.positional_embedding_type != ("rotary" if rotary else "standard"),
         f"attention_dir={cfg.attention_dir!r}": cfg.attention_dir != "causal",
-        "parallel_attn_mlp": bool(cfg.parallel_attn_mlp),
         "post_embedding_ln": bool(cfg.post_embedding_ln),
         "use_normalization_before_and_after": bool(cfg.use_normalization_before_and_after),
         "use_local_attn": bool(cfg.use_local_attn),
@@ -129,6 +137,23 @@ def _pretrained_differences(cfg: Any) -> list[str]:
         "mixture of experts": bool(cfg.num_experts),
     }
     return [name for name, present in differs.items() if present]
+
+
+def _rotary_of(hf_config: Any, d_head: int, rotary: bool) -> tuple[int, float, str | None]:
+    """Rotary width and base of a GPT-NeoX config (`rope_parameters` in transformers 5,
+    `rotary_pct` / `rotary_emb_base` before), and the reason it is refused, if any."""
+    if not rotary:
+        return d_head, 10000.0, None
+    rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+    kind = rope.get("rope_type", "default")
+    if kind != "default":
+        return d_head, 10000.0, f"rope_type={kind!r}"
+    factor = rope.get("partial_rotary_factor", getattr(hf_config, "rotary_pct", 1.0))
+    base = rope.get("rope_theta", getattr(hf_config, "rotary_emb_base", 10000.0))
+    rotary_dim = int(d_head * float(factor))
+    if rotary_dim < 2 or rotary_dim % 2:
+        return d_head, 10000.0, f"rotary width {rotary_dim} (not a positive even number)"
+    return rotary_dim, float(base), None
 
 
 def _hf_config_differences(hf_config: Any) -> list[str]:

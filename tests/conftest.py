@@ -40,6 +40,18 @@ def gpt2(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def neox(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer GPT-NeoX (Pythia's architecture: rotary, parallel attention and
+    MLP; `tests/pretrained_models.py`) booted from a local folder; in eval mode."""
+    from pretrained_models import write_neox
+
+    from interp import models
+
+    folder = write_neox(tmp_path_factory.mktemp("neox"))
+    return models.load(folder, device="cpu").eval()
+
+
+@pytest.fixture(scope="session")
 def induction_2l_model():
     """The 2-layer attention-only model of experiments/induction_2l.yaml, trained once per
     session for 300 steps on CPU (as in tests/interp/test_training.py); in eval mode."""

@@ -1,7 +1,8 @@
 """Pretrained-format models written here, with no download: a randomly initialised GPT-2
-(Hugging Face `GPT2LMHeadModel`) saved to a local folder, which `interp.models.load` boots
-as the hub's gpt2 would be, and the native model with the same weights (a reference built
-by construction: same arithmetic, TransformerLens's native hooks)."""
+(Hugging Face `GPT2LMHeadModel`) and GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's class)
+saved to local folders, which `interp.models.load` boots as the hub's gpt2 or
+pythia-70m would be, and the native model with a GPT-2's weights (a reference built by
+construction: same arithmetic, TransformerLens's native hooks)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,27 @@ def write_gpt2(folder: Path, *, seed: int = 0, **overrides: Any) -> Path:
     config = GPT2Config(**shape, initializer_range=0.2, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def write_neox(folder: Path, *, seed: int = 0, **overrides: Any) -> Path:
+    """Save a random GPT-NeoX of `GPT2_SHAPE`'s size to `folder`: parallel attention and
+    MLP, rotary embeddings on a quarter of each head's 8 dimensions (as in Pythia), weights
+    drawn with std 0.2."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    shape = dict(
+        vocab_size=GPT2_SHAPE["vocab_size"], hidden_size=GPT2_SHAPE["n_embd"],
+        num_hidden_layers=GPT2_SHAPE["n_layer"], num_attention_heads=GPT2_SHAPE["n_head"],
+        intermediate_size=4 * GPT2_SHAPE["n_embd"],
+        max_position_embeddings=GPT2_SHAPE["n_positions"],
+    )
+    config = GPTNeoXConfig(
+        **{**shape, **overrides}, rotary_pct=0.25, initializer_range=0.2, bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(seed)
+    GPTNeoXForCausalLM(config).save_pretrained(folder)
     return folder
 
 

@@ -30,7 +30,12 @@ from transformer_lens.model_bridge import TransformerBridge
 from circuits.patching import incremental
 from circuits.patching.incremental import IncrementalPatcher
 from circuits.patching.result import PatchingResult
-from circuits.patching.targets import IndexSpace, check_patchable, index_space
+from circuits.patching.targets import (
+    IndexSpace,
+    check_patchable,
+    check_target_exists,
+    index_space,
+)
 from interp.metrics import normalise as normalise_metric
 from interp.tasks.base import TaskBatch
 
@@ -332,6 +337,8 @@ def patch(
     chosen = _resolve_engine(engine, model)
     if chosen == "hooks":  # the incremental engine computes the pattern itself
         check_patchable(space, model)
+    else:
+        check_target_exists(space, model)
     batch = batch.to(model_device(model))
     n_examples, n_pos = batch.clean.shape
     sizes = space.sizes(model, n_pos)

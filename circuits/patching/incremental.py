@@ -50,8 +50,8 @@ Params = dict[str, Tensor]
 
 
 def supports(model: TransformerBridge) -> bool:
-    """Whether this engine reproduces `model` exactly: a causal model without rotary
-    embeddings that `interp.functional` covers (native, or pretrained GPT-2)."""
+    """Whether this engine reproduces `model` exactly: a causal model that
+    `interp.functional` covers (native, or pretrained GPT-2 / GPT-NeoX)."""
     return unsupported_reason(model) is None
 
 
@@ -61,8 +61,6 @@ def unsupported_reason(model: TransformerBridge) -> str | None:
         arch = functional.architecture_of(model)
     except ValueError as error:
         return str(error)
-    if arch.rotary:
-        return "the incremental engine does not cover rotary embeddings"
     if not arch.causal:
         return "the incremental engine needs causal attention"
     return None
@@ -130,6 +128,8 @@ class IncrementalPatcher:
         self.params: Params = functional.live_params(model)
         self.n_examples, self.n_pos = base_tokens.shape
         device = base_tokens.device
+        self.rope = functional.rotary_tables(arch, self.n_pos, device) if arch.rotary else None
+        """Cos and sin of every position (rotary models; the cached q and k are unrotated)."""
         self.read_positions = sorted({int(position) for position in read_positions})
         """The read positions, sorted, as Python ints."""
         if not all(0 <= position < self.n_pos for position in self.read_positions or [-1]):
@@ -318,14 +318,17 @@ class _Step:
         residual stream at the read positions, `[K * batch, n_read, d_model]`."""
         name, layer = _activation_name(space), chunk[0][0]
         if name == "z":
-            return self.after_mid(layer, self.with_head_outputs_patched(space, chunk))
+            resid, through_mlp = self.with_head_outputs_patched(space, chunk)
+            return self.after_post(layer, resid) if through_mlp else self.after_mid(layer, resid)
         return self.enter(name, layer, self.patched(space, chunk))
 
     def with_head_outputs_patched(
         self, space: IndexSpace, chunk: Sequence[tuple[int, ...]]
-    ) -> Tensor:
+    ) -> tuple[Tensor, bool]:
         """`resid_mid` of the chunk's layer at `queries(layer)`, copy k with the head (and
-        position, for `z_by_pos`) of `chunk[k]` patched.
+        position, for `z_by_pos`) of `chunk[k]` patched, and False; or, where the MLP does
+        not read the attention's output (attention-only, or parallel attention and MLP),
+        `resid_post` and True.
 
         The attention output is linear in each head's `z`, so patching head h adds
         `(z_source - z_base)[h] @ W_O[h]` to the base run's `resid_mid`: one
@@ -348,10 +351,9 @@ class _Step:
             at = self.queries(layer)[None, :] == at_pos[:, None]
             added = added * at[:, None, :, None]
         block = f"blocks.{layer}"
-        resid_mid = self.patcher.base.get(f"{block}.hook_resid_mid")
-        if resid_mid is None:  # attention-only: no MLP, resid_post is resid_pre + attn_out
-            resid_mid = self.patcher.base[f"{block}.hook_resid_post"]
-        return (added + resid_mid[:, rows]).flatten(0, 1)
+        through_mlp = self.arch.d_mlp is None or self.arch.parallel_attn_mlp
+        before = self.patcher.base[f"{block}.hook_resid_{'post' if through_mlp else 'mid'}"]
+        return (added + before[:, rows]).flatten(0, 1), through_mlp
 
     def enter(self, name: str, layer: int, full: Tensor) -> Tensor:
         """Continue the forward pass from activation `name` of `layer` (all positions);
@@ -365,7 +367,11 @@ class _Step:
             resid_mid = self.plus_base(f"{block}.hook_resid_pre", self.at_rows(full, layer))
             return self.after_mid(layer, resid_mid)
         if name == "mlp_out":
-            resid_post = self.plus_base(f"{block}.hook_resid_mid", self.at_rows(full, layer))
+            if self.arch.parallel_attn_mlp:  # no resid_mid: resid_pre + attn_out + mlp_out
+                resid_post = self.plus_base(f"{block}.hook_resid_pre", self.at_rows(full, layer))
+                resid_post = self.plus_base(f"{block}.hook_attn_out", resid_post)
+            else:
+                resid_post = self.plus_base(f"{block}.hook_resid_mid", self.at_rows(full, layer))
             return self.after_post(layer, resid_post)
         if name == "resid_post":
             return self.after_post(layer, self.at_rows(full, layer))
@@ -391,7 +397,9 @@ class _Step:
             k = full
         else:
             raise ValueError(f"incremental patching has no rule for activation {name!r}")
-        z, _ = functional.mix_heads(q[:, cached], k, v, rows, self.arch, fused=True)
+        z, _ = functional.mix_heads(
+            q[:, cached], k, v, rows, self.arch, self.patcher.rope, fused=True
+        )
         return z
 
     def after_z(self, layer: int, z: Tensor) -> Tensor:
@@ -407,6 +415,12 @@ class _Step:
         return (change.unflatten(0, (self.n_copies, -1)) + base).flatten(0, 1)
 
     def after_mid(self, layer: int, resid: Tensor) -> Tensor:
+        """`resid_pre + attn_out` of `layer` at `queries(layer)` -> the final residual
+        stream (with parallel attention and MLP, the MLP's output is the base run's)."""
+        if self.arch.parallel_attn_mlp:
+            mlp_out = self.patcher.base[f"blocks.{layer}.hook_mlp_out"][:, self.cache_rows(layer)]
+            resid = (resid.unflatten(0, (self.n_copies, -1)) + mlp_out).flatten(0, 1)
+            return self.after_post(layer, resid)
         return self.after_post(layer, self.with_mlp(layer, resid))
 
     def with_mlp(self, layer: int, resid: Tensor) -> Tensor:
@@ -438,9 +452,15 @@ class _Step:
                 )
                 for part in ("k", "v")
             )
-            z, _ = functional.mix_heads(q, k, v, rows, self.arch, fused=True)
+            z, _ = functional.mix_heads(q, k, v, rows, self.arch, self.patcher.rope, fused=True)
             attn_out = functional.attention_output(self.params, attn, z)
-            resid = self.with_mlp(layer, self.at_rows(resid, layer, self.p0) + attn_out)
+            before = self.at_rows(resid, layer, self.p0)
+            if self.arch.parallel_attn_mlp:  # the MLP reads the block's input too
+                normed = self.norm(f"blocks.{layer}.ln2", before)
+                mlp_out = functional.mlp(self.params, f"blocks.{layer}.mlp", normed, self.arch)
+                resid = before + attn_out + mlp_out
+            else:
+                resid = self.with_mlp(layer, before + attn_out)
         return resid
 
     def with_prefix(self, name: str, live: Tensor) -> Tensor:

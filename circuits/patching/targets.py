@@ -112,8 +112,20 @@ TARGETS: Mapping[str, IndexSpace] = MappingProxyType(_spaces())
 """
 
 
+def check_target_exists(space: IndexSpace, model: TransformerBridge) -> None:
+    """Raise a one-line ValueError where `model` has no hook for the target: `resid_mid`
+    of blocks whose attention and MLP run in parallel (GPT-J, GPT-NeoX / Pythia)."""
+    hooks = getattr(model, "hook_dict", None)
+    if hooks is not None and space.hook_name(0) not in hooks:
+        why = " (its attention and MLP run in parallel)" if getattr(
+            model.cfg, "parallel_attn_mlp", False
+        ) else ""
+        raise ValueError(f"target {space.name!r} does not exist in this model{why}")
+
+
 def check_patchable(space: IndexSpace, model: TransformerBridge) -> None:
-    """Raise a one-line ValueError where `model` only lets the target's hook observe.
+    """Raise a one-line ValueError where `model` only lets the target's hook observe
+    (and, first, where it has no such hook: `check_target_exists`).
 
     TransformerLens 4 bridges whose attention runs inside a wrapped Hugging Face module
     (e.g. BERT's) fire `hook_pattern` after that module has already used the pattern, so
@@ -121,6 +133,7 @@ def check_patchable(space: IndexSpace, model: TransformerBridge) -> None:
     returns the unpatched metric for every head). Only attentions that take the pattern
     hook inside their computation (`accepts_pattern_fn`, as native ones do) can be patched.
     """
+    check_target_exists(space, model)
     if space.name != "pattern":
         return
     for block in getattr(model, "blocks", ()):

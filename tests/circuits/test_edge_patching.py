@@ -21,6 +21,13 @@ def attn_only() -> models.TransformerBridge:
     return models.build(spec, device="cpu")
 
 
+@pytest.fixture(scope="module")
+def rotary() -> models.TransformerBridge:
+    spec = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=20, n_ctx=8, seed=5,
+                positional_embedding="rotary")
+    return models.build(spec, device="cpu")
+
+
 def keep_all_but(patcher: EdgePatcher, removed: set[str]) -> torch.Tensor:
     mask = torch.ones(1, patcher.n_edges)
     for name in removed:
@@ -32,7 +39,7 @@ def reference_logits(model, tokens) -> torch.Tensor:
     return functional.forward(functional.params_of(model), tokens, models.spec_of(model))
 
 
-@pytest.mark.parametrize("which", ["model", "attn_only"])
+@pytest.mark.parametrize("which", ["model", "attn_only", "rotary"])
 def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_run(
     request, batch, which
 ) -> None:

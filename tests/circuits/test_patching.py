@@ -122,6 +122,7 @@ VARIANTS = {
     "attn-only, no norm": dict(attn_only=True, normalization=None),
     "RMS, solu_ln": dict(normalization="RMS", act_fn="solu_ln", d_mlp=48),
     "LNPre, relu, 3 layers": dict(normalization="LNPre", act_fn="relu", n_layers=3),
+    "rotary, RMS": dict(positional_embedding="rotary", normalization="RMS"),
 }
 
 

@@ -73,8 +73,8 @@ def test_native_twin_computes_the_same_logits(gpt2) -> None:
 
 
 def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="covers native models and GPT2LMHeadModel; this model "
-                                         "is a BertForMaskedLM"):
+    with pytest.raises(ValueError, match="covers native models and GPT2LMHeadModel, "
+                                         "GPTNeoXForCausalLM; this model is a BertForMaskedLM"):
         architecture_of(minilm)
     assert not covers(minilm)
     scaled = models.load(
@@ -89,14 +89,34 @@ def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path
         architecture_of(processed)
 
 
-def test_a_gpt_neox_is_refused(tmp_path: Path) -> None:
-    """Pythia's architecture (rotary, parallel attention and MLP) is not computed here."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+def test_neox_forward_and_its_cache_equal_the_bridge(neox) -> None:
+    """Pythia's architecture: rotary embeddings on 2 of each head's 8 dimensions in the
+    rotate-half layout, attention and MLP in parallel (no resid_mid)."""
+    arch = architecture_of(neox)
+    assert (arch.rotary, arch.rotary_dim, arch.rotary_adjacent_pairs) == (True, 2, False)
+    assert arch.parallel_attn_mlp and arch.act_fn == "gelu"
+    cache: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        ours = functional.forward(functional.live_params(neox), TOKENS, arch, cache=cache)
+        theirs, bridge_cache = neox.run_with_cache(TOKENS)
+    assert theirs.std() > 0.1
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert "blocks.0.hook_resid_mid" not in cache
+    for name in ("blocks.0.attn.hook_q", "blocks.1.attn.hook_pattern", "blocks.0.hook_mlp_out",
+                 "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"):
+        torch.testing.assert_close(cache[name], bridge_cache[name], atol=1e-5, rtol=0)
 
-    config = GPTNeoXConfig(vocab_size=20, hidden_size=32, num_hidden_layers=1,
-                           num_attention_heads=4, intermediate_size=64,
-                           max_position_embeddings=8, bos_token_id=0, eos_token_id=0)
-    GPTNeoXForCausalLM(config).save_pretrained(tmp_path)
-    model = models.load(tmp_path, device="cpu")
-    with pytest.raises(ValueError, match="this model is a GPTNeoXForCausalLM"):
-        architecture_of(model)
+
+def test_other_architectures_and_rope_scaling_are_refused(tmp_path: Path) -> None:
+    from pretrained_models import write_neox
+    from transformers import OPTConfig, OPTForCausalLM
+
+    config = OPTConfig(vocab_size=20, hidden_size=32, num_hidden_layers=1, ffn_dim=64,
+                       num_attention_heads=4, max_position_embeddings=8,
+                       word_embed_proj_dim=32, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    OPTForCausalLM(config).save_pretrained(tmp_path / "opt")
+    with pytest.raises(ValueError, match="this model is a OPTForCausalLM"):
+        architecture_of(models.load(tmp_path / "opt", device="cpu"))
+    scaled = write_neox(tmp_path / "neox", rope_scaling={"rope_type": "linear", "factor": 2.0})
+    with pytest.raises(ValueError, match="does not support this GPTNeoXForCausalLM: rope_type"):
+        architecture_of(models.load(scaled, device="cpu"))

@@ -1,0 +1,156 @@
+"""The fast engines on pretrained bridges (random ones written locally,
+`tests/pretrained_models.py`). GPT-2: activation patching against TransformerLens's own
+functions on the same bridge; edge patching, EAP and ACDC against the same weights in a
+native model, whose results the other tests check against references. GPT-NeoX
+(Pythia's rotary, parallel architecture, which no native model has): activation patching
+against TransformerLens on the bridge, edge patching against the model and against
+activation patching, EAP against the derivative of edge patching."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from pretrained_models import native_twin
+from test_patching import METRIC, REFERENCES, reference
+
+from circuits.acdc import acdc
+from circuits.attribution import attribute
+from circuits.eap import edge_attribution
+from circuits.edge_patching import EdgePatcher
+from circuits.evaluate import circuit_kl
+from circuits.patching import incremental, patch
+from circuits.path_patching import path_patch_senders
+
+
+@pytest.fixture(scope="module")
+def twin(gpt2):
+    return native_twin(gpt2)
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("target", sorted(set(REFERENCES) - {"pattern"}))
+def test_incremental_patching_matches_transformer_lens(gpt2, batch, target, direction) -> None:
+    assert incremental.supports(gpt2)  # so engine="auto" takes it
+    result = patch(gpt2, batch, target, METRIC, direction=direction, max_batch=7,
+                   progress=False)
+    expected = reference(gpt2, batch, target, direction)
+    assert result.values.std() > 1e-3  # the patches really change the metric
+    torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
+
+
+def test_pattern_patching_runs_through_the_incremental_engine(gpt2, twin, batch) -> None:
+    """GPT-2's bridge fires hook_pattern after the attention used it, so hooks cannot patch
+    it there (refused); the incremental engine computes the pattern itself and equals
+    TransformerLens's patching on the native model with the same weights."""
+    with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this model"):
+        patch(gpt2, batch, "pattern", METRIC, progress=False, engine="hooks")
+    ours = patch(gpt2, batch, "pattern", METRIC, progress=False)
+    expected = reference(twin, batch, "pattern", "denoise")
+    assert ours.values.std() > 1e-3
+    torch.testing.assert_close(ours.values, expected.float(), atol=1e-4, rtol=0)
+
+
+def test_edge_patching_full_and_empty_circuits(gpt2, batch) -> None:
+    patcher = EdgePatcher(gpt2)
+    ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, "resample")
+    masks = torch.stack([torch.ones(patcher.n_edges), torch.zeros(patcher.n_edges)])
+    with torch.no_grad():
+        logits = patcher.run(batch.clean, patcher.dense(masks), ablated)
+        torch.testing.assert_close(logits[0], gpt2(batch.clean), atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits[1], gpt2(batch.corrupted), atol=1e-5, rtol=0)
+
+
+def test_eap_and_acdc_equal_those_of_the_native_twin(gpt2, twin, batch) -> None:
+    for method in ("eap", "eap-ig"):
+        ours = edge_attribution(gpt2, batch, METRIC, method=method, steps=3).scores
+        theirs = edge_attribution(twin, batch, METRIC, method=method, steps=3).scores
+        assert ours.abs().max() > 1e-3
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    ours_acdc = acdc(gpt2, batch, threshold=0.01, progress=False)
+    theirs_acdc = acdc(twin, batch, threshold=0.01, progress=False)
+    assert 0 < int(ours_acdc.kept.sum()) < len(ours_acdc.graph)
+    assert torch.equal(ours_acdc.kept, theirs_acdc.kept)
+    torch.testing.assert_close(ours_acdc.scores, theirs_acdc.scores, atol=1e-5, rtol=0,
+                               equal_nan=True)
+
+
+def test_hook_based_analyses_equal_those_of_the_native_twin(gpt2, twin, batch) -> None:
+    """Path and attribution patching run through hooks, which on this bridge sit around
+    Hugging Face's modules: they must give what they give on the native model."""
+    ours = path_patch_senders(gpt2, batch, ["L1H0.v"], METRIC).values
+    theirs = path_patch_senders(twin, batch, ["L1H0.v"], METRIC).values
+    assert (ours - ours.mean()).abs().max() > 1e-3
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    for target in ("z", "resid_pre", "mlp_out"):
+        ours = attribute(gpt2, batch, target, METRIC).values
+        torch.testing.assert_close(ours, attribute(twin, batch, target, METRIC).values,
+                                   atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("target", sorted(set(REFERENCES) - {"resid_mid"}))
+def test_neox_incremental_patching_matches_transformer_lens(neox, batch, target,
+                                                            direction) -> None:
+    assert incremental.supports(neox)
+    result = patch(neox, batch, target, METRIC, direction=direction, max_batch=7,
+                   progress=False)
+    expected = reference(neox, batch, target, direction)
+    assert result.values.std() > 1e-3
+    torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
+
+
+def test_neox_has_no_resid_mid(neox, batch) -> None:
+    for engine in ("incremental", "hooks"):
+        with pytest.raises(ValueError, match="'resid_mid' does not exist in this model "
+                                             r"\(its attention and MLP run in parallel\)"):
+            patch(neox, batch, "resid_mid", METRIC, progress=False, engine=engine)
+
+
+def test_neox_edge_patching_is_the_model_and_activation_patching(neox, batch) -> None:
+    """Full and empty circuits are the clean and corrupted runs; cutting every edge out of
+    a head is noising its output; the MLP reads its block's input, not its heads."""
+    patcher = EdgePatcher(neox)
+    assert not any(e.source.layer == e.destination.layer and e.destination.kind == "mlp"
+                   for e in patcher.graph.edges)
+    ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, "resample")
+    masks = torch.stack([torch.ones(patcher.n_edges), torch.zeros(patcher.n_edges)])
+    with torch.no_grad():
+        logits = patcher.run(batch.clean, patcher.dense(masks), ablated)
+        torch.testing.assert_close(logits[0], neox(batch.clean), atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits[1], neox(batch.corrupted), atol=1e-5, rtol=0)
+    noised = patch(neox, batch, "z", METRIC, direction="noise", progress=False).values
+    for layer, head in [(0, 1), (1, 3)]:
+        mask = torch.ones(1, patcher.n_edges)
+        for edge in patcher.graph.edges:
+            if edge.source.name == f"L{layer}H{head}":
+                mask[0, patcher.graph.edge_index[edge.name]] = 0.0
+        value = patcher.evaluate(batch, mask, METRIC)[0]
+        assert value.item() == pytest.approx(noised[layer, head].item(), abs=1e-5)
+
+
+def test_neox_eap_is_the_derivative_of_edge_patching(neox, batch) -> None:
+    scores = edge_attribution(neox, batch, METRIC)
+    patcher = EdgePatcher(neox)
+    names = ["embed->L0H2.k", "L0H1->L1H3.q", "embed->mlp0", "mlp0->L1H1.v", "L1H2->logits",
+             "L0H0->mlp1"]
+    epsilon = 1e-2
+    masks = torch.ones(len(names), patcher.n_edges)
+    for row, name in enumerate(names):
+        masks[row, patcher.graph.edge_index[name]] = 1.0 - epsilon
+    slopes = (patcher.evaluate(batch, masks, METRIC) - scores.metric_full) / epsilon
+    estimate = torch.stack([scores.scores[patcher.graph.edge_index[n]] for n in names])
+    assert slopes.abs().max() > 1e-2
+    torch.testing.assert_close(estimate, slopes, atol=2e-3, rtol=5e-2)
+
+
+def test_neox_acdc_falls_back_to_full_passes_and_measures_its_circuit(neox, batch) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = acdc(neox, batch, threshold=0.01, progress=False)
+    assert any("incremental tests do not cover rotary embeddings" in str(w.message)
+               for w in caught)
+    assert 0 < int(result.kept.sum()) < len(result.graph)
+    kl = circuit_kl(EdgePatcher(neox), batch, result.kept.float()[None])
+    assert result.damage == pytest.approx(kl.item(), abs=1e-5)
