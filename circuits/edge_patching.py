@@ -13,10 +13,12 @@ output bias `b_O` belongs to no head and is never ablated.
 
 The forward pass is `interp.functional`'s, with each head's q, k and v computed from its
 own input (so each input has its own LayerNorm), which makes the patching exact for the
-pre-LayerNorm models it covers (native models and pretrained GPT-2,
-`functional.architecture_of`): with every edge in the circuit it gives the model's logits
-(to float rounding), with none it gives the ablated run's. Post-LayerNorm models (BERT)
-have no such decomposition of the residual stream; they are refused. Circuits are
+pre-LayerNorm models it covers (native models and pretrained GPT-2 and GPT-NeoX,
+`functional.architecture_of`; with parallel attention and MLP, a block's MLP reads the
+sources before the block, as the graph's edges say): with every edge in the circuit it
+gives the model's logits (to float rounding), with none it gives the ablated run's.
+Post-LayerNorm models (BERT) have no such decomposition of the residual stream; they are
+refused. Circuits are
 batched: C masks run as one forward pass of C copies of the batch. Edge attribution
 patching (`circuits.eap`) takes gradients at the destination inputs of a run.
 """
@@ -65,8 +67,8 @@ class EdgePatcher:
     """Edge-ablated forward passes of one native model.
 
     Args:
-        model: A native model from `interp.models.build` or a pretrained GPT-2 (not
-            rotary; `functional.architecture_of`).
+        model: A native model from `interp.models.build` or a pretrained GPT-2 or
+            GPT-NeoX (`functional.architecture_of`).
         graph: Its `ComputationalGraph` (default: `ComputationalGraph.from_model(model)`).
     """
 

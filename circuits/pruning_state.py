@@ -18,7 +18,8 @@ circuit; a test
    its MLP and the logits at the read positions only.
 
 Accepting the removal writes the recomputed tensors into the state (`commit`). The
-arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm models: native, GPT-2),
+arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm, sequential blocks,
+no rotary: native models and GPT-2; `unsupported_reason` names the rest),
 so the damage equals that of a full edge-patched pass to float rounding.
 
 Speculation (`trials`): several edges e1..eS into one destination, or into q / k / v

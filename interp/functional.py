@@ -1,9 +1,9 @@
 """A pure-function forward pass of the native models that `interp.models.build` makes, and
-of pretrained GPT-2.
+of pretrained GPT-2 and GPT-NeoX (Pythia).
 
 `forward(params, tokens, spec)` computes the same logits as the bridge that `build(spec)`
 returns, from a plain dict of tensors keyed exactly like that bridge's `state_dict()`, with
-no hooks, wrappers or module state. A pretrained GPT-2 bridge runs the same way, with
+no hooks, wrappers or module state. A pretrained GPT-2 or GPT-NeoX bridge runs the same way, with
 `forward(live_params(model), tokens, architecture_of(model))` (`interp.pretrained_layout`
 says which models are covered and why others are not). It composes with `torch.func`:
 `torch.func.grad` for gradients, `torch.func.vmap` over parameters stacked along a leading axis
@@ -20,6 +20,7 @@ multi-head attention, Vaswani et al. 2017, "Attention Is All You Need", and an M
 
     resid = W_E[tokens] + W_pos[:pos]                  (rotary models: no W_pos)
     resid += attn(norm(resid)); resid += mlp(norm(resid))   for each block
+    (parallel blocks, GPT-NeoX: resid += attn(norm1(resid)) + mlp(norm2(resid)))
     logits = norm(resid) @ W_U.T + b_U
 
 Parameter layout: `interp.param_layout` (keys and shapes, `params_of`, `load_params`,

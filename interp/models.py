@@ -151,8 +151,12 @@ def load(
     name_or_path: str | os.PathLike[str],
     device: str | torch.device | None = "auto",
     dtype: torch.dtype | None = None,
+    revision: str | None = None,
 ) -> TransformerBridge:
     """Boot a Hugging Face model by hub name or local directory.
+
+    `revision` picks a branch, tag or commit of a hub model, e.g. one of Pythia's training
+    checkpoints (`load("EleutherAI/pythia-70m", revision="step3000")`).
 
     A folder written by `save` is recognised and loaded with `load_checkpoint`. When the
     weights cannot be had (offline, missing, unsupported architecture) this raises a
@@ -168,6 +172,8 @@ def load(
     kwargs: dict[str, Any] = {"device": str(resolve_device(device))}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if revision is not None:
+        kwargs["revision"] = revision
     try:
         with _quiet():
             model = TransformerBridge.boot_transformers(source, **kwargs)

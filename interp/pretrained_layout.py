@@ -10,13 +10,20 @@ exactly the layout `arch_param_shapes` gives. Anything else raises one line nami
 does not fit; the hook-based paths (`engine="hooks"` patching, path patching, caching)
 still run on every bridge.
 
-Pretrained architectures covered: GPT-2 (`GPT2LMHeadModel`: gpt2, gpt2-medium, -large,
--xl, distilgpt2 and any checkpoint of that class), pre-LayerNorm blocks of causal
-attention and a GELU MLP with learned absolute positions, the model of Wang et al. 2022's
-IOI circuit. Tests check the logits against the bridge's own forward pass and the
-patching against TransformerLens's `get_act_patch_*` on a randomly initialised GPT-2
-written to a local folder. Others (GPT-NeoX/Pythia: rotary, parallel attention and MLP;
-Llama: RMSNorm, gated MLP; BERT: post-LayerNorm) are refused with their reasons.
+Pretrained architectures covered:
+
+- GPT-2 (`GPT2LMHeadModel`: gpt2, gpt2-medium, -large, -xl, distilgpt2 and any
+  checkpoint of that class): pre-LayerNorm blocks of causal attention and a GELU MLP with
+  learned absolute positions, the model of Wang et al. 2022's IOI circuit;
+- GPT-NeoX (`GPTNeoXForCausalLM`: the Pythia suite of Biderman et al. 2023, with its
+  training checkpoints): rotary embeddings on part of each head (`rotary_pct`) in the
+  rotate-half layout, attention and MLP in parallel on the block's input (so no
+  `resid_mid`); a `rope_type` other than "default" is refused.
+
+Tests check the logits and activations against the bridge's own forward pass and the
+patching against TransformerLens's `get_act_patch_*` on random models of both classes
+written to local folders. Others (Llama: RMSNorm, gated MLP, grouped keys; OPT: offset
+positions; BERT: post-LayerNorm) are refused with their reasons.
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ engine reruns:
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
 those of the hook engine (and of TransformerLens) to float rounding. It covers the causal
 models without rotary embeddings that `interp.functional` computes (`supports(model)`):
-native models of `interp.models.build` and pretrained GPT-2 (`functional.architecture_of`);
+native models of `interp.models.build` and pretrained GPT-2 and GPT-NeoX
+(`functional.architecture_of`; rotary models rotate the cached, unrotated q and k of every
+position, and a parallel block's MLP output stays the base run's when only its attention
+changes);
 other models go through the hook engine. Hooks a user attached to the bridge are not run here.
 
 The metric sees full `[batch, pos, vocab]` logits holding the patched logits at the read

@@ -153,12 +153,12 @@ def weights_from_params(
 def head_weights(model: TransformerBridge, *, fold_layer_norm: bool = False) -> HeadWeights:
     """Per-head weights of a bridge.
 
-    Native models (built by `interp.models.build`) and pretrained GPT-2 are read from their
-    weights in the native layout (`weights_from_params` on `params_of`). Any other bridge
-    is read through TransformerLens's stacked properties `model.W_Q` / `W_K` / `W_V`
-    `[layer, head, d_model, d_head]`, `model.W_O`, `model.W_E`, `model.W_U` (grouped K/V
-    heads are repeated to n_heads). `fold_layer_norm` is for the pre-norm models of the
-    first kind only.
+    Native models (built by `interp.models.build`) and pretrained GPT-2 / GPT-NeoX are
+    read from their weights in the native layout (`weights_from_params` on `params_of`).
+    Any other bridge is read through TransformerLens's stacked properties `model.W_Q` /
+    `W_K` / `W_V` `[layer, head, d_model, d_head]`, `model.W_O`, `model.W_E`, `model.W_U`
+    (grouped K/V heads are repeated to n_heads). `fold_layer_norm` is for the pre-norm
+    models of the first kind only.
     """
     if covers(model):
         n_heads = architecture_of(model).n_heads
@@ -166,7 +166,8 @@ def head_weights(model: TransformerBridge, *, fold_layer_norm: bool = False) -> 
     if fold_layer_norm:
         raise ValueError(
             "fold_layer_norm is only supported for pre-norm models that interp.functional "
-            "covers (native, GPT-2); this bridge's norms may sit elsewhere (BERT is post-norm)"
+            "covers (native, GPT-2, GPT-NeoX); this bridge's norms may sit elsewhere (BERT "
+            "is post-norm)"
         )
     try:
         with torch.no_grad():

@@ -101,6 +101,22 @@ def test_unavailable_hub_model_gives_one_clear_line(monkeypatch) -> None:
     assert "\n" not in message and "no-such-org/no-such-model-xyz" in message
 
 
+def test_revision_reaches_the_hub_loader(monkeypatch) -> None:
+    """A training checkpoint of a hub model (`revision`) is asked of the loader itself; with
+    none given the loader gets no revision argument at all (its own default)."""
+    calls: list[dict] = []
+
+    def boot(source, **kwargs):
+        calls.append(kwargs)
+        raise OSError("offline")
+
+    monkeypatch.setattr(models.TransformerBridge, "boot_transformers", staticmethod(boot))
+    for revision in ("step3000", None):
+        with pytest.raises(models.ModelLoadError, match="EleutherAI/pythia-70m"):
+            models.load("EleutherAI/pythia-70m", device="cpu", revision=revision)
+    assert calls[0]["revision"] == "step3000" and "revision" not in calls[1]
+
+
 def test_missing_local_folder_is_reported(tmp_path) -> None:
     with pytest.raises(models.ModelLoadError, match="does not exist"):
         models.load(tmp_path / "absent", device="cpu")

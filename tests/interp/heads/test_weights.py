@@ -145,14 +145,16 @@ def test_native_weights_equal_bridge_properties_and_fold_layer_norm() -> None:
     torch.testing.assert_close(folded.W_U, scale * raw.W_U)
 
 
-def test_gpt2_weights_equal_bridge_properties_and_fold_layer_norm(gpt2) -> None:
-    """GPT-2 is read in the native layout (its Conv1D weights transposed): the same
-    matrices as TransformerLens's own properties of the bridge."""
-    raw = head_weights(gpt2)
+@pytest.mark.parametrize("which", ["gpt2", "neox"])
+def test_pretrained_weights_equal_bridge_properties_and_fold_layer_norm(request, which) -> None:
+    """GPT-2 and GPT-NeoX are read in the native layout (GPT-2's Conv1D weights
+    transposed): the same matrices as TransformerLens's own properties of the bridge."""
+    model = request.getfixturevalue(which)
+    raw = head_weights(model)
     for name in ("W_Q", "W_K", "W_V", "W_O", "W_E", "W_U"):
-        torch.testing.assert_close(getattr(raw, name), getattr(gpt2, name).detach())
-    folded = head_weights(gpt2, fold_layer_norm=True)
-    ln1 = params_of(gpt2)["blocks.0.ln1.weight"]
+        torch.testing.assert_close(getattr(raw, name), getattr(model, name).detach())
+    folded = head_weights(model, fold_layer_norm=True)
+    ln1 = params_of(model)["blocks.0.ln1.weight"]
     torch.testing.assert_close(folded.W_K[0], ln1[:, None] * raw.W_K[0])
 
 
