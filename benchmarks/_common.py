@@ -213,7 +213,29 @@ def random_gpt2(
         n_layer=n_layers, n_head=n_heads, n_embd=d_model, vocab_size=d_vocab,
         n_positions=n_ctx, bos_token_id=0, eos_token_id=0,
     )
+    return _booted(lambda: GPT2LMHeadModel(config), device)
+
+
+def random_neox(
+    n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int, device: torch.device
+) -> TransformerBridge:
+    """A random GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's architecture: rotary on a quarter
+    of each head, parallel attention and MLP), booted like `random_gpt2`."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=d_vocab, hidden_size=d_model, num_hidden_layers=n_layers,
+        num_attention_heads=n_heads, intermediate_size=4 * d_model,
+        max_position_embeddings=n_ctx, rotary_pct=0.25, bos_token_id=0, eos_token_id=0,
+    )
+    return _booted(lambda: GPTNeoXForCausalLM(config), device)
+
+
+def _booted(make: Callable[[], Any], device: torch.device) -> TransformerBridge:
+    """The Hugging Face model `make()` builds under seed 0, saved to a temporary folder and
+    booted back through `interp.models.load`, in eval mode."""
     torch.manual_seed(0)
+    hf_model = make()
     with tempfile.TemporaryDirectory() as folder:
-        GPT2LMHeadModel(config).save_pretrained(folder)
+        hf_model.save_pretrained(folder)
         return models.load(folder, device=device).eval()

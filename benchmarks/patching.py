@@ -4,10 +4,11 @@
 
 Two sweeps, each on two native models from `interp.models.build` (GELU, LayerNorm,
 vocabulary 1000): 2 layers x 4 heads x d_model 64, and 4 layers x 8 heads x d_model 256;
-then on a pretrained-format model of the larger shape: a random Hugging Face GPT-2
-(`GPT2LMHeadModel`) booted from a local folder, as `gpt2` from the hub is, which the
-incremental engine covers too (`interp.pretrained_layout`) and whose bridge runs Hugging
-Face's modules behind its hooks for the reference.
+then on two pretrained-format models of the larger shape: a random Hugging Face GPT-2
+(`GPT2LMHeadModel`) and GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's architecture) booted from
+local folders, as `gpt2` or `EleutherAI/pythia-160m` from the hub are, which the
+incremental engine covers too (`interp.pretrained_layout`) and whose bridges run Hugging
+Face's modules behind their hooks for the reference.
 
 - `resid_pre`: layer x position residual-stream patching, against
   `transformer_lens.patching.get_act_patch_resid_pre`;
@@ -64,7 +65,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from _common import Comparison, compare, load_line, parse_args, random_gpt2, time_once
+from _common import (
+    Comparison,
+    compare,
+    load_line,
+    parse_args,
+    random_gpt2,
+    random_neox,
+    time_once,
+)
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
@@ -98,17 +107,18 @@ class ModelShape:
     n_layers: int
     n_heads: int
     d_model: int
-    family: Literal["native", "gpt2"] = "native"
+    family: Literal["native", "gpt2", "neox"] = "native"
 
     def label(self) -> str:
-        family = "native" if self.family == "native" else "GPT-2 (HF)"
-        return f"{family} {self.n_layers}L {self.n_heads}h d{self.d_model}"
+        family = {"native": "native", "gpt2": "GPT-2 (HF)", "neox": "GPT-NeoX (HF)"}
+        return f"{family[self.family]} {self.n_layers}L {self.n_heads}h d{self.d_model}"
 
     def build(self, sizes: Sizes, device: torch.device) -> TransformerBridge:
         """The model, random weights (seed 0), in eval mode (TransformerLens's patching
         refuses a model in training mode)."""
-        if self.family == "gpt2":
-            return random_gpt2(
+        if self.family != "native":
+            random = random_gpt2 if self.family == "gpt2" else random_neox
+            return random(
                 self.n_layers, self.n_heads, self.d_model, sizes.d_vocab, sizes.n_pos, device
             )
         spec = {
@@ -137,7 +147,12 @@ class Sizes:
 
 
 FULL = Sizes(
-    models=(ModelShape(2, 4, 64), ModelShape(4, 8, 256), ModelShape(4, 8, 256, "gpt2")),
+    models=(
+        ModelShape(2, 4, 64),
+        ModelShape(4, 8, 256),
+        ModelShape(4, 8, 256, "gpt2"),
+        ModelShape(4, 8, 256, "neox"),
+    ),
     d_vocab=1000,
     n_examples=32,
     n_pos=24,
@@ -145,7 +160,7 @@ FULL = Sizes(
     repeats=3,
 )
 QUICK = Sizes(
-    models=(ModelShape(2, 4, 64), ModelShape(2, 4, 64, "gpt2")),
+    models=(ModelShape(2, 4, 64), ModelShape(2, 4, 64, "gpt2"), ModelShape(2, 4, 64, "neox")),
     d_vocab=1000,
     n_examples=4,
     n_pos=8,

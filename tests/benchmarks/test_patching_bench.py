@@ -11,14 +11,14 @@ from quick_run import LINE, run_quick, split_dispatch
 @pytest.mark.slow
 def test_quick_patching_benchmark_matches_transformer_lens() -> None:
     lines, counted = split_dispatch(run_quick("patching.py"))
-    assert len(lines) == 9, lines  # 4 per model (native, then GPT-2) and the load line
-    assert len(counted) == 8, counted
+    assert len(lines) == 13, lines  # 4 per model (native, GPT-2, GPT-NeoX) and the load line
+    assert len(counted) == 12, counted
     # One forward pass per index (TransformerLens) against one pass per chunk of indices.
-    assert all(float(counted[i]["fewer"]) > 1.0 for i in (0, 2, 4, 6)), counted
-    matches = [LINE.match(line) for line in lines[:8]]
+    assert all(float(counted[i]["fewer"]) > 1.0 for i in (0, 2, 4, 6, 8, 10)), counted
+    matches = [LINE.match(line) for line in lines[:12]]
     assert all(matches), lines
     whats = [match["what"] for match in matches]
-    for first, family in ((0, "native"), (4, "GPT-2 (HF)")):
+    for first, family in ((0, "native"), (4, "GPT-2 (HF)"), (8, "GPT-NeoX (HF)")):
         assert all(
             what.startswith(f"{family} 2L 4h d64, 4x8 tokens") for what in whats[first:first + 4]
         ), whats
@@ -33,4 +33,4 @@ def test_quick_patching_benchmark_matches_transformer_lens() -> None:
                 match["what"],
             )
             assert found and -1.0 <= float(found[1]) <= 1.0, match["what"]
-    assert lines[8].startswith("# load average "), lines
+    assert lines[12].startswith("# load average "), lines
