@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -313,8 +312,7 @@ def acdc(
         incremental: Hold the circuit's activations and let each test recompute only
             what removing its edge changes (`circuits.pruning_state`; the metric must read
             the logits at `batch.position` only, as every metric of `interp.metrics`
-            does). Models with rotary embeddings or parallel attention and MLP (GPT-NeoX)
-            fall back to full passes, with a warning. False runs every test as a full
+            does). False runs every test as a full
             edge-patched forward pass from the embedding (the plain ACDC loop; the same
             circuit, for comparison).
         speculation: How many edges to test in one batched computation, trial j assuming
@@ -336,13 +334,6 @@ def acdc(
     ):
         raise ValueError(f"speculation must be an int >= 1, got {speculation!r}")
     patcher = EdgePatcher(model)
-    if incremental and (reason := PruningState.unsupported_reason(patcher.arch)):
-        warnings.warn(
-            f"acdc: incremental tests do not cover {reason} yet; every test runs a full "
-            "edge-patched pass (the same circuit, slower)",
-            stacklevel=2,
-        )
-        incremental = False
     if speculation is None:
         speculation = GPU_SPECULATION if incremental and patcher.device.type == "cuda" else 1
     graph = patcher.graph

@@ -18,9 +18,10 @@ circuit; a test
    its MLP and the logits at the read positions only.
 
 Accepting the removal writes the recomputed tensors into the state (`commit`). The
-arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm, sequential blocks,
-no rotary: native models and GPT-2; `unsupported_reason` names the rest),
-so the damage equals that of a full edge-patched pass to float rounding.
+arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm models: native,
+GPT-2, GPT-NeoX; rotary queries and keys are rotated by their positions as they are
+projected, and with parallel attention and MLP a block's MLP reads the block's input), so
+the damage equals that of a full edge-patched pass to float rounding.
 
 Speculation (`trials`): several edges e1..eS into one destination, or into q / k / v
 inputs of one block's heads, are tested as one batch, trial j being the current circuit
@@ -122,15 +123,6 @@ class PruningState:
             positions is refused rather than misread.
     """
 
-    @staticmethod
-    def unsupported_reason(arch: functional.Architecture) -> str | None:
-        """What of `arch` this state does not compute (None: it covers the model)."""
-        if arch.rotary:
-            return "rotary embeddings"
-        if arch.parallel_attn_mlp:
-            return "parallel attention and MLP"
-        return None
-
     def __init__(
         self,
         patcher: EdgePatcher,
@@ -138,8 +130,6 @@ class PruningState:
         ablation: Ablation,
         objective: str | PatchMetric = "kl",
     ):
-        if reason := self.unsupported_reason(patcher.arch):
-            raise ValueError(f"PruningState does not cover {reason}; use acdc(incremental=False)")
         if objective != "kl" and not callable(objective):
             raise ValueError(f"objective must be 'kl' or a metric function, got {objective!r}")
         self.patcher, self.arch, self.params = patcher, patcher.arch, patcher.params
@@ -211,8 +201,15 @@ class PruningState:
         """What every test reads unchanged: per block, the q / k / v weights `[head, d_model,
         d_head]` and biases `[head, 1, 1, d_head]`, `W_O` as `[head, d_head, d_model]`, and
         the causal mask as an additive `[query, key]` tensor (0 or -inf; None without a
-        causal mask)."""
+        causal mask); rotary models' cos and sin at every row and at the read positions."""
         arch, params = self.arch, self.params
+        self.rope: tuple[Tensor, Tensor] | None = None
+        self.rope_at_reads: tuple[Tensor, Tensor] | None = None
+        if arch.rotary:
+            self.rope = cos, sin = functional.rotary_tables(
+                arch, len(self.positions), self.patcher.device
+            )
+            self.rope_at_reads = (cos[self.reads], sin[self.reads])
         self.w_in: list[dict[str, Tensor]] = []
         self.b_in: list[dict[str, Tensor]] = []
         self.w_out: list[Tensor] = []
@@ -283,6 +280,7 @@ class PruningState:
         self.mlp_out: list[dict[str, Tensor]] = []
         for layer in range(arch.n_layers):
             at_reads = layer == self.last
+            block_in = self._at(resid, False, at_reads)  # a parallel MLP's input
             inputs, proj = {}, {}
             for part in HEAD_INPUTS:
                 x = self._at(resid, False, at_reads and part == "q")
@@ -299,8 +297,9 @@ class PruningState:
             resid = self._at(resid, False, at_reads) + out.sum(0)
             resid = resid + params[f"blocks.{layer}.attn.o.bias"]
             if self.has_mlp:
-                mlp_out = self._mlp(layer, resid)
-                self.mlp_in.append({"in": resid})
+                mlp_in = block_in if arch.parallel_attn_mlp else resid
+                mlp_out = self._mlp(layer, mlp_in)
+                self.mlp_in.append({"in": mlp_in})
                 self.mlp_out.append({"out": mlp_out})
                 self.ablated.append(self._at(ablated[:, :, source + n_heads], False, at_reads))
                 resid = resid + mlp_out
@@ -350,7 +349,13 @@ class PruningState:
             projected = torch.bmm(flat, weight).view(*x.shape[:-1], weight.shape[-1])
         else:
             projected = _matmul(normed.flatten(-3, -2), weight).unflatten(-2, x.shape[-3:-1])
-        return projected + self.b_in[layer][part][heads]
+        projected = projected + self.b_in[layer][part][heads]
+        if self.rope is None or part == "v":
+            return projected
+        # queries and keys rotated by their positions (the last block's queries: the reads)
+        at_reads = layer == self.last and part == "q"
+        rope = self.rope_at_reads if at_reads else self.rope
+        return functional.apply_rotary(projected, rope, self.arch)  # type: ignore[arg-type]
 
     def _attend(
         self, layer: int, heads: Heads, proj: dict[str, Tensor]

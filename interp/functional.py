@@ -39,6 +39,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.layers import (
+    apply_rotary,
     attention,
     attention_of,
     attention_output,
@@ -75,6 +76,7 @@ __all__ = [
     "Params",
     "architecture",
     "architecture_of",
+    "apply_rotary",
     "attention_output",
     "batched_forward",
     "causal_bias",
@@ -90,6 +92,7 @@ __all__ = [
     "normalize",
     "param_shapes",
     "params_of",
+    "rotary_tables",
     "stack_params",
     "unembed",
     "unstack_params",

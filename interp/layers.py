@@ -33,6 +33,7 @@ __all__ = [
     "normalize",
     "recorder",
     "rotary_tables",
+    "apply_rotary",
     "unembed",
 ]
 
@@ -185,8 +186,8 @@ def mix_heads(
         queries, keys = q.transpose(1, 2), k.transpose(1, 2)
         if rope is not None and query_positions is not None:
             query_rope = (rope[0][query_positions], rope[1][query_positions])
-            queries = _apply_rotary(queries, query_rope, arch)
-            keys = _apply_rotary(keys, rope, arch)
+            queries = apply_rotary(queries, query_rope, arch)
+            keys = apply_rotary(keys, rope, arch)
         masked = causal and query_positions is not None
         if fused:
             bias = (
@@ -247,7 +248,9 @@ def rotary_tables(arch: Architecture, seq: int, device: torch.device) -> tuple[T
     return angles.cos().to(device), angles.sin().to(device)
 
 
-def _apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor], arch: Architecture) -> Tensor:
+def apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor], arch: Architecture) -> Tensor:
+    """`x` [..., pos, d_head] rotated by the cos and sin tables `rope` ([pos, rotary_dim],
+    from `rotary_tables`, rows picked for x's positions); dimensions past rotary_dim pass."""
     cos, sin = (table.to(x.dtype) for table in rope)
     dim = arch.rotary_dim
     rotated, passed = x[..., :dim], x[..., dim:]

@@ -13,6 +13,7 @@ from circuits.edge_patching import EdgePatcher
 from circuits.evaluate import circuit_kl
 from circuits.planted import PLANTED, planted
 from circuits.pruning_state import PruningState
+from interp import models
 from interp.metrics import logit_diff, mean_metric
 from interp.runs import RunStore
 
@@ -56,6 +57,18 @@ def test_incremental_acdc_finds_the_same_circuit_as_the_plain_loop(model, batch,
     fast = acdc(model, batch, 0.01, objective=chosen, progress=False)
     plain = acdc(model, batch, 0.01, objective=chosen, progress=False, incremental=False)
     assert torch.equal(fast.kept, plain.kept) and fast.n_tests == plain.n_tests
+    torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_incremental_acdc_on_a_rotary_model_equals_the_plain_loop(batch) -> None:
+    """Queries (at the read positions in the last block) and keys rotated by position."""
+    spec = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=20, n_ctx=8, seed=5,
+                positional_embedding="rotary")
+    model = models.build(spec, device="cpu")
+    fast = acdc(model, batch, 0.01, progress=False, speculation=4)
+    plain = acdc(model, batch, 0.01, progress=False, incremental=False)
+    assert 0 < int(fast.kept.sum()) < len(fast.graph)
+    assert torch.equal(fast.kept, plain.kept)
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
 
 

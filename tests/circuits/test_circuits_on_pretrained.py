@@ -8,8 +8,6 @@ activation patching, EAP against the derivative of edge patching."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from pretrained_models import native_twin
@@ -145,12 +143,15 @@ def test_neox_eap_is_the_derivative_of_edge_patching(neox, batch) -> None:
     torch.testing.assert_close(estimate, slopes, atol=2e-3, rtol=5e-2)
 
 
-def test_neox_acdc_falls_back_to_full_passes_and_measures_its_circuit(neox, batch) -> None:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = acdc(neox, batch, threshold=0.01, progress=False)
-    assert any("incremental tests do not cover rotary embeddings" in str(w.message)
-               for w in caught)
+@pytest.mark.parametrize("speculation", [1, 8])
+def test_neox_acdc_incremental_equals_full_passes(neox, batch, speculation) -> None:
+    """The pruning state rotates queries and keys by position and feeds each MLP its
+    block's input: the same circuit and scores as full edge-patched passes, and its
+    damage is the KL of the circuit it keeps."""
+    result = acdc(neox, batch, threshold=0.01, progress=False, speculation=speculation)
+    plain = acdc(neox, batch, threshold=0.01, progress=False, incremental=False)
     assert 0 < int(result.kept.sum()) < len(result.graph)
+    assert torch.equal(result.kept, plain.kept)
+    torch.testing.assert_close(result.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
     kl = circuit_kl(EdgePatcher(neox), batch, result.kept.float()[None])
     assert result.damage == pytest.approx(kl.item(), abs=1e-5)
