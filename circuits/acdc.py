@@ -334,6 +334,9 @@ def acdc(
     ):
         raise ValueError(f"speculation must be an int >= 1, got {speculation!r}")
     patcher = EdgePatcher(model)
+    patcher.check_batch(batch)
+    if not isinstance(incremental, bool):
+        raise ValueError(f"incremental must be a bool, got {incremental!r}")
     if speculation is None:
         speculation = GPU_SPECULATION if incremental and patcher.device.type == "cuda" else 1
     graph = patcher.graph

@@ -22,7 +22,6 @@ read from the last residual stream of a model without a final norm).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields, replace
 from typing import Any
 
 import torch
@@ -43,18 +42,6 @@ from interp.tasks.base import TaskBatch
 
 METHOD = "attribution"
 """The `PatchingResult.method` of attribution-patching results."""
-
-
-def _normal_copy(batch: TaskBatch) -> TaskBatch:
-    """A copy of `batch` made of ordinary tensors, even when the caller built it (or calls us)
-    under `torch.inference_mode`, whose tensors autograd cannot save for the backward pass."""
-    with torch.inference_mode(False):
-        copies = {
-            f.name: getattr(batch, f.name).clone()
-            for f in fields(batch)
-            if getattr(batch, f.name) is not None
-        }
-    return replace(batch, **copies)
 
 
 def _capture_hook(store: dict[int, Tensor], layer: int) -> Callable[..., Tensor]:
@@ -126,6 +113,7 @@ def attribute(
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     if not isinstance(batch, TaskBatch):
         raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
+    batch.check_fits(model)
     batch = batch.to(model_device(model))
     n_pos = batch.clean.shape[1]
     sizes = space.sizes(model, n_pos)
@@ -145,7 +133,7 @@ def attribute(
         del cache
         captured: dict[int, Tensor] = {}
         hooks = [(name, _capture_hook(captured, layer)) for name, layer in hook_names.items()]
-        grad_batch = _normal_copy(batch)
+        grad_batch = batch.for_autograd()
         grad_tokens = grad_batch.corrupted if direction == "denoise" else grad_batch.clean
         with (
             torch.inference_mode(False),

@@ -23,12 +23,13 @@ and so are the ROC curves' points (`artifacts/roc.parquet`: method, level, fpr, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.acdc import ACDCResult, acdc
@@ -37,8 +38,8 @@ from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.evaluate import faithfulness, masks_of, roc, top_k_masks
 from circuits.graph import ComputationalGraph
 from circuits.patching.engine import PatchMetric
-from circuits.planted import planted
-from circuits.tracr_models import load_tracr, tracr_program
+from circuits.planted import PLANTED, planted
+from circuits.tracr_models import PROGRAMS, load_tracr, tracr_program
 from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.metrics import METRICS, mean_metric
@@ -68,6 +69,10 @@ class Source(BaseModel):
             raise ValueError("give exactly one of planted, tracr, or model (with task)")
         if (self.model is None) != (self.task is None):
             raise ValueError("model and task go together")
+        if self.planted is not None and self.planted not in PLANTED:
+            raise ValueError(f"no planted circuit {self.planted!r}; choose from {sorted(PLANTED)}")
+        if self.tracr is not None and self.tracr not in PROGRAMS:
+            raise ValueError(f"unknown tracr program {self.tracr!r}; choose from {PROGRAMS}")
         return self
 
 
@@ -84,6 +89,20 @@ class CircuitConfig(ExperimentConfig):
     acdc_objective: Literal["kl", "metric"] = "kl"
     acdc_speculation: int | None = Field(default=None, ge=1)
     sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+
+    @field_validator("acdc_thresholds")
+    @classmethod
+    def _finite_thresholds(cls, thresholds: list[float]) -> list[float]:
+        if not all(math.isfinite(tau) for tau in thresholds):
+            raise ValueError(f"ACDC thresholds must be finite numbers, got {thresholds}")
+        return thresholds
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes_at_least_zero(cls, sizes: list[int]) -> list[int]:
+        if any(size < 0 for size in sizes):
+            raise ValueError(f"circuit sizes must be >= 0, got {sizes}")
+        return sizes
 
 
 @dataclass(frozen=True)

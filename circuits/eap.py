@@ -139,6 +139,8 @@ def _gradient_scores(
                 batch.clean, full, None, inputs=inputs, record=record, embed_override=embed
             )
             value = scalar_metric(metric, logits[0], batch)
+            if not value.requires_grad:
+                raise ValueError("the metric is not differentiable in the model's logits")
             grads = torch.autograd.grad(value, [tensor for *_, tensor in inputs])
         if not sums:
             sums = [grad[0].detach() for grad in grads]
@@ -192,7 +194,8 @@ def edge_attribution(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     patcher = EdgePatcher(model)
-    batch = batch.to(patcher.device)
+    patcher.check_batch(batch)
+    batch = batch.to(patcher.device).for_autograd()
     with torch.no_grad():
         ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, ablation)
     alphas = [1.0] if method == "eap" else [k / steps for k in range(1, steps + 1)]

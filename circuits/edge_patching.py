@@ -73,7 +73,10 @@ class EdgePatcher:
     """
 
     def __init__(self, model: TransformerBridge, graph: ComputationalGraph | None = None):
+        if not isinstance(model, TransformerBridge):
+            raise ValueError(f"model must be a TransformerBridge, got {type(model).__name__}")
         self.arch = _architecture(model)
+        self._model = model
         self.graph = graph or ComputationalGraph.from_model(model)
         expected = ComputationalGraph.from_model(model)
         if self.graph != expected:
@@ -104,6 +107,13 @@ class EdgePatcher:
     @property
     def n_edges(self) -> int:
         return len(self.graph.edges)
+
+    def check_batch(self, batch: object) -> None:
+        """A one-line ValueError unless `batch` is a `TaskBatch` this model can run
+        (`TaskBatch.check_fits`)."""
+        if not isinstance(batch, TaskBatch):
+            raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
+        batch.check_fits(self._model)
 
     # -- masks -----------------------------------------------------------------------
 
@@ -280,6 +290,7 @@ class EdgePatcher:
         the clean prompts of `batch`, `max_circuits` per forward pass."""
         if isinstance(max_circuits, bool) or not isinstance(max_circuits, int) or max_circuits < 1:
             raise ValueError(f"max_circuits must be a positive int, got {max_circuits!r}")
+        self.check_batch(batch)
         batch = batch.to(self.device)
         masks = torch.as_tensor(masks, device=self.device)
         values = []

@@ -58,7 +58,7 @@ class Faithfulness:
     def faithfulness(self) -> Float[Tensor, " circuit"]:
         """`(m(C) - m(empty)) / (m(full) - m(empty))` per circuit."""
         gap = self.full - self.empty
-        if gap == 0:
+        if abs(gap) <= 1e-6 * max(1.0, abs(self.full), abs(self.empty)):
             raise ValueError("faithfulness is undefined: the full and empty circuits score alike")
         return (self.values - self.empty) / gap
 
@@ -72,7 +72,9 @@ def faithfulness(
     ablation: Ablation = "resample",
     max_circuits: int = 16,
 ) -> Faithfulness:
-    """The metric of each circuit in `masks` with the full and empty circuits for scale."""
+    """The metric of each circuit in `masks` (`[n_circuits, n_edges]`, 1 = kept) with the
+    full and empty circuits for scale."""
+    masks = _circuit_masks(patcher, masks)
     ends = torch.stack([torch.ones(patcher.n_edges), torch.zeros(patcher.n_edges)])
     values = patcher.evaluate(
         batch,
@@ -87,7 +89,10 @@ def faithfulness(
 def circuit_kl(
     patcher: EdgePatcher, batch: TaskBatch, masks: Tensor, *, ablation: Ablation = "resample"
 ) -> Float[Tensor, " circuit"]:
-    """Mean KL(full model || circuit) of next-token distributions at `batch.position`."""
+    """Mean KL(full model || circuit) of next-token distributions at `batch.position`, for
+    each circuit of `masks` (`[n_circuits, n_edges]`, 1 = kept)."""
+    masks = _circuit_masks(patcher, masks).to(patcher.device)
+    patcher.check_batch(batch)
     batch = batch.to(patcher.device)
     with torch.inference_mode():
         ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, ablation)
@@ -98,11 +103,39 @@ def circuit_kl(
         ).cpu()
 
 
+def _circuit_masks(patcher: EdgePatcher, masks: object) -> Tensor:
+    """`masks` as a `[n_circuits, n_edges]` tensor, or a one-line ValueError."""
+    if not isinstance(patcher, EdgePatcher):
+        raise ValueError(f"patcher must be an EdgePatcher, got {type(patcher).__name__}")
+    masks = torch.as_tensor(masks)
+    if masks.ndim != 2 or masks.shape[1] != patcher.n_edges:
+        raise ValueError(
+            f"masks must be [n_circuits, {patcher.n_edges}] (one row per circuit), got "
+            f"{tuple(masks.shape)}"
+        )
+    return masks
+
+
+def _edge_values(graph: ComputationalGraph, values: object, what: str) -> Tensor:
+    """`values` as a finite `[n_edges]` tensor of `graph`, or a one-line ValueError."""
+    values = torch.as_tensor(values)
+    if values.shape != (len(graph),):
+        raise ValueError(f"{what} must be [{len(graph)}] (one per edge), got {tuple(values.shape)}")
+    if values.dtype.is_floating_point and not bool(values.isfinite().all()):
+        raise ValueError(f"{what} hold NaN or infinite values")
+    return values
+
+
 def top_k_masks(scores: Tensor, sizes: Sequence[int]) -> Tensor:
     """`[len(sizes), n_edges]`: for each k, the k edges of largest |score| kept."""
+    scores = torch.as_tensor(scores)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be [n_edges], got {tuple(scores.shape)}")
     order = scores.abs().argsort(descending=True)
     masks = torch.zeros(len(sizes), scores.numel())
     for row, k in enumerate(sizes):
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ValueError(f"circuit sizes must be ints, got {k!r}")
         if not 0 <= k <= scores.numel():
             raise ValueError(f"circuit size {k} outside 0..{scores.numel()}")
         masks[row, order[:k]] = 1.0
@@ -201,6 +234,15 @@ def roc(
     node level."""
     if (scores is None) == (circuits is None):
         raise ValueError("give exactly one of scores (per edge) or circuits (masks)")
+    if scores is not None:
+        scores = _edge_values(graph, scores, "scores")
+    else:
+        circuits = torch.as_tensor(circuits)
+        if circuits.ndim != 2 or circuits.shape[1] != len(graph):
+            raise ValueError(
+                f"circuits must be [n_circuits, {len(graph)}] (one row per circuit), got "
+                f"{tuple(circuits.shape)}"
+            )
     truth = masks_of(graph, [list(truth_edges)])[0].bool()
     if level == "edge":
         if scores is not None:

@@ -306,11 +306,14 @@ def _patched_values(
     ]
 
 
-def _check_common(batch: TaskBatch, direction: str, freeze_mlps: bool) -> None:
+def _check_common(
+    model: TransformerBridge, batch: TaskBatch, direction: str, freeze_mlps: bool
+) -> None:
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     if not isinstance(batch, TaskBatch):
         raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
+    batch.check_fits(model)
     if not isinstance(freeze_mlps, bool):
         raise ValueError(f"freeze_mlps must be a bool, got {freeze_mlps!r}")
 
@@ -350,7 +353,7 @@ def path_patch(
         A `PathPatchValue`: `value` (also `float(result)`), the clean and corrupted metric
         values, and `normalised` (1 = clean, 0 = corrupted).
     """
-    _check_common(batch, direction, freeze_mlps)
+    _check_common(model, batch, direction, freeze_mlps)
     sender_nodes = _parse_nodes(senders, model, "sender")
     receiver_nodes = _parse_receivers(receivers, model)
     parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
@@ -408,7 +411,7 @@ def path_patch_senders(
         A `PatchingResult` with `values [n_layers, n_heads]`, axes `("layer", "head")`,
         `method="path"` and `target="path->" + "+".join(receivers)`.
     """
-    _check_common(batch, direction, freeze_mlps)
+    _check_common(model, batch, direction, freeze_mlps)
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
     receiver_nodes = _parse_receivers(receivers, model)

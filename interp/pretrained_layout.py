@@ -60,6 +60,8 @@ def architecture_of(model: TransformerBridge) -> Architecture:
     Raises:
         ValueError: one line naming why the forward pass does not cover `model`.
     """
+    if not isinstance(model, TransformerBridge):
+        raise ValueError(f"model must be a TransformerBridge, got {type(model).__name__}")
     if getattr(model, "_weights_processed", False):
         raise ValueError(
             "interp.functional reads a bridge's own weights, and TransformerLens has "

@@ -270,6 +270,9 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
     flush()
     every = torch.cat(values).cpu()
     if bool(every.isnan().any()):
+        finite = torch.zeros_like(patcher.full_logits(patcher.base_logits[None])[0])
+        if bool(torch.as_tensor(scalar_metric(sweep.metric, finite, batch)).isnan()):
+            raise ValueError("the metric returned NaN (on all-zero logits too)")
         raise ValueError(
             "the metric read logits at positions other than batch.position, which the "
             "incremental engine does not compute; pass engine='hooks'"
@@ -333,6 +336,9 @@ def patch(
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     if not isinstance(batch, TaskBatch):
         raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
+    batch.check_fits(model)
+    if not isinstance(normalise, bool):
+        raise ValueError(f"normalise must be a bool, got {normalise!r}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
     chosen = _resolve_engine(engine, model)

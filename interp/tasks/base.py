@@ -50,6 +50,14 @@ class TaskBatch:
     targets: Int[Tensor, "batch pos"] | None = None
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name == "targets":
+                continue
+            if not isinstance(value, Tensor):
+                raise ValueError(f"TaskBatch.{f.name} must be a tensor, got {type(value).__name__}")
+            if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+                raise ValueError(f"TaskBatch.{f.name} must hold integer ids, got {value.dtype}")
         n = self.clean.shape[0]
         if self.clean.ndim != 2:
             raise ValueError(f"TaskBatch.clean must be [batch, pos], got {tuple(self.clean.shape)}")
@@ -68,6 +76,34 @@ class TaskBatch:
     def __len__(self) -> int:
         return self.clean.shape[0]
 
+    def check_fits(self, model: Any) -> None:
+        """Raise a one-line ValueError unless `model` (a bridge; its `cfg`) can run this
+        batch: at least one example of at least one position, at most `n_ctx` positions,
+        token ids inside the input vocabulary, `answer` and `wrong` inside the output
+        vocabulary, and each `position` inside the prompts. One host sync for the ranges."""
+        n, n_pos = self.clean.shape
+        if n == 0 or n_pos == 0:
+            raise ValueError(f"the batch is empty: {n} prompts of {n_pos} positions")
+        cfg = getattr(model, "cfg", None)
+        if cfg is None:
+            raise ValueError(f"model must be a TransformerBridge, got {type(model).__name__}")
+        n_ctx = getattr(cfg, "n_ctx", None)
+        if n_ctx and n_pos > n_ctx:
+            raise ValueError(f"the prompts have {n_pos} positions; the model takes at most {n_ctx}")
+        d_vocab = int(cfg.d_vocab)
+        d_vocab_out = int(getattr(cfg, "d_vocab_out", None) or d_vocab)
+        fields_and_limits = (
+            ("clean", d_vocab), ("corrupted", d_vocab), ("answer", d_vocab_out),
+            ("wrong", d_vocab_out), ("position", n_pos),
+        )
+        tensors = [getattr(self, name).to(self.clean.device) for name, _ in fields_and_limits]
+        spans = torch.stack([torch.stack(torch.aminmax(t)) for t in tensors]).tolist()
+        for (name, limit), (low, high) in zip(fields_and_limits, spans, strict=True):
+            if low < 0 or high >= limit:
+                raise ValueError(
+                    f"TaskBatch.{name} spans {low}..{high}, outside 0..{limit - 1} for this model"
+                )
+
     def _map(self, fn: Callable[[Tensor], Tensor]) -> TaskBatch:
         changes = {
             f.name: fn(getattr(self, f.name))
@@ -75,6 +111,12 @@ class TaskBatch:
             if getattr(self, f.name) is not None
         }
         return replace(self, **changes)
+
+    def for_autograd(self) -> TaskBatch:
+        """A copy made of ordinary tensors, even when the batch was built (or is used) under
+        `torch.inference_mode`, whose tensors autograd cannot save for a backward pass."""
+        with torch.inference_mode(False):
+            return self._map(lambda t: t.clone())
 
     def to(self, device: torch.device | str) -> TaskBatch:
         """The same batch on `device`."""
