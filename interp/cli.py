@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         _error(str(error))
         return EXIT_USAGE
-    except (ModelLoadError, LookupError) as error:
+    except (ModelLoadError, LookupError, ValueError) as error:  # e.g. a corrupt run folder
         _error(_one_line(error))
         return EXIT_FAILED
 

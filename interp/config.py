@@ -127,7 +127,7 @@ def validate_config(
     kind_name = raw.get("kind")
     if kind_name is None:
         raise ConfigError(f"{source}: kind: missing required key (one of {sorted(kinds)})")
-    if kind_name not in kinds:
+    if not isinstance(kind_name, str) or kind_name not in kinds:
         raise ConfigError(f"{source}: kind: unknown kind {kind_name!r} (one of {sorted(kinds)})")
     kind = kinds[kind_name]
     try:

@@ -108,6 +108,8 @@ def kl_divergence(
             f"logits {tuple(logits.shape)} and reference_logits "
             f"{tuple(reference_logits.shape)} must have the same shape"
         )
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be [batch, pos, vocab], got {tuple(logits.shape)}")
     if position is not None:
         logits = logits_at(logits, position)[:, None]
         reference_logits = logits_at(reference_logits, position)[:, None]
@@ -134,7 +136,7 @@ class KLReference:
     def of(cls, reference_logits: Float[Tensor, "*lead vocab"]) -> KLReference:
         log_probs = torch.log_softmax(at_least_float32(reference_logits), dim=-1)
         probs = log_probs.exp()
-        positive = probs > 0
+        positive = ~(probs == 0)  # NaN stays in: a NaN reference gives a NaN divergence
         return cls(probs, log_probs, None if bool(positive.all()) else positive)
 
     def divergence(self, logits: Float[Tensor, "*any *lead vocab"]) -> Tensor:
@@ -159,6 +161,11 @@ def normalise(
     scalars = not any(isinstance(x, Tensor) for x in (value, clean, corrupt))
     value_t, clean_t, corrupt_t = (torch.as_tensor(x) for x in (value, clean, corrupt))
     gap = clean_t - corrupt_t
+    if not bool(torch.stack([clean_t.isfinite().all(), corrupt_t.isfinite().all()]).all()):
+        raise ValueError(
+            f"cannot normalise: clean={clean_t.tolist()} and corrupt={corrupt_t.tolist()} must "
+            "be finite"
+        )
     if bool((gap == 0).any()):
         raise ValueError(
             "cannot normalise: the clean and corrupted metric values are equal "

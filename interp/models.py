@@ -25,6 +25,8 @@ from safetensors.torch import load_file, save_file
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp.tasks.task_config import parse_config
+
 SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -120,7 +122,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """`"auto"` (or None) is CUDA when present, else CPU; anything else is taken as given."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(
+            f"device {device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {str(device)!r} was asked for but CUDA is not available")
     return resolved
@@ -131,9 +138,10 @@ def build(
     device: str | torch.device | None = "auto",
     dtype: torch.dtype | None = None,
 ) -> TransformerBridge:
-    """A randomly initialised native model; the same spec and seed give the same weights."""
+    """A randomly initialised native model; the same spec and seed give the same weights.
+    A bad spec raises a one-line ValueError naming the field."""
     if not isinstance(spec, ModelSpec):
-        spec = ModelSpec.model_validate(spec)
+        spec = parse_config(ModelSpec, spec)
     with _quiet():
         model = TransformerBridge.boot_native(
             spec.to_bridge_config(), device=resolve_device(device), dtype=dtype

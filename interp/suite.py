@@ -54,16 +54,28 @@ def _as_member(member: str | SuiteMember) -> SuiteMember:
 
 
 def load_member(member: SuiteMember, config_dir: Path) -> tuple[ExperimentKind, ExperimentConfig]:
-    """Load and validate a member config (its path relative to the suite's folder)."""
+    """Load and validate a member config (its path relative to the suite's folder); a
+    suite that includes itself, directly or through others, is refused."""
     from interp.config import ConfigError, load_config
 
     path = Path(member.config)
     if not path.is_absolute():
         path = config_dir / path
+    key = path.resolve()
+    if key in _LOADING:
+        chain = " -> ".join(p.name for p in [*_LOADING, key])
+        raise ValueError(f"a suite includes itself: {chain}")
+    _LOADING.append(key)
     try:
         return load_config(path, member.set)
     except ConfigError as error:
         raise ValueError(str(error)) from None
+    finally:
+        _LOADING.pop()
+
+
+_LOADING: list[Path] = []
+"""The member configs being loaded, outermost first (to catch a suite that includes itself)."""
 
 
 def run_suite(config: SuiteConfig, run: Run, context: RunContext) -> dict[str, Any]:

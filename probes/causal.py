@@ -34,6 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp.activations.inputs import check_token_tensor
 from interp.heads.ablation import metric_value
 from interp.heads.patterns import eval_mode
 from interp.tasks.base import TaskBatch
@@ -343,6 +344,7 @@ def run_with_intervention(
         raise ValueError(f"intervention must be an Intervention, got {type(intervention).__name__}")
     if not isinstance(tokens, Tensor) or tokens.ndim != 2:
         raise ValueError(f"tokens must be a tensor [batch, pos], got {_shape(tokens)}")
+    check_token_tensor(tokens, "tokens", model)
 
     def fn(acts: Tensor, hook: object = None) -> Tensor:  # called as fn(acts, hook=point)
         return intervention.apply(acts)

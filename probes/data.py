@@ -73,9 +73,19 @@ def _check_tokens(tokens: Tensor) -> tuple[int, int]:
     return tokens.shape[0], tokens.shape[1]
 
 
+def _hook_list(model: TransformerBridge, hooks: Sequence[str] | str | None) -> list[str]:
+    """The hooks asked for (one name may be given alone); default: the residual stream."""
+    if hooks is None:
+        return residual_hooks(model)
+    return [hooks] if isinstance(hooks, str) else list(hooks)
+
+
 def _stack(model: TransformerBridge, tokens: Tensor, hooks: Sequence[str], **kwargs) -> Tensor:
     """`[layer, n, ...]`: `collect` of every hook, stacked in order (in memory)."""
     acts = collect(model, tokens, list(hooks), **kwargs)
+    shapes = {name: tuple(acts.shape(name)) for name in hooks}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"the hooks' activations differ in shape, so cannot be stacked: {shapes}")
     return torch.stack([acts[name].float() for name in hooks])
 
 
@@ -99,7 +109,7 @@ def sequence_dataset(
     where = torch.as_tensor(position).expand(n) if isinstance(position, int) else position
     if where.shape != (n,) or bool((where < 0).any()) or bool((where >= n_pos).any()):
         raise ValueError(f"position must be an int or [n] positions in 0..{n_pos - 1}")
-    hooks = list(hooks) if hooks is not None else residual_hooks(model)
+    hooks = _hook_list(model, hooks)
     features = _stack(
         model,
         tokens,
@@ -134,7 +144,7 @@ def token_dataset(
         keep &= attention_mask.bool()
     if not bool(keep.any()):
         raise ValueError("no labelled token: every label is IGNORE or padding")
-    hooks = list(hooks) if hooks is not None else residual_hooks(model)
+    hooks = _hook_list(model, hooks)
     features = _stack(
         model,
         tokens,

@@ -192,6 +192,12 @@ def fit_probes_on_split(
     n = features.shape[1]
     train_index = _check_index(train_index, n, "train_index")
     test_index = _check_index(test_index, n, "test_index")
+    shared = sorted(set(train_index.tolist()) & set(test_index.tolist()))
+    if shared:
+        raise ValueError(
+            f"train_index and test_index share {len(shared)} example(s) (e.g. {shared[:3]}): "
+            "the test score would read training rows"
+        )
     device = torch.device(device) if device is not None else features.device
     dtype = features.dtype if features.dtype == torch.float64 else torch.float32
     x = features.to(device, dtype)
@@ -416,6 +422,8 @@ def _check_fit_args(
     if not isinstance(labels, Tensor) or labels.ndim not in (1, 2) or labels.shape[0] != n:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(f"labels must be a tensor with {n} rows (one per example), got {shape}")
+    if labels.dtype.is_floating_point and not bool(labels.isfinite().all()):
+        raise ValueError("labels hold NaN or infinite values")
     if l2 is None and backend == "torch":
         raise ValueError("l2=None (cross-validated penalty) needs backend='sklearn'")
     if l2 is not None and not l2 >= 0:
@@ -430,6 +438,8 @@ def _check_index(index: Tensor, n: int, what: str) -> Int[Tensor, " m"]:
     if not isinstance(index, Tensor) or index.ndim != 1 or torch.is_floating_point(index):
         shape = tuple(index.shape) if isinstance(index, Tensor) else type(index).__name__
         raise ValueError(f"{what} must be a 1-d integer tensor, got {shape}")
+    if index.dtype == torch.bool:
+        raise ValueError(f"{what} must hold example indices, not a bool mask (use mask.nonzero())")
     if len(index) == 0:
         raise ValueError(f"{what} is empty")
     index = index.cpu().long()

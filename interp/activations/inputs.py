@@ -38,7 +38,7 @@ def _batches(
 ) -> Iterator[_Batch]:
     """Validate `tokens` now (so errors come before any work) and return its batches."""
     if isinstance(tokens, Tensor):
-        _check_token_tensor(tokens, "tokens")
+        check_token_tensor(tokens, "tokens", model)
         if attention_mask is not None and attention_mask.shape != tokens.shape:
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, "
@@ -56,15 +56,23 @@ def _batches(
             f"tokens must be a tensor, a Dataset or an iterable of tensors, not "
             f"{type(tokens).__name__}"
         )
-    return _iterable_batches(tokens, batch_size)
+    return _iterable_batches(tokens, batch_size, model)
 
 
-def _check_token_tensor(tokens: Tensor, what: str) -> None:
+def check_token_tensor(tokens: Tensor, what: str, model: TransformerBridge) -> None:
+    """An integer `[n, pos]` tensor of ids inside the model's vocabulary (one host sync)."""
     if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         raise ValueError(
             f"{what} must be an integer [n, pos] tensor, got {tokens.dtype} "
             f"of shape {tuple(tokens.shape)}"
         )
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if tokens.numel() and d_vocab:
+        low, high = torch.stack(torch.aminmax(tokens)).tolist()
+        if low < 0 or high >= d_vocab:
+            raise ValueError(
+                f"{what} hold ids {low}..{high}, outside the vocabulary 0..{d_vocab - 1}"
+            )
 
 
 def _tensor_batches(tokens: Tensor, mask: Tensor | None, batch_size: int) -> Iterator[_Batch]:
@@ -102,7 +110,9 @@ def _dataset_batches(
         yield _Batch(right_pad(ids, length, pad), mask)
 
 
-def _iterable_batches(items: Iterable[Tensor], batch_size: int) -> Iterator[_Batch]:
+def _iterable_batches(
+    items: Iterable[Tensor], batch_size: int, model: TransformerBridge
+) -> Iterator[_Batch]:
     """Examples (`[pos]`) or batches (`[b, pos]`) from an iterable, re-chunked to size."""
     pending: list[Tensor] = []
     count = 0
@@ -110,7 +120,7 @@ def _iterable_batches(items: Iterable[Tensor], batch_size: int) -> Iterator[_Bat
         if not isinstance(item, Tensor):
             raise ValueError(f"the token iterable yielded {type(item).__name__}, not a tensor")
         rows = item.unsqueeze(0) if item.dim() == 1 else item
-        _check_token_tensor(rows, "each token item")
+        check_token_tensor(rows, "each token item", model)
         pending.append(rows)
         count += rows.shape[0]
         while count >= batch_size:

@@ -42,6 +42,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp.activations.inputs import check_token_tensor
 from interp.heads.head_scores import (
     DEFAULT_OFFSETS,
     DETECTOR_SCORES,
@@ -218,6 +219,7 @@ def model_pattern_scores(
         raise ValueError("tokens must be an integer tensor [batch, pos]")
     if tokens.shape[0] == 0 or tokens.shape[1] == 0:
         raise ValueError(f"tokens is empty: {tuple(tokens.shape)}")
+    check_token_tensor(tokens, "tokens", model)
     if padding_mask is not None and tuple(padding_mask.shape) != tuple(tokens.shape):
         raise ValueError(
             f"padding_mask is {tuple(padding_mask.shape)}, tokens {tuple(tokens.shape)}"

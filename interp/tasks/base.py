@@ -123,9 +123,17 @@ class TaskBatch:
         return self._map(lambda t: t.to(device))
 
     def __getitem__(self, index: slice | Tensor | list[int]) -> TaskBatch:
-        """Select examples (a slice, a list of indices, or an index/bool tensor)."""
-        if isinstance(index, int):
+        """Select examples (an int, negative from the end, a slice, a list of indices, or an
+        index/bool tensor); an int gives a batch of one."""
+        if isinstance(index, int) and not isinstance(index, bool):
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"example {index} outside a batch of {n}")
+            index %= n
             index = slice(index, index + 1)
+        elif not isinstance(index, slice | list | Tensor):
+            kind = type(index).__name__
+            raise TypeError(f"a TaskBatch is indexed by an int, slice, list or tensor, not {kind}")
         return self._map(lambda t: t[index])
 
     def chunks(self, batch_size: int) -> Iterator[TaskBatch]:
