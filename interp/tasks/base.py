@@ -181,11 +181,19 @@ class TaskBatch:
     def from_columns(cls, columns: Mapping[str, Any]) -> TaskBatch:
         """A batch from a mapping that holds the fields (tensors or lists of ints); other
         keys, such as readable prompts, are ignored."""
-        kwargs = {
-            f.name: torch.as_tensor(columns[f.name]).long()
-            for f in fields(cls)
-            if f.name in columns and columns[f.name] is not None
-        }
+        kwargs = {}
+        for f in fields(cls):
+            if f.name not in columns or columns[f.name] is None:
+                continue
+            try:
+                value = torch.as_tensor(columns[f.name])
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(
+                    f"TaskBatch.{f.name}: rows of different lengths or not numbers"
+                ) from None
+            if value.dtype.is_floating_point or value.dtype == torch.bool:
+                raise ValueError(f"TaskBatch.{f.name} must hold integer ids, got {value.dtype}")
+            kwargs[f.name] = value.long()
         return cls(**kwargs)
 
 

@@ -395,3 +395,10 @@ def test_cuda_forward_with_cpu_or_cuda_storage(model, tokens, reference):
     assert next(model.parameters()).device.type == "cpu"  # moved back after the call
     torch.testing.assert_close(on_cpu[name], reference[name], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(on_gpu[name].cpu(), on_cpu[name])
+
+
+def test_token_ids_outside_the_vocabulary_are_named(model, tokens):
+    bad = tokens.clone()
+    bad[1, 2] = model.cfg.d_vocab
+    with pytest.raises(ValueError, match=rf"tokens hold ids \d+..{model.cfg.d_vocab}, outside"):
+        collect(model, bad, ["blocks.0.hook_resid_post"], progress=False)

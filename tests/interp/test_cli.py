@@ -105,3 +105,17 @@ def test_suite_runs_members_and_later_members_load_earlier_checkpoints(
     assert suite.summary["run_0"] == tiny.ref and suite.summary["run_1"] == again.ref
     # `again` continued from tiny's trained weights, so it starts where tiny ended.
     assert again.metrics()["train_full_loss"].iloc[0] < tiny.metrics()["train_full_loss"].iloc[0]
+
+
+def test_corrupt_runs_and_self_including_suites_are_one_line(tmp_path: Path, capsys) -> None:
+    store = RunStore(tmp_path / "runs")
+    run = store.create("exp", "train", {})
+    (run.path / "manifest.json").write_text("{not json")
+    assert main(["show", f"exp/{run.run_id}", "--runs-dir", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    suite = tmp_path / "self.yaml"
+    suite.write_text("kind: suite\nname: selfref\nexperiments: [self.yaml]\n")
+    assert main(["validate", str(suite)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a suite includes itself" in err[0]

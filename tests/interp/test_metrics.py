@@ -155,3 +155,20 @@ def test_registry_and_task_metric_lookup() -> None:
     assert task.metric() is logit_diff
     with pytest.raises(ValueError, match="no metric 'bogus'"):
         task.metric("bogus")
+
+
+def test_kl_of_a_nan_reference_is_nan_not_zero(logits: torch.Tensor) -> None:
+    """ACDC minimises this KL: a NaN in the reference must not read as a perfect match."""
+    reference = logits.clone()
+    reference[1, :, 0] = float("nan")
+    kl = kl_divergence(logits + 1.0, reference)
+    assert torch.isnan(kl[1]) and torch.isfinite(kl[0])
+    with pytest.raises(ValueError, match=r"logits must be \[batch, pos, vocab\]"):
+        kl_divergence(logits[:, -1], reference[:, -1])
+
+
+def test_normalise_refuses_non_finite_ends() -> None:
+    with pytest.raises(ValueError, match="must be finite"):
+        normalise(1.0, float("nan"), 0.0)
+    with pytest.raises(ValueError, match="must be finite"):
+        normalise(1.0, float("inf"), 0.0)

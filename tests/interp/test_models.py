@@ -145,3 +145,11 @@ def test_pretrained_save_round_trip(minilm, tmp_path) -> None:
     loaded = models.load_checkpoint(tmp_path / "m", device="cpu")
     ids = minilm.tokenizer(["hello world"], return_tensors="pt")["input_ids"]
     assert torch.equal(minilm(ids), loaded(ids))
+
+
+def test_bad_specs_and_devices_are_one_line() -> None:
+    with pytest.raises(ValueError, match="invalid ModelSpec: n_layer: Extra inputs") as info:
+        models.build({**SPEC, "n_layer": 3}, device="cpu")
+    assert "\n" not in str(info.value)
+    with pytest.raises(models.ModelLoadError, match="device 'gpu' is not a device"):
+        models.build(SPEC, device="gpu")

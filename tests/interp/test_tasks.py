@@ -428,3 +428,15 @@ def test_factory_errors_name_the_problem() -> None:
         make_task({"name": "induction", "half_lenn": 3})
     with pytest.raises(ValueError, match="mapping"):
         make_task(["modular"])  # type: ignore[arg-type]
+
+
+def test_task_batch_ints_count_from_the_end_and_bad_indices_are_named() -> None:
+    batch = make_task({"name": "induction", "d_vocab": 20, "half_len": 3, "n_examples": 5}).batch()
+    assert torch.equal(batch[-1].clean, batch.clean[4:5]) and len(batch[4]) == 1
+    with pytest.raises(IndexError, match="example 5 outside a batch of 5"):
+        batch[5]
+    with pytest.raises(TypeError, match="indexed by an int, slice, list or tensor, not float"):
+        batch[1.5]
+    with pytest.raises(ValueError, match="TaskBatch.answer must hold integer ids"):
+        TaskBatch.from_columns({"clean": [[1, 2]], "corrupted": [[1, 2]], "answer": [1.9],
+                                "wrong": [1], "position": [0]})

@@ -233,3 +233,16 @@ def test_non_finite_features_are_refused(bad: float) -> None:
     labels = torch.arange(20) % 2
     with pytest.raises(ValueError, match="NaN or infinite"):
         fit_probes(features, labels)
+
+
+def test_split_indices_must_be_disjoint_integer_indices() -> None:
+    from probes.linear import fit_probes_on_split
+
+    features, labels = torch.randn(1, 10, 4), torch.tensor([0, 1] * 5)
+    mask = torch.arange(10) < 8
+    with pytest.raises(ValueError, match="train_index must hold example indices, not a bool mask"):
+        fit_probes_on_split(features, labels, mask, ~mask)
+    with pytest.raises(ValueError, match=r"share 2 example\(s\)"):
+        fit_probes_on_split(features, labels, torch.arange(6), torch.arange(4, 10))
+    with pytest.raises(ValueError, match="labels hold NaN"):
+        fit_probes(torch.randn(1, 40, 4), torch.full((40,), float("nan")), kind="ridge")
