@@ -106,6 +106,8 @@ def collect(
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float16), not {dtype}")
     extra = dict(forward_kwargs or {})
     reserved = sorted({"input", "attention_mask", "return_type", "stop_at_layer"} & set(extra))
     if reserved:
@@ -125,30 +127,35 @@ def collect(
     early_stop = _EarlyStop(enabled=stop_early)
     captured: dict[str, Tensor] = {}
     run_device = _model_device(model) if device is None else resolve_device(device)
-    with (
-        _moved_to(model, run_device),
-        _eval_mode(model),
-        _capture_hooks(targets, captured, selector, dtype, store, early_stop),
-        torch.inference_mode(),
-        tqdm(total=total, unit="ex", disable=not progress, desc="collect") as bar,
-    ):
-        for number, batch in enumerate(batches):
-            selector.start_batch(batch.tokens.shape)
-            early_stop.start_batch()
-            _forward(model, batch, run_device, extra, captured)
-            if number == 0:
-                targets = _drop_silent(targets, captured, named=not callable(hooks))
-                early_stop.arm()
-            _check_fired(targets, captured, number, batch.tokens.shape[0])
-            sink.add({t.key: captured[t.key] for t in targets})
-            captured.clear()
-            bar.update(batch.tokens.shape[0])
-        selector.check_exhausted()
-    if sink.n_examples == 0:
-        raise ValueError("tokens held no examples")
-    storage = {name: t.key for t in targets for name in t.names}
-    names = [name for name in _requested_order(hooks, storage) if name in storage]
-    return sink.finish(tuple(names), storage)
+    try:
+        with (
+            _moved_to(model, run_device),
+            _eval_mode(model),
+            _capture_hooks(targets, captured, selector, dtype, store, early_stop),
+            torch.inference_mode(),
+            tqdm(total=total, unit="ex", disable=not progress, desc="collect") as bar,
+        ):
+            for number, batch in enumerate(batches):
+                selector.start_batch(batch.tokens.shape)
+                early_stop.start_batch()
+                _forward(model, batch, run_device, extra, captured)
+                if number == 0:
+                    targets = _drop_silent(targets, captured, named=not callable(hooks))
+                    early_stop.arm()
+                _check_fired(targets, captured, number, batch.tokens.shape[0])
+                sink.add({t.key: captured[t.key] for t in targets})
+                captured.clear()
+                bar.update(batch.tokens.shape[0])
+            selector.check_exhausted()
+        if sink.n_examples == 0:
+            raise ValueError("tokens held no examples")
+        storage = {name: t.key for t in targets for name in t.names}
+        names = [name for name in _requested_order(hooks, storage) if name in storage]
+        return sink.finish(tuple(names), storage)
+    except BaseException:
+        if isinstance(sink, _ShardWriter):
+            sink.abort()  # an earlier set in out_dir stays as it was
+        raise
 
 
 def _forward(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -220,19 +221,18 @@ def _cat_chunks(key: str, chunks: list[Tensor]) -> Tensor:
 
 
 class _ShardWriter:
-    """Buffers activations on CPU and writes them as safetensors shards, index last."""
+    """Buffers activations on CPU and writes them as safetensors shards into a staging
+    folder inside `folder`; `finish` replaces any earlier set there with them, index last,
+    and `abort` removes them, so a failed collection leaves an earlier set as it was."""
 
     def __init__(self, folder: Path, *, shard_size: int, overwrite: bool) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         folder.mkdir(parents=True, exist_ok=True)
-        old = [folder / INDEX_FILE, *sorted(folder.glob("shard_*.safetensors"))]
-        old = [path for path in old if path.exists()]
-        if old and not overwrite:
+        if self._old_files(folder) and not overwrite:
             raise ValueError(f"{folder} already holds an activation set; pass overwrite=True")
-        for path in old:  # the index first, so a crash here leaves no complete-looking set
-            path.unlink()
-        self._folder = folder
+        self._target = folder
+        self._folder = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
         self._shard_size = shard_size
         self._buffer: dict[str, list[Tensor]] = {}
         self._buffered = 0
@@ -292,8 +292,23 @@ class _ShardWriter:
             "shards": [{"file": file, "n_examples": rows} for file, rows in self._shards],
         }
         text = json.dumps(index, indent=1)
-        _atomic_write(self._folder / INDEX_FILE, lambda tmp: tmp.write_text(text))
-        return ActivationSet.load(self._folder)
+        for path in self._old_files(self._target):  # the index first: no mixed set looks whole
+            path.unlink()
+        for file, _ in self._shards:
+            os.replace(self._folder / file, self._target / file)
+        _atomic_write(self._target / INDEX_FILE, lambda tmp: tmp.write_text(text))
+        self.abort()
+        return ActivationSet.load(self._target)
+
+    def abort(self) -> None:
+        """Remove the staging folder and what it holds."""
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    @staticmethod
+    def _old_files(folder: Path) -> list[Path]:
+        """An earlier set's files in `folder`, its index first."""
+        old = [folder / INDEX_FILE, *sorted(folder.glob("shard_*.safetensors"))]
+        return [path for path in old if path.exists()]
 
 
 def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:

@@ -173,7 +173,8 @@ def test_on_disk_shards_reload_identically(model, tokens, tmp_path, monkeypatch)
     monkeypatch.undo()
 
     shards = ["shard_00000.safetensors", "shard_00001.safetensors", "shard_00002.safetensors"]
-    assert renamed == [*shards, "index.json"]  # every shard is in place before the index
+    # each shard written to the staging folder, then moved into place, the index last
+    assert renamed == [*shards, *shards, "index.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", *shards]
     index = json.loads((tmp_path / "index.json").read_text())
     assert index["n_examples"] == N_EXAMPLES
