@@ -79,6 +79,8 @@ class EdgeScores:
 
     def top(self, k: int) -> list[str]:
         """The `k` edges of largest |score|."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be an int >= 0, got {k!r}")
         order = self.scores.abs().argsort(descending=True)[:k]
         return [self.graph.edges[int(i)].name for i in order]
 

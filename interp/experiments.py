@@ -12,6 +12,7 @@ returns its summary. The core never imports the packages built on it.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from interp.runs import Run, RunStore
 
@@ -46,6 +47,13 @@ class ExperimentConfig(BaseModel):
     device: str = "auto"
     description: str = ""
     reproduces: str = ""
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+            raise ValueError(f"{device!r} is not a device; use auto, cpu, cuda or cuda:N")
+        return device
 
 
 @dataclass(frozen=True)

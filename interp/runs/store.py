@@ -221,6 +221,8 @@ class RunStore:
         one row per "kind", "status", "seed", "config.<flattened key>" and
         "summary.<flattened key>". With `only_differences`, rows equal across runs are dropped.
         """
+        if isinstance(refs, str | os.PathLike):
+            raise ValueError("compare takes a list of run refs, e.g. [\"exp/a\", \"exp/b\"]")
         columns: dict[str, dict[str, Any]] = {}
         for ref in refs:
             run = self.load(ref)

@@ -93,3 +93,12 @@ def test_suite_validates_every_member_before_running(tmp_path) -> None:
 def test_shipped_experiment_configs_are_valid(path: Path) -> None:
     kind, config = load_config(path)
     assert config.name == path.stem
+
+
+def test_an_unknown_device_is_refused_at_validation(tmp_path) -> None:
+    from interp.config import ConfigError, load_config
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "induction_2l.yaml"
+    with pytest.raises(ConfigError, match="device: 'gpu' is not a device"):
+        load_config(path, ["device=gpu"])
+    load_config(path, ["device=cuda:1"])  # valid even where no GPU is: it is checked at run
