@@ -319,11 +319,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--speculation", type=at_least_one, default=16,
             help="edges ACDC tests per batched computation, compared with 1 (default 16)",
         )
+        parser.add_argument("--native-only", action="store_true",
+                            help="skip the EAP line on a Hugging Face GPT-2")
 
     args = parse_args(__doc__.splitlines()[0], argv, speculation_option)
     for comparison in (
         eap_comparison(args.quick, args.device),
-        eap_comparison(args.quick, args.device, family="GPT-2 (HF)"),
+        *(
+            [] if args.options["native_only"]
+            else [eap_comparison(args.quick, args.device, family="GPT-2 (HF)")]
+        ),
         *acdc_comparisons(args.quick, args.device, args.options["speculation"]),
     ):
         for line in comparison.lines():

@@ -59,6 +59,7 @@ TransformerLens shows a progress bar per sweep on stderr.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -265,9 +266,15 @@ def compare_model(shape: ModelShape, sizes: Sizes, device: torch.device) -> list
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every comparison and print one line each, then the load average."""
-    args = parse_args(__doc__.splitlines()[0], argv)
+    def pretrained_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--native-only", action="store_true",
+                            help="skip the Hugging Face GPT-2 and GPT-NeoX models")
+
+    args = parse_args(__doc__.splitlines()[0], argv, pretrained_option)
     sizes = QUICK if args.quick else FULL
     for shape in sizes.models:
+        if args.options["native_only"] and shape.family != "native":
+            continue
         for comparison in compare_model(shape, sizes, args.device):
             for line in comparison.lines():
                 print(line, flush=True)
