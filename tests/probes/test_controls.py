@@ -60,7 +60,8 @@ def test_a_class_missing_from_training_keeps_its_column_and_is_never_predicted()
     generator = torch.Generator().manual_seed(0)
     labels = torch.tensor([0, 1, 2] * 30)
     features = F.one_hot(labels, 3).float()[None] + 0.1 * torch.randn(1, 90, 3, generator=generator)
-    train, test = torch.nonzero(labels != 2).flatten(), torch.arange(90)
+    first = torch.arange(90) < 60
+    train, test = torch.nonzero((labels != 2) & first).flatten(), torch.arange(60, 90)
     with pytest.raises(ValueError, match="no example of class\\(es\\) \\[2\\]"):
         fit_probes_on_split(features, labels, train, test, epochs=50)
     result = fit_probes_on_split(
