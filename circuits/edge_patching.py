@@ -64,7 +64,7 @@ class _Groups:
 
 
 class EdgePatcher:
-    """Edge-ablated forward passes of one native model.
+    """Edge-ablated forward passes of one model (native, GPT-2 or GPT-NeoX).
 
     Args:
         model: A native model from `interp.models.build` or a pretrained GPT-2 or

@@ -17,12 +17,11 @@ engine reruns:
 
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
 those of the hook engine (and of TransformerLens) to float rounding. It covers the causal
-models without rotary embeddings that `interp.functional` computes (`supports(model)`):
-native models of `interp.models.build` and pretrained GPT-2 and GPT-NeoX
-(`functional.architecture_of`; rotary models rotate the cached, unrotated q and k of every
-position, and a parallel block's MLP output stays the base run's when only its attention
-changes);
-other models go through the hook engine. Hooks a user attached to the bridge are not run here.
+models that `interp.functional` computes (`supports(model)`): native models of
+`interp.models.build` and pretrained GPT-2 and GPT-NeoX (`functional.architecture_of`;
+rotary models rotate the cached, unrotated q and k of every position, and a parallel
+block's MLP output stays the base run's when only its attention changes); other models go
+through the hook engine. Hooks a user attached to the bridge are not run here.
 
 The metric sees full `[batch, pos, vocab]` logits holding the patched logits at the read
 positions and NaN everywhere else, so that a metric reading other positions gives NaN,
@@ -60,13 +59,18 @@ def supports(model: TransformerBridge) -> bool:
 
 def unsupported_reason(model: TransformerBridge) -> str | None:
     """Why this engine does not cover `model` (one line), or None when it does."""
+    return _covered(model)[1]
+
+
+def _covered(model: TransformerBridge) -> tuple[functional.Architecture | None, str | None]:
+    """`model`'s architecture where this engine covers it, else None and the reason."""
     try:
         arch = functional.architecture_of(model)
     except ValueError as error:
-        return str(error)
+        return None, str(error)
     if not arch.causal:
-        return "the incremental engine needs causal attention"
-    return None
+        return None, "the incremental engine needs causal attention"
+    return arch, None
 
 
 def first_position(space: IndexSpace, index: tuple[int, ...]) -> int:
@@ -124,10 +128,10 @@ class IncrementalPatcher:
         last_layer_at_read: bool = False,
         patterns: bool = True,
     ) -> None:
-        reason = unsupported_reason(model)
-        if reason is not None:
+        covered, reason = _covered(model)
+        if covered is None:
             raise ValueError(f"{reason}; use engine='hooks'")
-        self.arch = arch = functional.architecture_of(model)
+        self.arch = arch = covered
         self.params: Params = functional.live_params(model)
         self.n_examples, self.n_pos = base_tokens.shape
         device = base_tokens.device

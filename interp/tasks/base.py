@@ -91,7 +91,8 @@ class TaskBatch:
         if n_ctx and n_pos > n_ctx:
             raise ValueError(f"the prompts have {n_pos} positions; the model takes at most {n_ctx}")
         d_vocab = int(cfg.d_vocab)
-        d_vocab_out = int(getattr(cfg, "d_vocab_out", None) or d_vocab)
+        d_vocab_out = getattr(cfg, "d_vocab_out", None)
+        d_vocab_out = d_vocab if d_vocab_out in (None, -1) else int(d_vocab_out)
         fields_and_limits = (
             ("clean", d_vocab), ("corrupted", d_vocab), ("answer", d_vocab_out),
             ("wrong", d_vocab_out), ("position", n_pos),
