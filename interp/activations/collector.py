@@ -119,14 +119,14 @@ def collect(
     batches = _batches(model, tokens, batch_size, attention_mask, column)
     total = _count_examples(tokens)
     selector = _PositionSelector(positions, total)
-    sink: _ShardWriter | _MemoryCollector = (
+    early_stop = _EarlyStop(enabled=stop_early)
+    captured: dict[str, Tensor] = {}
+    run_device = _model_device(model) if device is None else resolve_device(device)
+    sink: _ShardWriter | _MemoryCollector = (  # last: a writer stages files from here on
         _ShardWriter(Path(out_dir), shard_size=shard_size, overwrite=overwrite)
         if out_dir is not None
         else _MemoryCollector()
     )
-    early_stop = _EarlyStop(enabled=stop_early)
-    captured: dict[str, Tensor] = {}
-    run_device = _model_device(model) if device is None else resolve_device(device)
     try:
         with (
             _moved_to(model, run_device),
