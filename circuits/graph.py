@@ -102,6 +102,9 @@ class ComputationalGraph:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("has_mlp", "parallel_attn_mlp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
     @classmethod
     def from_model(cls, model: TransformerBridge) -> ComputationalGraph:

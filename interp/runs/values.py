@@ -33,6 +33,12 @@ def plain_config(value: Any, where: str) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         return plain_config(asdict(value), where)
     if isinstance(value, Mapping):
+        for key in value:
+            if not isinstance(key, str | int | float | bool):
+                raise ValueError(
+                    f"config key {key!r} at {where!r} is a {type(key).__name__}; config.yaml "
+                    "keys must be strings or numbers"
+                )
         return {key: plain_config(item, f"{where}.{key}") for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain_config(item, f"{where}[{i}]") for i, item in enumerate(value)]

@@ -80,6 +80,8 @@ def test_bad_names_and_shapes_raise_one_line() -> None:
         ComputationalGraph(n_layers=1, n_heads=0)
     with pytest.raises(ValueError, match="not a computational graph JSON"):
         ComputationalGraph.from_json("{}")
+    with pytest.raises(ValueError, match="has_mlp must be a bool, got 'false'"):
+        ComputationalGraph(n_layers=1, n_heads=1, has_mlp="false")  # type: ignore[arg-type]
 
 
 def test_from_model_reads_the_bridge_config(minilm) -> None:

@@ -175,6 +175,10 @@ def test_create_rejects_existing_run_and_bad_names(store: RunStore) -> None:
             store.create(bad, "train", {})
     with pytest.raises(ValueError, match="config.bad"):
         store.create("exp", "train", {"bad": object()})
+    with pytest.raises(ValueError, match=r"config key \(1, 2\) at 'config' is a tuple"):
+        store.create("exp", "train", {(1, 2): 3})  # YAML could write it, safe_load not read it
+    with pytest.raises(ValueError, match="compare takes a list of run refs"):
+        store.compare("exp/r1")
     assert sorted(p.name for p in (store.root / "exp").iterdir()) == ["r1"]
 
 
