@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
@@ -23,8 +23,9 @@ from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.metrics import accuracy, logits_at
 from interp.model_refs import ModelRef, resolve_model_and_task
+from interp.models import ModelSpec
 from interp.runs import Run
-from interp.tasks import AnyTaskConfig
+from interp.tasks import AnyTaskConfig, make_task
 from interp.tasks.base import IGNORE_INDEX, Task, TaskBatch
 
 
@@ -70,6 +71,22 @@ class TrainConfig(ExperimentConfig):
     model: ModelRef
     task: AnyTaskConfig
     train: TrainSettings = Field(default_factory=TrainSettings)
+
+    @model_validator(mode="after")
+    def _model_fits_task(self) -> TrainConfig:
+        """A native spec too small for a native task is refused at validation, not at run."""
+        if not isinstance(self.model, ModelSpec):
+            return self
+        try:
+            task = make_task(self.task)
+        except ValueError:  # a text task, which needs the model's tokenizer: checked at run
+            return self
+        misfit = task_misfit(
+            self.model.d_vocab, cast(int, self.model.d_vocab_out), self.model.n_ctx, task
+        )
+        if misfit:
+            raise ValueError(misfit)
+        return self
 
 
 @dataclass
@@ -120,23 +137,31 @@ def evaluate(model: TransformerBridge, batch: TaskBatch, chunk: int = 512) -> di
 
 def _check_fits(model: TransformerBridge, task: Task) -> None:
     cfg = model.cfg
-    if task.d_vocab is not None and cfg.d_vocab < task.d_vocab:
-        raise ValueError(
-            f"model.d_vocab={cfg.d_vocab} is smaller than task {task.name!r}'s vocabulary "
-            f"({task.d_vocab})"
-        )
     d_vocab_out = getattr(cfg, "d_vocab_out", -1)
     d_vocab_out = cfg.d_vocab if d_vocab_out in (None, -1) else d_vocab_out
+    misfit = task_misfit(int(cfg.d_vocab), int(d_vocab_out), int(cfg.n_ctx), task)
+    if misfit:
+        raise ValueError(misfit)
+
+
+def task_misfit(d_vocab: int, d_vocab_out: int, n_ctx: int, task: Task) -> str | None:
+    """Why a model of these sizes cannot run `task` (one line), or None when it can."""
+    if task.d_vocab is not None and d_vocab < task.d_vocab:
+        return (
+            f"model.d_vocab={d_vocab} is smaller than task {task.name!r}'s vocabulary "
+            f"({task.d_vocab})"
+        )
     if task.d_vocab_out is not None and d_vocab_out < task.d_vocab_out:
-        raise ValueError(
+        return (
             f"model.d_vocab_out={d_vocab_out} is smaller than task {task.name!r}'s output "
             f"vocabulary ({task.d_vocab_out})"
         )
-    if task.n_ctx is not None and cfg.n_ctx < task.n_ctx:
-        raise ValueError(
-            f"model.n_ctx={cfg.n_ctx} is shorter than task {task.name!r}'s sequences "
+    if task.n_ctx is not None and n_ctx < task.n_ctx:
+        return (
+            f"model.n_ctx={n_ctx} is shorter than task {task.name!r}'s sequences "
             f"({task.n_ctx})"
         )
+    return None
 
 
 def train(

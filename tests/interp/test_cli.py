@@ -75,14 +75,21 @@ def test_list_show_and_kinds(config: Path, tmp_path: Path, capsys) -> None:
     assert "train" in out and "suite" in out
 
 
-def test_failed_run_is_marked_failed_not_done(config: Path, tmp_path: Path, capsys) -> None:
-    # The task needs n_ctx 8 but the model only covers 4 positions: fails inside the run.
-    argv = ["run", str(config), "--runs-dir", str(tmp_path), "--set", "model.n_ctx=4"]
+def test_failed_run_is_marked_failed_not_done(
+    config: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import interp.training
+
+    def failing_train(*args, **kwargs):
+        raise RuntimeError("the optimiser diverged")
+
+    monkeypatch.setattr(interp.training, "train", failing_train)  # fails inside the run
+    argv = ["run", str(config), "--runs-dir", str(tmp_path)]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "n_ctx" in err and "\n" not in err
+    assert err.startswith("error:") and "diverged" in err and "\n" not in err
     (info,) = RunStore(tmp_path).runs()
-    assert info.status == "failed" and "n_ctx" in info.error
+    assert info.status == "failed" and "diverged" in info.error
     manifest = json.loads((info.path / "manifest.json").read_text())
     assert manifest["status"] == "failed" and not (info.path / "summary.json").exists()
 

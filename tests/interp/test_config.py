@@ -31,8 +31,9 @@ def test_valid_config_loads_with_name_from_file_stem(tmp_path) -> None:
 
 def test_overrides_set_nested_keys_with_yaml_values(tmp_path) -> None:
     _, config = load_config(
-        write(tmp_path, TINY_TRAIN), ["task.half_len=5", "seed=7", "train.betas=[0.9, 0.98]"]
-    )
+        write(tmp_path, TINY_TRAIN),
+        ["task.half_len=5", "model.n_ctx=10", "seed=7", "train.betas=[0.9, 0.98]"],
+    )  # (half_len 5 needs 10 positions: a model too short is refused at validation)
     assert config.task.half_len == 5 and config.seed == 7 and config.train.betas == (0.9, 0.98)
     assert parse_override("a.b=1e-3") == (["a", "b"], 1e-3)
     assert apply_overrides({"a": {"b": 1}}, ["a.c=x"]) == {"a": {"b": 1, "c": "x"}}
@@ -102,3 +103,13 @@ def test_an_unknown_device_is_refused_at_validation(tmp_path) -> None:
     with pytest.raises(ConfigError, match="device: 'gpu' is not a device"):
         load_config(path, ["device=gpu"])
     load_config(path, ["device=cuda:1"])  # valid even where no GPU is: it is checked at run
+
+
+def test_a_native_model_too_small_for_its_task_is_refused_at_validation() -> None:
+    from interp.config import ConfigError, load_config
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "induction_2l.yaml"
+    with pytest.raises(ConfigError, match="model.n_ctx=20 is shorter than task 'induction'"):
+        load_config(path, ["model.n_ctx=20"])
+    with pytest.raises(ConfigError, match="model.d_vocab=10 is smaller than task 'induction'"):
+        load_config(path, ["model.d_vocab=10", "model.d_vocab_out=10"])
