@@ -50,11 +50,11 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.edge_patching import Ablation, EdgePatcher
+from circuits.evaluate import circuit_damages
 from circuits.graph import ComputationalGraph, Node
-from circuits.patching.engine import PatchMetric, scalar_metric
+from circuits.patching.engine import PatchMetric
 from circuits.pruning_state import PruningState
 from circuits.pruning_trials import Trial, chain_of_trials, one_stage
-from interp.metrics import kl_divergence
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
 
@@ -168,49 +168,8 @@ def damage_function(
     ablation: Ablation,
 ) -> tuple[Damage, str]:
     """The damage of a circuit (one edge mask) and the objective's name."""
-    damages, name = _damages_function(patcher, batch, objective, ablation)
+    damages, name = circuit_damages(patcher, batch, objective, ablation)
     return (lambda mask: damages(mask[None])[0]), name
-
-
-def _damages_function(
-    patcher: EdgePatcher,
-    batch: TaskBatch,
-    objective: str | PatchMetric,
-    ablation: Ablation,
-) -> tuple[Callable[[Tensor], list[float]], str]:
-    """The damage of each circuit of `masks` `[n_circuits, n_edges]`, all run in one
-    edge-patched forward pass, and the objective's name."""
-    batch = batch.to(patcher.device)
-    with torch.inference_mode():
-        ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, ablation)
-        full_mask = patcher.dense(torch.ones(1, patcher.n_edges, device=patcher.device))
-        full_logits = patcher.run(batch.clean, full_mask, None)[0]
-
-    def logits_of(masks: Tensor) -> Tensor:
-        with torch.inference_mode():
-            dense = patcher.dense(masks.to(patcher.device))
-            return patcher.run(batch.clean, dense, ablated)
-
-    if objective == "kl":
-
-        def kl(masks: Tensor) -> list[float]:
-            return [
-                float(kl_divergence(logits, full_logits, batch.position).mean())
-                for logits in logits_of(masks)
-            ]
-
-        return kl, "kl"
-    if not callable(objective):
-        raise ValueError(f"objective must be 'kl' or a metric function, got {objective!r}")
-    full_value = float(scalar_metric(objective, full_logits, batch))
-
-    def distance(masks: Tensor) -> list[float]:
-        return [
-            abs(float(scalar_metric(objective, logits, batch)) - full_value)
-            for logits in logits_of(masks)
-        ]
-
-    return distance, getattr(objective, "__name__", "metric")
 
 
 class FullPassTests:
@@ -226,9 +185,11 @@ class FullPassTests:
         objective: str | PatchMetric,
         ablation: Ablation,
     ):
-        self.measure, _ = _damages_function(patcher, batch, objective, ablation)
+        self.measure, _ = circuit_damages(patcher, batch, objective, ablation)
         self.kept = torch.ones(patcher.n_edges)
         self.damage = self.measure(self.kept[None])[0]
+        if math.isnan(self.damage):  # the full model's logits are real at every position
+            raise ValueError("the objective returned NaN on the full model")
 
     def trial(self, edge: int) -> Trial:
         return self.trials([edge])[0]

@@ -135,8 +135,8 @@ def _gradient_scores(
         embed = (ablated_embed + alpha * (clean_embed - ablated_embed)).detach()
         inputs: list[tuple[Tensor | list[int], int, Tensor]] = []
         record: list[Tensor] = []
-        with torch.enable_grad():
-            embed.requires_grad_(True)  # so that every destination input has a graph
+        with torch.inference_mode(False), torch.enable_grad():
+            embed = embed.clone().requires_grad_(True)  # every destination input has a graph
             logits = patcher.run(
                 batch.clean, full, None, inputs=inputs, record=record, embed_override=embed
             )

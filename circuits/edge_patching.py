@@ -73,12 +73,10 @@ class EdgePatcher:
     """
 
     def __init__(self, model: TransformerBridge, graph: ComputationalGraph | None = None):
-        if not isinstance(model, TransformerBridge):
-            raise ValueError(f"model must be a TransformerBridge, got {type(model).__name__}")
         self.arch = _architecture(model)
         self._model = model
-        self.graph = graph or ComputationalGraph.from_model(model)
         expected = ComputationalGraph.from_model(model)
+        self.graph = graph or expected
         if self.graph != expected:
             raise ValueError(f"graph {self.graph} does not fit the model ({expected})")
         self.params = functional.live_params(model)
@@ -118,7 +116,9 @@ class EdgePatcher:
     # -- masks -----------------------------------------------------------------------
 
     def dense(self, masks: Float[Tensor, "circuit edge"]) -> Float[Tensor, "circuit dest source"]:
-        """Edge masks as dense `[circuit, destination, source]` weights (1 = in the circuit)."""
+        """Edge masks as dense `[circuit, destination, source]` weights (1 = in the circuit),
+        on the model's device."""
+        masks = torch.as_tensor(masks, device=self.device)
         if masks.ndim != 2 or masks.shape[1] != self.n_edges:
             raise ValueError(
                 f"masks must be [n_circuits, {self.n_edges}] (one value per edge), got "
@@ -139,6 +139,11 @@ class EdgePatcher:
         outputs: list[Tensor] = []
         self._run_unablated(tokens, 1, outputs, None, None, unembed=False)
         return torch.stack(outputs, dim=3)[0]
+
+    def full_logits(self, tokens: Tensor) -> Float[Tensor, "batch pos vocab"]:
+        """The logits of the whole model (every edge kept), through the same arithmetic as
+        the circuits' runs."""
+        return self.run(tokens, self.dense(torch.ones(1, self.n_edges)), None)[0]
 
     def ablated_outputs(
         self, clean: Tensor, corrupted: Tensor | None, ablation: Ablation

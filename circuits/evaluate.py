@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,8 +25,8 @@ from torch import Tensor
 
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import ComputationalGraph
-from circuits.patching.engine import PatchMetric
-from interp.metrics import kl_divergence
+from circuits.patching.engine import CopyMetric, PatchMetric
+from interp.metrics import KLReference
 from interp.tasks.base import TaskBatch
 
 
@@ -91,16 +91,52 @@ def circuit_kl(
 ) -> Float[Tensor, " circuit"]:
     """Mean KL(full model || circuit) of next-token distributions at `batch.position`, for
     each circuit of `masks` (`[n_circuits, n_edges]`, 1 = kept)."""
-    masks = _circuit_masks(patcher, masks).to(patcher.device)
+    masks = _circuit_masks(patcher, masks)
     patcher.check_batch(batch)
+    kl, _ = circuit_damages(patcher, batch, "kl", ablation)
+    return torch.tensor(kl(masks.float()))
+
+
+def circuit_damages(
+    patcher: EdgePatcher,
+    batch: TaskBatch,
+    objective: str | PatchMetric,
+    ablation: Ablation,
+) -> tuple[Callable[[Tensor], list[float]], str]:
+    """A function from masks `[n_circuits, n_edges]` (1 = kept) to each circuit's damage,
+    and the objective's name. The damage is ACDC's (Conmy et al. 2023): the batch's mean
+    KL(full model || circuit) at `batch.position` for `objective="kl"`, or
+    |m(circuit) - m(full)| for a task metric m. All circuits of a call run in one
+    edge-patched forward pass, read back in one transfer."""
     batch = batch.to(patcher.device)
+    rows = torch.arange(len(batch), device=patcher.device)
     with torch.inference_mode():
         ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, ablation)
-        full = patcher.run(batch.clean, patcher.dense(torch.ones(1, patcher.n_edges)), None)[0]
-        logits = patcher.run(batch.clean, patcher.dense(masks.float()), ablated)
-        return torch.stack(
-            [kl_divergence(copy, full, batch.position).mean() for copy in logits]
-        ).cpu()
+        full_logits = patcher.full_logits(batch.clean)
+
+    def logits_of(masks: Tensor) -> Float[Tensor, "circuit batch pos vocab"]:
+        return patcher.run(batch.clean, patcher.dense(masks), ablated)
+
+    if objective == "kl":
+        reference = KLReference.of(full_logits[rows, batch.position])
+
+        def kl(masks: Tensor) -> list[float]:
+            with torch.inference_mode():
+                logits = logits_of(masks)[:, rows, batch.position]
+                return reference.divergence(logits).mean(dim=-1).tolist()
+
+        return kl, "kl"
+    if not callable(objective):
+        raise ValueError(f"objective must be 'kl' or a metric function, got {objective!r}")
+    per_copy = CopyMetric(objective, batch)
+    with torch.inference_mode():
+        full_value = per_copy.one(full_logits)
+
+    def distance(masks: Tensor) -> list[float]:
+        with torch.inference_mode():
+            return (per_copy(logits_of(masks)) - full_value).abs().tolist()
+
+    return distance, getattr(objective, "__name__", "metric")
 
 
 def _circuit_masks(patcher: EdgePatcher, masks: object) -> Tensor:
@@ -123,7 +159,7 @@ def _edge_values(graph: ComputationalGraph, values: object, what: str) -> Tensor
         raise ValueError(f"{what} must be [{len(graph)}] (one per edge), got {tuple(values.shape)}")
     if values.dtype.is_floating_point and not bool(values.isfinite().all()):
         raise ValueError(f"{what} hold NaN or infinite values")
-    return values
+    return values.detach().cpu()
 
 
 def top_k_masks(scores: Tensor, sizes: Sequence[int]) -> Tensor:

@@ -63,6 +63,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.patching.engine import (
+    CopyMetric,
     Direction,
     PatchMetric,
     build_result,
@@ -300,10 +301,7 @@ def _patched_values(
         with model.hooks(fwd_hooks=_run3_hooks(patches, captured)):
             logits = model(tokens)
     per_copy = logits.unflatten(0, (len(copies), n_examples))
-    return [
-        float(scalar_metric(metric, per_copy[copy], runs.batch).detach().float())
-        for copy in range(len(copies))
-    ]
+    return CopyMetric(metric, runs.batch)(per_copy).tolist()
 
 
 def _check_common(

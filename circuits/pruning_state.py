@@ -59,7 +59,7 @@ from torch import Tensor
 
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import HEAD_INPUTS, Node
-from circuits.patching.engine import PatchMetric, scalar_metric
+from circuits.patching.engine import CopyMetric, PatchMetric, nan_metric_error
 from circuits.pruning_trials import Heads, Seed, Trial, chain_of_trials, one_stage, seed_rows
 from interp import functional
 from interp.metrics import KLReference
@@ -161,14 +161,16 @@ class PruningState:
             ablated = patcher.ablated_outputs(clean, corrupted, ablation)
             self._build(clean, ablated)
             self.full_logits = self._read(self.logit_in["logits"])
-            self.full_value = None if objective == "kl" else self._metric(self.full_logits)
             if objective == "kl":  # KL's reference side, the same in every test
                 self._reference = KLReference.of(self.full_logits)
-        if self.full_value is not None and not np.isfinite(self.full_value):
-            raise ValueError(
-                "the objective reads logits away from batch.position, where ACDC does not "
-                "compute them; run acdc with incremental=False for such a metric"
-            )
+            else:
+                self._per_copy = CopyMetric(objective, batch)  # type: ignore[arg-type]
+                self.full_value = self._metric(self.full_logits)
+        if objective != "kl" and not bool(self.full_value.isfinite()):
+            if bool(self.full_value.isnan()):
+                raise nan_metric_error(objective, batch, self.full_logits.shape[-1],  # type: ignore[arg-type]
+                                       "incremental ACDC", "run acdc with incremental=False")
+            raise ValueError("the objective is infinite on the full model")
         self.damage = self.damage_of(self.full_logits)
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -390,22 +392,25 @@ class PruningState:
 
     # -- damage ------------------------------------------------------------------------
 
-    def _metric(self, read: Float[Tensor, "batch vocab"]) -> float:
+    def _metric(self, read: Float[Tensor, "batch vocab"]) -> Tensor:
+        """The task metric (a 0-d tensor) of logits known at the read positions only
+        (NaN elsewhere)."""
         batch = self.batch
         logits = read.new_full((*batch.clean.shape, read.shape[-1]), float("nan"))
         logits[self.examples, batch.position] = read
-        return float(scalar_metric(self.objective, logits, batch))  # type: ignore[arg-type]
+        return self._per_copy.one(logits)
 
     def damage_of(self, read: Float[Tensor, "batch vocab"]) -> float:
         """KL from the full model at the read positions, or |m(circuit) - m(full)|."""
         return self._damages(read[None])[0]
 
     def _damages(self, read: Float[Tensor, "trial batch vocab"]) -> list[float]:
-        """`damage_of` each trial's logits (KL: one batched computation, one transfer)."""
+        """`damage_of` each trial's logits, read back in one transfer."""
         if self.objective == "kl":  # interp.metrics.kl_divergence, the reference side kept
             # [trial, batch] -> the mean over the batch of each trial
             return self._reference.divergence(read).mean(dim=-1).tolist()
-        return [abs(self._metric(logits) - self.full_value) for logits in read]  # type: ignore[operator]
+        values = torch.stack([self._metric(logits) for logits in read])
+        return (values - self.full_value).abs().tolist()
 
     # -- tests ---------------------------------------------------------------------------
 

@@ -124,8 +124,9 @@ class KLReference:
     Attributes:
         probs: The reference distribution, `[..., vocab]` (float32 or wider).
         log_probs: Its log.
-        positive: Where `probs > 0`; None when it is positive everywhere (then no mask
-            is applied: the same values, fewer ops).
+        positive: Where `probs` is not 0 (NaN included, so a NaN reference gives a NaN
+            divergence); None when that holds everywhere (then no mask is applied: the
+            same values, fewer ops).
     """
 
     probs: Tensor
@@ -160,13 +161,13 @@ def normalise(
     """
     scalars = not any(isinstance(x, Tensor) for x in (value, clean, corrupt))
     value_t, clean_t, corrupt_t = (torch.as_tensor(x) for x in (value, clean, corrupt))
-    gap = clean_t - corrupt_t
-    if not bool(torch.stack([clean_t.isfinite().all(), corrupt_t.isfinite().all()]).all()):
-        raise ValueError(
-            f"cannot normalise: clean={clean_t.tolist()} and corrupt={corrupt_t.tolist()} must "
-            "be finite"
-        )
-    if bool((gap == 0).any()):
+    gap = clean_t - corrupt_t  # not finite where either end is not
+    if bool((~gap.isfinite() | (gap == 0)).any()):  # one host sync on the path that passes
+        if not bool(gap.isfinite().all()):
+            raise ValueError(
+                f"cannot normalise: clean={clean_t.tolist()} and corrupt={corrupt_t.tolist()} "
+                "must be finite"
+            )
         raise ValueError(
             "cannot normalise: the clean and corrupted metric values are equal "
             f"(clean={clean_t.tolist()}, corrupt={corrupt_t.tolist()})"

@@ -423,6 +423,7 @@ def intervention_effect(
     _check_hook(model, hook)
     if not isinstance(batch, TaskBatch):
         raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
+    batch.check_fits(model)
     if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
         raise ValueError(f"n_random must be an int >= 0, got {n_random!r}")
     parameter = next(iter(model.parameters()), None)

@@ -270,14 +270,25 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
     flush()
     every = torch.cat(values).cpu()
     if bool(every.isnan().any()):
-        finite = torch.zeros_like(patcher.full_logits(patcher.base_logits[None])[0])
-        if bool(torch.as_tensor(scalar_metric(sweep.metric, finite, batch)).isnan()):
-            raise ValueError("the metric returned NaN (on all-zero logits too)")
-        raise ValueError(
-            "the metric read logits at positions other than batch.position, which the "
-            "incremental engine does not compute; pass engine='hooks'"
-        )
+        vocab = patcher.base_logits.shape[-1]
+        raise nan_metric_error(sweep.metric, batch, vocab, "the incremental engine",
+                               "pass engine='hooks'")
     return every[2:], every[0], every[1]
+
+
+def nan_metric_error(
+    metric: PatchMetric, batch: TaskBatch, vocab: int, engine: str, advice: str
+) -> ValueError:
+    """Why a metric came out NaN on the logits of an engine that computes them only at
+    `batch.position` (NaN elsewhere): NaN on all-zero logits too (the metric's own), or
+    read at other positions, which `advice` says how to compute."""
+    zeros = torch.zeros(*batch.clean.shape, vocab, device=batch.clean.device)
+    if bool(scalar_metric(metric, zeros, batch).isnan()):
+        return ValueError("the metric returned NaN (on all-zero logits too)")
+    return ValueError(
+        f"the metric read logits at positions other than batch.position, which {engine} "
+        f"does not compute; {advice}"
+    )
 
 
 def _resolve_engine(engine: str, model: TransformerBridge) -> Engine:

@@ -101,3 +101,20 @@ def test_metrics_that_cannot_serve_are_named(model, batch) -> None:
         frozen = changed(batch, clean=batch.clean.clone())
     scores = edge_attribution(model, frozen, METRIC)  # inference tensors copied for autograd
     torch.testing.assert_close(scores.scores, edge_attribution(model, batch, METRIC).scores)
+
+
+def test_a_nan_objective_is_named_the_same_by_both_acdc_paths(model, batch) -> None:
+    def nan_metric(logits: torch.Tensor, b: TaskBatch) -> torch.Tensor:
+        return logits.sum() * float("nan")
+
+    with pytest.raises(ValueError, match=r"the metric returned NaN \(on all-zero logits too\)"):
+        acdc(model, batch, 0.1, objective=nan_metric, progress=False)
+    with pytest.raises(ValueError, match="the objective returned NaN on the full model"):
+        acdc(model, batch, 0.1, objective=nan_metric, progress=False, incremental=False)
+
+
+def test_eap_runs_inside_inference_mode(model, batch) -> None:
+    outside = edge_attribution(model, batch, METRIC).scores
+    with torch.inference_mode():
+        inside = edge_attribution(model, batch, METRIC).scores
+    torch.testing.assert_close(inside, outside)

@@ -207,6 +207,15 @@ def _batch(n: int = 5) -> TaskBatch:
     )
 
 
+def test_intervention_effect_refuses_a_batch_the_model_cannot_run(model) -> None:
+    good = _batch()
+    bad = TaskBatch(clean=good.clean + D_VOCAB, corrupted=good.corrupted, answer=good.answer,
+                    wrong=good.wrong, position=good.position)
+    edit = Intervention("project_out", model.W_U.detach())
+    with pytest.raises(ValueError, match=r"TaskBatch.clean spans \d+..\d+, outside 0..7"):
+        intervention_effect(model, bad, HOOK, edit, max_logit_gap)
+
+
 def max_logit_gap(logits: Tensor, batch: TaskBatch) -> Tensor:
     """Per example: top logit minus the mean logit at `batch.position`."""
     final = logits[torch.arange(len(batch)), batch.position]
