@@ -1,9 +1,10 @@
 """Files that are never half-written: atomic replace for whole files, flushed JSON lines.
 
-`atomic_write_bytes` writes to a temporary file in the target's folder, fsyncs it and renames
-it over the target (`os.replace`), so a reader (or a crash) sees the old file or the new one,
-never a mix. `read_jsonl` reads an append-only JSON-lines file, skipping a last line that a
-crash cut short.
+`atomic_write_bytes` (or `atomic_write_with`, for a file a callback writes) writes to a
+temporary file in the target's folder, fsyncs it and renames it over the target
+(`os.replace`), so a reader (or a crash) sees the old file or the new one, never a mix.
+`read_jsonl` reads an append-only JSON-lines file, skipping a last line that a crash cut
+short.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -27,14 +29,20 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     file is removed and the old `path`, if any, is left untouched. Missing parent folders
     are created.
     """
+    atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
+    """`atomic_write_bytes` for a file that `write(tmp_path)` writes itself (e.g.
+    `safetensors.torch.save_file`, which streams tensors without a copy in memory)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        write(Path(tmp_name))
+        with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)
         os.replace(tmp_name, target)

@@ -15,16 +15,27 @@ command line. Errors are one line on stderr; a failed run's traceback is in its 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from interp.runs import Run, RunStore
 
 DEFAULT_RUNS_DIR = os.environ.get("INTERP_RUNS_DIR", "runs")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A command cannot do what was asked (no such run, a corrupt run, no dashboard app);
+    reported as one line with exit code 1. Anything else escaping a command is a bug and
+    keeps its traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +110,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from interp.runs import RunStore
 
     store = RunStore(args.runs_dir)
-    run = store.load(args.run)
+    run = _load_run(store, args.run)
     try:
         resume(run, store, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -140,12 +151,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from interp.runs import RunStore
 
-    run = RunStore(args.runs_dir).load(args.run)
+    run = _load_run(RunStore(args.runs_dir), args.run)
     print(f"run {run.experiment}/{run.run_id} at {run.path}")
     print("manifest:", json.dumps(run.manifest, indent=2, default=str))
     print("summary:", json.dumps(run.summary, indent=2, default=str))
     print("config:", json.dumps(run.config, indent=2, default=str))
     return 0
+
+
+def _load_run(store: RunStore, ref: str) -> Run:
+    """The run `ref` names; a `CommandError` when there is none, it is ambiguous, or its
+    folder is corrupt (`RunStore.load` raises ValueErrors, `RunNotFound` and `CorruptRun`
+    among them, only for these)."""
+    try:
+        return store.load(ref)
+    except ValueError as error:
+        raise CommandError(_one_line(error)) from error
 
 
 def cmd_kinds(args: argparse.Namespace) -> int:
@@ -157,9 +178,7 @@ def cmd_kinds(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    import dashboards
-
-    app = Path(dashboards.__file__).parent / "app.py"
+    app = _dashboard_app()
     runs_dir = str(Path(args.runs_dir).resolve())
     print(f"dashboard for {runs_dir} at http://{args.host}:{args.port}", flush=True)
     command = [
@@ -173,6 +192,17 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         return subprocess.call(command, env=env)
     except KeyboardInterrupt:
         return 0
+
+
+def _dashboard_app() -> Path:
+    """The Streamlit app of the `dashboards` package, found without importing it (the
+    core imports nothing built on it)."""
+    spec = importlib.util.find_spec("dashboards")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    apps = [Path(folder) / "app.py" for folder in folders if (Path(folder) / "app.py").is_file()]
+    if not apps:
+        raise CommandError("the dashboards package (and its app.py) is not installed")
+    return apps[0]
 
 
 COMMANDS = {
@@ -194,10 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as error:
+    except ConfigError as error:  # already one line naming the file and the key
         _error(str(error))
         return EXIT_USAGE
-    except (ModelLoadError, LookupError, ValueError) as error:  # e.g. a corrupt run folder
+    except (CommandError, ModelLoadError) as error:  # e.g. no run of that name, offline
         _error(_one_line(error))
         return EXIT_FAILED
 

@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +26,8 @@ from safetensors.torch import load_file, save_file
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.tasks.task_config import parse_config
+from interp.atomic_io import atomic_write_json, atomic_write_with
+from interp.validation import parse_config
 
 SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -118,14 +120,30 @@ class ModelSpec(BaseModel):
         )
 
 
+def model_sizes(cfg: Any) -> tuple[int, int, int | None]:
+    """`(d_vocab, d_vocab_out, n_ctx)` of a model's config (`model.cfg`) or a `ModelSpec`:
+    `d_vocab_out` unset or -1 (TransformerLens's "same as d_vocab") reads as `d_vocab`, and
+    `n_ctx` is None when the config has none."""
+    d_vocab = int(cfg.d_vocab)
+    d_vocab_out = getattr(cfg, "d_vocab_out", None)
+    n_ctx = getattr(cfg, "n_ctx", None)
+    return (
+        d_vocab,
+        d_vocab if d_vocab_out in (None, -1) else int(d_vocab_out),
+        int(n_ctx) if n_ctx else None,
+    )
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """`"auto"` (or None) is CUDA when present, else CPU; anything else is taken as given."""
+    """`"auto"` (or None) is CUDA when present, else CPU; anything else is taken as given.
+
+    A malformed name raises ValueError; a CUDA device without CUDA, `ModelLoadError`."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ModelLoadError(
+        raise ValueError(
             f"device {device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
         ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
@@ -134,7 +152,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def build(
-    spec: ModelSpec | dict[str, Any],
+    spec: ModelSpec | Mapping[str, Any],
     device: str | torch.device | None = "auto",
     dtype: torch.dtype | None = None,
 ) -> TransformerBridge:
@@ -164,16 +182,22 @@ def load(
     """Boot a Hugging Face model by hub name or local directory.
 
     `revision` picks a branch, tag or commit of a hub model, e.g. one of Pythia's training
-    checkpoints (`load("EleutherAI/pythia-70m", revision="step3000")`).
+    checkpoints (`load("EleutherAI/pythia-70m", revision="step3000")`); it is recorded on
+    the model, so `save` and `load_checkpoint` boot the same revision. A local folder has
+    no revisions: giving one with a folder raises ValueError.
 
     A folder written by `save` is recognised and loaded with `load_checkpoint`. When the
     weights cannot be had (offline, missing, unsupported architecture) this raises a
     `ModelLoadError` with one line saying so, not the hub client's traceback.
     """
     path = Path(name_or_path).expanduser()
+    looks_local = path.exists() or str(name_or_path).startswith((".", "/", "~"))
+    if looks_local and revision is not None:
+        raise ValueError(
+            f"revision={revision!r} is for hub models; {str(path)!r} is a local folder"
+        )
     if (path / SPEC_FILE).is_file():
         return load_checkpoint(path, device=device, dtype=dtype)
-    looks_local = path.exists() or str(name_or_path).startswith((".", "/", "~"))
     if looks_local and not path.is_dir():
         raise ModelLoadError(f"model folder {str(path)!r} does not exist")
     source = str(path) if looks_local else str(name_or_path)
@@ -188,6 +212,7 @@ def load(
     except Exception as error:  # the hub client raises many types; we report one line
         raise ModelLoadError(_load_failure_message(source, looks_local, error)) from error
     model.interp_source = source  # type: ignore[attr-defined]
+    model.interp_revision = revision  # type: ignore[attr-defined]
     return model
 
 
@@ -204,7 +229,8 @@ def save(model: TransformerBridge, directory: str | os.PathLike[str]) -> Path:
     """Write a model's weights (safetensors) and what it was made from (JSON) to `directory`.
 
     Native models record their `ModelSpec`; pretrained ones the hub name or folder they
-    were loaded from, which must still be reachable when the checkpoint is loaded.
+    were loaded from (and the hub revision, if one was asked for), which must still be
+    reachable when the checkpoint is loaded. Each file is replaced atomically.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -215,12 +241,15 @@ def save(model: TransformerBridge, directory: str | os.PathLike[str]) -> Path:
     elif source is not None:
         # A pretrained model is saved as its source plus its (possibly fine-tuned) weights.
         meta = {"source": "hf", "name_or_path": source}
+        revision = getattr(model, "interp_revision", None)
+        if revision is not None:
+            meta["revision"] = revision
     else:
         raise ModelLoadError("can only save models made by interp.models.build or load")
     # Clone so tensors that share storage (tied embeddings) serialise separately.
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-    _atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
-    _atomic(directory / SPEC_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    atomic_write_with(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+    atomic_write_json(directory / SPEC_FILE, meta)
     return directory
 
 
@@ -239,7 +268,9 @@ def load_checkpoint(
     except json.JSONDecodeError as error:
         raise ModelLoadError(f"{str(spec_path)!r} is not valid JSON: {error}") from error
     if meta.get("source") == "hf":
-        model = load(meta["name_or_path"], device=device, dtype=dtype)
+        model = load(
+            meta["name_or_path"], device=device, dtype=dtype, revision=meta.get("revision")
+        )
     else:
         model = build(ModelSpec.model_validate(meta["spec"]), device=device, dtype=dtype)
     weights_path = directory / WEIGHTS_FILE
@@ -254,17 +285,6 @@ def load_checkpoint(
             f"{str(error).splitlines()[0]}"
         ) from error
     return model
-
-
-def _atomic(path: Path, write: Any) -> None:
-    """Write through a temporary name in the same folder, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @contextlib.contextmanager

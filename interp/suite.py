@@ -13,6 +13,7 @@ name an earlier one's checkpoint (`model: {run: induction_2l}`).
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,20 +63,24 @@ def load_member(member: SuiteMember, config_dir: Path) -> tuple[ExperimentKind, 
     if not path.is_absolute():
         path = config_dir / path
     key = path.resolve()
-    if key in _LOADING:
-        chain = " -> ".join(p.name for p in [*_LOADING, key])
+    loading = _LOADING.get()
+    if key in loading:
+        chain = " -> ".join(p.name for p in [*loading, key])
         raise ValueError(f"a suite includes itself: {chain}")
-    _LOADING.append(key)
+    token = _LOADING.set((*loading, key))
     try:
         return load_config(path, member.set)
     except ConfigError as error:
         raise ValueError(str(error)) from None
     finally:
-        _LOADING.pop()
+        _LOADING.reset(token)
 
 
-_LOADING: list[Path] = []
-"""The member configs being loaded, outermost first (to catch a suite that includes itself)."""
+_LOADING: ContextVar[tuple[Path, ...]] = ContextVar("interp_suite_loading", default=())
+"""The member configs being loaded, outermost first (to catch a suite that includes itself).
+A context variable, so threads (and asyncio tasks) loading suites at once each see their
+own chain. (The pydantic validation context would be the natural carrier, but
+`interp.config.validate_config` builds that context itself, from `config_dir` only.)"""
 
 
 def run_suite(config: SuiteConfig, run: Run, context: RunContext) -> dict[str, Any]:

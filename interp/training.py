@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,9 @@ from interp.metrics import accuracy, logits_at
 from interp.model_refs import ModelRef, resolve_model_and_task
 from interp.models import ModelSpec
 from interp.runs import Run
-from interp.tasks import AnyTaskConfig, make_task
+from interp.tasks import TASKS, AnyTaskConfig, make_task
 from interp.tasks.base import IGNORE_INDEX, Task, TaskBatch
+from interp.tasks.text_task import TextTask
 
 
 class TrainSettings(BaseModel):
@@ -74,16 +75,12 @@ class TrainConfig(ExperimentConfig):
 
     @model_validator(mode="after")
     def _model_fits_task(self) -> TrainConfig:
-        """A native spec too small for a native task is refused at validation, not at run."""
-        if not isinstance(self.model, ModelSpec):
+        """A native spec too small for a native task is refused at validation, not at run.
+        (A text task needs the model's tokenizer to be built: it is checked at run.)"""
+        if not isinstance(self.model, ModelSpec) or issubclass(TASKS[self.task.name], TextTask):
             return self
-        try:
-            task = make_task(self.task)
-        except ValueError:  # a text task, which needs the model's tokenizer: checked at run
-            return self
-        misfit = task_misfit(
-            self.model.d_vocab, cast(int, self.model.d_vocab_out), self.model.n_ctx, task
-        )
+        task = make_task(self.task)
+        misfit = task_misfit(*models.model_sizes(self.model), task)
         if misfit:
             raise ValueError(misfit)
         return self
@@ -136,16 +133,14 @@ def evaluate(model: TransformerBridge, batch: TaskBatch, chunk: int = 512) -> di
 
 
 def _check_fits(model: TransformerBridge, task: Task) -> None:
-    cfg = model.cfg
-    d_vocab_out = getattr(cfg, "d_vocab_out", -1)
-    d_vocab_out = cfg.d_vocab if d_vocab_out in (None, -1) else d_vocab_out
-    misfit = task_misfit(int(cfg.d_vocab), int(d_vocab_out), int(cfg.n_ctx), task)
+    misfit = task_misfit(*models.model_sizes(model.cfg), task)
     if misfit:
         raise ValueError(misfit)
 
 
-def task_misfit(d_vocab: int, d_vocab_out: int, n_ctx: int, task: Task) -> str | None:
-    """Why a model of these sizes cannot run `task` (one line), or None when it can."""
+def task_misfit(d_vocab: int, d_vocab_out: int, n_ctx: int | None, task: Task) -> str | None:
+    """Why a model of these sizes (`models.model_sizes`; `n_ctx` None for no limit) cannot
+    run `task` (one line), or None when it can."""
     if task.d_vocab is not None and d_vocab < task.d_vocab:
         return (
             f"model.d_vocab={d_vocab} is smaller than task {task.name!r}'s vocabulary "
@@ -156,7 +151,7 @@ def task_misfit(d_vocab: int, d_vocab_out: int, n_ctx: int, task: Task) -> str |
             f"model.d_vocab_out={d_vocab_out} is smaller than task {task.name!r}'s output "
             f"vocabulary ({task.d_vocab_out})"
         )
-    if task.n_ctx is not None and n_ctx < task.n_ctx:
+    if task.n_ctx is not None and n_ctx is not None and n_ctx < task.n_ctx:
         return (
             f"model.n_ctx={n_ctx} is shorter than task {task.name!r}'s sequences "
             f"({task.n_ctx})"

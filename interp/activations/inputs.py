@@ -61,11 +61,26 @@ def _batches(
 
 def check_token_tensor(tokens: Tensor, what: str, model: TransformerBridge) -> None:
     """An integer `[n, pos]` tensor of ids inside the model's vocabulary (one host sync)."""
-    if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+    _check_token_shape(tokens, what)
+    _check_vocabulary(tokens, what, model)
+
+
+def _check_token_shape(tokens: Tensor, what: str) -> None:
+    """An integer `[n, pos]` tensor (no host sync)."""
+    if (
+        tokens.dim() != 2
+        or tokens.dtype.is_floating_point
+        or tokens.dtype.is_complex
+        or tokens.dtype == torch.bool
+    ):
         raise ValueError(
             f"{what} must be an integer [n, pos] tensor, got {tokens.dtype} "
             f"of shape {tuple(tokens.shape)}"
         )
+
+
+def _check_vocabulary(tokens: Tensor, what: str, model: TransformerBridge) -> None:
+    """Ids inside the model's vocabulary, when it has one (one host sync)."""
     d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
     if tokens.numel() and d_vocab:
         low, high = torch.stack(torch.aminmax(tokens)).tolist()
@@ -107,29 +122,40 @@ def _dataset_batches(
         if has_mask:
             masks = [list(map(int, row)) for row in rows["attention_mask"]]
             mask = right_pad(masks, length, 0)
-        yield _Batch(right_pad(ids, length, pad), mask)
+        batch = right_pad(ids, length, pad)
+        where = f"column {column!r} rows {start}..{start + len(ids) - 1}"
+        _check_vocabulary(batch, where, model)
+        yield _Batch(batch, mask)
 
 
 def _iterable_batches(
     items: Iterable[Tensor], batch_size: int, model: TransformerBridge
 ) -> Iterator[_Batch]:
-    """Examples (`[pos]`) or batches (`[b, pos]`) from an iterable, re-chunked to size."""
+    """Examples (`[pos]`) or batches (`[b, pos]`) from an iterable, re-chunked to size.
+    Each item's shape and dtype are checked as it comes; the vocabulary once per batch
+    (one host sync per batch, not per item)."""
     pending: list[Tensor] = []
     count = 0
     for item in items:
         if not isinstance(item, Tensor):
             raise ValueError(f"the token iterable yielded {type(item).__name__}, not a tensor")
         rows = item.unsqueeze(0) if item.dim() == 1 else item
-        check_token_tensor(rows, "each token item", model)
+        _check_token_shape(rows, "each token item")
         pending.append(rows)
         count += rows.shape[0]
         while count >= batch_size:
             joined = _cat_rows(pending)
-            yield _Batch(joined[:batch_size], None)
+            yield _checked_batch(joined[:batch_size], model)
             rest = joined[batch_size:]
             pending, count = ([rest] if rest.shape[0] else []), count - batch_size
     if count:
-        yield _Batch(_cat_rows(pending), None)
+        yield _checked_batch(_cat_rows(pending), model)
+
+
+def _checked_batch(tokens: Tensor, model: TransformerBridge) -> _Batch:
+    """A batch from the token iterable, its ids checked against the vocabulary."""
+    _check_vocabulary(tokens, "the token items", model)
+    return _Batch(tokens, None)
 
 
 def _cat_rows(parts: Sequence[Tensor]) -> Tensor:

@@ -4,13 +4,16 @@ On disk a set is a folder of safetensors shards plus a JSON index, and tensors a
 lazily, one hook at a time:
 
 ```
-out_dir/index.json               names, shapes, dtypes, number of examples, shard files
-out_dir/shard_00000.safetensors  examples [0, shard_size) of every hook
-out_dir/shard_00001.safetensors  ...
+out_dir/index.json                          names, shapes, dtypes, examples, shard files
+out_dir/gen-<id>/shard_00000.safetensors    examples [0, shard_size) of every hook
+out_dir/gen-<id>/shard_00001.safetensors    ...
 ```
 
-Shards are written under a temporary name and renamed, and the index is written last, so a
-crash never leaves a folder that looks complete. Nothing is ever unpickled.
+Each write is a new generation: its shards go to a private staging folder, which is renamed
+to `gen-<id>`; then the index is replaced atomically (`interp.atomic_io`) to name them, and
+only then is the earlier generation deleted. So at every moment the index names one complete
+set of shards, and a crash leaves the old set or the new one, never a mix. Sets of version 1
+(shards beside the index) still load. Nothing is ever unpickled.
 
 `collect` feeds each batch of activations to a sink: `_MemoryCollector` (concatenated at
 the end) or `_ShardWriter` (buffered on CPU, written a shard at a time).
@@ -22,8 +25,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -32,11 +35,16 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from interp.activations.suggestions import _suggestion
+from interp.atomic_io import atomic_write_text, fsync_dir
 
 INDEX_FILE = "index.json"
 SHARD_FILE = "shard_{:05d}.safetensors"
 INDEX_FORMAT = "interp.activations"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1 kept the shards beside the index; version 2 keeps them in a `gen-*` folder."""
+GENERATION_PREFIX = "gen-"
+STAGING_PREFIX = ".staging-"
 
 
 class ActivationSet:
@@ -84,8 +92,10 @@ class ActivationSet:
         if not index_path.is_file():
             raise ValueError(f"{folder} holds no {INDEX_FILE}: not a complete activation set")
         index = json.loads(index_path.read_text())
-        if index.get("format") != INDEX_FORMAT or index.get("version") != INDEX_VERSION:
-            raise ValueError(f"{index_path} is not an {INDEX_FORMAT} v{INDEX_VERSION} index")
+        if index.get("format") != INDEX_FORMAT or index.get("version") not in READABLE_VERSIONS:
+            raise ValueError(
+                f"{index_path} is not an {INDEX_FORMAT} index of version {READABLE_VERSIONS}"
+            )
         self = cls.__new__(cls)
         try:
             shards = [(str(entry["file"]), int(entry["n_examples"])) for entry in index["shards"]]
@@ -96,7 +106,7 @@ class ActivationSet:
             self._n_examples = int(index["n_examples"])
         except (KeyError, TypeError) as error:
             raise ValueError(f"{index_path} is malformed: {error!r}") from None
-        outside = [file for file, _ in shards if Path(file).name != file]
+        outside = [file for file, _ in shards if not _is_inside(file)]
         missing = [file for file, _ in shards if not (folder / file).is_file()]
         if outside or missing:
             raise ValueError(f"{folder} lacks shard file(s) {outside + missing}")
@@ -167,9 +177,13 @@ class ActivationSet:
         if self.path is not None and folder.resolve() == self.path.resolve():
             raise ValueError(f"the set already lives in {folder}")
         writer = _ShardWriter(folder, shard_size=shard_size, overwrite=overwrite)
-        for chunk in self._chunks(shard_size):
-            writer.add(chunk)
-        return writer.finish(self.names, self._storage_key)
+        try:
+            for chunk in self._chunks(shard_size):
+                writer.add(chunk)
+            return writer.finish(self.names, self._storage_key)
+        except BaseException:
+            writer.abort()  # an earlier set in `directory` stays as it was
+            raise
 
     def _chunks(self, rows: int) -> Iterator[dict[str, Tensor]]:
         """Every stored tensor, a few examples at a time (in memory: `rows`; on disk: a shard)."""
@@ -221,9 +235,11 @@ def _cat_chunks(key: str, chunks: list[Tensor]) -> Tensor:
 
 
 class _ShardWriter:
-    """Buffers activations on CPU and writes them as safetensors shards into a staging
-    folder inside `folder`; `finish` replaces any earlier set there with them, index last,
-    and `abort` removes them, so a failed collection leaves an earlier set as it was."""
+    """Buffers activations on CPU and writes them as safetensors shards into a private
+    staging folder inside `folder`. `finish` renames that folder to a new generation
+    (`gen-<id>`), atomically replaces the index to name its shards, and only then deletes
+    the earlier set's shards; `abort` removes the staging folder. So a failure at any point
+    leaves an index that names one complete set, the earlier one or the new one."""
 
     def __init__(self, folder: Path, *, shard_size: int, overwrite: bool) -> None:
         if shard_size < 1:
@@ -232,7 +248,7 @@ class _ShardWriter:
         if self._old_files(folder) and not overwrite:
             raise ValueError(f"{folder} already holds an activation set; pass overwrite=True")
         self._target = folder
-        self._folder = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        self._folder: Path | None = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
         self._shard_size = shard_size
         self._buffer: dict[str, list[Tensor]] = {}
         self._buffered = 0
@@ -251,13 +267,16 @@ class _ShardWriter:
             self._write_shard(self._shard_size)
 
     def _write_shard(self, rows: int) -> None:
-        """Write the first `rows` buffered examples as the next shard."""
+        """Write the first `rows` buffered examples as the next shard of the staging folder
+        (private until `finish`, so written in place; fsynced before the index names it)."""
+        assert self._folder is not None
         shard = {key: self._take(key, rows) for key in self._buffer}
         for key, tensor in shard.items():
             if key not in self._shapes:
                 self._shapes[key], self._dtypes[key] = tuple(tensor.shape[1:]), tensor.dtype
         file = SHARD_FILE.format(len(self._shards))
-        _atomic_write(self._folder / file, lambda tmp: save_file(shard, str(tmp)))
+        save_file(shard, str(self._folder / file))
+        _fsync_file(self._folder / file)
         self._shards.append((file, rows))
         self._buffered -= rows
 
@@ -277,11 +296,29 @@ class _ShardWriter:
         return torch.cat(taken)  # always a fresh, contiguous tensor
 
     def finish(self, names: Sequence[str], storage: Mapping[str, str]) -> ActivationSet:
+        """Make the staged shards the set in the target folder (see the class docstring)."""
         if self._buffered:
             self._write_shard(self._buffered)
         if self.n_examples == 0:
-            raise ValueError("tokens held no examples")
-        index = {
+            raise ValueError("an activation set of 0 examples cannot be written to disk")
+        assert self._folder is not None
+        generation = self._target / (
+            GENERATION_PREFIX + self._folder.name.removeprefix(STAGING_PREFIX)
+        )
+        fsync_dir(self._folder)
+        os.replace(self._folder, generation)
+        self._folder = generation  # until the index names it, `abort` removes it
+        text = json.dumps(self._index(names, storage, generation.name), indent=1)
+        atomic_write_text(self._target / INDEX_FILE, text)
+        self._folder = None  # the set now: no longer ours to remove
+        _remove_earlier_generations(self._target, keep=generation.name)
+        return ActivationSet.load(self._target)
+
+    def _index(
+        self, names: Sequence[str], storage: Mapping[str, str], generation: str
+    ) -> dict[str, Any]:
+        """The index of the written set, its shards named relative to the target folder."""
+        return {
             "format": INDEX_FORMAT,
             "version": INDEX_VERSION,
             "n_examples": self.n_examples,
@@ -289,38 +326,56 @@ class _ShardWriter:
             "storage_keys": {name: storage[name] for name in names},
             "shapes": {n: [self.n_examples, *self._shapes[storage[n]]] for n in names},
             "dtypes": {n: str(self._dtypes[storage[n]]).removeprefix("torch.") for n in names},
-            "shards": [{"file": file, "n_examples": rows} for file, rows in self._shards],
+            "shards": [
+                {"file": f"{generation}/{file}", "n_examples": rows} for file, rows in self._shards
+            ],
         }
-        text = json.dumps(index, indent=1)
-        for path in self._old_files(self._target):  # the index first: no mixed set looks whole
-            path.unlink()
-        for file, _ in self._shards:
-            os.replace(self._folder / file, self._target / file)
-        _atomic_write(self._target / INDEX_FILE, lambda tmp: tmp.write_text(text))
-        self.abort()
-        return ActivationSet.load(self._target)
 
     def abort(self) -> None:
-        """Remove the staging folder and what it holds."""
-        shutil.rmtree(self._folder, ignore_errors=True)
+        """Remove the staging folder (or the generation no index names yet) and its files."""
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
 
     @staticmethod
     def _old_files(folder: Path) -> list[Path]:
-        """An earlier set's files in `folder`, its index first."""
-        old = [folder / INDEX_FILE, *sorted(folder.glob("shard_*.safetensors"))]
-        return [path for path in old if path.exists()]
+        """An earlier set's files and generation folders in `folder`, its index first."""
+        return [path for path in [folder / INDEX_FILE, *_shard_paths(folder)] if path.exists()]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write `path` through a temporary file in the same folder and rename it into place."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _shard_paths(folder: Path) -> list[Path]:
+    """Shards of any generation in `folder`: version 1 files beside the index, and
+    version 2 `gen-*` folders."""
+    return [
+        *sorted(folder.glob("shard_*.safetensors")),
+        *sorted(path for path in folder.glob(f"{GENERATION_PREFIX}*") if path.is_dir()),
+    ]
+
+
+def _remove_earlier_generations(folder: Path, keep: str) -> None:
+    """Delete every shard file and generation folder in `folder` but the `keep` folder."""
+    for path in _shard_paths(folder):
+        if path.name == keep:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _is_inside(file: str) -> bool:
+    """Whether an index's shard entry names a file inside the set's folder: a relative
+    path without `..` (e.g. `gen-ab12/shard_00000.safetensors`)."""
+    path = PurePosixPath(file)
+    return bool(path.parts) and not path.is_absolute() and "\\" not in file and all(
+        part not in ("", ".", "..") for part in path.parts
+    )
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush a written file's bytes to disk."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def _dtype_from_str(name: str) -> torch.dtype:

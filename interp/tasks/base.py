@@ -18,6 +18,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.models import model_sizes
+
 IGNORE_INDEX = -100
 """Value of `TaskBatch.targets` at positions that carry no training target."""
 
@@ -56,8 +58,7 @@ class TaskBatch:
                 continue
             if not isinstance(value, Tensor):
                 raise ValueError(f"TaskBatch.{f.name} must be a tensor, got {type(value).__name__}")
-            if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
-                raise ValueError(f"TaskBatch.{f.name} must hold integer ids, got {value.dtype}")
+            _integer_ids(f.name, value)
         n = self.clean.shape[0]
         if self.clean.ndim != 2:
             raise ValueError(f"TaskBatch.clean must be [batch, pos], got {tuple(self.clean.shape)}")
@@ -87,12 +88,9 @@ class TaskBatch:
         cfg = getattr(model, "cfg", None)
         if cfg is None:
             raise ValueError(f"model must be a TransformerBridge, got {type(model).__name__}")
-        n_ctx = getattr(cfg, "n_ctx", None)
-        if n_ctx and n_pos > n_ctx:
+        d_vocab, d_vocab_out, n_ctx = model_sizes(cfg)
+        if n_ctx is not None and n_pos > n_ctx:
             raise ValueError(f"the prompts have {n_pos} positions; the model takes at most {n_ctx}")
-        d_vocab = int(cfg.d_vocab)
-        d_vocab_out = getattr(cfg, "d_vocab_out", None)
-        d_vocab_out = d_vocab if d_vocab_out in (None, -1) else int(d_vocab_out)
         fields_and_limits = (
             ("clean", d_vocab), ("corrupted", d_vocab), ("answer", d_vocab_out),
             ("wrong", d_vocab_out), ("position", n_pos),
@@ -192,10 +190,16 @@ class TaskBatch:
                 raise ValueError(
                     f"TaskBatch.{f.name}: rows of different lengths or not numbers"
                 ) from None
-            if value.dtype.is_floating_point or value.dtype == torch.bool:
-                raise ValueError(f"TaskBatch.{f.name} must hold integer ids, got {value.dtype}")
-            kwargs[f.name] = value.long()
+            kwargs[f.name] = _integer_ids(f.name, value).long()
         return cls(**kwargs)
+
+
+def _integer_ids(name: str, value: Tensor) -> Tensor:
+    """`value` when it holds integer ids; a one-line ValueError naming the `TaskBatch`
+    field when it holds floats, complex numbers or booleans."""
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise ValueError(f"TaskBatch.{name} must hold integer ids, got {value.dtype}")
+    return value
 
 
 class Task(ABC):

@@ -1,11 +1,19 @@
-"""The base of every task's pydantic config, and one-line errors for bad configs."""
+"""The base of every task's pydantic config, and one-line errors for bad configs.
+
+`parse_config` and `describe_validation_error` live in `interp.validation` (model specs use
+them too); they are re-exported here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import pydantic
 from pydantic import BaseModel, ConfigDict
+
+from interp.validation import describe_validation_error, parse_config
+
+__all__ = ["ConfigT", "TaskConfig", "describe_validation_error", "parse_config", "resolve_config"]
 
 ConfigT = TypeVar("ConfigT", bound="TaskConfig")
 
@@ -22,37 +30,9 @@ class TaskConfig(BaseModel):
     """Every random choice of the task comes from this seed."""
 
 
-def describe_validation_error(error: pydantic.ValidationError) -> str:
-    """A pydantic error as one line: `field: message; field: message`."""
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(loc) for loc in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
-
-
-def parse_config(config_class: type[ConfigT], data: ConfigT | dict[str, Any]) -> ConfigT:
-    """Validate `data` as a `config_class`, raising a one-line ValueError when it is bad."""
-    if isinstance(data, config_class):
-        return data
-    if isinstance(data, BaseModel):
-        data = data.model_dump()
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"a {config_class.__name__} must be a mapping or a {config_class.__name__}, "
-            f"got {type(data).__name__}"
-        )
-    try:
-        return config_class.model_validate(data)
-    except pydantic.ValidationError as error:
-        title = config_class.__name__
-        raise ValueError(f"invalid {title}: {describe_validation_error(error)}") from None
-
-
 def resolve_config(
     config_class: type[ConfigT],
-    config: ConfigT | dict[str, Any] | None,
+    config: ConfigT | Mapping[str, Any] | None,
     fields: dict[str, Any],
 ) -> ConfigT:
     """A task constructor's config: given whole (`config`) or as keyword `fields`, not both."""

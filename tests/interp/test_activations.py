@@ -105,7 +105,8 @@ def test_aliases_share_one_tensor(model, tokens, tmp_path):
     acts = collect(model, tokens, ["blocks.0.hook_resid_post", "blocks.0.hook_out"], progress=False)
     assert acts["blocks.0.hook_resid_post"] is acts["blocks.0.hook_out"]
     saved = acts.save(tmp_path / "set")
-    with safe_open(str(tmp_path / "set" / "shard_00000.safetensors"), framework="pt") as f:
+    (first_shard,) = json.loads((tmp_path / "set" / "index.json").read_text())["shards"]
+    with safe_open(str(tmp_path / "set" / first_shard["file"]), framework="pt") as f:
         assert list(f.keys()) == ["blocks.0.hook_resid_post"]
     torch.testing.assert_close(saved["blocks.0.hook_out"], acts["blocks.0.hook_out"])
 
@@ -172,12 +173,14 @@ def test_on_disk_shards_reload_identically(model, tokens, tmp_path, monkeypatch)
     )
     monkeypatch.undo()
 
+    # the staging folder becomes a generation in one rename, then the index replaces the old
+    (generation,) = [p.name for p in tmp_path.iterdir() if p.is_dir()]
+    assert generation.startswith("gen-") and renamed == [generation, "index.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([generation, "index.json"])
     shards = ["shard_00000.safetensors", "shard_00001.safetensors", "shard_00002.safetensors"]
-    # each shard written to the staging folder, then moved into place, the index last
-    assert renamed == [*shards, *shards, "index.json"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", *shards]
     index = json.loads((tmp_path / "index.json").read_text())
     assert index["n_examples"] == N_EXAMPLES
+    assert [s["file"] for s in index["shards"]] == [f"{generation}/{name}" for name in shards]
     assert [s["n_examples"] for s in index["shards"]] == [4, 4, 2]
 
     reloaded = ActivationSet.load(tmp_path)
@@ -221,6 +224,66 @@ def test_existing_set_is_not_overwritten(model, tokens, tmp_path):
         model, tokens[:2], ["hook_embed"], out_dir=tmp_path, overwrite=True, progress=False
     )
     assert len(ActivationSet.load(tmp_path)) == len(again) == 2
+
+
+def test_overwrite_replaces_the_old_generation(model, tokens, tmp_path):
+    collect(model, tokens, ["hook_embed"], out_dir=tmp_path, progress=False)
+    first = {p.name for p in tmp_path.iterdir()}
+    collect(model, tokens[:3], ["hook_embed"], out_dir=tmp_path, overwrite=True, progress=False)
+    second = {p.name for p in tmp_path.iterdir()}
+    assert len(first) == len(second) == 2 and first & second == {"index.json"}
+    assert len(ActivationSet.load(tmp_path)) == 3
+
+
+def test_failed_index_write_keeps_the_earlier_set_whole(model, tokens, tmp_path, monkeypatch):
+    from interp.activations import storage
+
+    collect(model, tokens, ["hook_embed"], out_dir=tmp_path, progress=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def failing_write(path, text):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(storage, "atomic_write_text", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        collect(
+            model, tokens[:3], ["hook_embed"], out_dir=tmp_path, overwrite=True, progress=False
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no new generation left
+    kept = ActivationSet.load(tmp_path)
+    assert len(kept) == N_EXAMPLES and kept["hook_embed"].shape[0] == N_EXAMPLES
+
+
+def test_version_1_sets_load_and_are_replaced_whole(tmp_path):
+    original = ActivationSet({"a": torch.arange(12.0).reshape(6, 2)})
+    original.save(tmp_path, shard_size=4)
+    index = json.loads((tmp_path / "index.json").read_text())
+    for shard in index["shards"]:  # the version 1 layout: shards beside the index
+        (tmp_path / shard["file"]).rename(tmp_path / Path(shard["file"]).name)
+        shard["file"] = Path(shard["file"]).name
+    (tmp_path / "index.json").write_text(json.dumps({**index, "version": 1}))
+    assert torch.equal(ActivationSet.load(tmp_path)["a"], original["a"])
+
+    ActivationSet({"a": torch.zeros(2, 2)}).save(tmp_path, overwrite=True)
+    (generation,) = [p.name for p in tmp_path.iterdir() if p.is_dir()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([generation, "index.json"])
+    assert torch.equal(ActivationSet.load(tmp_path)["a"], torch.zeros(2, 2))
+
+
+def test_index_naming_files_outside_its_folder_is_refused(tmp_path):
+    ActivationSet({"a": torch.zeros(2, 2)}).save(tmp_path / "set")
+    index_path = tmp_path / "set" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["shards"][0]["file"] = "../elsewhere.safetensors"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"lacks shard file\(s\) \['\.\./elsewhere"):
+        ActivationSet.load(tmp_path / "set")
+
+
+def test_empty_set_cannot_be_saved(tmp_path):
+    with pytest.raises(ValueError, match="0 examples cannot be written"):
+        ActivationSet({"a": torch.zeros(0, 2)}).save(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_save_and_load_memory_set(tmp_path):
@@ -403,3 +466,34 @@ def test_token_ids_outside_the_vocabulary_are_named(model, tokens):
     bad[1, 2] = model.cfg.d_vocab
     with pytest.raises(ValueError, match=rf"tokens hold ids \d+..{model.cfg.d_vocab}, outside"):
         collect(model, bad, ["blocks.0.hook_resid_post"], progress=False)
+
+
+def test_token_iterables_and_datasets_are_checked_once_per_batch(model, tokens, monkeypatch):
+    from interp.activations import inputs
+
+    checked: list[int] = []
+    real_check = inputs._check_vocabulary
+
+    def counting_check(batch, what, model):
+        checked.append(batch.shape[0])
+        real_check(batch, what, model)
+
+    monkeypatch.setattr(inputs, "_check_vocabulary", counting_check)
+    collect(model, iter(list(tokens)), ["hook_embed"], batch_size=4, progress=False)
+    assert checked == [4, 4, 2]  # one check (one host sync) per batch, not per example
+    checked.clear()
+    table = datasets.Dataset.from_dict({"clean": tokens.tolist()})
+    collect(model, table, ["hook_embed"], batch_size=4, progress=False)
+    assert checked == [4, 4, 2]
+
+
+def test_token_ids_outside_the_vocabulary_in_iterables_and_datasets(model, tokens):
+    bad = tokens.clone()
+    bad[5, 0] = model.cfg.d_vocab
+    with pytest.raises(ValueError, match=rf"token items hold ids \d+..{model.cfg.d_vocab}, out"):
+        collect(model, iter(list(bad)), ["hook_embed"], batch_size=4, progress=False)
+    table = datasets.Dataset.from_dict({"clean": bad.tolist()})
+    with pytest.raises(ValueError, match=r"column 'clean' rows 4..7 hold ids \d+..50, outside"):
+        collect(model, table, ["hook_embed"], batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"each token item must be an integer \[n, pos\]"):
+        collect(model, iter([tokens[0].float()]), ["hook_embed"], progress=False)

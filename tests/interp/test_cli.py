@@ -126,3 +126,41 @@ def test_corrupt_runs_and_self_including_suites_are_one_line(tmp_path: Path, cap
     assert main(["validate", str(suite)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a suite includes itself" in err[0]
+
+
+def test_dashboard_finds_its_app_without_importing_dashboards(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import interp.cli
+
+    calls: list[list[str]] = []
+    monkeypatch.delitem(sys.modules, "dashboards", raising=False)
+    monkeypatch.setattr(interp.cli.subprocess, "call", lambda command, env: calls.append(command))
+    main(["dashboard", "--runs-dir", str(tmp_path)])
+    (command,) = calls
+    app = Path(command[command.index("run") + 1])
+    assert app.name == "app.py" and app.parent.name == "dashboards" and app.is_file()
+    assert "dashboards" not in sys.modules
+
+    monkeypatch.setattr(interp.cli.importlib.util, "find_spec", lambda name: None)
+    assert main(["dashboard", "--runs-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the dashboards package (and its app.py) is not installed"]
+
+
+def test_a_bug_inside_a_command_keeps_its_traceback(tmp_path: Path, monkeypatch) -> None:
+    def broken_table(self, experiment=None, kind=None):
+        raise ValueError("a bug in the listing")
+
+    monkeypatch.setattr(RunStore, "table", broken_table)
+    with pytest.raises(ValueError, match="a bug in the listing"):
+        main(["list", "--runs-dir", str(tmp_path)])
+
+
+def test_ambiguous_run_id_is_one_line(tmp_path: Path, capsys) -> None:
+    store = RunStore(tmp_path)
+    for experiment in ("a", "b"):
+        store.create(experiment, "train", {}, run_id="same").finish()
+    assert main(["show", "same", "--runs-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ambiguous" in err[0]

@@ -151,5 +151,46 @@ def test_bad_specs_and_devices_are_one_line() -> None:
     with pytest.raises(ValueError, match="invalid ModelSpec: n_layer: Extra inputs") as info:
         models.build({**SPEC, "n_layer": 3}, device="cpu")
     assert "\n" not in str(info.value)
-    with pytest.raises(models.ModelLoadError, match="device 'gpu' is not a device"):
+    with pytest.raises(ValueError, match="device 'gpu' is not a device") as info:
         models.build(SPEC, device="gpu")
+    assert not isinstance(info.value, models.ModelLoadError)  # a bad name, not a failed load
+
+
+def test_build_takes_any_mapping() -> None:
+    from types import MappingProxyType
+
+    frozen = models.build(MappingProxyType(SPEC), device="cpu")
+    assert models.spec_of(frozen) == models.ModelSpec(**SPEC)
+    with pytest.raises(ValueError, match="a ModelSpec must be a mapping or a ModelSpec, got list"):
+        models.build([1, 2], device="cpu")
+
+
+def test_revision_survives_save_and_load_checkpoint(monkeypatch, tmp_path) -> None:
+    """A model loaded at a hub revision is saved with it and booted at it again."""
+    calls: list[tuple[str, dict]] = []
+
+    def boot(source, **kwargs):  # a fresh stand-in for the hub model, as the hub gives
+        calls.append((source, kwargs))
+        model = models.build(SPEC, device="cpu")
+        del model.interp_spec
+        return model
+
+    monkeypatch.setattr(models.TransformerBridge, "boot_transformers", staticmethod(boot))
+    model = models.load("EleutherAI/pythia-70m", device="cpu", revision="step3000")
+    models.save(model, tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / models.SPEC_FILE).read_text())
+    assert meta == {"source": "hf", "name_or_path": "EleutherAI/pythia-70m", "revision": "step3000"}
+    models.load_checkpoint(tmp_path / "ckpt", device="cpu")
+    assert [kwargs.get("revision") for _, kwargs in calls] == ["step3000", "step3000"]
+
+
+def test_revision_with_a_local_folder_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="revision='main' is for hub models; .* local folder"):
+        models.load(tmp_path, device="cpu", revision="main")
+
+
+def test_model_sizes_reads_unset_output_vocabulary_as_the_input_one() -> None:
+    model = models.build(SPEC, device="cpu")
+    assert models.model_sizes(model.cfg) == (20, 20, 12)
+    model.cfg.d_vocab_out = -1
+    assert models.model_sizes(model.cfg) == (20, 20, 12)

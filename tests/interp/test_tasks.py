@@ -440,3 +440,22 @@ def test_task_batch_ints_count_from_the_end_and_bad_indices_are_named() -> None:
     with pytest.raises(ValueError, match="TaskBatch.answer must hold integer ids"):
         TaskBatch.from_columns({"clean": [[1, 2]], "corrupted": [[1, 2]], "answer": [1.9],
                                 "wrong": [1], "position": [0]})
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([1 + 2j]), torch.tensor([True])])
+def test_task_batch_refuses_complex_and_bool_ids_from_columns_and_tensors(bad) -> None:
+    columns = {"clean": [[1, 2]], "corrupted": [[1, 2]], "answer": bad, "wrong": [1],
+               "position": [0]}
+    message = f"TaskBatch.answer must hold integer ids, got {bad.dtype}"
+    with pytest.raises(ValueError, match=message):
+        TaskBatch.from_columns(columns)
+    tensors = {k: torch.as_tensor(v) for k, v in columns.items()}
+    with pytest.raises(ValueError, match=message):
+        TaskBatch(**tensors)
+
+
+def test_make_task_takes_any_mapping() -> None:
+    from types import MappingProxyType
+
+    task = make_task(MappingProxyType({"name": "modular", "p": 7}))
+    assert task.config.p == 7

@@ -65,3 +65,24 @@ def test_induction_2l_config_learns_induction() -> None:
         clean = (model(batch.clean)[:, -1].argmax(-1) == batch.answer).float().mean()
         corrupt = (model(batch.corrupted)[:, -1].argmax(-1) == batch.answer).float().mean()
     assert clean > 0.95 and corrupt < 0.1
+
+
+def test_train_config_checks_native_tasks_and_lets_their_errors_through(monkeypatch) -> None:
+    import interp.training
+    from interp.config import ConfigError, validate_config
+
+    model = dict(n_layers=1, d_model=8, n_heads=2, d_vocab=12, n_ctx=8)
+    induction = {"name": "induction", "d_vocab": 12, "half_len": 4}
+    native = {"kind": "train", "model": model, "task": induction}
+    text = {"kind": "train", "model": model, "task": {"name": "ioi"}}
+    built: list[str] = []
+
+    def broken_make_task(config, tokenizer=None):
+        built.append(config.name)
+        raise ValueError("a bug while building the task")
+
+    monkeypatch.setattr(interp.training, "make_task", broken_make_task)
+    with pytest.raises(ConfigError, match="a bug while building the task"):
+        validate_config(native, "native.yaml")
+    validate_config(text, "text.yaml")  # a text task is not built without a tokenizer
+    assert built == ["induction"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -87,9 +89,24 @@ def test_models_run_one_by_one_backpropagate_without_zero_filled_copies(seeds) -
 def test_out_of_range_tokens_are_refused_once_at_construction() -> None:
     train, test = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()
     small = SPEC.model_copy(update={"d_vocab": 12})  # the '=' token (id 12) is out of range
-    with pytest.raises(ValueError, match="token ids fall outside 0..11"):
+    with pytest.raises(ValueError, match=r"the train set's token ids \(0..12\) fall outside 0..11"):
         StackedTrainer(small, [0], train, test, OptimSettings(), GrokfastSettings(),
                        torch.device("cpu"))
+    early = dataclasses.replace(test, position=test.position - 1)
+    with pytest.raises(ValueError, match="the test set's answers must be read at the last pos"):
+        StackedTrainer(SPEC, [0], train, early, OptimSettings(), GrokfastSettings(),
+                       torch.device("cpu"))
+
+
+def test_the_data_check_reads_the_device_once() -> None:
+    """Position and id range come back in one `.tolist()` (one device-to-host copy on a
+    GPU), not one `int()` / `bool()` read each (which the dispatch counter sees)."""
+    from interp.grokking.trainer import _check_data
+
+    train, _ = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()
+    with count_dispatch() as counted:
+        _check_data("train", train, d_vocab=13)
+    assert counted.syncs == 0 and counted.by_op["aminmax"] == 1, counted.by_op
 
 
 def test_cuda_graph_needs_cuda() -> None:
