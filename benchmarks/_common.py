@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp import models
+from interp import models, random_models
 from interp.dispatch_count import count_dispatch, dispatch_of
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -201,41 +201,16 @@ def load_line() -> str:
     )
 
 
-def random_gpt2(
-    n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int, device: torch.device
-) -> TransformerBridge:
-    """A random GPT-2 (Hugging Face `GPT2LMHeadModel`, GPT-2's own initialisation, seed 0)
-    written to a temporary folder and booted from it as a pretrained model, as `gpt2`
-    from the hub would be; in eval mode."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        n_layer=n_layers, n_head=n_heads, n_embd=d_model, vocab_size=d_vocab,
-        n_positions=n_ctx, bos_token_id=0, eos_token_id=0,
-    )
-    return _booted(lambda: GPT2LMHeadModel(config), device)
-
-
-def random_neox(
-    n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int, device: torch.device
-) -> TransformerBridge:
-    """A random GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's architecture: rotary on a quarter
-    of each head, parallel attention and MLP), booted like `random_gpt2`."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    config = GPTNeoXConfig(
-        vocab_size=d_vocab, hidden_size=d_model, num_hidden_layers=n_layers,
-        num_attention_heads=n_heads, intermediate_size=4 * d_model,
-        max_position_embeddings=n_ctx, rotary_pct=0.25, bos_token_id=0, eos_token_id=0,
-    )
-    return _booted(lambda: GPTNeoXForCausalLM(config), device)
-
-
-def _booted(make: Callable[[], Any], device: torch.device) -> TransformerBridge:
-    """The Hugging Face model `make()` builds under seed 0, saved to a temporary folder and
-    booted back through `interp.models.load`, in eval mode."""
-    torch.manual_seed(0)
-    hf_model = make()
+def random_pretrained(family: str, device: torch.device, **shape: int) -> TransformerBridge:
+    """A random model of a Hugging Face `family` ("gpt2", "neox", "llama", "mistral" or
+    "qwen2"; `interp.random_models`, the class's own initialisation, seed 0) written to a
+    temporary folder and booted from it as a pretrained model, as its hub checkpoints
+    would be; in eval mode. `shape`: n_layers, n_heads, d_model, d_vocab, n_ctx."""
     with tempfile.TemporaryDirectory() as folder:
-        hf_model.save_pretrained(folder)
+        if family == "gpt2":
+            random_models.write_gpt2(folder, **shape)
+        elif family == "neox":
+            random_models.write_neox(folder, **shape)
+        else:
+            random_models.write_llama(folder, family, **shape)
         return models.load(folder, device=device).eval()

@@ -52,7 +52,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from _common import Comparison, compare, load_line, parse_args, random_gpt2
+from _common import Comparison, compare, load_line, parse_args, random_pretrained
 
 from circuits.acdc import ACDCResult, acdc
 from circuits.eap import edge_attribution
@@ -91,7 +91,7 @@ def eap_comparison(quick: bool, device: torch.device, family: str = "native") ->
         spec = dict(**shape, d_vocab=d_vocab, n_ctx=n_pos, act_fn="gelu_new", normalization="LN")
         model = models.build(spec, device=device).eval()
     else:
-        model = random_gpt2(**shape, d_vocab=d_vocab, n_ctx=n_pos, device=device)
+        model = random_pretrained("gpt2", device, **shape, d_vocab=d_vocab, n_ctx=n_pos)
     batch = random_batch(n_examples, n_pos, d_vocab, seed=0).to(device)
     n_edges = len(ComputationalGraph.from_model(model))
 

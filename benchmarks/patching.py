@@ -71,8 +71,7 @@ from _common import (
     compare,
     load_line,
     parse_args,
-    random_gpt2,
-    random_neox,
+    random_pretrained,
     time_once,
 )
 from jaxtyping import Float
@@ -101,26 +100,32 @@ REFERENCES: dict[str, Reference] = {
 AXES = {"resid_pre": "[layer, pos]", "z": "[layer, head]"}
 
 
+FAMILIES = ("native", "gpt2", "neox", "llama")
+"""The model families of the benchmark: native, or random Hugging Face checkpoints."""
+
+
 @dataclass(frozen=True)
 class ModelShape:
-    """One model of the benchmark: native, or a Hugging Face GPT-2 booted from a folder."""
+    """One model of the benchmark: native, or a random Hugging Face GPT-2, GPT-NeoX or
+    Llama (two query heads per key and value head) booted from a folder."""
 
     n_layers: int
     n_heads: int
     d_model: int
-    family: Literal["native", "gpt2", "neox"] = "native"
+    family: Literal["native", "gpt2", "neox", "llama"] = "native"
 
     def label(self) -> str:
-        family = {"native": "native", "gpt2": "GPT-2 (HF)", "neox": "GPT-NeoX (HF)"}
+        family = {"native": "native", "gpt2": "GPT-2 (HF)", "neox": "GPT-NeoX (HF)",
+                  "llama": "Llama (HF)"}
         return f"{family[self.family]} {self.n_layers}L {self.n_heads}h d{self.d_model}"
 
     def build(self, sizes: Sizes, device: torch.device) -> TransformerBridge:
         """The model, random weights (seed 0), in eval mode (TransformerLens's patching
         refuses a model in training mode)."""
         if self.family != "native":
-            random = random_gpt2 if self.family == "gpt2" else random_neox
-            return random(
-                self.n_layers, self.n_heads, self.d_model, sizes.d_vocab, sizes.n_pos, device
+            return random_pretrained(
+                self.family, device, n_layers=self.n_layers, n_heads=self.n_heads,
+                d_model=self.d_model, d_vocab=sizes.d_vocab, n_ctx=sizes.n_pos,
             )
         spec = {
             "n_layers": self.n_layers,
@@ -153,6 +158,7 @@ FULL = Sizes(
         ModelShape(4, 8, 256),
         ModelShape(4, 8, 256, "gpt2"),
         ModelShape(4, 8, 256, "neox"),
+        ModelShape(4, 8, 256, "llama"),
     ),
     d_vocab=1000,
     n_examples=32,
@@ -161,7 +167,12 @@ FULL = Sizes(
     repeats=3,
 )
 QUICK = Sizes(
-    models=(ModelShape(2, 4, 64), ModelShape(2, 4, 64, "gpt2"), ModelShape(2, 4, 64, "neox")),
+    models=(
+        ModelShape(2, 4, 64),
+        ModelShape(2, 4, 64, "gpt2"),
+        ModelShape(2, 4, 64, "neox"),
+        ModelShape(2, 4, 64, "llama"),
+    ),
     d_vocab=1000,
     n_examples=4,
     n_pos=8,
@@ -268,12 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run every comparison and print one line each, then the load average."""
     def pretrained_option(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--native-only", action="store_true",
-                            help="skip the Hugging Face GPT-2 and GPT-NeoX models")
+                            help="skip the Hugging Face models (GPT-2, GPT-NeoX, Llama)")
+        parser.add_argument("--family", action="append", choices=FAMILIES,
+                            help="run only the models of this family (repeatable)")
 
     args = parse_args(__doc__.splitlines()[0], argv, pretrained_option)
     sizes = QUICK if args.quick else FULL
+    families = set(args.options["family"] or FAMILIES)
+    if args.options["native_only"]:
+        families &= {"native"}
     for shape in sizes.models:
-        if args.options["native_only"] and shape.family != "native":
+        if shape.family not in families:
             continue
         for comparison in compare_model(shape, sizes, args.device):
             for line in comparison.lines():

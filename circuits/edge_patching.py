@@ -13,9 +13,11 @@ output bias `b_O` belongs to no head and is never ablated.
 
 The forward pass is `interp.functional`'s, with each head's q, k and v computed from its
 own input (so each input has its own LayerNorm), which makes the patching exact for the
-pre-LayerNorm models it covers (native models and pretrained GPT-2 and GPT-NeoX,
-`functional.architecture_of`; with parallel attention and MLP, a block's MLP reads the
-sources before the block, as the graph's edges say): with every edge in the circuit it
+pre-LayerNorm models it covers (native models and pretrained GPT-2, GPT-NeoX, Llama,
+Mistral and Qwen2, `functional.architecture_of`; with parallel attention and MLP, a
+block's MLP reads the sources before the block, as the graph's edges say; under grouped
+keys and values, each query head's key and value inputs are its own destinations, the
+shared projection computed once per head): with every edge in the circuit it
 gives the model's logits (to float rounding), with none it gives the ablated run's.
 Post-LayerNorm models (BERT) have no such decomposition of the residual stream; they are
 refused. Circuits are
@@ -49,7 +51,8 @@ def _architecture(model: TransformerBridge) -> Architecture:
     except ValueError as error:
         raise ValueError(
             "edge patching covers pre-LayerNorm models whose residual stream is a sum of "
-            f"source outputs (native models, pretrained GPT-2 and GPT-NeoX): {error}"
+            f"source outputs (native models, pretrained GPT-2, GPT-NeoX, Llama, Mistral, "
+            f"Qwen2): {error}"
         ) from None
     return arch
 
@@ -64,11 +67,12 @@ class _Groups:
 
 
 class EdgePatcher:
-    """Edge-ablated forward passes of one model (native, GPT-2 or GPT-NeoX).
+    """Edge-ablated forward passes of one model (native, or a pretrained class that
+    `functional.architecture_of` covers).
 
     Args:
-        model: A native model from `interp.models.build` or a pretrained GPT-2 or
-            GPT-NeoX (`functional.architecture_of`).
+        model: A native model from `interp.models.build` or a pretrained GPT-2, GPT-NeoX,
+            Llama, Mistral or Qwen2 (`functional.architecture_of`).
         graph: Its `ComputationalGraph` (default: `ComputationalGraph.from_model(model)`).
     """
 
@@ -79,7 +83,8 @@ class EdgePatcher:
         self.graph = graph or expected
         if self.graph != expected:
             raise ValueError(f"graph {self.graph} does not fit the model ({expected})")
-        self.params = functional.live_params(model)
+        # one key and value head per query head: each head's inputs are its own destinations
+        self.params = functional.dense_params(functional.live_params(model), self.arch)
         self.device = self.params["embed.weight"].device
         sources = {node: i for i, node in enumerate(self.graph.sources)}
         destinations = {node: i for i, node in enumerate(self.graph.destinations)}
@@ -100,7 +105,6 @@ class EdgePatcher:
             ]
         self._groups = _Groups(heads, mlps, len(self.graph.destinations) - 1)
         self._parallel_mlp = self.arch.parallel_attn_mlp and self.arch.d_mlp is not None
-        self._rope_tables: dict[int, tuple[Tensor, Tensor]] = {}
 
     @property
     def n_edges(self) -> int:
@@ -326,23 +330,15 @@ class EdgePatcher:
 
     def _rope(self, n_pos: int) -> tuple[Tensor, Tensor] | None:
         """Rotary cos and sin of `n_pos` positions (None where the model has none)."""
-        if not self.arch.rotary:
-            return None
-        if n_pos not in self._rope_tables:
-            self._rope_tables[n_pos] = functional.rotary_tables(self.arch, n_pos, self.device)
-        return self._rope_tables[n_pos]
+        return functional.rotary_tables(self.arch, n_pos, self.device) if self.arch.rotary else None
 
     def _mlp(self, layer: int, x: Float[Tensor, "circuit batch pos d_model"]) -> Tensor:
-        block = f"blocks.{layer}"
-        return functional.mlp(self.params, f"{block}.mlp", self._norm(f"{block}.ln2", x), self.arch)
+        return functional.block_mlp(self.params, layer, x, self.arch)
 
     def embed(self, tokens: Tensor) -> Float[Tensor, "batch pos d_model"]:
         """The embedding source's output: token plus position embeddings (rotary models:
         the token embeddings alone)."""
-        embed = torch.nn.functional.embedding(tokens, self.params["embed.weight"])
-        if self.arch.rotary:
-            return embed
-        return embed + self.params["pos_embed.weight"][: tokens.shape[1]]
+        return functional.embed(self.params, tokens, self.arch)
 
     def _norm(self, prefix: str, x: Tensor) -> Tensor:
         """The pre-norm at `prefix`."""

@@ -19,8 +19,9 @@ circuit; a test
 
 Accepting the removal writes the recomputed tensors into the state (`commit`). The
 arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm models: native,
-GPT-2, GPT-NeoX; rotary queries and keys are rotated by their positions as they are
-projected, and with parallel attention and MLP a block's MLP reads the block's input), so
+GPT-2, GPT-NeoX, Llama, Mistral, Qwen2; rotary queries and keys are rotated by their
+positions as they are projected, grouped key and value weights are repeated per head, and
+with parallel attention and MLP a block's MLP reads the block's input), so
 the damage equals that of a full edge-patched pass to float rounding.
 
 Speculation (`trials`): several edges e1..eS into one destination, or into q / k / v
@@ -375,9 +376,7 @@ class PruningState:
         return out.unflatten(-2, z.shape[-3:-1])
 
     def _mlp(self, layer: int, x: Tensor) -> Tensor:
-        block = f"blocks.{layer}"
-        normed = self.patcher._norm(f"{block}.ln2", x)
-        return functional.mlp(self.params, f"{block}.mlp", normed, self.arch)
+        return functional.block_mlp(self.params, layer, x, self.arch)
 
     def _read(
         self, logit_in: Float[Tensor, "*trial batch read d_model"]

@@ -1,19 +1,20 @@
 """A pure-function forward pass of the native models that `interp.models.build` makes, and
-of pretrained GPT-2 and GPT-NeoX (Pythia).
+of pretrained GPT-2, GPT-NeoX (Pythia), Llama, Mistral and Qwen2.
 
 `forward(params, tokens, spec)` computes the same logits as the bridge that `build(spec)`
-returns, from a plain dict of tensors keyed exactly like that bridge's `state_dict()`, with
-no hooks, wrappers or module state. A pretrained GPT-2 or GPT-NeoX bridge runs the same way, with
+returns, from a plain dict of tensors in the layout of `live_params` (the bridge's
+`state_dict()` keys, every weight as `nn.Linear`'s `[out, in]`), with no hooks, wrappers
+or module state. A pretrained bridge of a covered class runs the same way, with
 `forward(live_params(model), tokens, architecture_of(model))` (`interp.pretrained_layout`
 says which models are covered and why others are not). It composes with `torch.func`:
-`torch.func.grad` for gradients, `torch.func.vmap` over parameters stacked along a leading axis
-(`stack_params`, `batched_forward`), so S seeds of one model train as one batched
+`torch.func.grad` for gradients, `torch.func.vmap` over parameters stacked along a leading
+axis (`stack_params`, `batched_forward`), so S seeds of one model train as one batched
 computation. After training, `load_params(model, params)` puts the weights back into a
 bridge, which then gives the same logits. The pieces of a block live in `interp.layers`;
-the public ones (`normalize`, `linear`, `head_projection`, `mix_heads`, `causal_bias`,
-`attention_output`, `mlp`, `unembed`) are re-exported here, so that other engines, such as
-incremental activation patching, can rerun part of a forward pass with exactly the same
-arithmetic.
+the public ones (`embed`, `normalize`, `linear`, `head_projection`, `mix_heads`,
+`causal_bias`, `rotary_tables`, `apply_rotary`, `attention_output`, `mlp`, `block_mlp`,
+`unembed`) are re-exported here, so that other engines, such as incremental activation
+patching, can rerun part of a forward pass with exactly the same arithmetic.
 
 The math mirrors TransformerLens's `NativeModel` and its bridge (pre-norm blocks of causal
 multi-head attention, Vaswani et al. 2017, "Attention Is All You Need", and an MLP):
@@ -21,10 +22,12 @@ multi-head attention, Vaswani et al. 2017, "Attention Is All You Need", and an M
     resid = W_E[tokens] + W_pos[:pos]                  (rotary models: no W_pos)
     resid += attn(norm(resid)); resid += mlp(norm(resid))   for each block
     (parallel blocks, GPT-NeoX: resid += attn(norm1(resid)) + mlp(norm2(resid)))
+    (Llama's gated MLP: mlp(x) = W_out (act(W_gate x) * W_in x); grouped-query attention:
+     heads of a group share one key and value head)
     logits = norm(resid) @ W_U.T + b_U
 
 Parameter layout: `interp.param_layout` (keys and shapes, `params_of`, `load_params`,
-`stack_params`), whose public names this module re-exports.
+`stack_params`, `dense_params`), whose public names this module re-exports.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ from interp.layers import (
     attention,
     attention_of,
     attention_output,
+    block_mlp,
     causal_bias,
+    embed,
     head_projection,
     linear,
     mix_heads,
@@ -61,6 +66,7 @@ from interp.param_layout import (
     arch_param_shapes,
     architecture,
     check_layout,
+    dense_params,
     live_params,
     load_params,
     param_shapes,
@@ -79,8 +85,11 @@ __all__ = [
     "apply_rotary",
     "attention_output",
     "batched_forward",
+    "block_mlp",
     "causal_bias",
     "covers",
+    "dense_params",
+    "embed",
     "first_layer_tables",
     "forward",
     "head_projection",
@@ -102,7 +111,7 @@ __all__ = [
 def forward(
     params: Mapping[str, Tensor],
     tokens: Int[Tensor, "batch pos"],
-    spec: ModelSpec | Mapping[str, Any],
+    spec: ModelSpec | Mapping[str, Any] | Architecture,
     *,
     cache: dict[str, Tensor] | None = None,
     validate: bool = True,
@@ -112,21 +121,23 @@ def forward(
     patterns: bool = True,
     token_tables: bool = False,
 ) -> Float[Tensor, "batch pos d_vocab_out"]:
-    """Logits of the native model `spec` with weights `params` on `tokens`.
+    """Logits of the model `spec` with weights `params` on `tokens`.
 
     Args:
-        params: Tensors keyed like the bridge's `state_dict()` (see `param_shapes`).
+        params: Tensors in the layout of `live_params` (see `arch_param_shapes`), or of
+            `dense_params`.
         tokens: Token ids, at most `spec.n_ctx` positions.
         spec: The model's shape: a native spec, or an `Architecture`
             (`architecture_of(model)`, for a pretrained model too).
         cache: When a dict, filled with activations under TransformerLens hook names:
             `hook_embed`, `hook_pos_embed` [batch pos d_model]; per layer l
-            `blocks.{l}.hook_resid_pre`, `.hook_attn_out`, `.hook_resid_mid`,
-            `.hook_mlp_out`, `.hook_resid_post` [batch pos d_model],
+            `blocks.{l}.hook_resid_pre`, `.hook_attn_out`, `.hook_resid_mid` (none in
+            parallel blocks), `.hook_mlp_out`, `.hook_resid_post` [batch pos d_model],
             `blocks.{l}.attn.hook_pattern` [batch head query key],
-            `blocks.{l}.attn.hook_q`, `.hook_k`, `.hook_v` (before rotary), `.hook_z`
-            [batch pos head d_head],
-            `blocks.{l}.mlp.hook_pre`, `blocks.{l}.mlp.hook_post` [batch pos d_mlp].
+            `blocks.{l}.attn.hook_q`, `.hook_k`, `.hook_v` (before rotary; keys and
+            values with `kv_heads` heads), `.hook_z` [batch pos head d_head],
+            `blocks.{l}.mlp.hook_pre`, `.hook_post` (and `.hook_pre_linear` of a gated
+            MLP) [batch pos d_mlp].
             Leave it None inside `torch.func.vmap`.
         validate: Check keys, shapes and token ids first (one host sync for the id range).
             Pass False inside your own `vmap` over tokens, or to skip the sync.
@@ -172,7 +183,7 @@ def forward(
 def batched_forward(
     stacked: Mapping[str, Tensor],
     tokens: Int[Tensor, "batch pos"],
-    spec: ModelSpec | Mapping[str, Any],
+    spec: ModelSpec | Mapping[str, Any] | Architecture,
     final_position_only: bool = False,
     *,
     validate: bool = True,
@@ -238,12 +249,9 @@ def _logits(
         first_query = last_query if last_query is not None and arch.n_layers == 1 else None
         resid, first_qkv = first_layer_tables(params, tokens, arch, first_query)
     else:
-        resid = record("hook_embed", F.embedding(tokens, params["embed.weight"]))
+        resid = embed(params, tokens, arch, record)
         if arch.rotary:
             rope = rotary_tables(arch, seq, tokens.device)
-        else:
-            pos = params["pos_embed.weight"][:seq].expand(batch, seq, arch.d_model)
-            resid = resid + record("hook_pos_embed", pos)
 
     for layer in range(arch.n_layers):
         block = f"blocks.{layer}"
@@ -261,21 +269,19 @@ def _logits(
             )
         if pattern is not None:
             record(f"{block}.attn.hook_pattern", pattern)
+        resid = resid[:, query]
         if arch.parallel_attn_mlp:  # both read the block's input: no resid_mid
-            normed = normalize(params, f"{block}.ln2", resid[:, query], arch.normalization,
-                               arch.eps)
-            mlp_out = mlp(params, f"{block}.mlp", normed, arch, record)
+            mlp_out = block_mlp(params, layer, resid, arch, record)
             resid = (
-                resid[:, query]
+                resid
                 + record(f"{block}.hook_attn_out", attn_out)
                 + record(f"{block}.hook_mlp_out", mlp_out)
             )
         else:
-            resid = resid[:, query] + record(f"{block}.hook_attn_out", attn_out)
+            resid = resid + record(f"{block}.hook_attn_out", attn_out)
             if arch.d_mlp is not None:
                 record(f"{block}.hook_resid_mid", resid)
-                normed = normalize(params, f"{block}.ln2", resid, arch.normalization, arch.eps)
-                mlp_out = mlp(params, f"{block}.mlp", normed, arch, record)
+                mlp_out = block_mlp(params, layer, resid, arch, record)
                 resid = resid + record(f"{block}.hook_mlp_out", mlp_out)
         record(f"{block}.hook_resid_post", resid)
 
@@ -336,5 +342,7 @@ def _check_token_tables(arch: Architecture, cache: dict[str, Tensor] | None) -> 
     """Raise a one-line ValueError where `token_tables=True` cannot apply."""
     if arch.rotary:
         raise ValueError("token_tables needs absolute position embeddings; this model is rotary")
+    if not arch.per_head_layout:
+        raise ValueError("token_tables needs every q, k and v bias and one key head per head")
     if cache is not None:
         raise ValueError("token_tables keeps no per-example embeddings to cache: pass cache=None")

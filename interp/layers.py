@@ -25,7 +25,9 @@ __all__ = [
     "attention",
     "attention_of",
     "attention_output",
+    "block_mlp",
     "causal_bias",
+    "embed",
     "head_projection",
     "linear",
     "mix_heads",
@@ -97,10 +99,10 @@ def head_projection(
     arch: Architecture,
 ) -> Float[Tensor, "batch pos head d_head"]:
     """The `name` ("q", "k" or "v") of every head of the attention at `prefix`, in
-    TransformerLens's hook layout (before rotary embedding)."""
-    weight, bias = params[f"{prefix}.{name}.weight"], params[f"{prefix}.{name}.bias"]
-    flat = linear(x, weight, bias)
-    return flat.reshape(x.shape[0], x.shape[1], arch.n_heads, arch.d_head)
+    TransformerLens's hook layout (before rotary embedding): under grouped-query attention
+    the keys and values have `arch.kv_heads` heads, as the weights give them."""
+    flat = linear(x, params[f"{prefix}.{name}.weight"], params.get(f"{prefix}.{name}.bias"))
+    return flat.unflatten(-1, (-1, arch.d_head))
 
 
 def attention(
@@ -169,21 +171,23 @@ def mix_heads(
     `pattern` given, q and k are not read (pass None) and `z = pattern @ v`. `rope`: the
     cos/sin tables of every key position. `causal=False` skips the mask (default: the
     model's setting), for queries that see every key anyway; `query_positions` may then be
-    None when there is no `rope` either.
+    None when there is no `rope` either. Under grouped-query attention k and v have fewer
+    heads, each repeated for the query heads of its group.
 
     `fused=True`, for callers that do not read the pattern: one
     `F.scaled_dot_product_attention` kernel (the causal mask an additive table kept per
     size and device) instead of the seven of scores, scale, mask, softmax and mixing; the
     pattern comes back as None. The same function to float rounding (~1e-6). Not under
     `torch.func.vmap`: the fused kernels have no batching rule there."""
-    values = v.transpose(1, 2)
+    if pattern is None and (q is None or k is None):
+        raise ValueError("mix_heads needs q and k, or a pattern")
+    n_heads = pattern.shape[1] if pattern is not None else q.shape[2]  # type: ignore[union-attr]
+    values = _per_query_head(v.transpose(1, 2), n_heads)
     if pattern is None:
-        if q is None or k is None:
-            raise ValueError("mix_heads needs q and k, or a pattern")
         causal = arch.causal if causal is None else causal
         if query_positions is None and (causal or rope is not None):
             raise ValueError("mix_heads needs query_positions for the causal mask or rotary")
-        queries, keys = q.transpose(1, 2), k.transpose(1, 2)
+        queries, keys = q.transpose(1, 2), _per_query_head(k.transpose(1, 2), n_heads)
         if rope is not None and query_positions is not None:
             query_rope = (rope[0][query_positions], rope[1][query_positions])
             queries = apply_rotary(queries, query_rope, arch)
@@ -210,6 +214,16 @@ def mix_heads(
     return torch.matmul(pattern, values).transpose(1, 2), pattern
 
 
+def _per_query_head(
+    x: Float[Tensor, "batch kv_head pos d_head"], n_heads: int
+) -> Float[Tensor, "batch head pos d_head"]:
+    """Keys or values of grouped-query attention repeated for each head of their group
+    (`x` itself without grouping)."""
+    if x.shape[1] == n_heads:
+        return x
+    return x.repeat_interleave(n_heads // x.shape[1], dim=1)
+
+
 @functools.lru_cache(maxsize=32)
 def causal_bias(
     n_keys: int, device: torch.device, dtype: torch.dtype
@@ -230,22 +244,26 @@ def attention_output(
 ) -> Float[Tensor, "batch query d_model"]:
     """The attention's output: every head's `z` through `W_O`, plus the output bias."""
     flat = z.reshape(z.shape[0], z.shape[1], -1)
-    return linear(flat, params[f"{prefix}.o.weight"], params[f"{prefix}.o.bias"])
+    return linear(flat, params[f"{prefix}.o.weight"], params.get(f"{prefix}.o.bias"))
 
 
+@functools.lru_cache(maxsize=32)
 def rotary_tables(arch: Architecture, seq: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Cos and sin [pos, rotary_dim] of rotary embeddings (Su et al. 2021, RoFormer) on the
     first `rotary_dim` dimensions of each head, frequency i for the pair (2i, 2i+1) in the
     adjacent-pair layout and for (i, i + rotary_dim / 2) in GPT-NeoX's rotate-half one
-    (`arch.rotary_adjacent_pairs`)."""
-    dim = arch.rotary_dim
-    inv_freq = 1.0 / (arch.rotary_base ** (torch.arange(0, dim, 2).float() / dim))
-    angles = torch.outer(torch.arange(arch.n_ctx).float(), inv_freq)[:seq]
-    if arch.rotary_adjacent_pairs:
-        angles = angles.repeat_interleave(2, dim=-1)
-    else:
-        angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().to(device), angles.sin().to(device)
+    (`arch.rotary_adjacent_pairs`). Kept per architecture, length and device, so that a
+    sweep makes them (and copies them to its device) once; made outside inference mode,
+    so that autograd may save them."""
+    with torch.inference_mode(False), torch.no_grad():
+        dim = arch.rotary_dim
+        inv_freq = 1.0 / (arch.rotary_base ** (torch.arange(0, dim, 2).float() / dim))
+        angles = torch.outer(torch.arange(arch.n_ctx).float(), inv_freq)[:seq]
+        if arch.rotary_adjacent_pairs:
+            angles = angles.repeat_interleave(2, dim=-1)
+        else:
+            angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos().to(device), angles.sin().to(device)
 
 
 def apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor], arch: Architecture) -> Tensor:
@@ -270,22 +288,43 @@ def mlp(
     arch: Architecture,
     record: Callable[[str, Tensor], Tensor] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """The MLP at `prefix` on its (normalised) input; `record` sees `hook_pre`/`hook_post`.
+    """The MLP at `prefix` on its (normalised) input; `record` sees `hook_pre`/`hook_post`
+    (and `hook_pre_linear`, the linear half of a gated MLP, whose `hook_pre` is the gate's).
 
     With no `record` and no gradient to keep, the nonlinearity runs in place on the
     hidden layer: one `[batch, pos, d_mlp]` tensor fewer to allocate, which on a CPU is
     a measurable share of a small model's MLP (fresh memory is paid for in page faults)."""
     inplace = record is None  # nothing keeps hook_pre
     record = record or recorder(None)
+    entry = "gate" if arch.gated_mlp else "in"  # the nonlinearity's input: TL's hook_pre
     pre = record(
         f"{prefix}.hook_pre",
-        linear(x, params[f"{prefix}.in.weight"], params[f"{prefix}.in.bias"]),
+        linear(x, params[f"{prefix}.{entry}.weight"], params.get(f"{prefix}.{entry}.bias")),
     )
     post = _activation(arch.act_fn, pre, inplace=inplace and not pre.requires_grad)
     if arch.act_fn == "solu_ln":
         post = normalize(params, f"{prefix}.ln", post, "LN", arch.eps)
+    if arch.gated_mlp:
+        linear_part = record(
+            f"{prefix}.hook_pre_linear",
+            linear(x, params[f"{prefix}.in.weight"], params.get(f"{prefix}.in.bias")),
+        )
+        post = post * linear_part
     record(f"{prefix}.hook_post", post)
-    return linear(post, params[f"{prefix}.out.weight"], params[f"{prefix}.out.bias"])
+    return linear(post, params[f"{prefix}.out.weight"], params.get(f"{prefix}.out.bias"))
+
+
+def block_mlp(
+    params: Mapping[str, Tensor],
+    layer: int,
+    x: Float[Tensor, "*lead pos d_model"],
+    arch: Architecture,
+    record: Callable[[str, Tensor], Tensor] | None = None,
+) -> Float[Tensor, "*lead pos d_model"]:
+    """The MLP of block `layer` on its input `x` (`resid_mid`, or the block's input in
+    parallel blocks): its norm `ln2`, then `mlp`."""
+    normed = normalize(params, f"blocks.{layer}.ln2", x, arch.normalization, arch.eps)
+    return mlp(params, f"blocks.{layer}.mlp", normed, arch, record)
 
 
 def _activation(name: str, x: Tensor, inplace: bool = False) -> Tensor:
@@ -303,6 +342,24 @@ def _activation(name: str, x: Tensor, inplace: bool = False) -> Tensor:
     if name == "solu_ln":
         return x * F.softmax(x, dim=-1)
     raise ValueError(f"interp.functional does not support act_fn={name!r}")
+
+
+def embed(
+    params: Mapping[str, Tensor],
+    tokens: Int[Tensor, "batch pos"],
+    arch: Architecture,
+    record: Callable[[str, Tensor], Tensor] | None = None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """The residual stream entering the first block: the tokens' embeddings plus, without
+    rotary embeddings, the learned position embeddings (`record` sees `hook_embed` and
+    `hook_pos_embed`)."""
+    record = record or recorder(None)
+    resid = record("hook_embed", F.embedding(tokens, params["embed.weight"]))
+    if arch.rotary:
+        return resid
+    batch, seq = tokens.shape
+    pos = params["pos_embed.weight"][:seq].expand(batch, seq, arch.d_model)
+    return resid + record("hook_pos_embed", pos)
 
 
 def unembed(

@@ -1,20 +1,26 @@
-"""The parameter layout of the native models that `interp.models.build` makes, as plain
-dicts of tensors: the side of `interp.functional` that never runs a forward pass.
+"""The parameter layout of the models `interp.functional` computes (native ones from
+`interp.models.build`, and the pretrained classes `interp.pretrained_layout` covers), as
+plain dicts of tensors: the side of `interp.functional` that never runs a forward pass.
 
 `architecture(spec)` resolves a spec (through the bridge config) into the numbers the
 forward pass reads; `param_shapes(spec)` lists every key of the bridge's `state_dict()` with
 its shape, in bridge order. `params_of`, `live_params` and `load_params` move weights
-between a bridge and such a dict; `stack_params` and `unstack_params` add and remove the
-leading seed axis that `interp.functional.batched_forward` vmaps over; `check_layout` is
-the one-line ValueError check of a dict against a layout. `interp.functional` re-exports
-the public names, so `functional.params_of(model)` keeps working.
+between a bridge and such a dict (every weight as `nn.Linear`'s `[out, in]`: GPT-2's
+`Conv1D` weights are seen transposed); `dense_params` gives the per-head layout of models
+with grouped keys or without biases; `stack_params` and `unstack_params` add and remove
+the leading seed axis that `interp.functional.batched_forward` vmaps over; `check_layout`
+is the one-line ValueError check of a dict against a layout. `interp.functional`
+re-exports the public names, so `functional.params_of(model)` keeps working.
 
-Parameter layout (nn.Linear's [out, in] weights; H heads of width d_head):
+Parameter layout (nn.Linear's [out, in] weights; H heads of width d_head, K key and value
+heads, K = H without grouping):
 
     embed.weight [d_vocab, d_model]            pos_embed.weight [n_ctx, d_model]
     blocks.{l}.ln1.weight / .bias [d_model]    blocks.{l}.ln2.* (not attn_only)
-    blocks.{l}.attn.{q,k,v}.weight [H*d_head, d_model], .bias [H*d_head]
+    blocks.{l}.attn.q.weight [H*d_head, d_model], .bias [H*d_head]
+    blocks.{l}.attn.{k,v}.weight [K*d_head, d_model], .bias [K*d_head]
     blocks.{l}.attn.o.weight [d_model, H*d_head], .bias [d_model]
+    blocks.{l}.mlp.gate.weight [d_mlp, d_model], .bias [d_mlp]   (gated MLPs only)
     blocks.{l}.mlp.in.weight [d_mlp, d_model], .bias [d_mlp]
     blocks.{l}.mlp.out.weight [d_model, d_mlp], .bias [d_model]
     blocks.{l}.mlp.ln.weight / .bias [d_mlp]   (act_fn "solu_ln" only)
@@ -22,27 +28,30 @@ Parameter layout (nn.Linear's [out, in] weights; H heads of width d_head):
     unembed.bias [d_vocab_out]
 
 Norm parameters follow the normalization: LN has weight and bias, RMS weight only, LNPre,
-RMSPre and None none. `unembed.bias` is a zero buffer in the bridge, not a parameter:
-a training loop that should match the bridge's trainable set leaves it out of the update
-(`TRAINABLE_EXCLUDED`).
+RMSPre and None none. Projection biases exist where the `Architecture` says
+(`qkv_bias`, `out_bias`, `mlp_bias`: all of them in native models, GPT-2 and GPT-NeoX;
+none in Llama or Mistral; q, k and v in Qwen2). `unembed.bias` is a zero buffer in the
+bridge, not a parameter: a training loop that should match the bridge's trainable set
+leaves it out of the update (`TRAINABLE_EXCLUDED`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 from transformers.pytorch_utils import Conv1D
 
 from interp.models import ModelSpec
+from interp.validation import parse_config
 
 Params = dict[str, Tensor]
 
@@ -77,7 +86,31 @@ class Architecture:
     """GPT-J / GPT-NeoX blocks: `resid + attn(ln1(resid)) + mlp(ln2(resid))`."""
     rotary_adjacent_pairs: bool = True
     """Rotary layout: dimensions 2i and 2i+1 rotate together (TransformerLens's native
-    models), or i and i + rotary_dim / 2 (GPT-NeoX's "rotate half")."""
+    models), or i and i + rotary_dim / 2 (GPT-NeoX's and Llama's "rotate half")."""
+    n_kv_heads: int | None = None
+    """Grouped-query attention (Ainslie et al. 2023, Llama, Mistral, Qwen2): heads
+    `g * n_heads / n_kv_heads ...` share key and value head g; None: one per head."""
+    gated_mlp: bool = False
+    """Llama's MLP: `out(act(gate(x)) * in(x))` (Shazeer 2020, "GLU Variants")."""
+    qkv_bias: bool = True
+    """Whether the query, key and value projections have biases."""
+    out_bias: bool = True
+    """Whether the attention's output projection has a bias."""
+    mlp_bias: bool = True
+    """Whether the MLP's projections have biases."""
+
+    @property
+    def kv_heads(self) -> int:
+        """Key and value heads: `n_kv_heads`, or `n_heads` without grouping."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def per_head_layout(self) -> bool:
+        """Whether `params` already hold one key and value head per query head and every
+        bias (what `dense_params` gives)."""
+        return self.kv_heads == self.n_heads and self.qkv_bias and self.out_bias and (
+            self.mlp_bias
+        )
 
 
 def architecture(spec: ModelSpec | Mapping[str, Any] | Architecture) -> Architecture:
@@ -86,12 +119,7 @@ def architecture(spec: ModelSpec | Mapping[str, Any] | Architecture) -> Architec
     if isinstance(spec, Architecture):
         return spec
     if isinstance(spec, Mapping):
-        try:
-            spec = ModelSpec.model_validate(dict(spec))
-        except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "spec"
-            raise ValueError(f"invalid model spec: {where}: {first['msg']}") from None
+        spec = parse_config(ModelSpec, spec)
     if not isinstance(spec, ModelSpec):
         raise ValueError(f"spec must be an interp.models.ModelSpec, got {type(spec).__name__}")
     return _resolved(spec)
@@ -105,31 +133,39 @@ def _resolved(spec: ModelSpec) -> Architecture:
     named = unsupported_features(cfg)
     if named:
         raise ValueError(f"interp.functional does not support {', '.join(named)}")
-    use_scale = cfg.use_attn_scale and cfg.attn_scale > 0
-    d_head = cast(int, spec.d_head)  # ModelSpec resolves both defaults
-    d_vocab_out = cast(int, spec.d_vocab_out)
-    return Architecture(
-        n_layers=spec.n_layers,
-        n_heads=spec.n_heads,
+    return architecture_from_cfg(cfg)
+
+
+def architecture_from_cfg(cfg: Any, **fields: Any) -> Architecture:
+    """The `Architecture` a TransformerLens config describes; `fields` set what the config
+    does not say (a pretrained model's rotary layout, grouping, biases)."""
+    d_head = int(cfg.d_head)
+    use_scale = cfg.use_attn_scale and (cfg.attn_scale or 0) > 0
+    values: dict[str, Any] = dict(
+        n_layers=int(cfg.n_layers),
+        n_heads=int(cfg.n_heads),
         d_head=d_head,
-        d_model=spec.d_model,
-        d_mlp=spec.d_mlp,
-        d_vocab=spec.d_vocab,
-        d_vocab_out=d_vocab_out,
-        n_ctx=spec.n_ctx,
-        act_fn=spec.act_fn,
-        normalization=spec.normalization.upper() if spec.normalization else None,
-        rotary=spec.positional_embedding == "rotary",
+        d_model=int(cfg.d_model),
+        d_mlp=None if cfg.attn_only else int(cfg.d_mlp),
+        d_vocab=int(cfg.d_vocab),
+        d_vocab_out=int(cfg.d_vocab_out),
+        n_ctx=int(cfg.n_ctx),
+        act_fn=str(cfg.act_fn),
+        normalization=cfg.normalization_type.upper() if cfg.normalization_type else None,
+        rotary=cfg.positional_embedding_type == "rotary",
         rotary_dim=int(cfg.rotary_dim or d_head),
         rotary_base=float(cfg.rotary_base),
         eps=float(cfg.eps),
         attn_scale=float(cfg.attn_scale) if use_scale else math.sqrt(d_head),
-        causal=spec.attention == "causal",
+        causal=cfg.attention_dir == "causal",
+        parallel_attn_mlp=bool(cfg.parallel_attn_mlp),
     )
+    return Architecture(**{**values, **fields})
 
 
-def unsupported_features(cfg: Any) -> list[str]:
-    """The settings of a TransformerLens config that the forward pass does not compute."""
+def unsupported_features(cfg: Any, allowed: Collection[str] = ()) -> list[str]:
+    """The settings of a TransformerLens config that the forward pass does not compute,
+    bar the `allowed` ones (a pretrained class whose `Architecture` says how)."""
     unsupported = {
         "gated_mlp": bool(cfg.gated_mlp),
         "final_rms": bool(cfg.final_rms),
@@ -138,7 +174,7 @@ def unsupported_features(cfg: Any) -> list[str]:
         "output_logits_soft_cap": (cfg.output_logits_soft_cap or 0) > 0,
         "rope_scaling": bool(getattr(cfg, "rope_scaling", None)),
     }
-    return [name for name, present in unsupported.items() if present]
+    return [name for name, present in unsupported.items() if present and name not in allowed]
 
 
 def param_shapes(spec: ModelSpec | Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -148,30 +184,65 @@ def param_shapes(spec: ModelSpec | Mapping[str, Any]) -> dict[str, tuple[int, ..
 
 def arch_param_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
     """`param_shapes` of an already resolved `Architecture`."""
-    d, hd = arch.d_model, arch.n_heads * arch.d_head
+    d, hd, kv = arch.d_model, arch.n_heads * arch.d_head, arch.kv_heads * arch.d_head
     shapes: dict[str, tuple[int, ...]] = {"embed.weight": (arch.d_vocab, d)}
     if not arch.rotary:
         shapes["pos_embed.weight"] = (arch.n_ctx, d)
     for layer in range(arch.n_layers):
         block = f"blocks.{layer}"
         shapes.update(_norm_shapes(f"{block}.ln1", d, arch.normalization))
-        for name in ("q", "k", "v"):
-            shapes[f"{block}.attn.{name}.weight"] = (hd, d)
-            shapes[f"{block}.attn.{name}.bias"] = (hd,)
-        shapes[f"{block}.attn.o.weight"] = (d, hd)
-        shapes[f"{block}.attn.o.bias"] = (d,)
+        for name, width in (("q", hd), ("k", kv), ("v", kv)):
+            shapes.update(_linear_shapes(f"{block}.attn.{name}", width, d, arch.qkv_bias))
+        shapes.update(_linear_shapes(f"{block}.attn.o", d, hd, arch.out_bias))
         if arch.d_mlp is not None:
             shapes.update(_norm_shapes(f"{block}.ln2", d, arch.normalization))
             if arch.act_fn == "solu_ln":
                 shapes.update(_norm_shapes(f"{block}.mlp.ln", arch.d_mlp, "LN"))
-            shapes[f"{block}.mlp.in.weight"] = (arch.d_mlp, d)
-            shapes[f"{block}.mlp.in.bias"] = (arch.d_mlp,)
-            shapes[f"{block}.mlp.out.weight"] = (d, arch.d_mlp)
-            shapes[f"{block}.mlp.out.bias"] = (d,)
+            if arch.gated_mlp:
+                shapes.update(_linear_shapes(f"{block}.mlp.gate", arch.d_mlp, d, arch.mlp_bias))
+            shapes.update(_linear_shapes(f"{block}.mlp.in", arch.d_mlp, d, arch.mlp_bias))
+            shapes.update(_linear_shapes(f"{block}.mlp.out", d, arch.d_mlp, arch.mlp_bias))
     shapes.update(_norm_shapes("ln_final", d, arch.normalization))
     shapes["unembed.weight"] = (arch.d_vocab_out, d)
     shapes["unembed.bias"] = (arch.d_vocab_out,)
     return shapes
+
+
+def _linear_shapes(prefix: str, d_out: int, d_in: int, bias: bool) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {f"{prefix}.weight": (d_out, d_in)}
+    if bias:
+        shapes[f"{prefix}.bias"] = (d_out,)
+    return shapes
+
+
+def dense_params(params: Mapping[str, Tensor], arch: Architecture) -> Mapping[str, Tensor]:
+    """`params` in the per-head layout of a model without grouped keys or missing biases:
+    each query head's own key and value weights (a group's shared ones repeated) and zero
+    biases where the model has none. The engines that slice weights head by head (edge
+    patching, ACDC's pruning state, head weights) read this; `forward` reads either.
+    `params` itself when it is already in that layout (GPT-2, GPT-NeoX, native models)."""
+    if arch.per_head_layout:
+        return params
+    dense = dict(params)
+    group = arch.n_heads // arch.kv_heads
+    for layer in range(arch.n_layers):
+        for key in (f"blocks.{layer}.attn.{name}.{kind}" for name in "kv" for kind in
+                    ("weight", "bias")):
+            if key in params:  # [kv_heads * d_head, ...] -> [n_heads * d_head, ...]
+                grouped = params[key].unflatten(0, (arch.kv_heads, arch.d_head))
+                dense[key] = grouped.repeat_interleave(group, dim=0).flatten(0, 1)
+    embed = params["embed.weight"]
+    for name, shape in arch_param_shapes(_per_head(arch)).items():
+        if name not in dense:  # a bias the model does not have
+            dense[name] = embed.new_zeros(shape)
+    return dense
+
+
+def _per_head(arch: Architecture) -> Architecture:
+    """`arch` with one key and value head per query head and every bias."""
+    return dataclasses.replace(
+        arch, n_kv_heads=None, qkv_bias=True, out_bias=True, mlp_bias=True
+    )
 
 
 def _norm_shapes(prefix: str, width: int, kind: str | None) -> dict[str, tuple[int, ...]]:

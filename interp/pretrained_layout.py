@@ -18,17 +18,23 @@ Pretrained architectures covered:
 - GPT-NeoX (`GPTNeoXForCausalLM`: the Pythia suite of Biderman et al. 2023, with its
   training checkpoints): rotary embeddings on part of each head (`rotary_pct`) in the
   rotate-half layout, attention and MLP in parallel on the block's input (so no
-  `resid_mid`); a `rope_type` other than "default" is refused.
+  `resid_mid`);
+- Llama, Mistral and Qwen2 (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`:
+  Llama 2, TinyLlama, SmolLM, Mistral 7B v0.3, Qwen2 and Qwen2.5, ...): RMSNorm, a gated
+  SiLU MLP, rotary embeddings in the rotate-half layout, grouped-query attention, no
+  biases (Qwen2: on q, k and v); a sliding attention window shorter than the context
+  (Mistral 7B v0.1) is refused.
 
-Tests check the logits and activations against the bridge's own forward pass and the
-patching against TransformerLens's `get_act_patch_*` on random models of both classes
-written to local folders. Others (Llama: RMSNorm, gated MLP, grouped keys; OPT: offset
-positions; BERT: post-LayerNorm) are refused with their reasons.
+Rotary models with a `rope_type` other than "default" (Llama 3.1 and 3.2's "llama3",
+linear or dynamic scaling) are refused. Tests check the logits and activations against the
+bridge's own forward pass and the patching against TransformerLens's `get_act_patch_*` on
+random models of each class written to local folders. Other classes are refused by name
+(what they add is not computed here: Gemma's offset RMSNorm and scaled embeddings, Qwen3's
+query and key norms, OPT's offset positions, BERT's post-LayerNorm).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from transformer_lens.model_bridge import TransformerBridge
@@ -38,16 +44,26 @@ from interp.param_layout import (
     Architecture,
     arch_param_shapes,
     architecture,
+    architecture_from_cfg,
     check_layout,
     live_params,
     unsupported_features,
 )
 
-COVERED_PRETRAINED: tuple[str, ...] = ("GPT2LMHeadModel", "GPTNeoXForCausalLM")
+COVERED_PRETRAINED: tuple[str, ...] = (
+    "GPT2LMHeadModel",
+    "GPTNeoXForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+)
 """Hugging Face model classes whose bridges `architecture_of` reads."""
 
-_ROTARY = {"GPTNeoXForCausalLM"}
-"""Covered classes with rotary position embeddings (GPT-NeoX's rotate-half layout)."""
+_LLAMA_LIKE = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+"""Covered classes with Llama's blocks: RMSNorm, a gated MLP, grouped keys and values."""
+
+_ROTARY = {"GPTNeoXForCausalLM"} | _LLAMA_LIKE
+"""Covered classes with rotary position embeddings (in the rotate-half layout)."""
 
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "silu": "silu",
                 "gelu_pytorch_tanh": "gelu_new"}
@@ -81,39 +97,62 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         )
     hf_config = getattr(original, "config", None)
     rotary = name in _ROTARY
-    reasons = [r for r in unsupported_features(cfg) if not (rotary and r == "rope_scaling")]
+    allowed = {"rope_scaling"} if rotary else set()  # the rope type is read from hf_config
+    if name in _LLAMA_LIKE and cfg.normalization_type == "RMS":
+        allowed |= {"gated_mlp", "final_rms", "n_key_value_heads (GQA)"}
+    reasons = unsupported_features(cfg, allowed)
     reasons += _pretrained_differences(cfg, rotary) + _hf_config_differences(hf_config)
     rotary_dim, rotary_base, rope_reason = _rotary_of(hf_config, int(cfg.d_head), rotary)
     reasons += [rope_reason] if rope_reason else []
-    if reasons:
-        raise ValueError(f"interp.functional does not support this {name}: {', '.join(reasons)}")
-    arch = Architecture(
-        n_layers=int(cfg.n_layers),
-        n_heads=int(cfg.n_heads),
-        d_head=int(cfg.d_head),
-        d_model=int(cfg.d_model),
-        d_mlp=None if cfg.attn_only else int(cfg.d_mlp),
-        d_vocab=int(cfg.d_vocab),
-        d_vocab_out=int(cfg.d_vocab_out),
-        n_ctx=int(cfg.n_ctx),
+    window = _attention_window(hf_config)
+    if window is not None and window < int(cfg.n_ctx):
+        reasons.append(f"sliding-window attention ({window} of {int(cfg.n_ctx)} positions)")
+    if reasons:  # (a setting both configs carry is named once)
+        named = ", ".join(dict.fromkeys(reasons))
+        raise ValueError(f"interp.functional does not support this {name}: {named}")
+    arch = architecture_from_cfg(
+        cfg,
         act_fn=_ACTIVATIONS[str(cfg.act_fn)],
-        normalization=cfg.normalization_type,
-        rotary=rotary,
         rotary_dim=rotary_dim,
         rotary_base=rotary_base,
-        eps=float(cfg.eps),
-        attn_scale=(
-            float(cfg.attn_scale) if (cfg.attn_scale or 0) > 0 else math.sqrt(int(cfg.d_head))
-        ),
-        causal=True,
-        parallel_attn_mlp=bool(cfg.parallel_attn_mlp),
         rotary_adjacent_pairs=False,
+        n_kv_heads=cfg.n_key_value_heads if cfg.n_key_value_heads != cfg.n_heads else None,
+        gated_mlp=bool(cfg.gated_mlp),
+        **_biases(name, hf_config),
     )
     try:
         check_layout(live_params(model), arch_param_shapes(arch), leading=0, what="its weights")
     except ValueError as error:
         raise ValueError(f"interp.functional cannot read this {name}: {error}") from None
     return arch
+
+
+def _biases(name: str, hf_config: Any) -> dict[str, bool]:
+    """Which projections of a covered class have biases, as its Hugging Face config says:
+    all of GPT-2's and GPT-NeoX's; Llama's per `attention_bias` and `mlp_bias`; Qwen2's
+    queries, keys and values only; none of Mistral's."""
+    if name == "LlamaForCausalLM":
+        attention = bool(getattr(hf_config, "attention_bias", False))
+        mlp = bool(getattr(hf_config, "mlp_bias", False))
+        return dict(qkv_bias=attention, out_bias=attention, mlp_bias=mlp)
+    if name == "Qwen2ForCausalLM":
+        return dict(qkv_bias=True, out_bias=False, mlp_bias=False)
+    if name == "MistralForCausalLM":
+        return dict(qkv_bias=False, out_bias=False, mlp_bias=False)
+    attention = bool(getattr(hf_config, "attention_bias", True))
+    return dict(qkv_bias=attention, out_bias=attention, mlp_bias=True)
+
+
+def _attention_window(hf_config: Any) -> int | None:
+    """The sliding attention window of a config whose layers use one (Mistral's
+    `sliding_window`; Qwen2's where `use_sliding_window`), or None."""
+    window = getattr(hf_config, "sliding_window", None)
+    if window is None or getattr(hf_config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(hf_config, "layer_types", None)
+    if layer_types is not None and all(kind == "full_attention" for kind in layer_types):
+        return None
+    return int(window)
 
 
 def covers(model: TransformerBridge) -> bool:

@@ -51,6 +51,28 @@ def neox(tmp_path_factory: pytest.TempPathFactory):
     return models.load(folder, device="cpu").eval()
 
 
+def _llama_like(tmp_path_factory: pytest.TempPathFactory, kind: str):
+    from pretrained_models import write_llama
+
+    from interp import models
+
+    folder = write_llama(tmp_path_factory.mktemp(kind), kind)
+    return models.load(folder, device="cpu").eval()
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer Llama (RMSNorm, gated MLP, rotary, 4 query heads over 2 key and
+    value heads; `tests/pretrained_models.py`) booted from a local folder; in eval mode."""
+    return _llama_like(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="session")
+def qwen2(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer Qwen2 (Llama's blocks with query, key and value biases)."""
+    return _llama_like(tmp_path_factory, "qwen2")
+
+
 @pytest.fixture(scope="session")
 def induction_2l_model():
     """The 2-layer attention-only model of experiments/induction_2l.yaml, trained once per

@@ -1,54 +1,47 @@
-"""Pretrained-format models written here, with no download: a randomly initialised GPT-2
-(Hugging Face `GPT2LMHeadModel`) and GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's class)
-saved to local folders, which `interp.models.load` boots as the hub's gpt2 or
-pythia-70m would be, and the native model with a GPT-2's weights (a reference built by
-construction: same arithmetic, TransformerLens's native hooks)."""
+"""The tests' pretrained-format models, with no download: randomly initialised GPT-2,
+GPT-NeoX (Pythia's class) and Llama-family models of one small shape
+(`interp.random_models`), saved to local folders, which `interp.models.load` boots as the
+hub's gpt2, pythia-70m or Qwen2.5-0.5B would be; and the native model with a GPT-2's
+weights (a reference built by construction: same arithmetic, TransformerLens's native
+hooks)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp import functional, models
+from interp import functional, models, random_models
 
-GPT2_SHAPE: dict[str, Any] = dict(n_layer=2, n_head=4, n_embd=32, vocab_size=20, n_positions=8)
-"""The shape of the tests' GPT-2: the vocabulary and context of the circuits tests' batch."""
+SHAPE: dict[str, int] = dict(n_layers=2, n_heads=4, d_model=32, d_vocab=20, n_ctx=8)
+"""The shape of the tests' pretrained models: the vocabulary and context of the circuits
+tests' batch."""
+
+STD = 0.2
+"""Weights are drawn with std 0.2 rather than the classes' 0.02, so that patches move the
+metric well above float rounding, and every parameter (norms and biases too, which the
+classes make constant) gets noise of that std, so that no weight is read in the wrong place
+unseen."""
+
+NOISY = dict(initializer_range=STD, jitter=STD)
 
 
 def write_gpt2(folder: Path, *, seed: int = 0, **overrides: Any) -> Path:
-    """Save a random GPT-2 to `folder` (weights drawn with std 0.2 rather than GPT-2's
-    0.02, so that patches move the metric well above float rounding)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    shape = {**GPT2_SHAPE, **overrides}
-    config = GPT2Config(**shape, initializer_range=0.2, bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(seed)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    return folder
+    """Save a random GPT-2 of `SHAPE` to `folder`."""
+    return random_models.write_gpt2(folder, **SHAPE, seed=seed, **NOISY, **overrides)
 
 
 def write_neox(folder: Path, *, seed: int = 0, **overrides: Any) -> Path:
-    """Save a random GPT-NeoX of `GPT2_SHAPE`'s size to `folder`: parallel attention and
-    MLP, rotary embeddings on a quarter of each head's 8 dimensions (as in Pythia), weights
-    drawn with std 0.2."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    """Save a random GPT-NeoX of `SHAPE` to `folder`: parallel attention and MLP, rotary
+    embeddings on a quarter of each head's 8 dimensions (as in Pythia)."""
+    return random_models.write_neox(folder, **SHAPE, seed=seed, **NOISY, **overrides)
 
-    shape = dict(
-        vocab_size=GPT2_SHAPE["vocab_size"], hidden_size=GPT2_SHAPE["n_embd"],
-        num_hidden_layers=GPT2_SHAPE["n_layer"], num_attention_heads=GPT2_SHAPE["n_head"],
-        intermediate_size=4 * GPT2_SHAPE["n_embd"],
-        max_position_embeddings=GPT2_SHAPE["n_positions"],
-    )
-    config = GPTNeoXConfig(
-        **{**shape, **overrides}, rotary_pct=0.25, initializer_range=0.2, bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(seed)
-    GPTNeoXForCausalLM(config).save_pretrained(folder)
-    return folder
+
+def write_llama(folder: Path, kind: str = "llama", *, seed: int = 0, **overrides: Any) -> Path:
+    """Save a random Llama-family model of `SHAPE` to `folder`: 4 query heads sharing 2
+    key and value heads, a gated MLP of width 64; Qwen2 adds q, k and v biases."""
+    return random_models.write_llama(folder, kind, **SHAPE, seed=seed, **NOISY, **overrides)
 
 
 def native_twin(model: TransformerBridge) -> TransformerBridge:

@@ -9,7 +9,8 @@ corrupted run; noising patches the corrupted activation into the clean run.
 Instead of one forward pass per index (TransformerLens's `patching.py`), a chunk of K
 indices is folded into the batch: the base tokens are repeated K times (K*B examples), one
 hook per layer writes into copy k the source activation at copy k's index, and the metric
-is read on each copy's B examples. On native models and pretrained GPT-2 and GPT-NeoX the
+is read on each copy's B examples. On native models and the pretrained classes that
+`interp.functional` covers (GPT-2, GPT-NeoX, Llama, Mistral, Qwen2) the
 incremental engine (`circuits.patching.incremental`) also skips what a patch cannot
 change: earlier layers, earlier positions, and every position but the one the metric
 reads.
@@ -332,7 +333,7 @@ def patch(
         progress: Show a progress bar over forward passes.
         engine: `"incremental"` reruns only the layers and positions a patch can change
             and computes the logits at `batch.position` only (causal native models of
-            `interp.models.build`, and pretrained GPT-2 and GPT-NeoX:
+            `interp.models.build`, and pretrained GPT-2, GPT-NeoX, Llama, Mistral, Qwen2:
             `incremental.supports`; the metric must read the
             logits at `batch.position`, as every metric of `interp.metrics` does);
             `"hooks"` runs the whole bridge with hooks (any model, any metric, and the

@@ -18,8 +18,9 @@ engine reruns:
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
 those of the hook engine (and of TransformerLens) to float rounding. It covers the causal
 models that `interp.functional` computes (`supports(model)`): native models of
-`interp.models.build` and pretrained GPT-2 and GPT-NeoX (`functional.architecture_of`;
-rotary models rotate the cached, unrotated q and k of every position, and a parallel
+`interp.models.build` and pretrained GPT-2, GPT-NeoX, Llama, Mistral and Qwen2
+(`functional.architecture_of`; rotary models rotate the cached, unrotated q and k of every
+position, grouped keys and values are repeated for the heads of their group, and a parallel
 block's MLP output stays the base run's when only its attention changes); other models go
 through the hook engine. Hooks a user attached to the bridge are not run here.
 
@@ -53,7 +54,8 @@ Params = dict[str, Tensor]
 
 def supports(model: TransformerBridge) -> bool:
     """Whether this engine reproduces `model` exactly: a causal model that
-    `interp.functional` covers (native, or pretrained GPT-2 / GPT-NeoX)."""
+    `interp.functional` covers (native, or pretrained GPT-2, GPT-NeoX, Llama, Mistral,
+    Qwen2)."""
     return unsupported_reason(model) is None
 
 
@@ -434,8 +436,7 @@ class _Step:
         """`resid_mid` -> `resid_post` of `layer` (the identity in attention-only models)."""
         if self.arch.d_mlp is None:
             return resid
-        normed = self.norm(f"blocks.{layer}.ln2", resid)
-        return resid + functional.mlp(self.params, f"blocks.{layer}.mlp", normed, self.arch)
+        return resid + functional.block_mlp(self.params, layer, resid, self.arch)
 
     def after_post(self, layer: int, resid: Tensor) -> Tensor:
         if layer == self.arch.n_layers - 1:
@@ -463,8 +464,7 @@ class _Step:
             attn_out = functional.attention_output(self.params, attn, z)
             before = self.at_rows(resid, layer, self.p0)
             if self.arch.parallel_attn_mlp:  # the MLP reads the block's input too
-                normed = self.norm(f"blocks.{layer}.ln2", before)
-                mlp_out = functional.mlp(self.params, f"blocks.{layer}.mlp", normed, self.arch)
+                mlp_out = functional.block_mlp(self.params, layer, before, self.arch)
                 resid = before + attn_out + mlp_out
             else:
                 resid = self.with_mlp(layer, before + attn_out)

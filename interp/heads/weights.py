@@ -47,7 +47,7 @@ from jaxtyping import Complex, Float
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.functional import architecture_of, covers, params_of
+from interp.functional import architecture_of, dense_params, live_params
 from interp.runs import Run
 
 CompositionKind = Literal["Q", "K", "V"]
@@ -153,21 +153,26 @@ def weights_from_params(
 def head_weights(model: TransformerBridge, *, fold_layer_norm: bool = False) -> HeadWeights:
     """Per-head weights of a bridge.
 
-    Native models (built by `interp.models.build`) and pretrained GPT-2 / GPT-NeoX are
-    read from their weights in the native layout (`weights_from_params` on `params_of`).
+    Native models (built by `interp.models.build`) and the pretrained classes
+    `interp.functional` covers are read from their weights in the native layout
+    (`weights_from_params` on `dense_params`: grouped key and value heads repeated).
     Any other bridge is read through TransformerLens's stacked properties `model.W_Q` /
     `W_K` / `W_V` `[layer, head, d_model, d_head]`, `model.W_O`, `model.W_E`, `model.W_U`
     (grouped K/V heads are repeated to n_heads). `fold_layer_norm` is for the pre-norm
     models of the first kind only.
     """
-    if covers(model):
-        n_heads = architecture_of(model).n_heads
-        return weights_from_params(params_of(model), n_heads, fold_layer_norm=fold_layer_norm)
+    try:
+        arch = architecture_of(model)
+    except ValueError:
+        arch = None
+    if arch is not None:  # grouped keys and values repeated for each head of their group
+        params = dense_params(live_params(model), arch)
+        return weights_from_params(params, arch.n_heads, fold_layer_norm=fold_layer_norm)
     if fold_layer_norm:
         raise ValueError(
             "fold_layer_norm is only supported for pre-norm models that interp.functional "
-            "covers (native, GPT-2, GPT-NeoX); this bridge's norms may sit elsewhere (BERT "
-            "is post-norm)"
+            "covers (native, GPT-2, GPT-NeoX, Llama, Mistral, Qwen2); this bridge's norms may "
+            "sit elsewhere (BERT is post-norm)"
         )
     try:
         with torch.no_grad():

@@ -2,9 +2,11 @@
 `tests/pretrained_models.py`). GPT-2: activation patching against TransformerLens's own
 functions on the same bridge; edge patching, EAP and ACDC against the same weights in a
 native model, whose results the other tests check against references. GPT-NeoX
-(Pythia's rotary, parallel architecture, which no native model has): activation patching
-against TransformerLens on the bridge, edge patching against the model and against
-activation patching, EAP against the derivative of edge patching."""
+(Pythia's rotary, parallel architecture) and Llama and Qwen2 (RMSNorm, gated MLPs,
+grouped keys and values), which no native model has: activation patching against
+TransformerLens on the bridge, edge patching against the model and against activation
+patching, EAP against the derivative of edge patching, incremental ACDC against full
+edge-patched passes."""
 
 from __future__ import annotations
 
@@ -89,6 +91,22 @@ def test_neox_incremental_patching_matches_transformer_lens(neox, batch, target,
     torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("target", sorted(REFERENCES))
+def test_llama_family_incremental_patching_matches_transformer_lens(request, batch, kind,
+                                                                    target) -> None:
+    """Grouped keys and values: k and v are patched per key head (as TransformerLens's
+    functions index them), each feeding every query head of its group."""
+    model = request.getfixturevalue(kind)
+    assert incremental.supports(model)
+    result = patch(model, batch, target, METRIC, max_batch=7, progress=False)
+    expected = reference(model, batch, target, "denoise")
+    if target in ("k", "v"):
+        assert result.values.shape == (2, 2)  # layers x key heads
+    assert result.values.std() > 1e-3
+    torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
+
+
 def test_neox_has_no_resid_mid(neox, batch) -> None:
     for engine in ("incremental", "hooks"):
         with pytest.raises(ValueError, match="'resid_mid' does not exist in this model "
@@ -96,13 +114,16 @@ def test_neox_has_no_resid_mid(neox, batch) -> None:
             patch(neox, batch, "resid_mid", METRIC, progress=False, engine=engine)
 
 
-def test_neox_edge_patching_is_activation_patching(neox, batch) -> None:
-    """Cutting every edge out of a head is noising its output; the MLP reads its block's
-    input, not its heads."""
-    patcher = EdgePatcher(neox)
-    assert not any(e.source.layer == e.destination.layer and e.destination.kind == "mlp"
-                   for e in patcher.graph.edges)
-    noised = patch(neox, batch, "z", METRIC, direction="noise", progress=False).values
+@pytest.mark.parametrize("kind", ["neox", "llama", "qwen2"])
+def test_edge_patching_is_activation_patching(request, batch, kind) -> None:
+    """Cutting every edge out of a head is noising its output; in GPT-NeoX's parallel
+    blocks the MLP reads its block's input, not its heads."""
+    model = request.getfixturevalue(kind)
+    patcher = EdgePatcher(model)
+    same_block = any(e.source.layer == e.destination.layer and e.destination.kind == "mlp"
+                     for e in patcher.graph.edges)
+    assert same_block != (kind == "neox")
+    noised = patch(model, batch, "z", METRIC, direction="noise", progress=False).values
     for layer, head in [(0, 1), (1, 3)]:
         mask = torch.ones(1, patcher.n_edges)
         for edge in patcher.graph.edges:
@@ -112,30 +133,39 @@ def test_neox_edge_patching_is_activation_patching(neox, batch) -> None:
         assert value.item() == pytest.approx(noised[layer, head].item(), abs=1e-5)
 
 
-def test_neox_eap_is_the_derivative_of_edge_patching(neox, batch) -> None:
-    scores = edge_attribution(neox, batch, METRIC)
-    patcher = EdgePatcher(neox)
-    names = ["embed->L0H2.k", "L0H1->L1H3.q", "embed->mlp0", "mlp0->L1H1.v", "L1H2->logits",
-             "L0H0->mlp1"]
-    epsilon = 1e-2
-    masks = torch.ones(len(names), patcher.n_edges)
+@pytest.mark.parametrize("kind", ["neox", "llama", "qwen2"])
+def test_eap_is_the_derivative_of_edge_patching(request, batch, kind) -> None:
+    """Under grouped keys, edges into the key and value inputs of heads sharing a key
+    head (L0H2.k and L0H3.k) are separate destinations, each with its own score."""
+    model = request.getfixturevalue(kind)
+    scores = edge_attribution(model, batch, METRIC)
+    patcher = EdgePatcher(model)
+    names = ["embed->L0H2.k", "embed->L0H3.k", "L0H1->L1H3.q", "embed->mlp0", "mlp0->L1H1.v",
+             "L1H2->logits", "L0H0->mlp1"]
+    epsilon = 1e-2  # a central difference: the metric's curvature along the edge cancels
+    masks = torch.ones(2, len(names), patcher.n_edges)
     for row, name in enumerate(names):
-        masks[row, patcher.graph.edge_index[name]] = 1.0 - epsilon
-    slopes = (patcher.evaluate(batch, masks, METRIC) - scores.metric_full) / epsilon
+        masks[:, row, patcher.graph.edge_index[name]] = torch.tensor([1.0 - epsilon,
+                                                                      1.0 + epsilon])
+    down, up = patcher.evaluate(batch, masks.flatten(0, 1), METRIC).unflatten(0, (2, -1))
+    slopes = (down - up) / (2 * epsilon)  # EAP scores the move from the clean input away
     estimate = torch.stack([scores.scores[patcher.graph.edge_index[n]] for n in names])
     assert slopes.abs().max() > 1e-2
-    torch.testing.assert_close(estimate, slopes, atol=2e-3, rtol=5e-2)
+    torch.testing.assert_close(estimate, slopes, atol=2e-4, rtol=5e-3)
 
 
-@pytest.mark.parametrize("speculation", [1, 8])
-def test_neox_acdc_incremental_equals_full_passes(neox, batch, speculation) -> None:
-    """The pruning state rotates queries and keys by position and feeds each MLP its
-    block's input: the same circuit and scores as full edge-patched passes, and its
-    damage is the KL of the circuit it keeps."""
-    result = acdc(neox, batch, threshold=0.01, progress=False, speculation=speculation)
-    plain = acdc(neox, batch, threshold=0.01, progress=False, incremental=False)
+@pytest.mark.parametrize(("kind", "speculation"), [("neox", 1), ("neox", 8), ("llama", 8),
+                                                   ("qwen2", 1)])
+def test_acdc_incremental_equals_full_passes(request, batch, kind, speculation) -> None:
+    """The pruning state rotates queries and keys by position, repeats grouped key and
+    value weights per head, and feeds each MLP its input (the block's, in parallel blocks):
+    the same circuit and scores as full edge-patched passes, and its damage is the KL of
+    the circuit it keeps."""
+    model = request.getfixturevalue(kind)
+    result = acdc(model, batch, threshold=0.01, progress=False, speculation=speculation)
+    plain = acdc(model, batch, threshold=0.01, progress=False, incremental=False)
     assert 0 < int(result.kept.sum()) < len(result.graph)
     assert torch.equal(result.kept, plain.kept)
     torch.testing.assert_close(result.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
-    kl = circuit_kl(EdgePatcher(neox), batch, result.kept.float()[None])
+    kl = circuit_kl(EdgePatcher(model), batch, result.kept.float()[None])
     assert result.damage == pytest.approx(kl.item(), abs=1e-5)

@@ -41,7 +41,9 @@ def reference_logits(model, tokens) -> torch.Tensor:
         return model(tokens)
 
 
-@pytest.mark.parametrize("which", ["model", "attn_only", "rotary", "gpt2", "neox"])
+@pytest.mark.parametrize(
+    "which", ["model", "attn_only", "rotary", "gpt2", "neox", "llama", "qwen2"]
+)
 def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_run(
     request, batch, which
 ) -> None:

@@ -76,7 +76,9 @@ def test_a_metric_reading_other_positions_is_refused() -> None:
     def every_position(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
         return logits.mean()
 
-    with pytest.raises(ValueError, match="reads logits away from batch.position"):
+    with pytest.raises(ValueError, match="the metric read logits at positions other than "
+                                         "batch.position, which incremental ACDC does not "
+                                         "compute; run acdc with incremental=False"):
         PruningState(EdgePatcher(model), _batch(), "resample", every_position)
 
 

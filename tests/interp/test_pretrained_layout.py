@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from pretrained_models import GPT2_SHAPE, native_twin, write_gpt2
+from pretrained_models import SHAPE, native_twin, write_gpt2
 
 from interp import functional, models
 from interp.pretrained_layout import architecture_of, covers
 
+# float32 rounding grows with the activations: tolerances are 1e-5 absolute plus relative
 TOKENS = torch.randint(
-    0, GPT2_SHAPE["vocab_size"], (3, 8), generator=torch.Generator().manual_seed(1)
+    0, SHAPE["d_vocab"], (3, 8), generator=torch.Generator().manual_seed(1)
 )
 
 
@@ -36,10 +37,10 @@ def test_forward_and_its_cache_equal_the_bridge(gpt2) -> None:
                                   cache=cache)
         theirs, bridge_cache = gpt2.run_with_cache(TOKENS)
     assert theirs.std() > 0.1  # not a degenerate model
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     for name in ("blocks.0.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.1.attn.hook_pattern",
                  "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post"):
-        torch.testing.assert_close(cache[name], bridge_cache[name], atol=1e-5, rtol=0)
+        torch.testing.assert_close(cache[name], bridge_cache[name], atol=1e-5, rtol=1e-5)
 
 
 def test_conv1d_weights_are_views_in_the_linear_layout(gpt2) -> None:
@@ -60,7 +61,7 @@ def test_load_params_writes_through_the_transposed_layout(tmp_path: Path) -> Non
     with torch.no_grad():
         torch.testing.assert_close(
             model(TOKENS), functional.forward(params, TOKENS, architecture_of(model)),
-            atol=1e-5, rtol=0,
+            atol=1e-5, rtol=1e-5,
         )
     params["unembed.weight"] = params["unembed.weight"] + 1.0
     with pytest.raises(ValueError, match="must equal params\\['embed.weight'\\]: the model ties"):
@@ -69,19 +70,21 @@ def test_load_params_writes_through_the_transposed_layout(tmp_path: Path) -> Non
 
 def test_native_twin_computes_the_same_logits(gpt2) -> None:
     with torch.no_grad():
-        torch.testing.assert_close(native_twin(gpt2)(TOKENS), gpt2(TOKENS), atol=1e-5, rtol=0)
+        torch.testing.assert_close(native_twin(gpt2)(TOKENS), gpt2(TOKENS), atol=1e-5, rtol=1e-5)
 
 
 def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="covers native models and GPT2LMHeadModel, "
-                                         "GPTNeoXForCausalLM; this model is a BertForMaskedLM"):
+                                         "GPTNeoXForCausalLM, LlamaForCausalLM, "
+                                         "MistralForCausalLM, Qwen2ForCausalLM; this model "
+                                         "is a BertForMaskedLM"):
         architecture_of(minilm)
     assert not covers(minilm)
     scaled = models.load(
         write_gpt2(tmp_path / "scaled", scale_attn_by_inverse_layer_idx=True), device="cpu"
     )
     with pytest.raises(ValueError, match="does not support this GPT2LMHeadModel: "
-                                         "scale_attn_by_inverse_layer_idx"):
+                                         "scale_attn_by_inverse_layer_idx$"):
         architecture_of(scaled)
     processed = models.load(write_gpt2(tmp_path / "processed"), device="cpu")
     processed.enable_compatibility_mode()
@@ -100,15 +103,61 @@ def test_neox_forward_and_its_cache_equal_the_bridge(neox) -> None:
         ours = functional.forward(functional.live_params(neox), TOKENS, arch, cache=cache)
         theirs, bridge_cache = neox.run_with_cache(TOKENS)
     assert theirs.std() > 0.1
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     assert "blocks.0.hook_resid_mid" not in cache
     for name in ("blocks.0.attn.hook_q", "blocks.1.attn.hook_pattern", "blocks.0.hook_mlp_out",
                  "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"):
-        torch.testing.assert_close(cache[name], bridge_cache[name], atol=1e-5, rtol=0)
+        torch.testing.assert_close(cache[name], bridge_cache[name], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
+def test_llama_family_forward_and_its_cache_equal_the_bridge(tmp_path: Path, kind: str) -> None:
+    """RMSNorm, gated SiLU MLPs (hook_pre is the gate's, hook_pre_linear the other half),
+    rotary embeddings on whole heads, 4 query heads over 2 key and value heads (cached
+    with 2 heads, as the bridge caches them); Qwen2's q, k and v biases."""
+    from pretrained_models import write_llama
+
+    model = models.load(write_llama(tmp_path, kind), device="cpu").eval()
+    arch = architecture_of(model)
+    assert (arch.normalization, arch.act_fn, arch.gated_mlp, arch.kv_heads) == (
+        "RMS", "silu", True, 2
+    )
+    assert (arch.rotary, arch.rotary_dim, arch.rotary_adjacent_pairs) == (True, 8, False)
+    assert (arch.qkv_bias, arch.out_bias, arch.mlp_bias) == (kind == "qwen2", False, False)
+    cache: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        ours = functional.forward(functional.live_params(model), TOKENS, arch, cache=cache)
+        theirs, bridge_cache = model.run_with_cache(TOKENS)
+    assert theirs.std() > 0.5
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert cache["blocks.0.attn.hook_k"].shape == (3, 8, 2, 8)
+    for name in ("blocks.0.attn.hook_k", "blocks.0.attn.hook_v", "blocks.1.attn.hook_pattern",
+                 "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_pre_linear", "blocks.1.mlp.hook_post",
+                 "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"):
+        torch.testing.assert_close(cache[name], bridge_cache[name], atol=1e-5, rtol=1e-5)
+
+
+def test_dense_params_repeat_grouped_heads_and_fill_missing_biases(llama) -> None:
+    arch = architecture_of(llama)
+    live = functional.live_params(llama)
+    dense = functional.dense_params(live, arch)
+    k = live["blocks.1.attn.k.weight"].unflatten(0, (2, 8))  # [kv_head, d_head, d_model]
+    per_head = dense["blocks.1.attn.k.weight"].unflatten(0, (4, 8))
+    for head in range(4):  # heads 0, 1 read key head 0; heads 2, 3 key head 1
+        torch.testing.assert_close(per_head[head], k[head // 2], atol=0, rtol=0)
+    assert not dense["blocks.0.attn.o.bias"].any() and not dense["blocks.0.mlp.in.bias"].any()
+    assert "blocks.0.attn.o.bias" not in live
+    with torch.no_grad():  # the forward pass reads either layout alike
+        torch.testing.assert_close(functional.forward(dense, TOKENS, arch, validate=False),
+                                   functional.forward(live, TOKENS, arch))
+    gpt2_params = functional.live_params(models.build(dict(n_layers=1, d_model=16, n_heads=2,
+                                                           d_vocab=5, n_ctx=4)))
+    assert functional.dense_params(gpt2_params, functional.architecture(
+        dict(n_layers=1, d_model=16, n_heads=2, d_vocab=5, n_ctx=4))) is gpt2_params
 
 
 def test_other_architectures_and_rope_scaling_are_refused(tmp_path: Path) -> None:
-    from pretrained_models import write_neox
+    from pretrained_models import write_llama, write_neox
     from transformers import OPTConfig, OPTForCausalLM
 
     config = OPTConfig(vocab_size=20, hidden_size=32, num_hidden_layers=1, ffn_dim=64,
@@ -120,3 +169,12 @@ def test_other_architectures_and_rope_scaling_are_refused(tmp_path: Path) -> Non
     scaled = write_neox(tmp_path / "neox", rope_scaling={"rope_type": "linear", "factor": 2.0})
     with pytest.raises(ValueError, match="does not support this GPTNeoXForCausalLM: rope_type"):
         architecture_of(models.load(scaled, device="cpu"))
+    windowed = write_llama(tmp_path / "mistral", "mistral", sliding_window=4)
+    with pytest.raises(ValueError, match=r"this MistralForCausalLM: sliding-window attention "
+                                         r"\(4 of 8 positions\)"):
+        architecture_of(models.load(windowed, device="cpu"))
+    llama3 = write_llama(tmp_path / "llama3", rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=8))
+    with pytest.raises(ValueError, match="this LlamaForCausalLM: rope_type='llama3'"):
+        architecture_of(models.load(llama3, device="cpu"))

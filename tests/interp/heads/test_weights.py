@@ -145,17 +145,26 @@ def test_native_weights_equal_bridge_properties_and_fold_layer_norm() -> None:
     torch.testing.assert_close(folded.W_U, scale * raw.W_U)
 
 
-@pytest.mark.parametrize("which", ["gpt2", "neox"])
+@pytest.mark.parametrize("which", ["gpt2", "neox", "llama", "qwen2"])
 def test_pretrained_weights_equal_bridge_properties_and_fold_layer_norm(request, which) -> None:
-    """GPT-2 and GPT-NeoX are read in the native layout (GPT-2's Conv1D weights
-    transposed): the same matrices as TransformerLens's own properties of the bridge."""
+    """Pretrained models are read in the native layout (GPT-2's Conv1D weights transposed,
+    Llama's grouped key and value heads repeated for each query head of their group): the
+    same matrices as TransformerLens's own properties of the bridge."""
     model = request.getfixturevalue(which)
     raw = head_weights(model)
     for name in ("W_Q", "W_K", "W_V", "W_O", "W_E", "W_U"):
-        torch.testing.assert_close(getattr(raw, name), getattr(model, name).detach())
+        theirs = getattr(model, name).detach()
+        if name in ("W_K", "W_V"):  # [layer, kv_head, d_model, d_head]
+            theirs = theirs.repeat_interleave(model.cfg.n_heads // theirs.shape[1], dim=1)
+        torch.testing.assert_close(getattr(raw, name), theirs)
     folded = head_weights(model, fold_layer_norm=True)
-    ln1 = params_of(model)["blocks.0.ln1.weight"]
-    torch.testing.assert_close(folded.W_K[0], ln1[:, None] * raw.W_K[0])
+    params = params_of(model)
+    ln1, ln_final = params["blocks.1.ln1.weight"], params["ln_final.weight"]
+    assert (ln1 - 1).abs().max() > 0.1  # the test models' norms are not all ones
+    for name in ("W_Q", "W_K", "W_V"):
+        torch.testing.assert_close(getattr(folded, name)[1], ln1[:, None] * getattr(raw, name)[1])
+    torch.testing.assert_close(folded.W_U, ln_final[:, None] * raw.W_U)
+    torch.testing.assert_close(folded.W_O, raw.W_O)
 
 
 def test_pretrained_bridge_exposes_per_head_weights(minilm) -> None:
