@@ -14,6 +14,7 @@ Python puts `benchmarks/` first on `sys.path`. Running this file itself does not
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -140,8 +141,8 @@ class Comparison:
 
 def compare(
     what: str,
-    ours: Callable[[], Tensor],
-    reference: Callable[[], Tensor],
+    ours: Callable[[], Tensor | None],
+    reference: Callable[[], Tensor | None],
     *,
     device: torch.device,
     repeats: int,
@@ -149,13 +150,19 @@ def compare(
 ) -> Comparison:
     """Warm each side up once, then time `repeats` interleaved calls of both; medians.
 
-    The outputs compared are those of the warm-up calls (both sides are deterministic).
+    The outputs compared are those of the warm-up calls (both sides are deterministic);
+    a side returning None has nothing to compare (different work timed side by side), and
+    the line's max |diff| reads "-".
     With `count_ops`, one more untimed call of each side counts its aten ops and host
     syncs (`interp.dispatch_count`).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    diff = max_abs_diff(ours(), reference())
+    ours_out, reference_out = ours(), reference()
+    diff = (
+        float("nan") if ours_out is None or reference_out is None
+        else max_abs_diff(ours_out, reference_out)
+    )
     counted = (dispatch_of(ours), dispatch_of(reference)) if count_ops else (None, None)
     ours_times, reference_times = [], []
     for _ in range(repeats):
@@ -169,7 +176,7 @@ def compare(
 def format_line(what: str, ours_s: float, reference_s: float, max_diff: float) -> str:
     """`<what>: ours 0.123 s, reference 1.234 s, speedup 10.0x, max |diff| 3e-06`."""
     speedup = reference_s / ours_s if ours_s > 0 else float("inf")
-    diff = "0" if max_diff == 0 else f"{max_diff:.0e}"
+    diff = "-" if math.isnan(max_diff) else "0" if max_diff == 0 else f"{max_diff:.0e}"
     return (
         f"{what}: ours {ours_s:.3f} s, reference {reference_s:.3f} s, "
         f"speedup {speedup:.1f}x, max |diff| {diff}"

@@ -182,12 +182,12 @@ def mix_heads(
     if pattern is None and (q is None or k is None):
         raise ValueError("mix_heads needs q and k, or a pattern")
     n_heads = pattern.shape[1] if pattern is not None else q.shape[2]  # type: ignore[union-attr]
-    values = _per_query_head(v.transpose(1, 2), n_heads)
+    values = v.transpose(1, 2)
     if pattern is None:
         causal = arch.causal if causal is None else causal
         if query_positions is None and (causal or rope is not None):
             raise ValueError("mix_heads needs query_positions for the causal mask or rotary")
-        queries, keys = q.transpose(1, 2), _per_query_head(k.transpose(1, 2), n_heads)
+        queries, keys = q.transpose(1, 2), k.transpose(1, 2)  # keys rotated per key head
         if rope is not None and query_positions is not None:
             query_rope = (rope[0][query_positions], rope[1][query_positions])
             queries = apply_rotary(queries, query_rope, arch)
@@ -199,10 +199,12 @@ def mix_heads(
                 if masked
                 else None
             )
-            z = F.scaled_dot_product_attention(
-                queries, keys, values, attn_mask=bias, scale=1.0 / arch.attn_scale
+            z = F.scaled_dot_product_attention(  # grouped keys and values read in place
+                queries, keys, values, attn_mask=bias, scale=1.0 / arch.attn_scale,
+                enable_gqa=keys.shape[1] != n_heads,
             )
             return z.transpose(1, 2), None
+        keys = _per_query_head(keys, n_heads)
         scores = torch.matmul(queries, keys.transpose(-2, -1)) / arch.attn_scale
         if masked:
             key_positions = torch.arange(keys.shape[2], device=keys.device)
@@ -211,7 +213,7 @@ def mix_heads(
             pattern = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
         else:
             pattern = F.softmax(scores, dim=-1)
-    return torch.matmul(pattern, values).transpose(1, 2), pattern
+    return torch.matmul(pattern, _per_query_head(values, n_heads)).transpose(1, 2), pattern
 
 
 def _per_query_head(

@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 LINE = re.compile(
     r"^(?P<what>.+): ours (?P<ours>\d+\.\d{3}) s, reference (?P<ref>\d+\.\d{3}) s, "
-    r"speedup (?P<speedup>\d+\.\d)x, max \|diff\| (?P<diff>0|\d(?:\.\d+)?e[+-]\d\d)$"
+    r"speedup (?P<speedup>\d+\.\d)x, max \|diff\| (?P<diff>-|0|\d(?:\.\d+)?e[+-]\d\d)$"
 )
 """`<what>: ours 0.123 s, reference 1.234 s, speedup 10.0x, max |diff| 3e-06`."""
 DISPATCH = re.compile(

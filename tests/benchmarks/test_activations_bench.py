@@ -31,6 +31,7 @@ def test_format_line_is_the_project_standard(common):
     line = common.format_line("collect", 0.123, 1.234, 3e-6)
     assert line == "collect: ours 0.123 s, reference 1.234 s, speedup 10.0x, max |diff| 3e-06"
     assert common.format_line("x", 2.0, 1.0, 0.0).endswith("speedup 0.5x, max |diff| 0")
+    assert common.format_line("x", 2.0, 1.0, float("nan")).endswith("max |diff| -")
 
 
 def test_max_abs_diff_and_shape_check(common):

@@ -17,6 +17,7 @@ def test_quick_circuits_benchmark_prints_eap_and_acdc_lines() -> None:
     eap, eap_gpt2, acdc, hooked, speculative = (LINE.match(line) for line in lines[:5])
     assert eap and eap["what"].startswith("EAP over all 110 edges, native 2L"), lines
     assert eap_gpt2 and eap_gpt2["what"].startswith("EAP over all 110 edges, GPT-2 (HF) 2L")
+    assert eap["diff"] == eap_gpt2["diff"] == "-", lines  # scores vs gradients: no diff
     assert acdc and acdc["what"].startswith("ACDC (KL, tau 0.05) on induction_2l"), lines
     assert acdc["diff"] == "0", lines  # incremental and plain ACDC keep the same edges
     assert hooked and "with hooks per test" in hooked["what"], lines

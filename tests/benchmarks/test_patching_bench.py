@@ -11,14 +11,15 @@ from quick_run import LINE, run_quick, split_dispatch
 @pytest.mark.slow
 def test_quick_patching_benchmark_matches_transformer_lens() -> None:
     lines, counted = split_dispatch(run_quick("patching.py"))
-    assert len(lines) == 13, lines  # 4 per model (native, GPT-2, GPT-NeoX) and the load line
-    assert len(counted) == 12, counted
+    assert len(lines) == 17, lines  # 4 per model (native, GPT-2, GPT-NeoX, Llama), load line
+    assert len(counted) == 16, counted
     # One forward pass per index (TransformerLens) against one pass per chunk of indices.
-    assert all(float(counted[i]["fewer"]) > 1.0 for i in (0, 2, 4, 6, 8, 10)), counted
-    matches = [LINE.match(line) for line in lines[:12]]
+    assert all(float(counted[i]["fewer"]) > 1.0 for i in range(0, 16, 2)), counted
+    matches = [LINE.match(line) for line in lines[:16]]
     assert all(matches), lines
     whats = [match["what"] for match in matches]
-    for first, family in ((0, "native"), (4, "GPT-2 (HF)"), (8, "GPT-NeoX (HF)")):
+    families = ("native", "GPT-2 (HF)", "GPT-NeoX (HF)", "Llama (HF)")
+    for first, family in zip(range(0, 16, 4), families, strict=True):
         assert all(
             what.startswith(f"{family} 2L 4h d64, 4x8 tokens") for what in whats[first:first + 4]
         ), whats
@@ -33,4 +34,16 @@ def test_quick_patching_benchmark_matches_transformer_lens() -> None:
                 match["what"],
             )
             assert found and -1.0 <= float(found[1]) <= 1.0, match["what"]
-    assert lines[12].startswith("# load average "), lines
+        # a head's output enters the rest of the model linearly: first order tracks it
+        assert float(re.search(r"correlation (\S+)$", matches[first + 3]["what"])[1]) > 0.5
+    assert lines[16].startswith("# load average "), lines
+
+
+@pytest.mark.slow
+def test_native_only_and_family_pick_the_models() -> None:
+    native = run_quick("patching.py", "--native-only")
+    assert len(native) == 9 and all(line.startswith(("native 2L", "# native 2L", "# load"))
+                                    for line in native), native
+    llama = run_quick("patching.py", "--family", "llama")
+    assert len(llama) == 9 and all(line.startswith(("Llama (HF) 2L", "# Llama (HF) 2L",
+                                                    "# load")) for line in llama), llama

@@ -30,9 +30,14 @@ ENTRY_POINTS: dict[str, Callable] = {
     "edge_attribution": lambda m, b: edge_attribution(m, b, METRIC),
     "acdc": lambda m, b: acdc(m, b, 0.1, progress=False),
     "acdc, full passes": lambda m, b: acdc(m, b, 0.1, progress=False, incremental=False),
-    "EdgePatcher.evaluate": lambda m, b: EdgePatcher(m).evaluate(b, torch.ones(1, 110), METRIC),
-    "circuit_kl": lambda m, b: circuit_kl(EdgePatcher(m), b, torch.ones(1, 110)),
+    "EdgePatcher.evaluate": lambda m, b: EdgePatcher(m).evaluate(b, every_edge(m), METRIC),
+    "circuit_kl": lambda m, b: circuit_kl(EdgePatcher(m), b, every_edge(m)),
 }
+
+
+def every_edge(model) -> torch.Tensor:
+    """The one circuit holding every edge of `model`'s graph."""
+    return torch.ones(1, EdgePatcher(model).n_edges)
 
 
 def changed(batch: TaskBatch, **fields: torch.Tensor) -> TaskBatch:
@@ -103,7 +108,7 @@ def test_metrics_that_cannot_serve_are_named(model, batch) -> None:
     torch.testing.assert_close(scores.scores, edge_attribution(model, batch, METRIC).scores)
 
 
-def test_a_nan_objective_is_named_the_same_by_both_acdc_paths(model, batch) -> None:
+def test_a_nan_objective_is_refused_by_both_acdc_paths(model, batch) -> None:
     def nan_metric(logits: torch.Tensor, b: TaskBatch) -> torch.Tensor:
         return logits.sum() * float("nan")
 

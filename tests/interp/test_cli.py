@@ -120,7 +120,7 @@ def test_corrupt_runs_and_self_including_suites_are_one_line(tmp_path: Path, cap
     (run.path / "manifest.json").write_text("{not json")
     assert main(["show", f"exp/{run.run_id}", "--runs-dir", str(tmp_path / "runs")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
+    assert len(err) == 1 and err[0].startswith("error: ") and "is corrupt" in err[0], err
     suite = tmp_path / "self.yaml"
     suite.write_text("kind: suite\nname: selfref\nexperiments: [self.yaml]\n")
     assert main(["validate", str(suite)]) == 2
