@@ -288,6 +288,10 @@ def live_params(model: TransformerBridge) -> Params:
         }
         state = model.state_dict(keep_vars=True)
         if not all(id(tensor) in found for tensor in state.values()):
+            # no module holds some tensor: read state_dict as is, unless it may hold a
+            # Conv1D weight, whose layout could then not be told apart
+            if any(isinstance(module, Conv1D) for module in model.modules()):
+                raise ValueError("cannot tell which of this bridge's weights are Conv1D's")
             return {name: tensor.detach() for name, tensor in state.items()}
         owners = {key: found[id(tensor)] for key, tensor in state.items()}
         model.__dict__["_interp_param_owners"] = owners

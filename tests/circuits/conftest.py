@@ -18,6 +18,14 @@ def model() -> TransformerBridge:
 
 
 @pytest.fixture(scope="module")
+def rotary() -> TransformerBridge:
+    """The `model` fixture's shape with rotary position embeddings (Su et al. 2021)."""
+    spec = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=20, n_ctx=8, seed=5,
+                positional_embedding="rotary")
+    return models.build(spec, device="cpu")
+
+
+@pytest.fixture(scope="module")
 def batch() -> TaskBatch:
     generator = torch.Generator().manual_seed(0)
     clean = torch.randint(0, 20, (3, 6), generator=generator)

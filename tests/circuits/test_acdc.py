@@ -13,7 +13,6 @@ from circuits.edge_patching import EdgePatcher
 from circuits.evaluate import circuit_kl
 from circuits.planted import PLANTED, planted
 from circuits.pruning_state import PruningState
-from interp import models
 from interp.metrics import logit_diff, mean_metric
 from interp.runs import RunStore
 
@@ -60,16 +59,23 @@ def test_incremental_acdc_finds_the_same_circuit_as_the_plain_loop(model, batch,
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
 
 
-def test_incremental_acdc_on_a_rotary_model_equals_the_plain_loop(batch) -> None:
-    """Queries (at the read positions in the last block) and keys rotated by position."""
-    spec = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=20, n_ctx=8, seed=5,
-                positional_embedding="rotary")
-    model = models.build(spec, device="cpu")
-    fast = acdc(model, batch, 0.01, progress=False, speculation=4)
+@pytest.mark.parametrize(("kind", "speculation"), [("rotary", 4), ("neox", 1), ("neox", 8),
+                                                   ("llama", 8), ("qwen2", 1)])
+def test_incremental_acdc_equals_the_plain_loop_on_each_architecture(
+    request, batch, kind: str, speculation: int
+) -> None:
+    """Rotary models' queries (at the read positions in the last block) and keys rotated by
+    position; GPT-NeoX's MLPs reading their block's input; Llama's and Qwen2's grouped key
+    and value weights repeated per head: the same circuit, scores and tests as full
+    edge-patched passes, and the damage is the KL of the circuit kept."""
+    model = request.getfixturevalue(kind)
+    fast = acdc(model, batch, 0.01, progress=False, speculation=speculation)
     plain = acdc(model, batch, 0.01, progress=False, incremental=False)
     assert 0 < int(fast.kept.sum()) < len(fast.graph)
-    assert torch.equal(fast.kept, plain.kept)
+    assert torch.equal(fast.kept, plain.kept) and fast.n_tests == plain.n_tests
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
+    kl = circuit_kl(EdgePatcher(model), batch, fast.kept.float()[None])
+    assert fast.damage == pytest.approx(kl.item(), abs=1e-5)
 
 
 # -- speculation ---------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from circuits.acdc import acdc
 from circuits.attribution import attribute
 from circuits.eap import edge_attribution
 from circuits.edge_patching import EdgePatcher
-from circuits.evaluate import circuit_kl
 from circuits.patching import incremental, patch
 from circuits.path_patching import path_patch_senders
 
@@ -131,41 +130,3 @@ def test_edge_patching_is_activation_patching(request, batch, kind) -> None:
                 mask[0, patcher.graph.edge_index[edge.name]] = 0.0
         value = patcher.evaluate(batch, mask, METRIC)[0]
         assert value.item() == pytest.approx(noised[layer, head].item(), abs=1e-5)
-
-
-@pytest.mark.parametrize("kind", ["neox", "llama", "qwen2"])
-def test_eap_is_the_derivative_of_edge_patching(request, batch, kind) -> None:
-    """Under grouped keys, edges into the key and value inputs of heads sharing a key
-    head (L0H2.k and L0H3.k) are separate destinations, each with its own score."""
-    model = request.getfixturevalue(kind)
-    scores = edge_attribution(model, batch, METRIC)
-    patcher = EdgePatcher(model)
-    names = ["embed->L0H2.k", "embed->L0H3.k", "L0H1->L1H3.q", "embed->mlp0", "mlp0->L1H1.v",
-             "L1H2->logits", "L0H0->mlp1"]
-    epsilon = 1e-2  # a central difference: the metric's curvature along the edge cancels
-    masks = torch.ones(2, len(names), patcher.n_edges)
-    for row, name in enumerate(names):
-        masks[:, row, patcher.graph.edge_index[name]] = torch.tensor([1.0 - epsilon,
-                                                                      1.0 + epsilon])
-    down, up = patcher.evaluate(batch, masks.flatten(0, 1), METRIC).unflatten(0, (2, -1))
-    slopes = (down - up) / (2 * epsilon)  # EAP scores the move from the clean input away
-    estimate = torch.stack([scores.scores[patcher.graph.edge_index[n]] for n in names])
-    assert slopes.abs().max() > 1e-2
-    torch.testing.assert_close(estimate, slopes, atol=2e-4, rtol=5e-3)
-
-
-@pytest.mark.parametrize(("kind", "speculation"), [("neox", 1), ("neox", 8), ("llama", 8),
-                                                   ("qwen2", 1)])
-def test_acdc_incremental_equals_full_passes(request, batch, kind, speculation) -> None:
-    """The pruning state rotates queries and keys by position, repeats grouped key and
-    value weights per head, and feeds each MLP its input (the block's, in parallel blocks):
-    the same circuit and scores as full edge-patched passes, and its damage is the KL of
-    the circuit it keeps."""
-    model = request.getfixturevalue(kind)
-    result = acdc(model, batch, threshold=0.01, progress=False, speculation=speculation)
-    plain = acdc(model, batch, threshold=0.01, progress=False, incremental=False)
-    assert 0 < int(result.kept.sum()) < len(result.graph)
-    assert torch.equal(result.kept, plain.kept)
-    torch.testing.assert_close(result.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
-    kl = circuit_kl(EdgePatcher(model), batch, result.kept.float()[None])
-    assert result.damage == pytest.approx(kl.item(), abs=1e-5)
