@@ -1,19 +1,17 @@
 """The fast engines on pretrained bridges (random ones written locally,
-`tests/pretrained_models.py`). GPT-2: activation patching against TransformerLens's own
-functions on the same bridge; edge patching, EAP and ACDC against the same weights in a
-native model, whose results the other tests check against references. GPT-NeoX
-(Pythia's rotary, parallel architecture) and Llama and Qwen2 (RMSNorm, gated MLPs,
-grouped keys and values), which no native model has: activation patching against
-TransformerLens on the bridge, edge patching against the model and against activation
-patching, EAP against the derivative of edge patching, incremental ACDC against full
-edge-patched passes."""
+`tests/pretrained_models.py`): activation patching by both engines against
+TransformerLens's own functions on each bridge (GPT-2, GPT-NeoX, Llama, Qwen2); on GPT-2,
+pattern patching, EAP and ACDC against the same weights in a native model, and the
+hook-based analyses likewise; edge patching against activation patching. EAP against the
+derivative of edge patching and incremental ACDC against full passes on each architecture
+are in test_eap.py and test_acdc.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from pretrained_models import native_twin
-from test_patching import METRIC, REFERENCES, reference
+from test_patching import METRIC, REFERENCES, hook_counts, reference
 
 from circuits.acdc import acdc
 from circuits.attribution import attribute
@@ -28,13 +26,38 @@ def twin(gpt2):
     return native_twin(gpt2)
 
 
-@pytest.mark.parametrize("direction", ["denoise", "noise"])
-@pytest.mark.parametrize("target", sorted(set(REFERENCES) - {"pattern"}))
-def test_incremental_patching_matches_transformer_lens(gpt2, batch, target, direction) -> None:
-    assert incremental.supports(gpt2)  # so engine="auto" takes it
-    result = patch(gpt2, batch, target, METRIC, direction=direction, max_batch=7,
-                   progress=False)
-    expected = reference(gpt2, batch, target, direction)
+def _patching_cases() -> list[tuple[str, str, str, str]]:
+    """(model, target, engine, direction) of every patch TransformerLens can check on the
+    pretrained bridges: GPT-NeoX has no resid_mid; on GPT-2 TransformerLens cannot patch
+    the pattern (see the next test), and on the Llama family only our engine can (hooks
+    fire after the attention used it). The hook engine runs denoising only."""
+    cases = []
+    for kind in ("gpt2", "neox", "llama", "qwen2"):
+        for target in sorted(REFERENCES):
+            if (kind, target) in {("neox", "resid_mid"), ("gpt2", "pattern")}:
+                continue
+            cases += [(kind, target, "incremental", direction)
+                      for direction in ("denoise", "noise")]
+            if target != "pattern":
+                cases.append((kind, target, "hooks", "denoise"))
+    return cases
+
+
+@pytest.mark.parametrize(("kind", "target", "engine", "direction"), _patching_cases())
+def test_patching_matches_transformer_lens(request, batch, kind, target, engine,
+                                           direction) -> None:
+    """Both engines on each pretrained bridge equal TransformerLens's `get_act_patch_*`
+    there, and leave the bridge's hooks as they were. Under grouped keys (Llama, Qwen2),
+    k and v are patched per key head, as TransformerLens's functions index them."""
+    model = request.getfixturevalue(kind)
+    assert incremental.supports(model)  # so engine="auto" takes it
+    before = hook_counts(model)
+    result = patch(model, batch, target, METRIC, direction=direction, max_batch=7,
+                   progress=False, engine=engine)
+    assert hook_counts(model) == before
+    expected = reference(model, batch, target, direction)
+    if target in ("k", "v"):
+        assert result.values.shape == ((2, 2) if kind in ("llama", "qwen2") else (2, 4))
     assert result.values.std() > 1e-3  # the patches really change the metric
     torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
 
@@ -76,34 +99,6 @@ def test_hook_based_analyses_equal_those_of_the_native_twin(gpt2, twin, batch) -
         ours = attribute(gpt2, batch, target, METRIC).values
         torch.testing.assert_close(ours, attribute(twin, batch, target, METRIC).values,
                                    atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("direction", ["denoise", "noise"])
-@pytest.mark.parametrize("target", sorted(set(REFERENCES) - {"resid_mid"}))
-def test_neox_incremental_patching_matches_transformer_lens(neox, batch, target,
-                                                            direction) -> None:
-    assert incremental.supports(neox)
-    result = patch(neox, batch, target, METRIC, direction=direction, max_batch=7,
-                   progress=False)
-    expected = reference(neox, batch, target, direction)
-    assert result.values.std() > 1e-3
-    torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
-@pytest.mark.parametrize("target", sorted(REFERENCES))
-def test_llama_family_incremental_patching_matches_transformer_lens(request, batch, kind,
-                                                                    target) -> None:
-    """Grouped keys and values: k and v are patched per key head (as TransformerLens's
-    functions index them), each feeding every query head of its group."""
-    model = request.getfixturevalue(kind)
-    assert incremental.supports(model)
-    result = patch(model, batch, target, METRIC, max_batch=7, progress=False)
-    expected = reference(model, batch, target, "denoise")
-    if target in ("k", "v"):
-        assert result.values.shape == (2, 2)  # layers x key heads
-    assert result.values.std() > 1e-3
-    torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
 
 
 def test_neox_has_no_resid_mid(neox, batch) -> None:
