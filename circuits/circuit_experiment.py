@@ -23,13 +23,12 @@ and so are the ROC curves' points (`artifacts/roc.parquet`: method, level, fpr, 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.acdc import ACDCResult, acdc
@@ -85,24 +84,12 @@ class CircuitConfig(ExperimentConfig):
     ablation: Ablation = "resample"
     metric: str | None = None
     eap_ig_steps: int = Field(default=5, ge=1)
-    acdc_thresholds: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.03, 0.1, 0.3])
+    acdc_thresholds: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=lambda: [0.001, 0.01, 0.03, 0.1, 0.3]
+    )
     acdc_objective: Literal["kl", "metric"] = "kl"
     acdc_speculation: int | None = Field(default=None, ge=1)
-    sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-
-    @field_validator("acdc_thresholds")
-    @classmethod
-    def _finite_thresholds(cls, thresholds: list[float]) -> list[float]:
-        if not all(math.isfinite(tau) for tau in thresholds):
-            raise ValueError(f"ACDC thresholds must be finite numbers, got {thresholds}")
-        return thresholds
-
-    @field_validator("sizes")
-    @classmethod
-    def _sizes_at_least_zero(cls, sizes: list[int]) -> list[int]:
-        if any(size < 0 for size in sizes):
-            raise ValueError(f"circuit sizes must be >= 0, got {sizes}")
-        return sizes
+    sizes: list[NonNegativeInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
 
 
 @dataclass(frozen=True)

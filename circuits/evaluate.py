@@ -143,13 +143,13 @@ def _circuit_masks(patcher: EdgePatcher, masks: object) -> Tensor:
     """`masks` as a `[n_circuits, n_edges]` tensor, or a one-line ValueError."""
     if not isinstance(patcher, EdgePatcher):
         raise ValueError(f"patcher must be an EdgePatcher, got {type(patcher).__name__}")
-    masks = torch.as_tensor(masks)
-    if masks.ndim != 2 or masks.shape[1] != patcher.n_edges:
-        raise ValueError(
-            f"masks must be [n_circuits, {patcher.n_edges}] (one row per circuit), got "
-            f"{tuple(masks.shape)}"
-        )
-    return masks
+    return patcher.graph.check_masks(masks)
+
+
+def _check_finite(values: Tensor, what: str) -> None:
+    """A one-line ValueError if floating `values` hold NaN or infinite entries."""
+    if values.dtype.is_floating_point and not bool(values.isfinite().all()):
+        raise ValueError(f"{what} hold NaN or infinite values")
 
 
 def _edge_values(graph: ComputationalGraph, values: object, what: str) -> Tensor:
@@ -157,8 +157,7 @@ def _edge_values(graph: ComputationalGraph, values: object, what: str) -> Tensor
     values = torch.as_tensor(values)
     if values.shape != (len(graph),):
         raise ValueError(f"{what} must be [{len(graph)}] (one per edge), got {tuple(values.shape)}")
-    if values.dtype.is_floating_point and not bool(values.isfinite().all()):
-        raise ValueError(f"{what} hold NaN or infinite values")
+    _check_finite(values, what)
     return values.detach().cpu()
 
 
@@ -167,6 +166,7 @@ def top_k_masks(scores: Tensor, sizes: Sequence[int]) -> Tensor:
     scores = torch.as_tensor(scores)
     if scores.ndim != 1:
         raise ValueError(f"scores must be [n_edges], got {tuple(scores.shape)}")
+    _check_finite(scores, "scores")  # argsort would rank NaN first
     order = scores.abs().argsort(descending=True)
     masks = torch.zeros(len(sizes), scores.numel())
     for row, k in enumerate(sizes):
@@ -220,13 +220,34 @@ def _rates(predicted: Tensor, truth: Tensor) -> tuple[float, float]:
 
 
 def roc_of_scores(scores: Tensor, truth: Tensor) -> ROC:
-    """ROC of `|scores|` as a detector of `truth` (bool, same shape), over every threshold."""
+    """ROC of `|scores|` as a detector of `truth` (bool, same shape), over every threshold.
+
+    Threshold t predicts every entry with `|score| >= t` (so entries of equal score enter
+    together; a NaN score never does). One sort and two cumulative sums give the rates at
+    every distinct |score| at once, in O(n log n).
+    """
     if scores.shape != truth.shape:
         raise ValueError(f"scores {tuple(scores.shape)} and truth {tuple(truth.shape)} differ")
-    magnitude = scores.abs().double()
-    thresholds = torch.unique(magnitude).flip(0)
-    points = [_rates(magnitude >= t, truth.bool()) for t in thresholds]
-    return _roc_from_points(points)
+    magnitude = scores.detach().abs().double().reshape(-1).cpu()
+    truth = truth.detach().bool().reshape(-1).cpu()
+    if magnitude.numel() == 0:
+        return _roc_from_points([])
+    positives = int(truth.sum())
+    negatives = truth.numel() - positives
+    if positives == 0 or negatives == 0:
+        raise ValueError("ROC needs a ground truth with both members and non-members")
+    known = ~magnitude.isnan()
+    values, order = magnitude[known].sort(descending=True)
+    hits = truth[known][order]
+    # the last entry of each run of equal |score|: where that threshold's prediction ends
+    ends = torch.ones_like(hits)
+    ends[:-1] = values[1:] != values[:-1]
+    zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    fpr = torch.cat([zero, (~hits).cumsum(0)[ends].double() / negatives, one])
+    tpr = torch.cat([zero, hits.cumsum(0)[ends].double() / positives, one])
+    # both rates grow with each threshold, so the points are already in order: drop repeats
+    points = torch.stack([fpr, tpr], dim=1).unique_consecutive(dim=0)
+    return ROC(fpr=points[:, 0].contiguous(), tpr=points[:, 1].contiguous())
 
 
 def roc_of_circuits(masks: Tensor, truth: Tensor) -> ROC:
@@ -273,12 +294,7 @@ def roc(
     if scores is not None:
         scores = _edge_values(graph, scores, "scores")
     else:
-        circuits = torch.as_tensor(circuits)
-        if circuits.ndim != 2 or circuits.shape[1] != len(graph):
-            raise ValueError(
-                f"circuits must be [n_circuits, {len(graph)}] (one row per circuit), got "
-                f"{tuple(circuits.shape)}"
-            )
+        circuits = graph.check_masks(circuits, "circuits")
     truth = masks_of(graph, [list(truth_edges)])[0].bool()
     if level == "edge":
         if scores is not None:

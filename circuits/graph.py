@@ -25,14 +25,43 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Literal, Protocol
 
 import networkx as nx
+import torch
+from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 NodeKind = Literal["embed", "head", "mlp", "logits"]
 HeadInput = Literal["q", "k", "v"]
 HEAD_INPUTS: tuple[HeadInput, ...] = ("q", "k", "v")
+
+
+def parallel_blocks(model: TransformerBridge) -> bool:
+    """Whether `model`'s blocks run attention and MLP in parallel (`cfg.parallel_attn_mlp`,
+    e.g. GPT-J, GPT-NeoX / Pythia): both read the block's input, so there is no `resid_mid`
+    and the MLP of block l does not read the heads of block l."""
+    return bool(getattr(model.cfg, "parallel_attn_mlp", False))
+
+
+class _Placed(Protocol):
+    """A node of either graph (`Node` here, `circuits.path_nodes.Node`): its kind and block
+    (-1 for the embedding, `n_layers` for the logits)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def layer(self) -> int: ...
+
+
+def reads_output(source: _Placed, destination: _Placed, *, parallel_attn_mlp: bool) -> bool:
+    """Whether `destination` reads `source`'s output from the residual stream: everything
+    written in earlier blocks (the embedding is block -1, the logits block `n_layers`), and
+    an MLP also its own block's heads unless attention and MLP run in parallel."""
+    if source.layer == destination.layer and (source.kind, destination.kind) == ("head", "mlp"):
+        return not parallel_attn_mlp
+    return source.layer < destination.layer
 
 
 @dataclass(frozen=True)
@@ -114,7 +143,7 @@ class ComputationalGraph:
             n_layers=int(cfg.n_layers),
             n_heads=int(cfg.n_heads),
             has_mlp=not bool(getattr(cfg, "attn_only", False)),
-            parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+            parallel_attn_mlp=parallel_blocks(model),
         )
 
     # -- nodes -----------------------------------------------------------------------
@@ -146,15 +175,9 @@ class ComputationalGraph:
         return tuple(nodes)
 
     def reads(self, source: Node, destination: Node) -> bool:
-        """Whether `destination` reads `source`'s output from the residual stream."""
-        if source.kind == "embed" or destination.kind == "logits":
-            return True
-        if destination.kind == "head":
-            return source.layer < destination.layer
-        # destination is an MLP: earlier blocks, and this block's heads unless parallel
-        if source.kind == "head" and source.layer == destination.layer:
-            return not self.parallel_attn_mlp
-        return source.layer < destination.layer
+        """Whether `destination` reads `source`'s output from the residual stream
+        (`reads_output`)."""
+        return reads_output(source, destination, parallel_attn_mlp=self.parallel_attn_mlp)
 
     # -- edges -----------------------------------------------------------------------
 
@@ -182,6 +205,20 @@ class ComputationalGraph:
 
     def __len__(self) -> int:
         return len(self.edges)
+
+    def check_masks(
+        self, masks: object, what: str = "masks", device: torch.device | str | None = None
+    ) -> Tensor:
+        """`masks` as a `[n_circuits, n_edges]` tensor (one row per circuit, one value per
+        edge of this graph, on `device` if given), or a one-line ValueError naming it
+        `what`."""
+        masks = torch.as_tensor(masks, device=device)
+        if masks.ndim != 2 or masks.shape[1] != len(self):
+            raise ValueError(
+                f"{what} must be [n_circuits, {len(self)}] (one row per circuit), got "
+                f"{tuple(masks.shape)}"
+            )
+        return masks
 
     # -- views -----------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ from typing import Any, Literal
 
 from transformer_lens.model_bridge import TransformerBridge
 
+from circuits.graph import reads_output
+
 NodeKind = Literal["embed", "head", "mlp", "logits"]
 Role = Literal["sender", "receiver"]
 
@@ -127,10 +129,9 @@ def _parse_receivers(names: Sequence[str], model: TransformerBridge) -> list[Nod
 
 
 def reaches(sender: Node, receiver: Node, *, parallel_attn_mlp: bool = False) -> bool:
-    """Whether `sender`'s output is read, through the residual stream, by `receiver`."""
-    if parallel_attn_mlp and sender.kind == "head" and receiver.kind == "mlp":
-        return sender.layer < receiver.layer
-    return sender.order < receiver.order
+    """Whether `sender`'s output is read, through the residual stream, by `receiver`: the
+    rule of the computational graph's edges (`circuits.graph.reads_output`)."""
+    return reads_output(sender, receiver, parallel_attn_mlp=parallel_attn_mlp)
 
 
 def _reaches_any(senders: Sequence[Node], receivers: Sequence[Node], parallel: bool) -> bool:

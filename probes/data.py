@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.activations import collect
+from interp.activations import ActivationSet, collect
 
 IGNORE = -100
 """Token label meaning "no label here" in `token_dataset`."""
@@ -80,12 +80,37 @@ def _hook_list(model: TransformerBridge, hooks: Sequence[str] | str | None) -> l
     return [hooks] if isinstance(hooks, str) else list(hooks)
 
 
-def _stack(model: TransformerBridge, tokens: Tensor, hooks: Sequence[str], **kwargs) -> Tensor:
-    """`[layer, n, ...]`: `collect` of every hook, stacked in order (in memory)."""
-    acts = collect(model, tokens, list(hooks), **kwargs)
-    shapes = {name: tuple(acts.shape(name)) for name in hooks}
+def _check_stackable(acts: ActivationSet, hooks: Sequence[str], n: int) -> None:
+    """A one-line ValueError unless every hook's activations share one shape (each shape
+    shown with `n` examples)."""
+    shapes = {name: (n, *acts.shape(name)[1:]) for name in hooks}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"the hooks' activations differ in shape, so cannot be stacked: {shapes}")
+
+
+def _stack(
+    model: TransformerBridge,
+    tokens: Tensor,
+    hooks: Sequence[str],
+    *,
+    positions: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    **kwargs,
+) -> Tensor:
+    """`[layer, n, ...]`: `collect` of every hook, stacked in order (in memory).
+
+    With `out_dir`, the hooks' shapes are first read from one example collected in memory
+    (an example's shape does not depend on how many there are), so hooks that cannot be
+    stacked are refused before any shard is written.
+    """
+    rows = {"positions": positions, "attention_mask": attention_mask}
+    if out_dir is not None and len(set(hooks)) > 1:
+        first = {key: None if value is None else value[:1] for key, value in rows.items()}
+        sample = collect(model, tokens[:1], list(hooks), progress=False, **first)
+        _check_stackable(sample, hooks, len(tokens))
+    acts = collect(model, tokens, list(hooks), out_dir=out_dir, **rows, **kwargs)
+    _check_stackable(acts, hooks, len(tokens))
     return torch.stack([acts[name].float() for name in hooks])
 
 

@@ -15,6 +15,8 @@ from types import MappingProxyType
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from circuits.graph import parallel_blocks
+
 Setter = Callable[[Tensor, tuple[int, ...], Tensor], None]
 """`(patched [batch, ...], index without the layer, source [batch, ...])`, writes in place."""
 
@@ -117,9 +119,7 @@ def check_target_exists(space: IndexSpace, model: TransformerBridge) -> None:
     of blocks whose attention and MLP run in parallel (GPT-J, GPT-NeoX / Pythia)."""
     hooks = getattr(model, "hook_dict", None)
     if hooks is not None and space.hook_name(0) not in hooks:
-        why = " (its attention and MLP run in parallel)" if getattr(
-            model.cfg, "parallel_attn_mlp", False
-        ) else ""
+        why = " (its attention and MLP run in parallel)" if parallel_blocks(model) else ""
         raise ValueError(f"target {space.name!r} does not exist in this model{why}")
 
 

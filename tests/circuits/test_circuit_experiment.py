@@ -47,3 +47,19 @@ def test_source_must_name_exactly_one_thing(tmp_path: Path) -> None:
     config.write_text("kind: circuit\nsource: {planted: induction, tracr: reverse}\n")
     with pytest.raises(ConfigError, match="source: .*exactly one of planted, tracr"):
         load_config(config)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("acdc_thresholds: [0.01, .inf]", r"acdc_thresholds\.1: .* finite number \(got inf\)"),
+        ("acdc_thresholds: [.nan]", r"acdc_thresholds\.0: .* finite number \(got nan\)"),
+        ("sizes: [1, -2]", r"sizes\.1: Input should be greater than or equal to 0 \(got -2\)"),
+    ],
+)
+def test_thresholds_and_sizes_are_checked_item_by_item(tmp_path: Path, line, message) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"kind: circuit\nsource: {{planted: induction}}\n{line}\n")
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(config)
+    assert "\n" not in str(error.value)

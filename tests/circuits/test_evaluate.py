@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -33,6 +35,47 @@ def test_roc_of_perfect_inverted_and_tied_scores() -> None:
     assert tied.auc == pytest.approx(0.5) and tied.pessimistic_auc == pytest.approx(0.0)
 
 
+def brute_force_roc(scores: torch.Tensor, truth: torch.Tensor) -> ROC:
+    """One pass over the edges per distinct |score|: the definition, slowly."""
+    magnitude = scores.abs().double().tolist()
+    members = truth.tolist()
+    positives, negatives = sum(members), len(members) - sum(members)
+    points = {(0.0, 0.0), (1.0, 1.0)}
+    for threshold in set(magnitude):
+        chosen = [m >= threshold for m in magnitude]
+        tp = sum(c and t for c, t in zip(chosen, members, strict=True))
+        fp = sum(c and not t for c, t in zip(chosen, members, strict=True))
+        points.add((fp / negatives, tp / positives))
+    ordered = sorted(points)
+    fpr = torch.tensor([p[0] for p in ordered], dtype=torch.float64)
+    tpr = torch.tensor([p[1] for p in ordered], dtype=torch.float64)
+    return ROC(fpr=fpr, tpr=torch.cummax(tpr, dim=0).values)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_roc_of_scores_is_the_per_threshold_curve_with_ties(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    # few distinct values and both signs: many ties, and -s ties with s
+    scores = torch.randint(-6, 7, (300,), generator=generator).float() / 4
+    truth = torch.rand(300, generator=generator) < 0.2 + 0.2 * (scores.abs() > 0.5)
+    ours, expected = roc_of_scores(scores, truth), brute_force_roc(scores, truth)
+    assert torch.equal(ours.fpr, expected.fpr) and torch.equal(ours.tpr, expected.tpr)
+    assert ours.auc == expected.auc and ours.pessimistic_auc == expected.pessimistic_auc
+    distinct = torch.rand(300, generator=generator)
+    ours, expected = roc_of_scores(distinct, truth), brute_force_roc(distinct, truth)
+    assert torch.equal(ours.fpr, expected.fpr) and torch.equal(ours.tpr, expected.tpr)
+
+
+def test_roc_of_scores_on_gpt2_small_sized_graph_is_fast() -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(32_491, generator=generator)
+    truth = torch.rand(32_491, generator=generator) < 0.01
+    start = time.perf_counter()
+    curve = roc_of_scores(scores, truth)
+    elapsed = time.perf_counter() - start
+    assert len(curve.fpr) > 1000 and elapsed < 5.0, f"{elapsed:.3f} s"
+
+
 def test_trapezoid_and_pessimistic_staircase_by_hand() -> None:
     # points (0, 0), (0.5, 0.5), (1, 1): trapezoid 0.5; staircase right-then-up 0.25
     truth = torch.tensor([True, True, False, False])
@@ -60,6 +103,8 @@ def test_node_level_folds_head_inputs_and_merges_sources() -> None:
     assert roc(graph, truth, scores=scores).pessimistic_auc == pytest.approx(1.0)
     with pytest.raises(ValueError, match="exactly one of scores"):
         roc(graph, truth)
+    with pytest.raises(ValueError, match=rf"circuits must be \[n_circuits, {len(graph)}\]"):
+        roc(graph, truth, circuits=torch.ones(len(graph)))
     with pytest.raises(ValueError, match="no edge 'L1H1->L0H0.q'"):
         masks_of(graph, [["L1H1->L0H0.q"]])
 
@@ -75,3 +120,7 @@ def test_faithfulness_kl_and_top_k(model, batch) -> None:
     assert masks.tolist() == [[0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1]]
     with pytest.raises(ValueError, match="circuit size 5 outside 0..4"):
         top_k_masks(torch.zeros(4), [5])
+    with pytest.raises(ValueError, match="scores hold NaN or infinite values"):
+        top_k_masks(torch.tensor([0.1, float("nan"), 2.0, 0.0]), [1])
+    with pytest.raises(ValueError, match=r"masks must be \[n_circuits, \d+\] \(one row"):
+        faithfulness(patcher, batch, ones[0], METRIC)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import networkx as nx
 import pytest
+import torch
 
-from circuits.graph import ComputationalGraph, Node
+from circuits.graph import ComputationalGraph, Node, parallel_blocks, reads_output
 from interp import models
 
 
@@ -46,6 +49,28 @@ def test_which_sources_each_destination_reads() -> None:
     parallel = ComputationalGraph(n_layers=2, n_heads=2, parallel_attn_mlp=True)
     assert "L0H0->mlp0" not in parallel.edge_index and "L0H0->mlp1" in parallel.edge_index
     assert len(parallel) == len(graph) - 2 * 2
+    head, mlp = Node("head", 0, 1), Node("mlp", 0)
+    assert reads_output(head, mlp, parallel_attn_mlp=False)
+    assert not reads_output(head, mlp, parallel_attn_mlp=True)
+
+
+def test_parallel_blocks_reads_the_config(model) -> None:
+    assert parallel_blocks(model) is False
+    fake = SimpleNamespace(cfg=SimpleNamespace(parallel_attn_mlp=1))
+    assert parallel_blocks(fake) is True  # type: ignore[arg-type]
+    assert parallel_blocks(SimpleNamespace(cfg=SimpleNamespace())) is False  # type: ignore[arg-type]
+
+
+def test_check_masks_wants_one_row_per_circuit() -> None:
+    graph = ComputationalGraph(n_layers=1, n_heads=1)
+    masks = graph.check_masks([[1.0] * len(graph)] * 2)
+    assert isinstance(masks, torch.Tensor) and masks.shape == (2, len(graph))
+    ones = torch.ones(3, len(graph))
+    assert graph.check_masks(ones) is ones  # no copy
+    with pytest.raises(ValueError, match=rf"masks must be \[n_circuits, {len(graph)}\]"):
+        graph.check_masks(torch.ones(len(graph)))
+    with pytest.raises(ValueError, match=r"circuits must be .* got \(1, 2\)"):
+        graph.check_masks(torch.ones(1, 2), "circuits")
 
 
 def test_node_level_view_folds_qkv_into_heads() -> None:

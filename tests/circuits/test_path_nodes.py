@@ -6,6 +6,7 @@ import pytest
 from transformer_lens.model_bridge import TransformerBridge
 
 import circuits.path_patching
+from circuits.graph import ComputationalGraph
 from circuits.path_nodes import Node, parse_node, reaches
 from interp import models
 
@@ -75,3 +76,25 @@ def test_reaches_follows_the_residual_stream(sender, receiver, sequential, paral
     of layer l feeds the MLPs of later layers only."""
     assert reaches(sender, receiver) is sequential
     assert reaches(sender, receiver, parallel_attn_mlp=True) is parallel
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_reaches_is_the_computational_graphs_edge_rule(parallel: bool) -> None:
+    """Every sender/receiver pair of a 3-layer graph: `reaches` holds exactly where the
+    graph has an edge, and where the forward order said so before the rule was shared."""
+    graph = ComputationalGraph(n_layers=3, n_heads=2, parallel_attn_mlp=parallel)
+
+    def as_path_node(node) -> Node:
+        return Node(node.name, node.kind, node.layer, node.head, node.input)
+
+    for source in graph.sources:
+        for destination in graph.destinations:
+            sender, receiver = as_path_node(source), as_path_node(destination)
+            edge = f"{source.name}->{destination.name}" in graph.edge_index
+            in_order = sender.order < receiver.order and not (
+                parallel and (sender.kind, receiver.kind) == ("head", "mlp")
+                and sender.layer == receiver.layer
+            )
+            where = (sender.name, receiver.name)
+            assert reaches(sender, receiver, parallel_attn_mlp=parallel) is edge, where
+            assert edge is in_order, where

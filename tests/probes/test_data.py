@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -74,3 +76,30 @@ def test_bad_inputs_raise_one_line(model) -> None:
         sequence_dataset(model, tokens(), torch.zeros(12), 9)
     with pytest.raises(ValueError, match="no labelled token"):
         token_dataset(model, tokens(), torch.full((12, 8), IGNORE))
+
+
+def test_hooks_of_different_shapes_are_refused_before_anything_is_written(
+    model, tmp_path: Path
+) -> None:
+    hooks = ["hook_embed", "blocks.0.attn.hook_pattern"]  # [n, d] and [n, head, k] at a position
+    with pytest.raises(ValueError, match=r"differ in shape.*'hook_embed': \(12, 32\)") as error:
+        sequence_dataset(model, tokens(), torch.zeros(12), 3, hooks=hooks)
+    assert "\n" not in str(error.value)
+    out_dir = tmp_path / "acts"
+    with pytest.raises(ValueError, match=r"differ in shape.*'hook_embed': \(12, 32\)"):
+        sequence_dataset(model, tokens(), torch.zeros(12), 3, hooks=hooks, out_dir=out_dir)
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+    with pytest.raises(ValueError, match="differ in shape"):
+        token_dataset(model, tokens(), tokens() % 2, hooks=hooks, out_dir=out_dir)
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_a_set_written_to_disk_gives_the_same_rows(model, tmp_path: Path) -> None:
+    hooks = ["hook_embed", "blocks.1.hook_resid_post"]
+    position = torch.arange(12) % 8
+    in_memory = sequence_dataset(model, tokens(), torch.zeros(12), position, hooks=hooks)
+    on_disk = sequence_dataset(
+        model, tokens(), torch.zeros(12), position, hooks=hooks, out_dir=tmp_path / "acts"
+    )
+    assert any((tmp_path / "acts").iterdir())
+    torch.testing.assert_close(on_disk.features, in_memory.features, atol=1e-6, rtol=0)
