@@ -111,10 +111,7 @@ def attribute(
     check_patchable(space, model)
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
-    if not isinstance(batch, TaskBatch):
-        raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
-    batch.check_fits(model)
-    batch = batch.to(model_device(model))
+    batch = TaskBatch.checked(batch, model).to(model_device(model))
     n_pos = batch.clean.shape[1]
     sizes = space.sizes(model, n_pos)
     n_layers = sizes[0]

@@ -27,6 +27,8 @@ patching (`circuits.eap`) takes gradients at the destination inputs of a run.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,6 +66,76 @@ class _Groups:
     heads: list[Tensor]  # per layer: the 3H rows (head-major, then q, k, v)
     mlps: list[int]  # per layer: the MLP's row (empty for attention-only models)
     logits: int
+    heads_and_mlp: list[Tensor]  # per layer: the heads' rows, then the MLP's (if any)
+
+
+class _Stream(ABC):
+    """How a run's destinations read their inputs, from the sources' outputs so far; the
+    pass reports each block's head outputs and attention bias (`add_heads`) and MLP output
+    (`add_mlp`) as it computes them."""
+
+    @abstractmethod
+    def read(
+        self, rows: Tensor | list[int], outputs: list[Tensor], sizes: Sequence[int]
+    ) -> tuple[Tensor, ...]:
+        """The inputs of destinations `rows` from the sources' `outputs`, as groups of
+        `sizes` consecutive rows, `[C, B, P, n, d]` each."""
+
+    @abstractmethod
+    def add_heads(self, per_head: Tensor, bias: Tensor) -> None: ...
+
+    @abstractmethod
+    def add_mlp(self, out: Tensor) -> None: ...
+
+
+class _Mixed(_Stream):
+    """Some edges ablated: each input is its kept sources' outputs plus its ablated
+    sources' ablated outputs (weighted by `dense`), plus the attention biases so far."""
+
+    def __init__(self, dense: Tensor, ablated: Tensor, bias: Tensor) -> None:
+        self.dense, self.ablated, self.bias = dense, ablated, bias
+
+    def read(
+        self, rows: Tensor | list[int], outputs: list[Tensor], sizes: Sequence[int]
+    ) -> tuple[Tensor, ...]:
+        """One stack of the sources' outputs for every group."""
+        n_sources = len(outputs)
+        stacked = torch.stack(outputs, dim=3)
+        weights = self.dense[:, rows, :n_sources]
+        mixed = torch.einsum("cbpsd,cns->cbpnd", stacked, weights)
+        mixed = mixed + torch.einsum(
+            "bpsd,cns->cbpnd", self.ablated[:, :, :n_sources], 1.0 - weights
+        )
+        mixed = mixed + self.bias
+        return (mixed,) if len(sizes) == 1 else mixed.split(tuple(sizes), dim=3)
+
+    def add_heads(self, per_head: Tensor, bias: Tensor) -> None:
+        self.bias = self.bias + bias  # the heads' outputs are read from `outputs`
+
+    def add_mlp(self, out: Tensor) -> None:
+        pass  # read from `outputs`
+
+
+class _Summed(_Stream):
+    """Every edge kept: each destination reads the whole residual stream, so the stream is
+    summed as it goes (no stack of source outputs) and each input is a broadcast view of
+    it, which still has a gradient of its own."""
+
+    def __init__(self, embed: Tensor) -> None:
+        self.resid = embed
+
+    def read(
+        self, rows: Tensor | list[int], outputs: list[Tensor], sizes: Sequence[int]
+    ) -> tuple[Tensor, ...]:
+        """A view of the stream per group (free: nothing to share between them)."""
+        shape = self.resid.shape[:3]
+        return tuple(self.resid.unsqueeze(3).expand(*shape, size, -1) for size in sizes)
+
+    def add_heads(self, per_head: Tensor, bias: Tensor) -> None:
+        self.resid = self.resid + per_head.sum(dim=3) + bias
+
+    def add_mlp(self, out: Tensor) -> None:
+        self.resid = self.resid + out
 
 
 class EdgePatcher:
@@ -94,16 +166,20 @@ class EdgePatcher:
         self.edge_sources = torch.tensor(
             [sources[e.source] for e in self.graph.edges], device=self.device
         )
-        heads, mlps = [], []
+        heads, mlps, heads_and_mlp = [], [], []
         for layer in range(self.arch.n_layers):
             rows = [
                 i for node, i in destinations.items() if node.kind == "head" and node.layer == layer
             ]
-            heads.append(torch.tensor(rows, device=self.device))
-            mlps += [
+            mlp = [
                 i for node, i in destinations.items() if node.kind == "mlp" and node.layer == layer
             ]
-        self._groups = _Groups(heads, mlps, len(self.graph.destinations) - 1)
+            heads.append(torch.tensor(rows, device=self.device))
+            heads_and_mlp.append(torch.tensor(rows + mlp, device=self.device))
+            mlps += mlp
+        self._groups = _Groups(heads, mlps, len(self.graph.destinations) - 1, heads_and_mlp)
+        # Parallel attention and MLP: the MLP reads the block's input, as its heads do (an
+        # attention-only block has no MLP to read it)
         self._parallel_mlp = self.arch.parallel_attn_mlp and self.arch.d_mlp is not None
 
     @property
@@ -113,21 +189,14 @@ class EdgePatcher:
     def check_batch(self, batch: object) -> None:
         """A one-line ValueError unless `batch` is a `TaskBatch` this model can run
         (`TaskBatch.check_fits`)."""
-        if not isinstance(batch, TaskBatch):
-            raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
-        batch.check_fits(self._model)
+        TaskBatch.checked(batch, self._model)
 
     # -- masks -----------------------------------------------------------------------
 
     def dense(self, masks: Float[Tensor, "circuit edge"]) -> Float[Tensor, "circuit dest source"]:
         """Edge masks as dense `[circuit, destination, source]` weights (1 = in the circuit),
         on the model's device."""
-        masks = torch.as_tensor(masks, device=self.device)
-        if masks.ndim != 2 or masks.shape[1] != self.n_edges:
-            raise ValueError(
-                f"masks must be [n_circuits, {self.n_edges}] (one value per edge), got "
-                f"{tuple(masks.shape)}"
-            )
+        masks = self.graph.check_masks(masks, device=self.device)
         n_dest, n_src = len(self.graph.destinations), len(self.graph.sources)
         dense = masks.new_zeros(
             (masks.shape[0], n_dest, n_src), dtype=self.params["embed.weight"].dtype
@@ -141,7 +210,8 @@ class EdgePatcher:
         """Every source's output on `tokens` in the unablated model (the pass stops before
         the unembedding, which no source reads)."""
         outputs: list[Tensor] = []
-        self._run_unablated(tokens, 1, outputs, None, None, unembed=False)
+        embed = self.embed(tokens).expand(1, *tokens.shape, self.arch.d_model)
+        self._forward(_Summed(embed), embed, outputs, None, unembed=False)
         return torch.stack(outputs, dim=3)[0]
 
     def full_logits(self, tokens: Tensor) -> Float[Tensor, "batch pos vocab"]:
@@ -188,96 +258,66 @@ class EdgePatcher:
                 gradients can be taken with respect to it.
             embed_override: The embedding source's output to use instead of the tokens'.
         """
-        if ablated is None:
-            logits = self._run_unablated(tokens, dense.shape[0], record, inputs, embed_override)
-            assert logits is not None  # unembedded
-            return logits
-        arch, params = self.arch, self.params
-        n_circuits = dense.shape[0]
-        batch, n_pos = tokens.shape
-        outputs: list[Tensor] = [] if record is None else record
-        dtype = self.params["embed.weight"].dtype
-        bias = torch.zeros(arch.d_model, device=self.device, dtype=dtype)
-        positions = torch.arange(n_pos, device=self.device)
         embed = embed_override if embed_override is not None else self.embed(tokens)
-        outputs.append(embed.expand(n_circuits, batch, n_pos, arch.d_model))
+        embed = embed.expand(dense.shape[0], *tokens.shape, self.arch.d_model)
+        if ablated is None:
+            stream: _Stream = _Summed(embed)
+        else:
+            dtype = self.params["embed.weight"].dtype
+            bias = torch.zeros(self.arch.d_model, device=self.device, dtype=dtype)
+            stream = _Mixed(dense, ablated, bias)
+        logits = self._forward(stream, embed, record, inputs)
+        assert logits is not None  # unembedded
+        return logits
 
-        def gather(rows: Tensor | list[int]) -> Tensor:
-            """Inputs of destinations `rows` from every source so far: [C, B, P, n, d]."""
-            n_sources = len(outputs)
-            stacked = torch.stack(outputs, dim=3)
-            weights = dense[:, rows, :n_sources]
-            mixed = torch.einsum("cbpsd,cns->cbpnd", stacked, weights)
-            if ablated is not None:
-                mixed = mixed + torch.einsum(
-                    "bpsd,cns->cbpnd", ablated[:, :, :n_sources], 1.0 - weights
-                )
-            mixed = mixed + bias
-            if inputs is not None:
-                inputs.append((rows, n_sources, mixed))
-            return mixed
-
-        for layer in range(arch.n_layers):
-            block = f"blocks.{layer}"
-            head_inputs = gather(self._groups.heads[layer])
-            # Parallel attention and MLP: the MLP reads the block's input, not the heads.
-            mlp_input = gather([self._groups.mlps[layer]]) if self._parallel_mlp else None
-            per_head = self._heads(layer, head_inputs, positions)
-            outputs += [per_head[:, :, :, head] for head in range(arch.n_heads)]
-            bias = bias + params[f"{block}.attn.o.bias"]
-            if arch.d_mlp is not None:
-                if mlp_input is None:
-                    mlp_input = gather([self._groups.mlps[layer]])
-                outputs.append(self._mlp(layer, mlp_input[:, :, :, 0]))
-        final = gather([self._groups.logits])[:, :, :, 0]
-        return functional.unembed(params, final, arch)
-
-    def _run_unablated(
+    def _forward(
         self,
-        tokens: Tensor,
-        n_circuits: int,
+        stream: _Stream,
+        embed: Float[Tensor, "circuit batch pos d_model"],
         record: list[Tensor] | None,
         inputs: list[tuple[Tensor | list[int], int, Tensor]] | None,
-        embed_override: Tensor | None,
         unembed: bool = True,
     ) -> Tensor | None:
-        """`run` with every edge kept: each destination reads the whole residual stream, so
-        the stream is summed as it goes (no stack of source outputs) and each destination
-        group's input is a broadcast view of it, which still has a gradient of its own.
+        """The forward pass of `run`, each destination group's input read from `stream`.
         `unembed=False` stops after recording the last source (returns None)."""
-        arch, params = self.arch, self.params
-        batch, n_pos = tokens.shape
-        shape = (n_circuits, batch, n_pos, arch.d_model)
+        arch, params, groups = self.arch, self.params, self._groups
         outputs: list[Tensor] = [] if record is None else record
-        resid = embed_override if embed_override is not None else self.embed(tokens)
-        resid = resid.expand(shape)
-        outputs.append(resid)
-        positions = torch.arange(n_pos, device=self.device)
+        outputs.append(embed)
+        positions = torch.arange(embed.shape[2], device=self.device)
 
-        def read(rows: Tensor | list[int]) -> Tensor:
-            """The stream as the input of destinations `rows`: [C, B, P, n, d]."""
-            view = resid.unsqueeze(3).expand(*shape[:3], len(rows), arch.d_model)
+        def read(
+            rows: Tensor | list[int], *parts: Tensor | list[int]
+        ) -> tuple[Tensor, ...]:
+            """The inputs of destinations `rows`, one tensor for each of `parts` (their
+            rows, which `rows` concatenates; default: `rows` alone)."""
+            parts = parts or (rows,)
+            read_in = stream.read(rows, outputs, [len(part) for part in parts])
             if inputs is not None:
-                inputs.append((rows, len(outputs), view))
-            return view
+                inputs.extend(
+                    (part, len(outputs), x) for part, x in zip(parts, read_in, strict=True)
+                )
+            return read_in
 
         for layer in range(arch.n_layers):
-            block = f"blocks.{layer}"
-            head_inputs = read(self._groups.heads[layer])
-            mlp_input = read([self._groups.mlps[layer]]) if self._parallel_mlp else None
+            heads = groups.heads[layer]
+            if self._parallel_mlp:  # the MLP reads the block's input too: one read for both
+                mlp = [groups.mlps[layer]]
+                head_inputs, mlp_input = read(groups.heads_and_mlp[layer], heads, mlp)
+            else:
+                (head_inputs,), mlp_input = read(heads), None
             per_head = self._heads(layer, head_inputs, positions)
             outputs += [per_head[:, :, :, head] for head in range(arch.n_heads)]
-            resid = resid + per_head.sum(dim=3) + params[f"{block}.attn.o.bias"]
+            stream.add_heads(per_head, params[f"blocks.{layer}.attn.o.bias"])
             if arch.d_mlp is not None:
                 if mlp_input is None:
-                    mlp_input = read([self._groups.mlps[layer]])
+                    (mlp_input,) = read([groups.mlps[layer]])
                 out = self._mlp(layer, mlp_input[:, :, :, 0])
                 outputs.append(out)
-                resid = resid + out
+                stream.add_mlp(out)
         if not unembed:
             return None
-        final = read([self._groups.logits])[:, :, :, 0]
-        return functional.unembed(params, final, arch)
+        (final,) = read([groups.logits])
+        return functional.unembed(params, final[:, :, :, 0], arch)
 
     def stage(self, destination: Node) -> int:
         """Where `destination` is read in the forward pass: `2 l` for the heads of block l,

@@ -62,6 +62,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from circuits.graph import parallel_blocks
 from circuits.patching.engine import (
     CopyMetric,
     Direction,
@@ -309,9 +310,7 @@ def _check_common(
 ) -> None:
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
-    if not isinstance(batch, TaskBatch):
-        raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
-    batch.check_fits(model)
+    TaskBatch.checked(batch, model)
     if not isinstance(freeze_mlps, bool):
         raise ValueError(f"freeze_mlps must be a bool, got {freeze_mlps!r}")
 
@@ -354,7 +353,7 @@ def path_patch(
     _check_common(model, batch, direction, freeze_mlps)
     sender_nodes = _parse_nodes(senders, model, "sender")
     receiver_nodes = _parse_receivers(receivers, model)
-    parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
+    parallel = parallel_blocks(model)
     frozen_names = _freeze_hooks(model, freeze_mlps)
     source_names = list(dict.fromkeys(_sender_hook(node) for node in sender_nodes))
     _check_hooks(model, frozen_names, source_names, receiver_nodes)
@@ -413,7 +412,7 @@ def path_patch_senders(
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
     receiver_nodes = _parse_receivers(receivers, model)
-    parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
+    parallel = parallel_blocks(model)
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     heads = [
         Node(f"L{layer}H{head}", "head", layer, head)

@@ -43,8 +43,10 @@ changes that output.
 Cost: on a GPU a test of this small a model costs its dispatches, not its arithmetic, so
 everything that is the same in every test is made once (weights per head, additive causal
 masks, the reference side of the KL, the index tensors and kept-edge weights of each
-pattern), heads are picked by slices where they are consecutive (views, no copies), and a
-test makes no host-to-device copy; its one synchronisation is reading back its damages.
+pattern), and heads are picked by slices where they are consecutive (views, no copies). The
+only host-to-device copies a test makes are those of a pattern no earlier test met (its
+heads' index tensor, its kept-edge weights); its one synchronisation is reading back its
+damages, every trial's in one transfer (a metric objective may add syncs of its own).
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ class PruningState:
         self._mixes: dict[tuple, Tensor] = {}
         self._deltas: dict[tuple[int, bool], Tensor] = {}
         clean = batch.clean[:, :n_rows]
-        corrupted = None if batch.corrupted is None else batch.corrupted[:, :n_rows]
+        corrupted = batch.corrupted[:, :n_rows]
         with torch.inference_mode():
             self._constants()
             ablated = patcher.ablated_outputs(clean, corrupted, ablation)

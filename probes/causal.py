@@ -340,11 +340,17 @@ def run_with_intervention(
     """Logits of one forward pass with `intervention` applied at `hook`. The hook is removed
     afterwards, also when the forward pass raises; `tokens` is not modified."""
     _check_hook(model, hook)
-    if not isinstance(intervention, Intervention):
-        raise ValueError(f"intervention must be an Intervention, got {type(intervention).__name__}")
+    _check_intervention(intervention)
     if not isinstance(tokens, Tensor) or tokens.ndim != 2:
         raise ValueError(f"tokens must be a tensor [batch, pos], got {_shape(tokens)}")
     check_token_tensor(tokens, "tokens", model)
+    return _run_hooked(model, tokens, hook, intervention)
+
+
+def _run_hooked(
+    model: TransformerBridge, tokens: Tensor, hook: str, intervention: Intervention
+) -> Tensor:
+    """`run_with_intervention` without its checks."""
 
     def fn(acts: Tensor, hook: object = None) -> Tensor:  # called as fn(acts, hook=point)
         return intervention.apply(acts)
@@ -421,9 +427,8 @@ def intervention_effect(
     `n_random` random controls of the same rank and norm (Elazar et al. 2021). A metric
     returning one value per example is averaged. Runs in eval mode without gradients."""
     _check_hook(model, hook)
-    if not isinstance(batch, TaskBatch):
-        raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
-    batch.check_fits(model)
+    _check_intervention(intervention)
+    batch = TaskBatch.checked(batch, model)  # the tokens, once for every run below
     if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
         raise ValueError(f"n_random must be an int >= 0, got {n_random!r}")
     parameter = next(iter(model.parameters()), None)
@@ -433,7 +438,7 @@ def intervention_effect(
 
     def score(edit: Intervention | None) -> float:
         tokens = batch.clean
-        logits = model(tokens) if edit is None else run_with_intervention(model, tokens, hook, edit)
+        logits = model(tokens) if edit is None else _run_hooked(model, tokens, hook, edit)
         return metric_value(metric, logits, batch)
 
     with eval_mode(model), torch.no_grad():
@@ -450,6 +455,11 @@ def intervention_effect(
         seed=int(seed),
         metric=getattr(metric, "__name__", "metric"),
     )
+
+
+def _check_intervention(intervention: object) -> None:
+    if not isinstance(intervention, Intervention):
+        raise ValueError(f"intervention must be an Intervention, got {type(intervention).__name__}")
 
 
 def _check_hook(model: TransformerBridge, hook: str) -> None:

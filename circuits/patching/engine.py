@@ -38,6 +38,7 @@ from circuits.patching.targets import (
     check_target_exists,
     index_space,
 )
+from interp.functional import Architecture
 from interp.metrics import normalise as normalise_metric
 from interp.tasks.base import TaskBatch
 
@@ -220,8 +221,10 @@ metric calls that reading many copies at once saves; on a GPU filling it is near
 and the metric reads every copy of a pass (`max_batch` examples) at once."""
 
 
-def _incremental_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
+def _incremental_sweep(model: TransformerBridge, sweep: _Sweep, arch: Architecture) -> SweepValues:
     """Every chunk through `IncrementalPatcher`: only what the patch can change is rerun.
+    `arch`: the model's, from `incremental.covered_architecture`; the batch's tokens were
+    checked against the model (`TaskBatch.check_fits`), so the patcher does not again.
 
     The metric is read on many copies at once (`CopyMetric`): the patched logits at the
     read positions of consecutive chunks (and of the base and source runs) are gathered
@@ -237,6 +240,8 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep) -> SweepValues:
         batch.position.tolist(),
         last_layer_at_read="pos" not in sweep.space.axes,  # per-position caches not needed
         patterns=incremental.patterns_needed(sweep.space),
+        arch=arch,
+        validate=False,
     )
     per_copy = CopyMetric(sweep.metric, batch)
     per_pass = sweep.per_pass
@@ -292,14 +297,19 @@ def nan_metric_error(
     )
 
 
-def _resolve_engine(engine: str, model: TransformerBridge) -> Engine:
-    if engine == "auto":
-        return "incremental" if incremental.supports(model) else "hooks"
-    if engine == "incremental" and (reason := incremental.unsupported_reason(model)):
-        raise ValueError(f"engine='incremental' cannot run here: {reason}; use 'hooks' or 'auto'")
-    if engine not in ("incremental", "hooks"):
+def _resolve_engine(engine: str, model: TransformerBridge) -> tuple[Engine, Architecture | None]:
+    """The engine to run and, for the incremental one, the model's architecture (resolved
+    once here, for `IncrementalPatcher`)."""
+    if engine not in ("auto", "incremental", "hooks"):
         raise ValueError(f"engine must be 'auto', 'incremental' or 'hooks', got {engine!r}")
-    return engine  # type: ignore[return-value]
+    if engine == "hooks":
+        return "hooks", None
+    arch, reason = incremental.covered_architecture(model)
+    if arch is not None:
+        return "incremental", arch
+    if engine == "incremental":
+        raise ValueError(f"engine='incremental' cannot run here: {reason}; use 'hooks' or 'auto'")
+    return "hooks", None
 
 
 def patch(
@@ -346,14 +356,12 @@ def patch(
     space = index_space(target)
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
-    if not isinstance(batch, TaskBatch):
-        raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
-    batch.check_fits(model)
+    batch = TaskBatch.checked(batch, model)
     if not isinstance(normalise, bool):
         raise ValueError(f"normalise must be a bool, got {normalise!r}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-    chosen = _resolve_engine(engine, model)
+    chosen, arch = _resolve_engine(engine, model)
     if chosen == "hooks":  # the incremental engine computes the pattern itself
         check_patchable(space, model)
     else:
@@ -377,8 +385,8 @@ def patch(
         progress=progress,
     )
     with torch.inference_mode():
-        if chosen == "incremental":  # a pure function of the weights: no mode to set
-            values, base_value, source_value = _incremental_sweep(model, sweep)
+        if arch is not None:  # incremental: a pure function of the weights, no mode to set
+            values, base_value, source_value = _incremental_sweep(model, sweep, arch)
         else:
             was_training = model.training
             model.eval()

@@ -56,16 +56,14 @@ def supports(model: TransformerBridge) -> bool:
     """Whether this engine reproduces `model` exactly: a causal model that
     `interp.functional` covers (native, or pretrained GPT-2, GPT-NeoX, Llama, Mistral,
     Qwen2)."""
-    return unsupported_reason(model) is None
+    return covered_architecture(model)[0] is not None
 
 
-def unsupported_reason(model: TransformerBridge) -> str | None:
-    """Why this engine does not cover `model` (one line), or None when it does."""
-    return _covered(model)[1]
-
-
-def _covered(model: TransformerBridge) -> tuple[functional.Architecture | None, str | None]:
-    """`model`'s architecture where this engine covers it, else None and the reason."""
+def covered_architecture(
+    model: TransformerBridge,
+) -> tuple[functional.Architecture | None, str | None]:
+    """`model`'s architecture and None where this engine covers it, else None and why not
+    (one line)."""
     try:
         arch = functional.architecture_of(model)
     except ValueError as error:
@@ -118,6 +116,11 @@ class IncrementalPatcher:
     value, the only ones that read them (`patterns_needed`).
     Host-side bookkeeping (which positions a chunk computes, which it patches) stays in
     Python numbers, so answering a chunk never waits for the device.
+
+    `arch` and `validate=False` are for a caller that has done the checks already
+    (`patch`): `arch` is the model's architecture from `covered_architecture` (default:
+    resolved here, refusing a model this engine does not cover), and `validate=False`
+    skips the check of the tokens against it (one host sync).
     """
 
     def __init__(
@@ -129,11 +132,14 @@ class IncrementalPatcher:
         *,
         last_layer_at_read: bool = False,
         patterns: bool = True,
+        arch: functional.Architecture | None = None,
+        validate: bool = True,
     ) -> None:
-        covered, reason = _covered(model)
-        if covered is None:
-            raise ValueError(f"{reason}; use engine='hooks'")
-        self.arch = arch = covered
+        if arch is None:
+            arch, reason = covered_architecture(model)
+            if arch is None:
+                raise ValueError(f"{reason}; use engine='hooks'")
+        self.arch = arch
         self.params: Params = functional.live_params(model)
         self.n_examples, self.n_pos = base_tokens.shape
         device = base_tokens.device
@@ -158,7 +164,8 @@ class IncrementalPatcher:
         only (then its cached q, z, pattern, ... hold those rows; its k and v all)."""
         # Base and source prompts in one forward pass (half the per-op overhead).
         tokens = torch.cat([base_tokens, source_tokens])
-        functional.check_tokens(tokens, arch)
+        if validate:
+            functional.check_tokens(tokens, arch)
         both: dict[str, Tensor] = {}
         logits = functional.forward(
             self.params,
@@ -277,9 +284,10 @@ class _Step:
         return slice(self.p0 - start, None)
 
     def cache_rows(self, layer: int) -> slice | Tensor:
-        """`rows(layer)` in the base and source runs' q, z, pattern and resid_mid of
-        `layer` (the last layer's hold the read positions only when the patcher was built
-        with `last_layer_at_read`)."""
+        """`rows(layer)` in the base and source runs' q, z, pattern and what follows the
+        attention (attn_out, resid_mid, mlp_out, resid_post) of `layer` (the last layer's
+        hold the read positions only when the patcher was built with
+        `last_layer_at_read`)."""
         if self.patcher.last_layer_at_read and layer == self.arch.n_layers - 1:
             return self.read_rows
         return self.rows(layer)
@@ -327,21 +335,20 @@ class _Step:
         residual stream at the read positions, `[K * batch, n_read, d_model]`."""
         name, layer = _activation_name(space), chunk[0][0]
         if name == "z":
-            resid, through_mlp = self.with_head_outputs_patched(space, chunk)
-            return self.after_post(layer, resid) if through_mlp else self.after_mid(layer, resid)
+            return self.after_head_outputs_patched(space, chunk)
         return self.enter(name, layer, self.patched(space, chunk))
 
-    def with_head_outputs_patched(
+    def after_head_outputs_patched(
         self, space: IndexSpace, chunk: Sequence[tuple[int, ...]]
-    ) -> tuple[Tensor, bool]:
-        """`resid_mid` of the chunk's layer at `queries(layer)`, copy k with the head (and
-        position, for `z_by_pos`) of `chunk[k]` patched, and False; or, where the MLP does
-        not read the attention's output (attention-only, or parallel attention and MLP),
-        `resid_post` and True.
+    ) -> Tensor:
+        """The chunk's pass when copy k patches the `z` of the head (and position, for
+        `z_by_pos`) of `chunk[k]`; returns the final residual stream at the read positions.
 
         The attention output is linear in each head's `z`, so patching head h adds
         `(z_source - z_base)[h] @ W_O[h]` to the base run's `resid_mid`: one
-        `d_head x d_model` product per copy instead of the whole `W_O` on a patched copy."""
+        `d_head x d_model` product per copy instead of the whole `W_O` on a patched copy.
+        Where the MLP does not read the attention's output (attention-only, or parallel
+        attention and MLP), it is added to `resid_post` instead and the MLP not rerun."""
         layer = chunk[0][0]
         rows = self.cache_rows(layer)
         name = space.hook_name(layer)
@@ -359,10 +366,11 @@ class _Step:
                 at_pos = self.patcher.arange(at_pos.stop)[at_pos]
             at = self.queries(layer)[None, :] == at_pos[:, None]
             added = added * at[:, None, :, None]
+        added = added.flatten(0, 1)  # [K * b, q, m]
         block = f"blocks.{layer}"
-        through_mlp = self.arch.d_mlp is None or self.arch.parallel_attn_mlp
-        before = self.patcher.base[f"{block}.hook_resid_{'post' if through_mlp else 'mid'}"]
-        return (added + before[:, rows]).flatten(0, 1), through_mlp
+        if self.arch.d_mlp is None or self.arch.parallel_attn_mlp:
+            return self.after_post(layer, self.plus_base(f"{block}.hook_resid_post", added))
+        return self.after_mid(layer, self.plus_base(f"{block}.hook_resid_mid", added))
 
     def enter(self, name: str, layer: int, full: Tensor) -> Tensor:
         """Continue the forward pass from activation `name` of `layer` (all positions);
@@ -418,18 +426,18 @@ class _Step:
 
     def plus_base(self, name: str, change: Tensor) -> Tensor:
         """`change` (`[K * batch, rows, d_model]` at `queries(layer)`) plus the base run's
-        activation `name` of that layer (whose cache covers every position) at those rows."""
+        activation `name` of that layer at those rows (`rows` of a `resid_pre`, whose cache
+        covers every position; `cache_rows` of what comes after the attention)."""
         layer = int(name.split(".")[1])
-        base = self.at_rows(self.patcher.base[name], layer)
+        rows = self.rows(layer) if name.endswith(".hook_resid_pre") else self.cache_rows(layer)
+        base = self.patcher.base[name][:, rows]
         return (change.unflatten(0, (self.n_copies, -1)) + base).flatten(0, 1)
 
     def after_mid(self, layer: int, resid: Tensor) -> Tensor:
         """`resid_pre + attn_out` of `layer` at `queries(layer)` -> the final residual
         stream (with parallel attention and MLP, the MLP's output is the base run's)."""
         if self.arch.parallel_attn_mlp:
-            mlp_out = self.patcher.base[f"blocks.{layer}.hook_mlp_out"][:, self.cache_rows(layer)]
-            resid = (resid.unflatten(0, (self.n_copies, -1)) + mlp_out).flatten(0, 1)
-            return self.after_post(layer, resid)
+            return self.after_post(layer, self.plus_base(f"blocks.{layer}.hook_mlp_out", resid))
         return self.after_post(layer, self.with_mlp(layer, resid))
 
     def with_mlp(self, layer: int, resid: Tensor) -> Tensor:

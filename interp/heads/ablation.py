@@ -229,9 +229,7 @@ def ablation_importance(
     """
     if mode not in ABLATION_MODES:
         raise ValueError(f"mode must be one of {ABLATION_MODES}, got {mode!r}")
-    if not isinstance(batch, TaskBatch):
-        raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
-    batch.check_fits(model)
+    batch = TaskBatch.checked(batch, model)
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)

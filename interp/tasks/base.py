@@ -103,6 +103,16 @@ class TaskBatch:
                     f"TaskBatch.{name} spans {low}..{high}, outside 0..{limit - 1} for this model"
                 )
 
+    @staticmethod
+    def checked(batch: object, model: Any) -> TaskBatch:
+        """`batch`, once it is known to be a `TaskBatch` that `model` can run
+        (`check_fits`); a one-line ValueError otherwise. The entry check of every
+        analysis that takes a batch."""
+        if not isinstance(batch, TaskBatch):
+            raise ValueError(f"batch must be a TaskBatch, got {type(batch).__name__}")
+        batch.check_fits(model)
+        return batch
+
     def _map(self, fn: Callable[[Tensor], Tensor]) -> TaskBatch:
         changes = {
             f.name: fn(getattr(self, f.name))

@@ -162,3 +162,35 @@ def test_bidirectional_models_are_covered(batch) -> None:
     moved = batch.clean.clone()
     moved[:, -1] = (moved[:, -1] + 1) % 20
     assert not torch.allclose(model(moved)[:, 0], bridge[:, 0])
+
+
+def test_a_parallel_blocks_heads_and_mlp_read_their_inputs_together(neox, batch) -> None:
+    """With parallel attention and MLP both read the block's input: one mix of the stacked
+    source outputs gives the heads' inputs and the MLP's (views of one tensor), recorded
+    as two groups, each what mixing its own rows gives."""
+    patcher = EdgePatcher(neox)
+    generator = torch.Generator().manual_seed(0)
+    masks = (torch.rand(2, patcher.n_edges, generator=generator) > 0.5).float()
+    dense = patcher.dense(masks)
+    inputs: list = []
+    record: list = []
+    with torch.inference_mode():
+        ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, "resample")
+        patcher.run(batch.clean, dense, ablated, inputs=inputs, record=record)
+    n_heads = patcher.arch.n_heads
+    assert [len(rows) for rows, *_ in inputs] == [3 * n_heads, 1, 3 * n_heads, 1, 1]
+    outputs = torch.stack(record, dim=3)
+    bias = torch.zeros(patcher.arch.d_model)
+    for block in range(patcher.arch.n_layers):
+        (heads, n_sources, head_in), (mlp, n_mlp, mlp_in) = inputs[2 * block : 2 * block + 2]
+        assert n_mlp == n_sources
+        assert head_in.untyped_storage().data_ptr() == mlp_in.untyped_storage().data_ptr()
+        for rows, read in ((heads, head_in), (mlp, mlp_in)):
+            weights = dense[:, rows, :n_sources]
+            expected = (
+                torch.einsum("cbpsd,cns->cbpnd", outputs[:, :, :, :n_sources], weights)
+                + torch.einsum("bpsd,cns->cbpnd", ablated[:, :, :n_sources], 1.0 - weights)
+                + bias
+            )
+            torch.testing.assert_close(read, expected, atol=1e-5, rtol=0)
+        bias = bias + patcher.params[f"blocks.{block}.attn.o.bias"]

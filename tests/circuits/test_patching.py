@@ -237,6 +237,31 @@ def test_incremental_engine_runs_few_ops_and_no_sync_per_index(model, batch, tar
     assert counter.ops <= 4 * forward.ops, (counter.ops, forward.ops)
 
 
+def test_patch_resolves_the_architecture_and_checks_the_tokens_once(
+    model, batch, monkeypatch
+) -> None:
+    """`patch` checks the batch (`TaskBatch.check_fits`) and resolves the architecture
+    when it picks the engine; the incremental engine it builds does neither again."""
+    from interp import functional
+
+    calls: list[str] = []
+    architecture_of, check_tokens = functional.architecture_of, functional.check_tokens
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(functional, "architecture_of", counted("arch", architecture_of))
+    monkeypatch.setattr(functional, "check_tokens", counted("tokens", check_tokens))
+    for engine in ("auto", "incremental"):
+        calls.clear()
+        patch(model, batch, "z", METRIC, progress=False, engine=engine)
+        assert calls == ["arch"], (engine, calls)
+
+
 def test_metric_of_wrong_shape_raises(model, batch) -> None:
     def per_position(logits: Tensor, batch: TaskBatch) -> Tensor:
         return logits[..., 0]

@@ -459,3 +459,19 @@ def test_make_task_takes_any_mapping() -> None:
 
     task = make_task(MappingProxyType({"name": "modular", "p": 7}))
     assert task.config.p == 7
+
+
+def test_task_batch_checked_returns_the_batch_or_names_the_problem() -> None:
+    from interp import models as native
+
+    model = native.build(dict(n_layers=1, d_model=16, n_heads=2, d_vocab=10, n_ctx=6), "cpu")
+    ids = torch.tensor([[1, 2, 3]])
+    batch = TaskBatch(clean=ids, corrupted=ids, answer=torch.tensor([4]),
+                      wrong=torch.tensor([5]), position=torch.tensor([2]))
+    assert TaskBatch.checked(batch, model) is batch
+    with pytest.raises(ValueError, match="batch must be a TaskBatch, got dict"):
+        TaskBatch.checked({"clean": ids}, model)
+    too_high = TaskBatch(clean=ids + 7, corrupted=ids, answer=batch.answer,
+                         wrong=batch.wrong, position=batch.position)
+    with pytest.raises(ValueError, match=r"TaskBatch.clean spans 8..10, outside 0..9"):
+        TaskBatch.checked(too_high, model)
