@@ -74,6 +74,12 @@ def qwen2(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def mistral(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer Mistral (Llama's blocks, no biases)."""
+    return _llama_like(tmp_path_factory, "mistral")
+
+
+@pytest.fixture(scope="session")
 def induction_2l_model():
     """The 2-layer attention-only model of experiments/induction_2l.yaml, trained once per
     session for 300 steps on CPU (as in tests/interp/test_training.py); in eval mode."""

@@ -2,9 +2,9 @@
 `tests/pretrained_models.py`): activation patching by both engines against
 TransformerLens's own functions on each bridge (GPT-2, GPT-NeoX, Llama, Qwen2); on GPT-2,
 pattern patching, EAP and ACDC against the same weights in a native model, and the
-hook-based analyses likewise; edge patching against activation patching. EAP against the
-derivative of edge patching and incremental ACDC against full passes on each architecture
-are in test_eap.py and test_acdc.py."""
+hook-based analyses likewise. Edge patching against the model and activation patching,
+EAP against the derivative of edge patching and incremental ACDC against full passes on
+each architecture are in test_edge_patching.py, test_eap.py and test_acdc.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from test_patching import METRIC, REFERENCES, hook_counts, reference
 from circuits.acdc import acdc
 from circuits.attribution import attribute
 from circuits.eap import edge_attribution
-from circuits.edge_patching import EdgePatcher
 from circuits.patching import incremental, patch
 from circuits.path_patching import path_patch_senders
 
@@ -106,22 +105,3 @@ def test_neox_has_no_resid_mid(neox, batch) -> None:
         with pytest.raises(ValueError, match="'resid_mid' does not exist in this model "
                                              r"\(its attention and MLP run in parallel\)"):
             patch(neox, batch, "resid_mid", METRIC, progress=False, engine=engine)
-
-
-@pytest.mark.parametrize("kind", ["neox", "llama", "qwen2"])
-def test_edge_patching_is_activation_patching(request, batch, kind) -> None:
-    """Cutting every edge out of a head is noising its output; in GPT-NeoX's parallel
-    blocks the MLP reads its block's input, not its heads."""
-    model = request.getfixturevalue(kind)
-    patcher = EdgePatcher(model)
-    same_block = any(e.source.layer == e.destination.layer and e.destination.kind == "mlp"
-                     for e in patcher.graph.edges)
-    assert same_block != (kind == "neox")
-    noised = patch(model, batch, "z", METRIC, direction="noise", progress=False).values
-    for layer, head in [(0, 1), (1, 3)]:
-        mask = torch.ones(1, patcher.n_edges)
-        for edge in patcher.graph.edges:
-            if edge.source.name == f"L{layer}H{head}":
-                mask[0, patcher.graph.edge_index[edge.name]] = 0.0
-        value = patcher.evaluate(batch, mask, METRIC)[0]
-        assert value.item() == pytest.approx(noised[layer, head].item(), abs=1e-5)

@@ -21,13 +21,6 @@ def attn_only() -> models.TransformerBridge:
     return models.build(spec, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def rotary() -> models.TransformerBridge:
-    spec = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=20, n_ctx=8, seed=5,
-                positional_embedding="rotary")
-    return models.build(spec, device="cpu")
-
-
 def keep_all_but(patcher: EdgePatcher, removed: set[str]) -> torch.Tensor:
     mask = torch.ones(1, patcher.n_edges)
     for name in removed:
@@ -61,8 +54,17 @@ def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_r
         )
 
 
-def test_cutting_every_edge_out_of_a_head_is_activation_patching_its_output(model, batch) -> None:
+@pytest.mark.parametrize("which", ["model", "rotary", "neox", "llama", "qwen2"])
+def test_cutting_every_edge_out_of_a_head_is_activation_patching_its_output(
+    request, batch, which
+) -> None:
+    """Noising a head's output, and the corrupted run when the embedding is cut; in
+    GPT-NeoX's parallel blocks the MLP reads its block's input, not its heads."""
+    model = request.getfixturevalue(which)
     patcher = EdgePatcher(model)
+    same_block = any(e.source.layer == e.destination.layer and e.destination.kind == "mlp"
+                     for e in patcher.graph.edges)
+    assert same_block != (which == "neox")
     noised = patch(model, batch, "z", METRIC, direction="noise", progress=False).values
     for layer, head in [(0, 1), (1, 3)]:
         source = f"L{layer}H{head}"
