@@ -214,10 +214,5 @@ def random_pretrained(family: str, device: torch.device, **shape: int) -> Transf
     temporary folder and booted from it as a pretrained model, as its hub checkpoints
     would be; in eval mode. `shape`: n_layers, n_heads, d_model, d_vocab, n_ctx."""
     with tempfile.TemporaryDirectory() as folder:
-        if family == "gpt2":
-            random_models.write_gpt2(folder, **shape)
-        elif family == "neox":
-            random_models.write_neox(folder, **shape)
-        else:
-            random_models.write_llama(folder, family, **shape)
+        random_models.write_model(folder, family, **shape)
         return models.load(folder, device=device).eval()

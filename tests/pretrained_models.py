@@ -29,19 +29,19 @@ NOISY = dict(initializer_range=STD, jitter=STD)
 
 def write_gpt2(folder: Path, *, seed: int = 0, **overrides: Any) -> Path:
     """Save a random GPT-2 of `SHAPE` to `folder`."""
-    return random_models.write_gpt2(folder, **SHAPE, seed=seed, **NOISY, **overrides)
+    return random_models.write_model(folder, "gpt2", **SHAPE, seed=seed, **NOISY, **overrides)
 
 
 def write_neox(folder: Path, *, seed: int = 0, **overrides: Any) -> Path:
     """Save a random GPT-NeoX of `SHAPE` to `folder`: parallel attention and MLP, rotary
     embeddings on a quarter of each head's 8 dimensions (as in Pythia)."""
-    return random_models.write_neox(folder, **SHAPE, seed=seed, **NOISY, **overrides)
+    return random_models.write_model(folder, "neox", **SHAPE, seed=seed, **NOISY, **overrides)
 
 
 def write_llama(folder: Path, kind: str = "llama", *, seed: int = 0, **overrides: Any) -> Path:
     """Save a random Llama-family model of `SHAPE` to `folder`: 4 query heads sharing 2
     key and value heads, a gated MLP of width 64; Qwen2 adds q, k and v biases."""
-    return random_models.write_llama(folder, kind, **SHAPE, seed=seed, **NOISY, **overrides)
+    return random_models.write_model(folder, kind, **SHAPE, seed=seed, **NOISY, **overrides)
 
 
 def native_twin(model: TransformerBridge) -> TransformerBridge:

@@ -10,35 +10,27 @@ import pytest
 
 from interp import models
 from interp.pretrained_layout import architecture_of
-from interp.random_models import word_tokenizer, write_gpt2, write_llama, write_neox
+from interp.random_models import FAMILIES, word_tokenizer, write_model
 
 SHAPE = dict(n_layers=1, n_heads=4, d_model=32, d_vocab=12, n_ctx=6)
 
 
-@pytest.mark.parametrize(
-    ("write", "kind", "expected"),
-    [
-        (write_gpt2, None, "GPT2LMHeadModel"),
-        (write_neox, None, "GPTNeoXForCausalLM"),
-        (write_llama, "llama", "LlamaForCausalLM"),
-        (write_llama, "mistral", "MistralForCausalLM"),
-        (write_llama, "qwen2", "Qwen2ForCausalLM"),
-    ],
-)
-def test_each_family_boots_with_the_shape_asked_for(tmp_path: Path, write, kind, expected) -> None:
-    folder = write(tmp_path, kind, **SHAPE) if kind else write(tmp_path, **SHAPE)
-    model = models.load(folder, device="cpu")
-    assert type(model.original_model).__name__ == expected
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_boots_with_the_shape_asked_for(tmp_path: Path, family: str) -> None:
+    model = models.load(write_model(tmp_path, family, **SHAPE), device="cpu")
+    assert type(model.original_model).__name__ == FAMILIES[family]
     arch = architecture_of(model)
     assert (arch.n_layers, arch.n_heads, arch.d_model, arch.d_vocab, arch.n_ctx) == (1, 4, 32,
                                                                                       12, 6)
-    assert arch.kv_heads == (2 if kind else 4)
+    assert arch.kv_heads == (4 if family in ("gpt2", "neox") else 2)
 
 
 def test_key_heads_and_seed_are_honoured(tmp_path: Path) -> None:
-    one = models.load(write_llama(tmp_path / "a", n_kv_heads=1, seed=3, **SHAPE), device="cpu")
-    again = models.load(write_llama(tmp_path / "b", n_kv_heads=1, seed=3, **SHAPE), device="cpu")
-    other = models.load(write_llama(tmp_path / "c", n_kv_heads=1, seed=4, **SHAPE), device="cpu")
+    def written(name: str, seed: int):
+        folder = write_model(tmp_path / name, "llama", n_kv_heads=1, seed=seed, **SHAPE)
+        return models.load(folder, device="cpu")
+
+    one, again, other = written("a", 3), written("b", 3), written("c", 4)
     assert architecture_of(one).kv_heads == 1
     weight = "blocks.0.attn.q.weight"
     assert (one.state_dict()[weight] == again.state_dict()[weight]).all()
@@ -53,6 +45,17 @@ def test_word_tokenizer_maps_words_to_their_ids() -> None:
 
 
 def test_an_unknown_family_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"kind must be one of \['llama', 'mistral', 'qwen2'\], "
-                                         "got 'gemma'"):
-        write_llama(tmp_path, "gemma", **SHAPE)
+    with pytest.raises(ValueError, match=r"family must be one of \['gpt2', 'llama', 'mistral', "
+                                         r"'neox', 'qwen2'\], got 'gemma'"):
+        write_model(tmp_path, "gemma", **SHAPE)
+
+
+def test_jitter_moves_the_constant_norms_and_biases(tmp_path: Path) -> None:
+    plain = models.load(write_model(tmp_path / "plain", "qwen2", **SHAPE), device="cpu")
+    noisy = models.load(write_model(tmp_path / "noisy", "qwen2", jitter=0.1, **SHAPE),
+                        device="cpu")
+    for name in ("blocks.0.ln1.weight", "blocks.0.attn.q.bias"):  # made 1 and 0 by the class
+        constant = plain.state_dict()[name]
+        assert bool((constant == constant[0]).all())
+        moved = noisy.state_dict()[name] - constant
+        assert 0.05 < float(moved.std()) < 0.2
