@@ -38,7 +38,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.graph import ComputationalGraph, Node
-from circuits.patching.engine import PatchMetric, scalar_metric
+from circuits.patching.engine import CopyMetric, PatchMetric
 from interp import functional
 from interp.functional import Architecture
 from interp.tasks.base import TaskBatch
@@ -341,15 +341,15 @@ class EdgePatcher:
             raise ValueError(f"max_circuits must be a positive int, got {max_circuits!r}")
         self.check_batch(batch)
         batch = batch.to(self.device)
-        masks = torch.as_tensor(masks, device=self.device)
+        masks = self.graph.check_masks(masks, device=self.device)
+        per_copy = CopyMetric(metric, batch)  # one vmapped metric call per pass
         values = []
         with torch.inference_mode():
             ablated = self.ablated_outputs(batch.clean, batch.corrupted, ablation)
             for start in range(0, masks.shape[0], max_circuits):
                 dense = self.dense(masks[start : start + max_circuits])
-                logits = self.run(batch.clean, dense, ablated)
-                values += [scalar_metric(metric, copy, batch).float() for copy in logits]
-        return torch.stack(values).cpu()
+                values.append(per_copy(self.run(batch.clean, dense, ablated)))
+        return torch.cat(values).cpu()
 
     # -- pieces ----------------------------------------------------------------------
 
