@@ -254,18 +254,26 @@ def rotary_tables(arch: Architecture, seq: int, device: torch.device) -> tuple[T
     """Cos and sin [pos, rotary_dim] of rotary embeddings (Su et al. 2021, RoFormer) on the
     first `rotary_dim` dimensions of each head, frequency i for the pair (2i, 2i+1) in the
     adjacent-pair layout and for (i, i + rotary_dim / 2) in GPT-NeoX's rotate-half one
-    (`arch.rotary_adjacent_pairs`). Kept per architecture, length and device, so that a
+    (`arch.rotary_adjacent_pairs`); the frequencies are `arch.rotary_inv_freq` where a
+    pretrained model gives its own, and both tables are scaled by `arch.rotary_scale`
+    (YaRN). Kept per architecture, length and device, so that a
     sweep makes them (and copies them to its device) once; made outside inference mode,
     so that autograd may save them."""
     with torch.inference_mode(False), torch.no_grad():
         dim = arch.rotary_dim
-        inv_freq = 1.0 / (arch.rotary_base ** (torch.arange(0, dim, 2).float() / dim))
+        if arch.rotary_inv_freq is not None:  # a pretrained model's own (maybe scaled)
+            inv_freq = torch.tensor(arch.rotary_inv_freq, dtype=torch.float32)
+        else:
+            inv_freq = 1.0 / (arch.rotary_base ** (torch.arange(0, dim, 2).float() / dim))
         angles = torch.outer(torch.arange(arch.n_ctx).float(), inv_freq)[:seq]
         if arch.rotary_adjacent_pairs:
             angles = angles.repeat_interleave(2, dim=-1)
         else:
             angles = torch.cat([angles, angles], dim=-1)
-        return angles.cos().to(device), angles.sin().to(device)
+        cos, sin = angles.cos(), angles.sin()
+        if arch.rotary_scale != 1.0:
+            cos, sin = cos * arch.rotary_scale, sin * arch.rotary_scale
+        return cos.to(device), sin.to(device)
 
 
 def apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor], arch: Architecture) -> Tensor:

@@ -87,6 +87,11 @@ class Architecture:
     rotary_adjacent_pairs: bool = True
     """Rotary layout: dimensions 2i and 2i+1 rotate together (TransformerLens's native
     models), or i and i + rotary_dim / 2 (GPT-NeoX's and Llama's "rotate half")."""
+    rotary_inv_freq: tuple[float, ...] | None = None
+    """A pretrained model's rotary frequencies, as its class computes them (scaled ones
+    too: Llama 3's "llama3", "linear", "yarn"); None: `1 / rotary_base^(2i / rotary_dim)`."""
+    rotary_scale: float = 1.0
+    """Factor on the rotary cos and sin tables (YaRN's attention scaling; 1 otherwise)."""
     n_kv_heads: int | None = None
     """Grouped-query attention (Ainslie et al. 2023, Llama, Mistral, Qwen2): heads
     `g * n_heads / n_kv_heads ...` share key and value head g; None: one per head."""

@@ -20,14 +20,16 @@ Pretrained architectures covered:
   rotate-half layout, attention and MLP in parallel on the block's input (so no
   `resid_mid`);
 - Llama, Mistral and Qwen2 (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`:
-  Llama 2, TinyLlama, SmolLM, Mistral 7B v0.3, Qwen2 and Qwen2.5, ...): RMSNorm, a gated
+  Llama 2 and 3.x, TinyLlama, SmolLM, Mistral 7B v0.3, Qwen2 and Qwen2.5, ...): RMSNorm, a gated
   SiLU MLP, rotary embeddings in the rotate-half layout, grouped-query attention, no
   biases (Qwen2: on q, k and v); a sliding attention window shorter than the context
   (Mistral 7B v0.1) is refused.
 
-Rotary models with a `rope_type` other than "default" (Llama 3.1 and 3.2's "llama3",
-linear or dynamic scaling) are refused. Tests check the logits and activations against the
-bridge's own forward pass and the patching against TransformerLens's `get_act_patch_*` on
+Rotary frequencies are read from the model's own rotary module, so scaled ones are exact
+as the class computes them (Llama 3.1 and 3.2's "llama3", "linear", YaRN with its scaled
+cos and sin); types whose frequencies change with the sequence length ("dynamic",
+"longrope") are refused. Tests check the logits and activations against the bridge's own
+forward pass and the patching against TransformerLens's `get_act_patch_*` on
 random models of each class written to local folders. Other classes are refused by name
 (what they add is not computed here: Gemma's offset RMSNorm and scaled embeddings, Qwen3's
 query and key norms, OPT's offset positions, BERT's post-LayerNorm).
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.models import spec_of
@@ -102,7 +105,7 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         allowed |= {"gated_mlp", "final_rms", "n_key_value_heads (GQA)"}
     reasons = unsupported_features(cfg, allowed)
     reasons += _pretrained_differences(cfg, rotary) + _hf_config_differences(hf_config)
-    rotary_dim, rotary_base, rope_reason = _rotary_of(hf_config, int(cfg.d_head), rotary)
+    rope, rope_reason = _rotary_of(original, hf_config, int(cfg.d_head), rotary)
     reasons += [rope_reason] if rope_reason else []
     window = _attention_window(hf_config)
     if window is not None and window < int(cfg.n_ctx):
@@ -113,8 +116,7 @@ def architecture_of(model: TransformerBridge) -> Architecture:
     arch = architecture_from_cfg(
         cfg,
         act_fn=_ACTIVATIONS[str(cfg.act_fn)],
-        rotary_dim=rotary_dim,
-        rotary_base=rotary_base,
+        **rope,
         rotary_adjacent_pairs=False,
         n_kv_heads=cfg.n_key_value_heads if cfg.n_key_value_heads != cfg.n_heads else None,
         gated_mlp=bool(cfg.gated_mlp),
@@ -187,21 +189,40 @@ def _pretrained_differences(cfg: Any, rotary: bool) -> list[str]:
     return [name for name, present in differs.items() if present]
 
 
-def _rotary_of(hf_config: Any, d_head: int, rotary: bool) -> tuple[int, float, str | None]:
-    """Rotary width and base of a GPT-NeoX config (`rope_parameters` in transformers 5,
-    `rotary_pct` / `rotary_emb_base` before), and the reason it is refused, if any."""
+_SEQUENCE_DEPENDENT_ROPE = ("dynamic", "longrope")
+"""Rope types whose frequencies change with the sequence length (Hugging Face recomputes
+them per call past the original context)."""
+
+
+def _rotary_of(
+    original: Any, hf_config: Any, d_head: int, rotary: bool
+) -> tuple[dict[str, Any], str | None]:
+    """The `Architecture` fields of a covered rotary model's embeddings, and the reason it
+    is refused, if any. The frequencies and the cos/sin scale are read from the model's
+    own rotary module (`inv_freq`, `attention_scaling`), so every rope type whose
+    frequencies are fixed is exact as the class computes it: "default", "linear",
+    "llama3" (Llama 3.1 and 3.2), "yarn"; `rope_parameters` (transformers 5) names the
+    type and `partial_rotary_factor` (GPT-NeoX's `rotary_pct`) the rotated width."""
     if not rotary:
-        return d_head, 10000.0, None
+        return dict(rotary_dim=d_head), None
     rope = dict(getattr(hf_config, "rope_parameters", None) or {})
     kind = rope.get("rope_type", "default")
-    if kind != "default":
-        return d_head, 10000.0, f"rope_type={kind!r}"
+    if kind in _SEQUENCE_DEPENDENT_ROPE:
+        return {}, f"rope_type={kind!r} (frequencies that change with the sequence length)"
     factor = rope.get("partial_rotary_factor", getattr(hf_config, "rotary_pct", 1.0))
-    base = rope.get("rope_theta", getattr(hf_config, "rotary_emb_base", 10000.0))
     rotary_dim = int(d_head * float(factor))
     if rotary_dim < 2 or rotary_dim % 2:
-        return d_head, 10000.0, f"rotary width {rotary_dim} (not a positive even number)"
-    return rotary_dim, float(base), None
+        return {}, f"rotary width {rotary_dim} (not a positive even number)"
+    module = next((m for m in original.modules() if isinstance(getattr(m, "inv_freq", None),
+                                                                Tensor)), None)
+    if module is None or module.inv_freq.numel() * 2 != rotary_dim:
+        return {}, "no rotary embedding module of the configured width"
+    return dict(
+        rotary_dim=rotary_dim,
+        rotary_base=float(rope.get("rope_theta", getattr(hf_config, "rotary_emb_base", 1e4))),
+        rotary_inv_freq=tuple(module.inv_freq.detach().float().cpu().tolist()),
+        rotary_scale=float(getattr(module, "attention_scaling", 1.0)),
+    ), None
 
 
 def _hf_config_differences(hf_config: Any) -> list[str]:

@@ -4,6 +4,7 @@ not compute are refused with their reason."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -138,8 +139,8 @@ def test_dense_params_repeat_grouped_heads_and_fill_missing_biases(llama) -> Non
         dict(n_layers=1, d_model=16, n_heads=2, d_vocab=5, n_ctx=4))) is gpt2_params
 
 
-def test_other_architectures_and_rope_scaling_are_refused(tmp_path: Path) -> None:
-    from pretrained_models import write_llama, write_neox
+def test_other_architectures_and_sequence_dependent_rope_are_refused(tmp_path: Path) -> None:
+    from pretrained_models import write_llama
     from transformers import OPTConfig, OPTForCausalLM
 
     config = OPTConfig(vocab_size=20, hidden_size=32, num_hidden_layers=1, ffn_dim=64,
@@ -148,15 +149,39 @@ def test_other_architectures_and_rope_scaling_are_refused(tmp_path: Path) -> Non
     OPTForCausalLM(config).save_pretrained(tmp_path / "opt")
     with pytest.raises(ValueError, match="this model is a OPTForCausalLM"):
         architecture_of(models.load(tmp_path / "opt", device="cpu"))
-    scaled = write_neox(tmp_path / "neox", rope_scaling={"rope_type": "linear", "factor": 2.0})
-    with pytest.raises(ValueError, match="does not support this GPTNeoXForCausalLM: rope_type"):
-        architecture_of(models.load(scaled, device="cpu"))
+    dynamic = write_llama(tmp_path / "dynamic", rope_scaling={"rope_type": "dynamic",
+                                                              "factor": 2.0})
+    with pytest.raises(ValueError, match="this LlamaForCausalLM: rope_type='dynamic' "
+                                         r"\(frequencies that change with the sequence length\)$"):
+        architecture_of(models.load(dynamic, device="cpu"))
     windowed = write_llama(tmp_path / "mistral", "mistral", sliding_window=4)
     with pytest.raises(ValueError, match=r"this MistralForCausalLM: sliding-window attention "
                                          r"\(4 of 8 positions\)"):
         architecture_of(models.load(windowed, device="cpu"))
-    llama3 = write_llama(tmp_path / "llama3", rope_scaling=dict(
-        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-        original_max_position_embeddings=8))
-    with pytest.raises(ValueError, match="this LlamaForCausalLM: rope_type='llama3'"):
-        architecture_of(models.load(llama3, device="cpu"))
+
+
+SCALED_ROPE = {  # original contexts shorter than the test models' 8 positions: all scaled
+    "llama3": ("llama", dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=4)),
+    "linear": ("neox", dict(rope_type="linear", factor=2.0)),
+    "yarn": ("qwen2", dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=4)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SCALED_ROPE))
+def test_scaled_rotary_frequencies_are_the_models_own(tmp_path: Path, kind: str) -> None:
+    """Llama 3.1 / 3.2's "llama3" scaling, linear scaling (on GPT-NeoX) and YaRN (whose
+    cos and sin are scaled too): the frequencies are read from the model's rotary module,
+    so the forward pass (which every fast engine reruns) equals the bridge's."""
+    from pretrained_models import write_llama, write_neox
+
+    family, rope = SCALED_ROPE[kind]
+    write = write_neox if family == "neox" else functools.partial(write_llama, kind=family)
+    model = models.load(write(tmp_path, rope_scaling=rope), device="cpu").eval()
+    arch = architecture_of(model)
+    default = 1.0 / (arch.rotary_base ** (torch.arange(0, arch.rotary_dim, 2) / arch.rotary_dim))
+    assert not torch.allclose(torch.tensor(arch.rotary_inv_freq), default)  # really scaled
+    assert (arch.rotary_scale > 1.0) == (kind == "yarn")
+    with torch.no_grad():
+        ours = functional.forward(functional.live_params(model), TOKENS, arch)
+        torch.testing.assert_close(ours, model(TOKENS), atol=1e-5, rtol=1e-5)
