@@ -261,7 +261,7 @@ def acdc(
     """Prune the computational graph of `model` on `batch` with ACDC.
 
     Args:
-        model: A pre-LayerNorm model, native, GPT-2, GPT-NeoX, Llama, Mistral or Qwen2 (see
+        model: A pre-LayerNorm model, native, GPT-2, GPT-NeoX, Llama, Mistral, Qwen2 or Qwen3 (see
             `circuits.edge_patching`).
         batch: Clean prompts (the circuit's input) and corrupted ones (resample ablation).
         threshold: tau: an edge is removed when removing it raises the damage by less.

@@ -14,7 +14,7 @@ output bias `b_O` belongs to no head and is never ablated.
 The forward pass is `interp.functional`'s, with each head's q, k and v computed from its
 own input (so each input has its own LayerNorm), which makes the patching exact for the
 pre-LayerNorm models it covers (native models and pretrained GPT-2, GPT-NeoX, Llama,
-Mistral and Qwen2, `functional.architecture_of`; with parallel attention and MLP, a
+Mistral, Qwen2 and Qwen3, `functional.architecture_of`; with parallel attention and MLP, a
 block's MLP reads the sources before the block, as the graph's edges say; under grouped
 keys and values, each query head's key and value inputs are its own destinations, the
 shared projection computed once per head): with every edge in the circuit it
@@ -54,7 +54,7 @@ def _architecture(model: TransformerBridge) -> Architecture:
         raise ValueError(
             "edge patching covers pre-LayerNorm models whose residual stream is a sum of "
             f"source outputs (native models, pretrained GPT-2, GPT-NeoX, Llama, Mistral, "
-            f"Qwen2): {error}"
+            f"Qwen2, Qwen3): {error}"
         ) from None
     return arch
 
@@ -144,7 +144,7 @@ class EdgePatcher:
 
     Args:
         model: A native model from `interp.models.build` or a pretrained GPT-2, GPT-NeoX,
-            Llama, Mistral or Qwen2 (`functional.architecture_of`).
+            Llama, Mistral, Qwen2 or Qwen3 (`functional.architecture_of`).
         graph: Its `ComputationalGraph` (default: `ComputationalGraph.from_model(model)`).
     """
 
@@ -364,7 +364,8 @@ class EdgePatcher:
         normed = self._norm(f"{block}.ln1", x).flatten(0, 1)  # [CB, P, H, 3, d]
         q, k, v = (self._project(block, part, normed[:, :, :, i]) for i, part in enumerate("qkv"))
         z, _ = functional.mix_heads(q, k, v, positions, arch, self._rope(len(positions)),
-                                    fused=True)
+                                    fused=True, qk_norm=functional.qk_norm_of(
+                                        self.params, f"{block}.attn", arch))
         per_head = torch.einsum("bphe,hde->bphd", z, self._w_out(block))
         return per_head.unflatten(0, (n_circuits, batch))
 

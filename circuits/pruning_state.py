@@ -19,7 +19,7 @@ circuit; a test
 
 Accepting the removal writes the recomputed tensors into the state (`commit`). The
 arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm models: native,
-GPT-2, GPT-NeoX, Llama, Mistral, Qwen2; rotary queries and keys are rotated by their
+GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3; rotary queries and keys are rotated by their
 positions as they are projected, grouped key and value weights are repeated per head, and
 with parallel attention and MLP a block's MLP reads the block's input), so
 the damage equals that of a full edge-patched pass to float rounding.
@@ -355,6 +355,10 @@ class PruningState:
         else:
             projected = _matmul(normed.flatten(-3, -2), weight).unflatten(-2, x.shape[-3:-1])
         projected = projected + self.b_in[layer][part][heads]
+        if self.arch.qk_norm and part != "v":  # Qwen3: per-head RMSNorm before the rotary
+            prefix = f"blocks.{layer}.attn.{part}_norm"
+            projected = functional.normalize(self.params, prefix, projected, "RMS",
+                                             self.arch.eps)
         if self.rope is None or part == "v":
             return projected
         # queries and keys rotated by their positions (the last block's queries: the reads)

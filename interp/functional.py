@@ -1,5 +1,5 @@
 """A pure-function forward pass of the native models that `interp.models.build` makes, and
-of pretrained GPT-2, GPT-NeoX (Pythia), Llama, Mistral and Qwen2.
+of pretrained GPT-2, GPT-NeoX (Pythia), Llama, Mistral, Qwen2 and Qwen3.
 
 `forward(params, tokens, spec)` computes the same logits as the bridge that `build(spec)`
 returns, from a plain dict of tensors in the layout of `live_params` (the bridge's
@@ -54,6 +54,7 @@ from interp.layers import (
     mix_heads,
     mlp,
     normalize,
+    qk_norm_of,
     recorder,
     rotary_tables,
     unembed,
@@ -101,6 +102,7 @@ __all__ = [
     "normalize",
     "param_shapes",
     "params_of",
+    "qk_norm_of",
     "rotary_tables",
     "stack_params",
     "unembed",

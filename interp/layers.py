@@ -33,6 +33,7 @@ __all__ = [
     "mix_heads",
     "mlp",
     "normalize",
+    "qk_norm_of",
     "recorder",
     "rotary_tables",
     "apply_rotary",
@@ -150,7 +151,8 @@ def attention_of(
     sees_every_key = isinstance(query, slice) and min(range(seq)[query], default=0) >= seq - 1
     causal = arch.causal and not sees_every_key
     positions = torch.arange(seq, device=device)[query] if causal or rope is not None else None
-    z, pattern = mix_heads(q, k, v, positions, arch, rope, causal=causal, fused=fused)
+    z, pattern = mix_heads(q, k, v, positions, arch, rope, causal=causal, fused=fused,
+                           qk_norm=qk_norm_of(params, prefix, arch))
     return attention_output(params, prefix, record(f"{prefix}.hook_z", z)), pattern
 
 
@@ -165,6 +167,7 @@ def mix_heads(
     *,
     causal: bool | None = None,
     fused: bool = False,
+    qk_norm: tuple[Mapping[str, Tensor], str] | None = None,
 ) -> tuple[Float[Tensor, "batch query head d_head"], Float[Tensor, "batch head query key"] | None]:
     """Attention of queries at `query_positions` over keys 0..key-1 (causal unless the
     model is bidirectional): returns each head's output `z` and the pattern. With
@@ -172,7 +175,9 @@ def mix_heads(
     cos/sin tables of every key position. `causal=False` skips the mask (default: the
     model's setting), for queries that see every key anyway; `query_positions` may then be
     None when there is no `rope` either. Under grouped-query attention k and v have fewer
-    heads, each repeated for the query heads of its group.
+    heads, each repeated for the query heads of its group. `qk_norm`: the parameters and
+    prefix of an attention whose queries and keys are RMS-normalised per head before the
+    rotary embedding (Qwen3; `qk_norm_of`), or None.
 
     `fused=True`, for callers that do not read the pattern: one
     `F.scaled_dot_product_attention` kernel (the causal mask an additive table kept per
@@ -188,6 +193,10 @@ def mix_heads(
         if query_positions is None and (causal or rope is not None):
             raise ValueError("mix_heads needs query_positions for the causal mask or rotary")
         queries, keys = q.transpose(1, 2), k.transpose(1, 2)  # keys rotated per key head
+        if qk_norm is not None:
+            norm_params, prefix = qk_norm
+            queries = normalize(norm_params, f"{prefix}.q_norm", queries, "RMS", arch.eps)
+            keys = normalize(norm_params, f"{prefix}.k_norm", keys, "RMS", arch.eps)
         if rope is not None and query_positions is not None:
             query_rope = (rope[0][query_positions], rope[1][query_positions])
             queries = apply_rotary(queries, query_rope, arch)
@@ -214,6 +223,14 @@ def mix_heads(
         else:
             pattern = F.softmax(scores, dim=-1)
     return torch.matmul(pattern, _per_query_head(values, n_heads)).transpose(1, 2), pattern
+
+
+def qk_norm_of(
+    params: Mapping[str, Tensor], prefix: str, arch: Architecture
+) -> tuple[Mapping[str, Tensor], str] | None:
+    """`mix_heads`'s `qk_norm` for the attention at `prefix`: None unless the model
+    normalises its queries and keys (`arch.qk_norm`)."""
+    return (params, prefix) if arch.qk_norm else None
 
 
 def _per_query_head(

@@ -20,6 +20,7 @@ heads, K = H without grouping):
     blocks.{l}.attn.q.weight [H*d_head, d_model], .bias [H*d_head]
     blocks.{l}.attn.{k,v}.weight [K*d_head, d_model], .bias [K*d_head]
     blocks.{l}.attn.o.weight [d_model, H*d_head], .bias [d_model]
+    blocks.{l}.attn.{q,k}_norm.weight [d_head]   (Qwen3's per-head query and key norms)
     blocks.{l}.mlp.gate.weight [d_mlp, d_model], .bias [d_mlp]   (gated MLPs only)
     blocks.{l}.mlp.in.weight [d_mlp, d_model], .bias [d_mlp]
     blocks.{l}.mlp.out.weight [d_model, d_mlp], .bias [d_model]
@@ -30,7 +31,7 @@ heads, K = H without grouping):
 Norm parameters follow the normalization: LN has weight and bias, RMS weight only, LNPre,
 RMSPre and None none. Projection biases exist where the `Architecture` says
 (`qkv_bias`, `out_bias`, `mlp_bias`: all of them in native models, GPT-2 and GPT-NeoX;
-none in Llama or Mistral; q, k and v in Qwen2). `unembed.bias` is a zero buffer in the
+none in Llama, Mistral or Qwen3; q, k and v in Qwen2). `unembed.bias` is a zero buffer in the
 bridge, not a parameter: a training loop that should match the bridge's trainable set
 leaves it out of the update (`TRAINABLE_EXCLUDED`).
 """
@@ -93,8 +94,11 @@ class Architecture:
     rotary_scale: float = 1.0
     """Factor on the rotary cos and sin tables (YaRN's attention scaling; 1 otherwise)."""
     n_kv_heads: int | None = None
-    """Grouped-query attention (Ainslie et al. 2023, Llama, Mistral, Qwen2): heads
+    """Grouped-query attention (Ainslie et al. 2023, Llama, Mistral, Qwen2, Qwen3): heads
     `g * n_heads / n_kv_heads ...` share key and value head g; None: one per head."""
+    qk_norm: bool = False
+    """Qwen3: queries and keys RMS-normalised per head (`attn.q_norm`, `attn.k_norm`,
+    weights of width d_head) after their projection and before the rotary embedding."""
     gated_mlp: bool = False
     """Llama's MLP: `out(act(gate(x)) * in(x))` (Shazeer 2020, "GLU Variants")."""
     qkv_bias: bool = True
@@ -196,6 +200,8 @@ def arch_param_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
     for layer in range(arch.n_layers):
         block = f"blocks.{layer}"
         shapes.update(_norm_shapes(f"{block}.ln1", d, arch.normalization))
+        if arch.qk_norm:
+            shapes.update({f"{block}.attn.{name}_norm.weight": (arch.d_head,) for name in "qk"})
         for name, width in (("q", hd), ("k", kv), ("v", kv)):
             shapes.update(_linear_shapes(f"{block}.attn.{name}", width, d, arch.qkv_bias))
         shapes.update(_linear_shapes(f"{block}.attn.o", d, hd, arch.out_bias))

@@ -19,11 +19,12 @@ Pretrained architectures covered:
   training checkpoints): rotary embeddings on part of each head (`rotary_pct`) in the
   rotate-half layout, attention and MLP in parallel on the block's input (so no
   `resid_mid`);
-- Llama, Mistral and Qwen2 (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`:
-  Llama 2 and 3.x, TinyLlama, SmolLM, Mistral 7B v0.3, Qwen2 and Qwen2.5, ...): RMSNorm, a gated
-  SiLU MLP, rotary embeddings in the rotate-half layout, grouped-query attention, no
-  biases (Qwen2: on q, k and v); a sliding attention window shorter than the context
-  (Mistral 7B v0.1) is refused.
+- Llama, Mistral, Qwen2 and Qwen3 (`LlamaForCausalLM`, `MistralForCausalLM`,
+  `Qwen2ForCausalLM`, `Qwen3ForCausalLM`: Llama 2 and 3.x, TinyLlama, SmolLM, Mistral 7B
+  v0.3, Qwen2, Qwen2.5 and Qwen3, ...): RMSNorm, a gated SiLU MLP, rotary embeddings in
+  the rotate-half layout, grouped-query attention, no biases (Qwen2: on q, k and v), and
+  in Qwen3 queries and keys RMS-normalised per head before the rotary embedding; a
+  sliding attention window shorter than the context (Mistral 7B v0.1) is refused.
 
 Rotary frequencies are read from the model's own rotary module, so scaled ones are exact
 as the class computes them (Llama 3.1 and 3.2's "llama3", "linear", YaRN with its scaled
@@ -31,8 +32,8 @@ cos and sin); types whose frequencies change with the sequence length ("dynamic"
 "longrope") are refused. Tests check the logits and activations against the bridge's own
 forward pass and the patching against TransformerLens's `get_act_patch_*` on
 random models of each class written to local folders. Other classes are refused by name
-(what they add is not computed here: Gemma's offset RMSNorm and scaled embeddings, Qwen3's
-query and key norms, OPT's offset positions, BERT's post-LayerNorm).
+(what they add is not computed here: Gemma's offset RMSNorm and scaled embeddings, OPT's
+offset positions, BERT's post-LayerNorm).
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ COVERED_PRETRAINED: tuple[str, ...] = (
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
 )
 """Hugging Face model classes whose bridges `architecture_of` reads."""
 
-_LLAMA_LIKE = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
-"""Covered classes with Llama's blocks: RMSNorm, a gated MLP, grouped keys and values."""
+_LLAMA_LIKE = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+"""Covered classes with Llama's blocks: RMSNorm, a gated MLP, grouped keys and values
+(Qwen3: with per-head query and key norms)."""
 
 _ROTARY = {"GPTNeoXForCausalLM"} | _LLAMA_LIKE
 """Covered classes with rotary position embeddings (in the rotate-half layout)."""
@@ -120,6 +123,7 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         rotary_adjacent_pairs=False,
         n_kv_heads=cfg.n_key_value_heads if cfg.n_key_value_heads != cfg.n_heads else None,
         gated_mlp=bool(cfg.gated_mlp),
+        qk_norm=name == "Qwen3ForCausalLM",
         **_biases(name, hf_config),
     )
     try:
@@ -131,11 +135,12 @@ def architecture_of(model: TransformerBridge) -> Architecture:
 
 def _biases(name: str, hf_config: Any) -> dict[str, bool]:
     """Which projections of a covered class have biases, as its Hugging Face config says:
-    all of GPT-2's and GPT-NeoX's; Llama's per `attention_bias` and `mlp_bias`; Qwen2's
-    queries, keys and values only; none of Mistral's."""
-    if name == "LlamaForCausalLM":
+    all of GPT-2's and GPT-NeoX's; Llama's per `attention_bias` and `mlp_bias` (Qwen3's
+    attention per `attention_bias`, its MLP none); Qwen2's queries, keys and values only;
+    none of Mistral's."""
+    if name in ("LlamaForCausalLM", "Qwen3ForCausalLM"):
         attention = bool(getattr(hf_config, "attention_bias", False))
-        mlp = bool(getattr(hf_config, "mlp_bias", False))
+        mlp = bool(getattr(hf_config, "mlp_bias", False))  # Qwen3's config has none
         return dict(qkv_bias=attention, out_bias=attention, mlp_bias=mlp)
     if name == "Qwen2ForCausalLM":
         return dict(qkv_bias=True, out_bias=False, mlp_bias=False)

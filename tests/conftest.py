@@ -74,6 +74,12 @@ def qwen2(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def qwen3(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer Qwen3 (Llama's blocks with per-head query and key RMSNorms)."""
+    return _llama_like(tmp_path_factory, "qwen3")
+
+
+@pytest.fixture(scope="session")
 def mistral(tmp_path_factory: pytest.TempPathFactory):
     """A random 2-layer Mistral (Llama's blocks, no biases)."""
     return _llama_like(tmp_path_factory, "mistral")

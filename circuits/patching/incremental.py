@@ -18,7 +18,7 @@ engine reruns:
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
 those of the hook engine (and of TransformerLens) to float rounding. It covers the causal
 models that `interp.functional` computes (`supports(model)`): native models of
-`interp.models.build` and pretrained GPT-2, GPT-NeoX, Llama, Mistral and Qwen2
+`interp.models.build` and pretrained GPT-2, GPT-NeoX, Llama, Mistral, Qwen2 and Qwen3
 (`functional.architecture_of`; rotary models rotate the cached, unrotated q and k of every
 position, grouped keys and values are repeated for the heads of their group, and a parallel
 block's MLP output stays the base run's when only its attention changes); other models go
@@ -55,7 +55,7 @@ Params = dict[str, Tensor]
 def supports(model: TransformerBridge) -> bool:
     """Whether this engine reproduces `model` exactly: a causal model that
     `interp.functional` covers (native, or pretrained GPT-2, GPT-NeoX, Llama, Mistral,
-    Qwen2)."""
+    Qwen2, Qwen3)."""
     return covered_architecture(model)[0] is not None
 
 
@@ -415,7 +415,8 @@ class _Step:
         else:
             raise ValueError(f"incremental patching has no rule for activation {name!r}")
         z, _ = functional.mix_heads(
-            q[:, cached], k, v, rows, self.arch, self.patcher.rope, fused=True
+            q[:, cached], k, v, rows, self.arch, self.patcher.rope, fused=True,
+            qk_norm=functional.qk_norm_of(self.params, attn, self.arch),
         )
         return z
 
@@ -468,7 +469,9 @@ class _Step:
                 )
                 for part in ("k", "v")
             )
-            z, _ = functional.mix_heads(q, k, v, rows, self.arch, self.patcher.rope, fused=True)
+            z, _ = functional.mix_heads(q, k, v, rows, self.arch, self.patcher.rope, fused=True,
+                                        qk_norm=functional.qk_norm_of(self.params, attn,
+                                                                      self.arch))
             attn_out = functional.attention_output(self.params, attn, z)
             before = self.at_rows(resid, layer, self.p0)
             if self.arch.parallel_attn_mlp:  # the MLP reads the block's input too

@@ -171,7 +171,7 @@ def head_weights(model: TransformerBridge, *, fold_layer_norm: bool = False) -> 
     if fold_layer_norm:
         raise ValueError(
             "fold_layer_norm is only supported for pre-norm models that interp.functional "
-            "covers (native, GPT-2, GPT-NeoX, Llama, Mistral, Qwen2); this bridge's norms may "
+            "covers (native, GPT-2, GPT-NeoX, the Llama family); this bridge's norms may "
             "sit elsewhere (BERT is post-norm)"
         )
     try:

@@ -31,7 +31,7 @@ def _patching_cases() -> list[tuple[str, str, str, str]]:
     the pattern (see the next test), and on the Llama family only our engine can (hooks
     fire after the attention used it). The hook engine runs denoising only."""
     cases = []
-    for kind in ("gpt2", "neox", "llama", "qwen2"):
+    for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3"):
         for target in sorted(REFERENCES):
             if (kind, target) in {("neox", "resid_mid"), ("gpt2", "pattern")}:
                 continue
@@ -56,7 +56,7 @@ def test_patching_matches_transformer_lens(request, batch, kind, target, engine,
     assert hook_counts(model) == before
     expected = reference(model, batch, target, direction)
     if target in ("k", "v"):
-        assert result.values.shape == ((2, 2) if kind in ("llama", "qwen2") else (2, 4))
+        assert result.values.shape == ((2, 4) if kind in ("gpt2", "neox") else (2, 2))
     assert result.values.std() > 1e-3  # the patches really change the metric
     torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
 

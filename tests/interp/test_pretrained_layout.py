@@ -42,10 +42,12 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
     # RMSNorm, gated SiLU MLPs (hook_pre is the gate's, hook_pre_linear the other half),
     # rotary on whole heads, 4 query heads over 2 key and value heads (cached with 2 heads,
     # as the bridge caches them); Qwen2's q, k and v biases
+    # (Qwen3: queries and keys RMS-normalised per head, hook_q and hook_k before the norm)
     **{kind: dict(normalization="RMS", act_fn="silu", rotary=True, rotary_dim=8,
                   rotary_adjacent_pairs=False, parallel_attn_mlp=False, gated_mlp=True,
-                  kv_heads=2, qkv_bias=kind == "qwen2", out_bias=False, mlp_bias=False)
-       for kind in ("llama", "qwen2", "mistral")},
+                  kv_heads=2, qkv_bias=kind == "qwen2", out_bias=False, mlp_bias=False,
+                  qk_norm=kind == "qwen3")
+       for kind in ("llama", "qwen2", "qwen3", "mistral")},
 }
 
 
@@ -104,8 +106,8 @@ def test_native_twin_computes_the_same_logits(gpt2) -> None:
 def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="covers native models and GPT2LMHeadModel, "
                                          "GPTNeoXForCausalLM, LlamaForCausalLM, "
-                                         "MistralForCausalLM, Qwen2ForCausalLM; this model "
-                                         "is a BertForMaskedLM"):
+                                         "MistralForCausalLM, Qwen2ForCausalLM, "
+                                         "Qwen3ForCausalLM; this model is a BertForMaskedLM"):
         architecture_of(minilm)
     assert not covers(minilm)
     scaled = models.load(

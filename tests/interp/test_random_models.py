@@ -46,7 +46,7 @@ def test_word_tokenizer_maps_words_to_their_ids() -> None:
 
 def test_an_unknown_family_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"family must be one of \['gpt2', 'llama', 'mistral', "
-                                         r"'neox', 'qwen2'\], got 'gemma'"):
+                                         r"'neox', 'qwen2', 'qwen3'\], got 'gemma'"):
         write_model(tmp_path, "gemma", **SHAPE)
 
 

@@ -145,7 +145,7 @@ def test_native_weights_equal_bridge_properties_and_fold_layer_norm() -> None:
     torch.testing.assert_close(folded.W_U, scale * raw.W_U)
 
 
-@pytest.mark.parametrize("which", ["gpt2", "neox", "llama", "qwen2"])
+@pytest.mark.parametrize("which", ["gpt2", "neox", "llama", "qwen2", "qwen3"])
 def test_pretrained_weights_equal_bridge_properties_and_fold_layer_norm(request, which) -> None:
     """Pretrained models are read in the native layout (GPT-2's Conv1D weights transposed,
     Llama's grouped key and value heads repeated for each query head of their group): the
