@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from patching_reference import METRIC, REFERENCES, hook_counts, reference
 from pretrained_models import native_twin
-from test_patching import METRIC, REFERENCES, hook_counts, reference
 
 from circuits.acdc import acdc
 from circuits.attribution import attribute

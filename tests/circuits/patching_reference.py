@@ -1,0 +1,78 @@
+"""TransformerLens's own activation patching (`transformer_lens.patching.get_act_patch_*`),
+the reference the patching tests compare ours with, and hook bookkeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import transformer_lens.patching as tl_patching
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from interp.metrics import logit_diff, mean_metric
+from interp.tasks.base import TaskBatch
+
+METRIC = mean_metric(logit_diff)
+
+
+def _resid_post_reference(**kwargs):
+    return tl_patching.generic_activation_patch(
+        patch_setter=tl_patching.layer_pos_patch_setter,
+        activation_name="resid_post",
+        index_axis_names=("layer", "pos"),
+        **kwargs,
+    )
+
+
+REFERENCES: dict[str, Callable[..., Tensor]] = {
+    "resid_pre": tl_patching.get_act_patch_resid_pre,
+    "resid_mid": tl_patching.get_act_patch_resid_mid,
+    "resid_post": _resid_post_reference,
+    "attn_out": tl_patching.get_act_patch_attn_out,
+    "mlp_out": tl_patching.get_act_patch_mlp_out,
+    "z": tl_patching.get_act_patch_attn_head_out_all_pos,
+    "z_by_pos": tl_patching.get_act_patch_attn_head_out_by_pos,
+    "q": tl_patching.get_act_patch_attn_head_q_all_pos,
+    "k": tl_patching.get_act_patch_attn_head_k_all_pos,
+    "v": tl_patching.get_act_patch_attn_head_v_all_pos,
+    "q_by_pos": tl_patching.get_act_patch_attn_head_q_by_pos,
+    "k_by_pos": tl_patching.get_act_patch_attn_head_k_by_pos,
+    "v_by_pos": tl_patching.get_act_patch_attn_head_v_by_pos,
+    "pattern": tl_patching.get_act_patch_attn_head_pattern_all_pos,
+}
+
+
+def reference(model: TransformerBridge, batch: TaskBatch, target: str, direction: str) -> Tensor:
+    """TransformerLens's one-forward-per-index patching (noising: clean/corrupted swapped)."""
+    source, base = (
+        (batch.clean, batch.corrupted) if direction == "denoise" else (batch.corrupted, batch.clean)
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(source)
+            return REFERENCES[target](
+                model=model,
+                corrupted_tokens=base,
+                clean_cache=cache,
+                patching_metric=partial(METRIC, batch=batch),
+            )
+    finally:
+        model.train(was_training)
+
+
+def assert_no_hooks(model: TransformerBridge) -> None:
+    for name, point in model.hook_dict.items():
+        assert point.fwd_hooks == [] and point.bwd_hooks == [], name
+        assert len(point._forward_hooks) == 0, name
+
+
+def hook_counts(model: TransformerBridge) -> dict[str, tuple[int, int, int]]:
+    """Hooks on every HookPoint (pretrained bridges keep some permanent ones of their own)."""
+    return {
+        name: (len(point.fwd_hooks), len(point.bwd_hooks), len(point._forward_hooks))
+        for name, point in model.hook_dict.items()
+    }
