@@ -261,8 +261,8 @@ def acdc(
     """Prune the computational graph of `model` on `batch` with ACDC.
 
     Args:
-        model: A pre-LayerNorm model, native, GPT-2, GPT-NeoX, Llama, Mistral, Qwen2 or Qwen3 (see
-            `circuits.edge_patching`).
+        model: A pre-LayerNorm model that `functional.architecture_of` covers (native,
+            GPT-2, GPT-NeoX, the Llama family, Gemma; see `circuits.edge_patching`).
         batch: Clean prompts (the circuit's input) and corrupted ones (resample ablation).
         threshold: tau: an edge is removed when removing it raises the damage by less.
         objective: `"kl"` (KL from the full model at `batch.position`) or a task metric

@@ -15,7 +15,8 @@ to the clean one (integrated gradients, Sundararajan et al. 2017), which tracks 
 effect of an ablation better where the model is far from linear.
 
 Both run on `circuits.edge_patching.EdgePatcher` (pre-LayerNorm models: native, GPT-2,
-GPT-NeoX, Llama, Mistral, Qwen2, Qwen3), so each head's q, k and v input has its own gradient.
+GPT-NeoX, Llama, Mistral, Qwen2, Qwen3, Gemma), so each head's q, k and v input has its
+own gradient.
 """
 
 from __future__ import annotations
@@ -177,8 +178,9 @@ def edge_attribution(
     """EAP or EAP-IG scores of every edge of `model`'s computational graph.
 
     Args:
-        model: A pre-LayerNorm model, native, GPT-2, GPT-NeoX, Llama, Mistral, Qwen2 or Qwen3 (see
-            `circuits.edge_patching`); its weights and gradients are left untouched.
+        model: A pre-LayerNorm model that `functional.architecture_of` covers (native,
+            GPT-2, GPT-NeoX, the Llama family, Gemma; see `circuits.edge_patching`); its
+            weights and gradients are left untouched.
         batch: Clean prompts (the model's input) and corrupted ones (for resample ablation).
         metric: `(logits [batch, pos, vocab], batch) -> scalar` (or `[batch]`, averaged),
             differentiable, e.g. `interp.metrics.mean_metric(logit_diff)`.

@@ -54,7 +54,7 @@ def _architecture(model: TransformerBridge) -> Architecture:
         raise ValueError(
             "edge patching covers pre-LayerNorm models whose residual stream is a sum of "
             f"source outputs (native models, pretrained GPT-2, GPT-NeoX, Llama, Mistral, "
-            f"Qwen2, Qwen3): {error}"
+            f"Qwen2, Qwen3, Gemma): {error}"
         ) from None
     return arch
 
@@ -144,7 +144,7 @@ class EdgePatcher:
 
     Args:
         model: A native model from `interp.models.build` or a pretrained GPT-2, GPT-NeoX,
-            Llama, Mistral, Qwen2 or Qwen3 (`functional.architecture_of`).
+            Llama, Mistral, Qwen2, Qwen3 or Gemma (`functional.architecture_of`).
         graph: Its `ComputationalGraph` (default: `ComputationalGraph.from_model(model)`).
     """
 

@@ -19,7 +19,7 @@ circuit; a test
 
 Accepting the removal writes the recomputed tensors into the state (`commit`). The
 arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm models: native,
-GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3; rotary queries and keys are rotated by their
+GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3, Gemma; rotary queries and keys are rotated by their
 positions as they are projected, grouped key and value weights are repeated per head, and
 with parallel attention and MLP a block's MLP reads the block's input), so
 the damage equals that of a full edge-patched pass to float rounding.

@@ -56,7 +56,8 @@ def normalize(
     params: Mapping[str, Tensor], prefix: str, x: Tensor, kind: str | None, eps: float
 ) -> Tensor:
     """Pre-norm as the bridge computes it, in float32: LayerNorm (Ba et al. 2016) centres
-    then divides by the root mean square; RMSNorm (Zhang & Sennrich 2019) only divides."""
+    then divides by the root mean square; RMSNorm (Zhang & Sennrich 2019) only divides;
+    "RMS1P" (Gemma's) scales by 1 + weight."""
     if kind is None:
         return x
     if kind == "LN" and x.dtype == torch.float32:  # the same formula as one fused kernel
@@ -66,11 +67,13 @@ def normalize(
     x = x.float()
     if kind in ("LN", "LNPRE"):
         x = x - x.mean(-1, keepdim=True)
-    if kind == "RMS":  # the bridge runs the native RMSNorm module here, which uses rsqrt
+    if kind in ("RMS", "RMS1P"):  # the bridge runs the native RMSNorm module, with rsqrt
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     else:
         x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    if kind in NORMS_WITH_WEIGHT:
+    if kind == "RMS1P":  # Gemma: the weight is an offset from 1
+        x = x * (1.0 + params[f"{prefix}.weight"].float())
+    elif kind in NORMS_WITH_WEIGHT:
         x = x * params[f"{prefix}.weight"]
     if kind in NORMS_WITH_BIAS:
         x = x + params[f"{prefix}.bias"]
@@ -377,11 +380,14 @@ def embed(
     arch: Architecture,
     record: Callable[[str, Tensor], Tensor] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """The residual stream entering the first block: the tokens' embeddings plus, without
-    rotary embeddings, the learned position embeddings (`record` sees `hook_embed` and
-    `hook_pos_embed`)."""
+    """The residual stream entering the first block: the tokens' embeddings (times
+    `arch.embed_scale`) plus, without rotary embeddings, the learned position embeddings
+    (`record` sees `hook_embed`, scaled as the bridge's, and `hook_pos_embed`)."""
     record = record or recorder(None)
-    resid = record("hook_embed", F.embedding(tokens, params["embed.weight"]))
+    resid = F.embedding(tokens, params["embed.weight"])
+    if arch.embed_scale != 1.0:  # Gemma: in the embeddings' dtype, as Hugging Face's
+        resid = resid * torch.tensor(arch.embed_scale, dtype=resid.dtype)
+    resid = record("hook_embed", resid)
     if arch.rotary:
         return resid
     batch, seq = tokens.shape

@@ -28,12 +28,12 @@ heads, K = H without grouping):
     ln_final.weight / .bias [d_model]          unembed.weight [d_vocab_out, d_model]
     unembed.bias [d_vocab_out]
 
-Norm parameters follow the normalization: LN has weight and bias, RMS weight only, LNPre,
-RMSPre and None none. Projection biases exist where the `Architecture` says
-(`qkv_bias`, `out_bias`, `mlp_bias`: all of them in native models, GPT-2 and GPT-NeoX;
-none in Llama, Mistral or Qwen3; q, k and v in Qwen2). `unembed.bias` is a zero buffer in the
-bridge, not a parameter: a training loop that should match the bridge's trainable set
-leaves it out of the update (`TRAINABLE_EXCLUDED`).
+Norm parameters follow the normalization: LN has weight and bias, RMS and RMS1P (Gemma's,
+scaled by 1 + weight) weight only, LNPre, RMSPre and None none. Projection biases exist
+where the `Architecture` says (`qkv_bias`, `out_bias`, `mlp_bias`: all of them in native
+models, GPT-2 and GPT-NeoX; none in Llama, Mistral, Qwen3 or Gemma; q, k and v in Qwen2).
+`unembed.bias` is a zero buffer in the bridge, not a parameter: a training loop that
+should match the bridge's trainable set leaves it out of the update (`TRAINABLE_EXCLUDED`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ Params = dict[str, Tensor]
 TRAINABLE_EXCLUDED: frozenset[str] = frozenset({"unembed.bias"})
 """Keys of `params_of` that the bridge holds as buffers, not trainable parameters."""
 
-NORMS_WITH_WEIGHT = ("LN", "RMS")
+NORMS_WITH_WEIGHT = ("LN", "RMS", "RMS1P")
+"""Norms with a weight; "RMS1P" is Gemma's RMSNorm, scaled by 1 + weight."""
 NORMS_WITH_BIAS = ("LN",)
 
 
@@ -94,8 +95,11 @@ class Architecture:
     rotary_scale: float = 1.0
     """Factor on the rotary cos and sin tables (YaRN's attention scaling; 1 otherwise)."""
     n_kv_heads: int | None = None
-    """Grouped-query attention (Ainslie et al. 2023, Llama, Mistral, Qwen2, Qwen3): heads
+    """Grouped-query attention (Ainslie et al. 2023, Llama, Mistral, Qwen2, Qwen3, Gemma): heads
     `g * n_heads / n_kv_heads ...` share key and value head g; None: one per head."""
+    embed_scale: float = 1.0
+    """Factor on the token embeddings entering the first block (Gemma: sqrt(d_model));
+    `hook_embed` holds them scaled, as the bridge's does."""
     qk_norm: bool = False
     """Qwen3: queries and keys RMS-normalised per head (`attn.q_norm`, `attn.k_norm`,
     weights of width d_head) after their projection and before the rotary embedding."""

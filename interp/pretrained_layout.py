@@ -24,7 +24,11 @@ Pretrained architectures covered:
   v0.3, Qwen2, Qwen2.5 and Qwen3, ...): RMSNorm, a gated SiLU MLP, rotary embeddings in
   the rotate-half layout, grouped-query attention, no biases (Qwen2: on q, k and v), and
   in Qwen3 queries and keys RMS-normalised per head before the rotary embedding; a
-  sliding attention window shorter than the context (Mistral 7B v0.1) is refused.
+  sliding attention window shorter than the context (Mistral 7B v0.1) is refused;
+- Gemma (`GemmaForCausalLM`: gemma-2b, gemma-7b and their instruction-tuned versions):
+  Llama's blocks with GELU (tanh) gates, RMSNorms scaled by 1 + weight, embeddings scaled
+  by sqrt(d_model) (`hook_embed` holds them scaled, as the bridge's does), the unembedding
+  tied to the embedding.
 
 Rotary frequencies are read from the model's own rotary module, so scaled ones are exact
 as the class computes them (Llama 3.1 and 3.2's "llama3", "linear", YaRN with its scaled
@@ -32,12 +36,13 @@ cos and sin); types whose frequencies change with the sequence length ("dynamic"
 "longrope") are refused. Tests check the logits and activations against the bridge's own
 forward pass and the patching against TransformerLens's `get_act_patch_*` on
 random models of each class written to local folders. Other classes are refused by name
-(what they add is not computed here: Gemma's offset RMSNorm and scaled embeddings, OPT's
-offset positions, BERT's post-LayerNorm).
+(what they add is not computed here: Gemma 2's and 3's norms after attention and MLP and
+soft-capped logits, OPT's offset positions, BERT's post-LayerNorm).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor
@@ -61,12 +66,15 @@ COVERED_PRETRAINED: tuple[str, ...] = (
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
+    "GemmaForCausalLM",
 )
 """Hugging Face model classes whose bridges `architecture_of` reads."""
 
-_LLAMA_LIKE = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+_LLAMA_LIKE = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+               "GemmaForCausalLM"}
 """Covered classes with Llama's blocks: RMSNorm, a gated MLP, grouped keys and values
-(Qwen3: with per-head query and key norms)."""
+(Qwen3: with per-head query and key norms; Gemma: norms scaled by 1 + weight, embeddings
+by sqrt(d_model))."""
 
 _ROTARY = {"GPTNeoXForCausalLM"} | _LLAMA_LIKE
 """Covered classes with rotary position embeddings (in the rotate-half layout)."""
@@ -107,7 +115,8 @@ def architecture_of(model: TransformerBridge) -> Architecture:
     if name in _LLAMA_LIKE and cfg.normalization_type == "RMS":
         allowed |= {"gated_mlp", "final_rms", "n_key_value_heads (GQA)"}
     reasons = unsupported_features(cfg, allowed)
-    reasons += _pretrained_differences(cfg, rotary) + _hf_config_differences(hf_config)
+    gemma = name == "GemmaForCausalLM"
+    reasons += _pretrained_differences(cfg, rotary, gemma) + _hf_config_differences(hf_config)
     rope, rope_reason = _rotary_of(original, hf_config, int(cfg.d_head), rotary)
     reasons += [rope_reason] if rope_reason else []
     window = _attention_window(hf_config)
@@ -124,6 +133,8 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         n_kv_heads=cfg.n_key_value_heads if cfg.n_key_value_heads != cfg.n_heads else None,
         gated_mlp=bool(cfg.gated_mlp),
         qk_norm=name == "Qwen3ForCausalLM",
+        **({"normalization": "RMS1P", "embed_scale": math.sqrt(int(cfg.d_model))} if gemma
+           else {}),
         **_biases(name, hf_config),
     )
     try:
@@ -138,7 +149,7 @@ def _biases(name: str, hf_config: Any) -> dict[str, bool]:
     all of GPT-2's and GPT-NeoX's; Llama's per `attention_bias` and `mlp_bias` (Qwen3's
     attention per `attention_bias`, its MLP none); Qwen2's queries, keys and values only;
     none of Mistral's."""
-    if name in ("LlamaForCausalLM", "Qwen3ForCausalLM"):
+    if name in ("LlamaForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM"):
         attention = bool(getattr(hf_config, "attention_bias", False))
         mlp = bool(getattr(hf_config, "mlp_bias", False))  # Qwen3's config has none
         return dict(qkv_bias=attention, out_bias=attention, mlp_bias=mlp)
@@ -171,9 +182,10 @@ def covers(model: TransformerBridge) -> bool:
     return True
 
 
-def _pretrained_differences(cfg: Any, rotary: bool) -> list[str]:
+def _pretrained_differences(cfg: Any, rotary: bool, gemma: bool) -> list[str]:
     """Settings of a pretrained model's TransformerLens config that the forward pass does
-    not compute (`rotary`: the class is one of `_ROTARY`)."""
+    not compute (`rotary`: the class is one of `_ROTARY`; `gemma`: a Gemma, whose norms'
+    offset weights are computed)."""
     differs = {
         f"positional_embedding_type={cfg.positional_embedding_type!r}":
             cfg.positional_embedding_type != ("rotary" if rotary else "standard"),
@@ -184,7 +196,7 @@ def _pretrained_differences(cfg: Any, rotary: bool) -> list[str]:
         "use_qk_norm": bool(cfg.use_qk_norm),
         "scale_attn_by_inverse_layer_idx": bool(cfg.scale_attn_by_inverse_layer_idx),
         "scale_embedding": bool(cfg.scale_embedding),
-        "rmsnorm_uses_offset": bool(cfg.rmsnorm_uses_offset),
+        "rmsnorm_uses_offset": bool(cfg.rmsnorm_uses_offset) and not gemma,
         f"normalization_type={cfg.normalization_type!r}":
             cfg.normalization_type not in ("LN", "LNPre", "RMS", "RMSPre", None),
         f"act_fn={cfg.act_fn!r}": str(cfg.act_fn) not in _ACTIVATIONS,

@@ -1,7 +1,7 @@
 """Randomly initialised models in Hugging Face's format, written to a local folder with no
 download: GPT-2 (`GPT2LMHeadModel`), GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's class) and
 the Llama family (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`,
-`Qwen3ForCausalLM`), each of
+`Qwen3ForCausalLM`) and Gemma (`GemmaForCausalLM`), each of
 a shape you choose. `interp.models.load(folder)` boots them as it would the hub's gpt2,
 pythia-70m or Qwen2.5-0.5B, so tests, benchmarks and a first try of an analysis need no
 network. The Llama family's bridges load a tokenizer from the folder: a word-level one over
@@ -30,6 +30,7 @@ FAMILIES: dict[str, str] = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
 }
 """The families `write_model` writes -> their transformers model class."""
 
@@ -57,7 +58,9 @@ def write_model(
     - "llama", "mistral", "qwen2", "qwen3": RMSNorm, a gated SiLU MLP of width 2 d_model, rotary
       embeddings, `n_kv_heads` key and value heads shared by the query heads (default
       n_heads / 2: grouped-query attention), untied embeddings, a word-level tokenizer
-      beside the weights; Qwen2 has q, k and v biases, Qwen3 per-head query and key norms.
+      beside the weights; Qwen2 has q, k and v biases, Qwen3 per-head query and key norms;
+    - "gemma": the same blocks with GELU (tanh) gates, norms scaled by 1 + weight,
+      embeddings by sqrt(d_model), and the unembedding tied to the embedding.
 
     `seed` draws the weights (std `initializer_range`), then noise of std `jitter` is
     added to every parameter; `config`: other fields of the class's config
@@ -74,8 +77,10 @@ def write_model(
         settings = _neox_settings(**shape)
     else:
         settings = _llama_settings(**shape, n_kv_heads=n_kv_heads or max(1, n_heads // 2))
-        if family == "qwen3":  # its config would otherwise take a head width of 128
+        if family in ("qwen3", "gemma"):  # their configs would take a head width of 128, 256
             settings["head_dim"] = d_model // n_heads
+        if family == "gemma":  # as its checkpoints: the unembedding is the embedding
+            settings["tie_word_embeddings"] = True
     model_class = getattr(transformers, FAMILIES[family])
     hf_config = model_class.config_class(
         **{**settings, "initializer_range": initializer_range, "bos_token_id": 0,

@@ -80,6 +80,14 @@ def qwen3(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def gemma(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer Gemma (Llama's blocks with GELU gates, norms scaled by 1 + weight,
+    embeddings by sqrt(d_model), one key and value head per two query heads, the
+    unembedding tied to the embedding)."""
+    return _llama_like(tmp_path_factory, "gemma")
+
+
+@pytest.fixture(scope="session")
 def mistral(tmp_path_factory: pytest.TempPathFactory):
     """A random 2-layer Mistral (Llama's blocks, no biases)."""
     return _llama_like(tmp_path_factory, "mistral")

@@ -18,7 +18,7 @@ engine reruns:
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
 those of the hook engine (and of TransformerLens) to float rounding. It covers the causal
 models that `interp.functional` computes (`supports(model)`): native models of
-`interp.models.build` and pretrained GPT-2, GPT-NeoX, Llama, Mistral, Qwen2 and Qwen3
+`interp.models.build` and pretrained GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3 and Gemma
 (`functional.architecture_of`; rotary models rotate the cached, unrotated q and k of every
 position, grouped keys and values are repeated for the heads of their group, and a parallel
 block's MLP output stays the base run's when only its attention changes); other models go
@@ -55,7 +55,7 @@ Params = dict[str, Tensor]
 def supports(model: TransformerBridge) -> bool:
     """Whether this engine reproduces `model` exactly: a causal model that
     `interp.functional` covers (native, or pretrained GPT-2, GPT-NeoX, Llama, Mistral,
-    Qwen2, Qwen3)."""
+    Qwen2, Qwen3, Gemma)."""
     return covered_architecture(model)[0] is not None
 
 

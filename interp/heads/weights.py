@@ -100,7 +100,11 @@ class HeadWeights:
 
 
 def weights_from_params(
-    params: Mapping[str, Tensor], n_heads: int, *, fold_layer_norm: bool = False
+    params: Mapping[str, Tensor],
+    n_heads: int,
+    *,
+    fold_layer_norm: bool = False,
+    norm_offset: float = 0.0,
 ) -> HeadWeights:
     """Per-head weights from a native model's state dict (the layout at the top of
     `interp.functional`: `blocks.{l}.attn.q.weight` is `[n_heads * d_head, d_model]`,
@@ -108,7 +112,8 @@ def weights_from_params(
     d_head]`).
 
     With `fold_layer_norm`, `blocks.{l}.ln1.weight` scales the rows of layer l's W_Q, W_K,
-    W_V and `ln_final.weight` those of W_U (centering and biases are ignored).
+    W_V and `ln_final.weight` those of W_U (centering and biases are ignored); each scale
+    is `norm_offset + weight` (Gemma's norms: 1 + weight).
     """
     if "embed.weight" not in params or "unembed.weight" not in params:
         raise ValueError("params must hold 'embed.weight' and 'unembed.weight' (a native model)")
@@ -131,7 +136,7 @@ def weights_from_params(
         for name in ("q", "k", "v"):
             weight = per_head(params[f"{prefix}.attn.{name}.weight"])
             if scale is not None:
-                weight = weight * scale.detach().float()[None, :, None]
+                weight = weight * (norm_offset + scale.detach().float())[None, :, None]
             stacks[name].append(weight)
         out = params[f"{prefix}.attn.o.weight"].detach().float()  # [d_model, H * d_head]
         d_model = out.shape[0]
@@ -139,7 +144,7 @@ def weights_from_params(
     unembed = params["unembed.weight"].detach().float().T.clone()  # [d_model, d_vocab_out]
     final_scale = params.get("ln_final.weight") if fold_layer_norm else None
     if final_scale is not None:
-        unembed = unembed * final_scale.detach().float()[:, None]
+        unembed = unembed * (norm_offset + final_scale.detach().float())[:, None]
     return HeadWeights(
         W_Q=torch.stack(stacks["q"]).clone(),
         W_K=torch.stack(stacks["k"]).clone(),
@@ -167,7 +172,8 @@ def head_weights(model: TransformerBridge, *, fold_layer_norm: bool = False) -> 
         arch = None
     if arch is not None:  # grouped keys and values repeated for each head of their group
         params = dense_params(live_params(model), arch)
-        return weights_from_params(params, arch.n_heads, fold_layer_norm=fold_layer_norm)
+        return weights_from_params(params, arch.n_heads, fold_layer_norm=fold_layer_norm,
+                                   norm_offset=1.0 if arch.normalization == "RMS1P" else 0.0)
     if fold_layer_norm:
         raise ValueError(
             "fold_layer_norm is only supported for pre-norm models that interp.functional "

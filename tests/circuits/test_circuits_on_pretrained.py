@@ -31,7 +31,7 @@ def _patching_cases() -> list[tuple[str, str, str, str]]:
     the pattern (see the next test), and on the Llama family only our engine can (hooks
     fire after the attention used it). The hook engine runs denoising only."""
     cases = []
-    for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3"):
+    for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3", "gemma"):
         for target in sorted(REFERENCES):
             if (kind, target) in {("neox", "resid_mid"), ("gpt2", "pattern")}:
                 continue

@@ -48,6 +48,10 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
                   kv_heads=2, qkv_bias=kind == "qwen2", out_bias=False, mlp_bias=False,
                   qk_norm=kind == "qwen3")
        for kind in ("llama", "qwen2", "qwen3", "mistral")},
+    # Gemma: norms scaled by 1 + weight, embeddings (hook_embed too) by sqrt(32), GELU gates
+    "gemma": dict(normalization="RMS1P", act_fn="gelu_new", embed_scale=32**0.5, rotary=True,
+                  rotary_dim=8, parallel_attn_mlp=False, gated_mlp=True, kv_heads=2,
+                  qkv_bias=False, out_bias=False, mlp_bias=False, qk_norm=False),
 }
 
 
@@ -107,7 +111,8 @@ def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path
     with pytest.raises(ValueError, match="covers native models and GPT2LMHeadModel, "
                                          "GPTNeoXForCausalLM, LlamaForCausalLM, "
                                          "MistralForCausalLM, Qwen2ForCausalLM, "
-                                         "Qwen3ForCausalLM; this model is a BertForMaskedLM"):
+                                         "Qwen3ForCausalLM, GemmaForCausalLM; this model is a "
+                                         "BertForMaskedLM"):
         architecture_of(minilm)
     assert not covers(minilm)
     scaled = models.load(

@@ -145,7 +145,7 @@ def test_native_weights_equal_bridge_properties_and_fold_layer_norm() -> None:
     torch.testing.assert_close(folded.W_U, scale * raw.W_U)
 
 
-@pytest.mark.parametrize("which", ["gpt2", "neox", "llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("which", ["gpt2", "neox", "llama", "qwen2", "qwen3", "gemma"])
 def test_pretrained_weights_equal_bridge_properties_and_fold_layer_norm(request, which) -> None:
     """Pretrained models are read in the native layout (GPT-2's Conv1D weights transposed,
     Llama's grouped key and value heads repeated for each query head of their group): the
@@ -159,7 +159,8 @@ def test_pretrained_weights_equal_bridge_properties_and_fold_layer_norm(request,
         torch.testing.assert_close(getattr(raw, name), theirs)
     folded = head_weights(model, fold_layer_norm=True)
     params = params_of(model)
-    ln1, ln_final = params["blocks.1.ln1.weight"], params["ln_final.weight"]
+    offset = 1.0 if which == "gemma" else 0.0  # Gemma's norms scale by 1 + weight
+    ln1, ln_final = (offset + params[name] for name in ("blocks.1.ln1.weight", "ln_final.weight"))
     assert (ln1 - 1).abs().max() > 0.1  # the test models' norms are not all ones
     for name in ("W_Q", "W_K", "W_V"):
         torch.testing.assert_close(getattr(folded, name)[1], ln1[:, None] * getattr(raw, name)[1])
