@@ -56,8 +56,9 @@ def normalize(
     params: Mapping[str, Tensor], prefix: str, x: Tensor, kind: str | None, eps: float
 ) -> Tensor:
     """Pre-norm as the bridge computes it, in float32: LayerNorm (Ba et al. 2016) centres
-    then divides by the root mean square; RMSNorm (Zhang & Sennrich 2019) only divides;
-    "RMS1P" (Gemma's) scales by 1 + weight."""
+    then divides by the root mean square; RMSNorm (Zhang & Sennrich 2019) only divides,
+    then scales by its weight in the input's dtype (as Llama's and TransformerLens's do:
+    in bfloat16 the order shows); "RMS1P" (Gemma's) scales by 1 + weight in float32."""
     if kind is None:
         return x
     if kind == "LN" and x.dtype == torch.float32:  # the same formula as one fused kernel
@@ -71,8 +72,10 @@ def normalize(
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     else:
         x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    if kind == "RMS1P":  # Gemma: the weight is an offset from 1
+    if kind == "RMS1P":  # Gemma: the weight is an offset from 1, applied in float32
         x = x * (1.0 + params[f"{prefix}.weight"].float())
+    elif kind == "RMS":  # Llama's and TransformerLens's: the weight in the input's dtype
+        return params[f"{prefix}.weight"] * x.to(dtype)
     elif kind in NORMS_WITH_WEIGHT:
         x = x * params[f"{prefix}.weight"]
     if kind in NORMS_WITH_BIAS:

@@ -192,3 +192,21 @@ def test_scaled_rotary_frequencies_are_the_models_own(tmp_path: Path, kind: str)
     with torch.no_grad():
         ours = functional.forward(functional.live_params(model), TOKENS, arch)
         torch.testing.assert_close(ours, model(TOKENS), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma"])
+def test_bfloat16_forward_is_the_bridges_bit_for_bit(tmp_path: Path, family: str) -> None:
+    """In bfloat16 the order of a norm's ops shows (Llama's RMSNorm scales by its weight
+    after casting back to bfloat16, Gemma's before): the forward pass follows each
+    class's order, so the logits and every cached activation equal the bridge's exactly."""
+    from pretrained_models import write_llama
+
+    model = models.load(write_llama(tmp_path, family), device="cpu", dtype=torch.bfloat16)
+    cache: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        ours = functional.forward(functional.live_params(model.eval()), TOKENS,
+                                  architecture_of(model), cache=cache)
+        theirs, bridge_cache = model.run_with_cache(TOKENS)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert torch.equal(ours, theirs)
+    assert all(torch.equal(value, bridge_cache[name]) for name, value in cache.items())
