@@ -274,10 +274,11 @@ def _logits(
         resid = resid[:, query]
         if arch.parallel_attn_mlp:  # both read the block's input: no resid_mid
             mlp_out = block_mlp(params, layer, resid, arch, record)
+            # summed in GPT-NeoX's order (half precision shows it)
             resid = (
-                resid
+                record(f"{block}.hook_mlp_out", mlp_out)
                 + record(f"{block}.hook_attn_out", attn_out)
-                + record(f"{block}.hook_mlp_out", mlp_out)
+                + resid
             )
         else:
             resid = resid + record(f"{block}.hook_attn_out", attn_out)

@@ -12,6 +12,7 @@ multi-head attention, Vaswani et al. 2017, then an MLP).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -362,11 +363,16 @@ def block_mlp(
 
 def _activation(name: str, x: Tensor, inplace: bool = False) -> Tensor:
     """The MLP nonlinearity, overwriting `x` when `inplace` (except SoLU, Elhage et al.
-    2022: x * softmax(x))."""
+    2022: x * softmax(x), and GPT-2's tanh GELU out of float32). "gelu_pytorch_tanh"
+    (Gemma's) is the fused tanh GELU at every precision."""
     if name == "relu":
         return F.relu(x, inplace=inplace)
-    if name in ("gelu", "gelu_new"):
-        approximate = "tanh" if name == "gelu_new" else "none"
+    if name == "gelu_new" and x.dtype != torch.float32:
+        # GPT-2's (and TransformerLens's) formula, op by op: in half precision its rounding
+        # differs from the fused kernel's, which float32 hides (~1e-7)
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+        approximate = "none" if name == "gelu" else "tanh"
         if inplace:
             return torch.ops.aten.gelu_(x, approximate=approximate)
         return F.gelu(x, approximate=approximate)

@@ -80,8 +80,9 @@ _ROTARY = {"GPTNeoXForCausalLM"} | _LLAMA_LIKE
 """Covered classes with rotary position embeddings (in the rotate-half layout)."""
 
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "silu": "silu",
-                "gelu_pytorch_tanh": "gelu_new"}
-"""Activation names of a TransformerLens config -> the forward pass's (same function)."""
+                "gelu_pytorch_tanh": "gelu_pytorch_tanh"}
+"""Activation names of a TransformerLens config -> the forward pass's (same function; the
+two tanh GELUs differ in rounding only, which half precision shows)."""
 
 
 def architecture_of(model: TransformerBridge) -> Architecture:

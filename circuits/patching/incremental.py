@@ -476,7 +476,7 @@ class _Step:
             before = self.at_rows(resid, layer, self.p0)
             if self.arch.parallel_attn_mlp:  # the MLP reads the block's input too
                 mlp_out = functional.block_mlp(self.params, layer, before, self.arch)
-                resid = before + attn_out + mlp_out
+                resid = mlp_out + attn_out + before  # GPT-NeoX's order, as the forward pass
             else:
                 resid = self.with_mlp(layer, before + attn_out)
         return resid

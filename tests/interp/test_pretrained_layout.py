@@ -49,7 +49,8 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
                   qk_norm=kind == "qwen3")
        for kind in ("llama", "qwen2", "qwen3", "mistral")},
     # Gemma: norms scaled by 1 + weight, embeddings (hook_embed too) by sqrt(32), GELU gates
-    "gemma": dict(normalization="RMS1P", act_fn="gelu_new", embed_scale=32**0.5, rotary=True,
+    "gemma": dict(normalization="RMS1P", act_fn="gelu_pytorch_tanh", embed_scale=32**0.5,
+                  rotary=True,
                   rotary_dim=8, parallel_attn_mlp=False, gated_mlp=True, kv_heads=2,
                   qkv_bias=False, out_bias=False, mlp_bias=False, qk_norm=False),
 }
@@ -194,14 +195,18 @@ def test_scaled_rotary_frequencies_are_the_models_own(tmp_path: Path, kind: str)
         torch.testing.assert_close(ours, model(TOKENS), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma"])
+@pytest.mark.parametrize("family", ["gpt2", "neox", "llama", "qwen3", "gemma"])
 def test_bfloat16_forward_is_the_bridges_bit_for_bit(tmp_path: Path, family: str) -> None:
-    """In bfloat16 the order of a norm's ops shows (Llama's RMSNorm scales by its weight
-    after casting back to bfloat16, Gemma's before): the forward pass follows each
+    """In bfloat16 the order of the ops shows (Llama's RMSNorm scales by its weight after
+    casting back to bfloat16, Gemma's before; GPT-2's GELU is a formula, Gemma's a fused
+    kernel; GPT-NeoX sums mlp_out + attn_out + resid): the forward pass follows each
     class's order, so the logits and every cached activation equal the bridge's exactly."""
-    from pretrained_models import write_llama
+    from pretrained_models import write_gpt2, write_llama, write_neox
 
-    model = models.load(write_llama(tmp_path, family), device="cpu", dtype=torch.bfloat16)
+    write = {"gpt2": write_gpt2, "neox": write_neox}.get(
+        family, functools.partial(write_llama, kind=family)
+    )
+    model = models.load(write(tmp_path), device="cpu", dtype=torch.bfloat16)
     cache: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         ours = functional.forward(functional.live_params(model.eval()), TOKENS,
