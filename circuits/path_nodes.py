@@ -62,13 +62,6 @@ class Node:
     head: int | None = None
     input: Literal["q", "k", "v"] | None = None
 
-    @property
-    def order(self) -> int:
-        """Position in the forward pass: the embedding, then attention l, MLP l, ..., logits."""
-        if self.kind == "embed":
-            return -1
-        return 2 * self.layer + (1 if self.kind == "mlp" else 0)
-
 
 def _check_range(name: str, role: Role, what: str, index: int, size: int) -> None:
     if index >= size:

@@ -243,7 +243,7 @@ def _logits(
     `last_query`: the positions the last layer computes its queries at (None: all).
     `fused`: attention as one kernel, no pattern (see `mix_heads`); not under `vmap`.
     `token_tables`: the first layer from per-(position, token) tables (`first_layer_tables`)."""
-    batch, seq = tokens.shape
+    seq = tokens.shape[1]
     record = recorder(cache)
     rope: tuple[Tensor, Tensor] | None = None
     first_qkv: tuple[Tensor, Tensor, Tensor] | None = None

@@ -222,7 +222,7 @@ def _rotary_of(
     "llama3" (Llama 3.1 and 3.2), "yarn"; `rope_parameters` (transformers 5) names the
     type and `partial_rotary_factor` (GPT-NeoX's `rotary_pct`) the rotated width."""
     if not rotary:
-        return dict(rotary_dim=d_head), None
+        return {}, None
     rope = dict(getattr(hf_config, "rope_parameters", None) or {})
     kind = rope.get("rope_type", "default")
     if kind in _SEQUENCE_DEPENDENT_ROPE:
