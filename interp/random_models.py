@@ -1,8 +1,7 @@
 """Randomly initialised models in Hugging Face's format, written to a local folder with no
-download: GPT-2 (`GPT2LMHeadModel`), GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's class) and
+download: GPT-2 (`GPT2LMHeadModel`), GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's class),
 the Llama family (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`,
-`Qwen3ForCausalLM`) and Gemma (`GemmaForCausalLM`), each of
-a shape you choose. `interp.models.load(folder)` boots them as it would the hub's gpt2,
+`Qwen3ForCausalLM`), Gemma 1, 2 and 3, Phi-3, GPT-J and OPT, each of a shape you choose. `interp.models.load(folder)` boots them as it would the hub's gpt2,
 pythia-70m or Qwen2.5-0.5B, so tests, benchmarks and a first try of an analysis need no
 network. The Llama family's bridges load a tokenizer from the folder: a word-level one over
 the vocabulary (`t0`, `t1`, ...) is written beside the weights. Each class initialises
@@ -31,8 +30,21 @@ FAMILIES: dict[str, str] = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gptj": "GPTJForCausalLM",
+    "opt": "OPTForCausalLM",
 }
-"""The families `write_model` writes -> their transformers model class."""
+"""The families `write_model` writes -> their transformers model class. The last five lie
+outside what `interp.functional` computes (`interp.pretrained_layout.COVERED_PRETRAINED`):
+they exercise the hook-based paths, which run on every bridge."""
+
+_LLAMA_SHAPED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"}
+"""Families whose configs take Llama's field names."""
+
+_OWN_HEAD_WIDTH = {"qwen3", "gemma", "gemma2", "gemma3"}
+"""Families whose configs would otherwise take a head width of 128 or 256."""
 
 
 def write_model(
@@ -60,7 +72,12 @@ def write_model(
       n_heads / 2: grouped-query attention), untied embeddings, a word-level tokenizer
       beside the weights; Qwen2 has q, k and v biases, Qwen3 per-head query and key norms;
     - "gemma": the same blocks with GELU (tanh) gates, norms scaled by 1 + weight,
-      embeddings by sqrt(d_model), and the unembedding tied to the embedding.
+      embeddings by sqrt(d_model), and the unembedding tied to the embedding;
+    - "gemma2", "gemma3": Gemma's blocks with norms after attention and MLP too (and
+      soft-capped attention and logits in Gemma 2, per-head query and key norms in Gemma 3);
+      "phi3": Llama's blocks with fused projections; "gptj": parallel attention and MLP,
+      rotary embeddings on a quarter of each head; "opt": learned positions offset by 2,
+      ReLU MLP of width 4 d_model.
 
     `seed` draws the weights (std `initializer_range`), then noise of std `jitter` is
     added to every parameter; `config`: other fields of the class's config
@@ -71,16 +88,14 @@ def write_model(
         raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
     shape = dict(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_vocab=d_vocab,
                  n_ctx=n_ctx)
-    if family == "gpt2":
-        settings = _gpt2_settings(**shape)
-    elif family == "neox":
-        settings = _neox_settings(**shape)
-    else:
+    if family in _LLAMA_SHAPED:
         settings = _llama_settings(**shape, n_kv_heads=n_kv_heads or max(1, n_heads // 2))
-        if family in ("qwen3", "gemma"):  # their configs would take a head width of 128, 256
+        if family in _OWN_HEAD_WIDTH:
             settings["head_dim"] = d_model // n_heads
-        if family == "gemma":  # as its checkpoints: the unembedding is the embedding
+        if family.startswith("gemma"):  # as its checkpoints: the unembedding is the embedding
             settings["tie_word_embeddings"] = True
+    else:
+        settings = _OTHER_SETTINGS[family](**shape)
     model_class = getattr(transformers, FAMILIES[family])
     hf_config = model_class.config_class(
         **{**settings, "initializer_range": initializer_range, "bos_token_id": 0,
@@ -94,7 +109,7 @@ def write_model(
                 parameter.add_(torch.randn_like(parameter) * jitter)
     folder = Path(folder)
     model.save_pretrained(folder)
-    if family not in ("gpt2", "neox"):  # their bridges load a tokenizer from the folder
+    if family in _LLAMA_SHAPED:  # their bridges load a tokenizer from the folder
         word_tokenizer(d_vocab).save_pretrained(folder)
     return folder
 
@@ -110,6 +125,23 @@ def _neox_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,
     return dict(vocab_size=d_vocab, hidden_size=d_model, num_hidden_layers=n_layers,
                 num_attention_heads=n_heads, intermediate_size=4 * d_model,
                 max_position_embeddings=n_ctx, rotary_pct=0.25)
+
+
+def _gptj_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,
+                   n_ctx: int) -> dict[str, Any]:
+    return dict(vocab_size=d_vocab, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
+                n_positions=n_ctx, rotary_dim=max(2, d_model // n_heads // 4))
+
+
+def _opt_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,
+                  n_ctx: int) -> dict[str, Any]:
+    return dict(vocab_size=d_vocab, hidden_size=d_model, num_hidden_layers=n_layers,
+                num_attention_heads=n_heads, ffn_dim=4 * d_model, max_position_embeddings=n_ctx,
+                word_embed_proj_dim=d_model, pad_token_id=1)
+
+
+_OTHER_SETTINGS = {"gpt2": _gpt2_settings, "neox": _neox_settings, "gptj": _gptj_settings,
+                   "opt": _opt_settings}
 
 
 def _llama_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int,

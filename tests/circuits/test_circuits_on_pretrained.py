@@ -4,20 +4,29 @@ TransformerLens's own functions on each bridge (GPT-2, GPT-NeoX, Llama, Qwen2); 
 pattern patching, EAP and ACDC against the same weights in a native model, and the
 hook-based analyses likewise. Edge patching against the model and activation patching,
 EAP against the derivative of edge patching and incremental ACDC against full passes on
-each architecture are in test_edge_patching.py, test_eap.py and test_acdc.py."""
+each architecture are in test_edge_patching.py, test_eap.py and test_acdc.py. On bridges
+the fast engines do not cover (Gemma 2 and 3, Phi-3, GPT-J, OPT), the hook engine against
+TransformerLens's functions."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from patching_reference import METRIC, REFERENCES, hook_counts, reference
-from pretrained_models import native_twin
+from pretrained_models import NOISY, SHAPE, native_twin
 
 from circuits.acdc import acdc
 from circuits.attribution import attribute
 from circuits.eap import edge_attribution
 from circuits.patching import incremental, patch
 from circuits.path_patching import path_patch_senders
+from interp import models
+from interp.random_models import FAMILIES, write_model
+
+HOOKED_ONLY = ("gemma2", "gemma3", "phi3", "gptj", "opt")
+"""Families of `interp.random_models` outside the fast engines: norms after attention and
+MLP (Gemma 2 and 3, with soft-capped attention in Gemma 2), fused projections (Phi-3),
+parallel blocks with interleaved rotary (GPT-J), offset learned positions (OPT)."""
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +114,42 @@ def test_neox_has_no_resid_mid(neox, batch) -> None:
         with pytest.raises(ValueError, match="'resid_mid' does not exist in this model "
                                              r"\(its attention and MLP run in parallel\)"):
             patch(neox, batch, "resid_mid", METRIC, progress=False, engine=engine)
+
+
+@pytest.fixture(scope="module")
+def hooked_only(tmp_path_factory) -> dict:
+    """Each `HOOKED_ONLY` family's random model (`SHAPE`, noisy weights), booted once."""
+    booted = {}
+
+    def get(kind: str):
+        if kind not in booted:
+            folder = write_model(tmp_path_factory.mktemp(kind), kind, **SHAPE, **NOISY)
+            booted[kind] = models.load(folder, device="cpu").eval()
+        return booted[kind]
+
+    return get
+
+
+@pytest.mark.parametrize("kind", HOOKED_ONLY)
+def test_hook_engine_matches_transformer_lens_on_other_bridges(hooked_only, batch,
+                                                                kind) -> None:
+    """Any bridge: where the fast engines do not apply, engine="auto" takes the hooks and
+    equals TransformerLens's `get_act_patch_*` for every target the bridge exposes, leaving
+    its hooks as they were; pattern patching, which hooks cannot do there, is refused."""
+    model = hooked_only(kind)
+    assert type(model.original_model).__name__ == FAMILIES[kind]
+    assert not incremental.supports(model)
+    before = hook_counts(model)
+    for target in sorted(set(REFERENCES) - {"pattern"}):
+        if kind == "gptj" and target == "resid_mid":  # parallel attention and MLP
+            with pytest.raises(ValueError, match="'resid_mid' does not exist in this model"):
+                patch(model, batch, target, METRIC, progress=False)
+            continue
+        result = patch(model, batch, target, METRIC, max_batch=7, progress=False)
+        expected = reference(model, batch, target, "denoise")
+        assert result.values.std() > 1e-3, target
+        torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0,
+                                   msg=target)
+    with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this model"):
+        patch(model, batch, "pattern", METRIC, progress=False)
+    assert hook_counts(model) == before

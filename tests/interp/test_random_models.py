@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from interp import models
-from interp.pretrained_layout import architecture_of
+from interp.pretrained_layout import COVERED_PRETRAINED, architecture_of
 from interp.random_models import FAMILIES, word_tokenizer, write_model
 
 SHAPE = dict(n_layers=1, n_heads=4, d_model=32, d_vocab=12, n_ctx=6)
@@ -19,6 +19,12 @@ SHAPE = dict(n_layers=1, n_heads=4, d_model=32, d_vocab=12, n_ctx=6)
 def test_each_family_boots_with_the_shape_asked_for(tmp_path: Path, family: str) -> None:
     model = models.load(write_model(tmp_path, family, **SHAPE), device="cpu")
     assert type(model.original_model).__name__ == FAMILIES[family]
+    cfg = model.cfg
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab) == (1, 4, 32, 12)
+    if FAMILIES[family] not in COVERED_PRETRAINED:
+        with pytest.raises(ValueError, match=f"this model is a {FAMILIES[family]}"):
+            architecture_of(model)
+        return
     arch = architecture_of(model)
     assert (arch.n_layers, arch.n_heads, arch.d_model, arch.d_vocab, arch.n_ctx) == (1, 4, 32,
                                                                                       12, 6)
@@ -45,9 +51,9 @@ def test_word_tokenizer_maps_words_to_their_ids() -> None:
 
 
 def test_an_unknown_family_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"family must be one of \['gemma', 'gpt2', 'llama', "
-                                         r"'mistral', 'neox', 'qwen2', 'qwen3'\], got 'opt'"):
-        write_model(tmp_path, "opt", **SHAPE)
+    with pytest.raises(ValueError, match=r"family must be one of \['gemma', 'gemma2', .*"
+                                         r"'qwen3'\], got 'bert'"):
+        write_model(tmp_path, "bert", **SHAPE)
 
 
 def test_jitter_moves_the_constant_norms_and_biases(tmp_path: Path) -> None:
