@@ -1,9 +1,10 @@
 """Randomly initialised models in Hugging Face's format, written to a local folder with no
 download: GPT-2 (`GPT2LMHeadModel`), GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's class),
 the Llama family (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`,
-`Qwen3ForCausalLM`), Gemma 1, 2 and 3, Phi-3, GPT-J and OPT, each of a shape you choose. `interp.models.load(folder)` boots them as it would the hub's gpt2,
-pythia-70m or Qwen2.5-0.5B, so tests, benchmarks and a first try of an analysis need no
-network. The Llama family's bridges load a tokenizer from the folder: a word-level one over
+`Qwen3ForCausalLM`), Gemma 1, 2 and 3, Phi-3, GPT-J and OPT, each of a shape you choose.
+`interp.models.load(folder)` boots them as it would the hub's gpt2, pythia-70m or
+Qwen2.5-0.5B, so tests, benchmarks and a first try of an analysis need no network. The
+Llama-shaped families' bridges load a tokenizer from the folder: a word-level one over
 the vocabulary (`t0`, `t1`, ...) is written beside the weights. Each class initialises
 its norms to 1 and its biases to 0; `jitter` adds noise to every parameter, so that a test
 sees a norm weight or a bias read in the wrong place.
