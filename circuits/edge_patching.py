@@ -47,15 +47,25 @@ Ablation = Literal["resample", "mean", "zero"]
 ABLATIONS: tuple[Ablation, ...] = ("resample", "mean", "zero")
 
 
+_COVERS = (
+    "edge patching covers pre-LayerNorm models whose residual stream is a sum of source "
+    "outputs (native models, pretrained GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3, Gemma)"
+)
+
+
 def _architecture(model: TransformerBridge) -> Architecture:
     try:
         arch = functional.architecture_of(model)
     except ValueError as error:
-        raise ValueError(
-            "edge patching covers pre-LayerNorm models whose residual stream is a sum of "
-            f"source outputs (native models, pretrained GPT-2, GPT-NeoX, Llama, Mistral, "
-            f"Qwen2, Qwen3, Gemma): {error}"
-        ) from None
+        raise ValueError(f"{_COVERS}: {error}") from None
+    beyond = {
+        "a norm after each attention and MLP, which mixes the heads' outputs": arch.post_norms,
+        "soft-capped attention scores": arch.attn_softcap is not None,
+        "sliding-window attention": arch.attention_windows is not None,
+    }
+    named = [what for what, present in beyond.items() if present]
+    if named:
+        raise ValueError(f"{_COVERS}; this model has {', '.join(named)}")
     return arch
 
 

@@ -155,12 +155,21 @@ def attention_of(
     d_head]` of its heads."""
     q, k, v = (record(f"{prefix}.hook_{name}", x) for name, x in zip("qkv", qkv, strict=True))
     device = k.device
-    sees_every_key = isinstance(query, slice) and min(range(seq)[query], default=0) >= seq - 1
+    window = arch.window(_layer_of(prefix))
+    sees_every_key = (
+        isinstance(query, slice) and min(range(seq)[query], default=0) >= seq - 1
+        and (window is None or window >= seq)
+    )
     causal = arch.causal and not sees_every_key
     positions = torch.arange(seq, device=device)[query] if causal or rope is not None else None
     z, pattern = mix_heads(q, k, v, positions, arch, rope, causal=causal, fused=fused,
-                           qk_norm=qk_norm_of(params, prefix, arch))
-    return attention_output(params, prefix, record(f"{prefix}.hook_z", z)), pattern
+                           qk_norm=qk_norm_of(params, prefix, arch), window=window)
+    return attention_output(params, prefix, record(f"{prefix}.hook_z", z), arch), pattern
+
+
+def _layer_of(prefix: str) -> int:
+    """The layer of an attention prefix `blocks.{layer}.attn`."""
+    return int(prefix.split(".")[1])
 
 
 def mix_heads(
@@ -175,6 +184,7 @@ def mix_heads(
     causal: bool | None = None,
     fused: bool = False,
     qk_norm: tuple[Mapping[str, Tensor], str] | None = None,
+    window: int | None = None,
 ) -> tuple[Float[Tensor, "batch query head d_head"], Float[Tensor, "batch head query key"] | None]:
     """Attention of queries at `query_positions` over keys 0..key-1 (causal unless the
     model is bidirectional): returns each head's output `z` and the pattern. With
@@ -184,7 +194,9 @@ def mix_heads(
     None when there is no `rope` either. Under grouped-query attention k and v have fewer
     heads, each repeated for the query heads of its group. `qk_norm`: the parameters and
     prefix of an attention whose queries and keys are RMS-normalised per head before the
-    rotary embedding (Qwen3; `qk_norm_of`), or None.
+    rotary embedding (Qwen3; `qk_norm_of`), or None. `window`: the layer's sliding window
+    (`arch.window(layer)`): a query sees only the `window` latest keys up to itself.
+    Scores are soft-capped where the model says (`arch.attn_softcap`, Gemma 2).
 
     `fused=True`, for callers that do not read the pattern: one
     `F.scaled_dot_product_attention` kernel (the causal mask an additive table kept per
@@ -209,9 +221,9 @@ def mix_heads(
             queries = apply_rotary(queries, query_rope, arch)
             keys = apply_rotary(keys, rope, arch)
         masked = causal and query_positions is not None
-        if fused:
+        if fused and arch.attn_softcap is None:  # the kernel cannot soft-cap its scores
             bias = (
-                causal_bias(keys.shape[2], keys.device, queries.dtype)[query_positions]
+                causal_bias(keys.shape[2], keys.device, queries.dtype, window)[query_positions]
                 if masked
                 else None
             )
@@ -222,9 +234,13 @@ def mix_heads(
             return z.transpose(1, 2), None
         keys = _per_query_head(keys, n_heads)
         scores = torch.matmul(queries, keys.transpose(-2, -1)) / arch.attn_scale
+        if arch.attn_softcap is not None:
+            scores = torch.tanh(scores / arch.attn_softcap) * arch.attn_softcap
         if masked:
             key_positions = torch.arange(keys.shape[2], device=keys.device)
             mask = key_positions[None, :] > query_positions[:, None]
+            if window is not None:
+                mask = mask | (key_positions[None, :] <= query_positions[:, None] - window)
             # Every query sees key 0, so no row is all -inf: masked weights come out 0.
             pattern = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
         else:
@@ -252,25 +268,36 @@ def _per_query_head(
 
 @functools.lru_cache(maxsize=32)
 def causal_bias(
-    n_keys: int, device: torch.device, dtype: torch.dtype
+    n_keys: int, device: torch.device, dtype: torch.dtype, window: int | None = None
 ) -> Float[Tensor, "query key"]:
     """The additive causal mask of `n_keys` positions: 0 where query i may see key j
-    (j <= i), -inf elsewhere; kept per size, device and dtype (rows are picked by index,
-    so a sweep builds it once). Made outside inference mode, so that autograd may save it."""
+    (j <= i, and i - j < `window` when there is one), -inf elsewhere; kept per size,
+    device, dtype and window (rows are picked by index, so a sweep builds it once). Made
+    outside inference mode, so that autograd may save it."""
     with torch.inference_mode(False), torch.no_grad():
         positions = torch.arange(n_keys, device=device)
-        above = positions[None, :] > positions[:, None]
+        hidden = positions[None, :] > positions[:, None]
+        if window is not None:
+            hidden |= positions[None, :] <= positions[:, None] - window
         return torch.zeros(n_keys, n_keys, device=device, dtype=dtype).masked_fill_(
-            above, float("-inf")
+            hidden, float("-inf")
         )
 
 
 def attention_output(
-    params: Mapping[str, Tensor], prefix: str, z: Float[Tensor, "batch query head d_head"]
+    params: Mapping[str, Tensor],
+    prefix: str,
+    z: Float[Tensor, "batch query head d_head"],
+    arch: Architecture,
 ) -> Float[Tensor, "batch query d_model"]:
-    """The attention's output: every head's `z` through `W_O`, plus the output bias."""
+    """The attention's output: every head's `z` through `W_O`, plus the output bias, then
+    (Gemma 2, `arch.post_norms`) the block's norm `ln1_post`."""
     flat = z.reshape(z.shape[0], z.shape[1], -1)
-    return linear(flat, params[f"{prefix}.o.weight"], params.get(f"{prefix}.o.bias"))
+    out = linear(flat, params[f"{prefix}.o.weight"], params.get(f"{prefix}.o.bias"))
+    if arch.post_norms:
+        block = prefix.rsplit(".", 1)[0]
+        out = normalize(params, f"{block}.ln1_post", out, arch.normalization, arch.eps)
+    return out
 
 
 @functools.lru_cache(maxsize=32)
@@ -356,9 +383,13 @@ def block_mlp(
     record: Callable[[str, Tensor], Tensor] | None = None,
 ) -> Float[Tensor, "*lead pos d_model"]:
     """The MLP of block `layer` on its input `x` (`resid_mid`, or the block's input in
-    parallel blocks): its norm `ln2`, then `mlp`."""
-    normed = normalize(params, f"blocks.{layer}.ln2", x, arch.normalization, arch.eps)
-    return mlp(params, f"blocks.{layer}.mlp", normed, arch, record)
+    parallel blocks): its norm `ln2`, then `mlp` (then, Gemma 2, the norm `ln2_post`)."""
+    block = f"blocks.{layer}"
+    normed = normalize(params, f"{block}.ln2", x, arch.normalization, arch.eps)
+    out = mlp(params, f"{block}.mlp", normed, arch, record)
+    if arch.post_norms:
+        out = normalize(params, f"{block}.ln2_post", out, arch.normalization, arch.eps)
+    return out
 
 
 def _activation(name: str, x: Tensor, inplace: bool = False) -> Tensor:
@@ -407,6 +438,10 @@ def embed(
 def unembed(
     params: Mapping[str, Tensor], resid: Float[Tensor, "batch pos d_model"], arch: Architecture
 ) -> Float[Tensor, "batch pos d_vocab_out"]:
-    """Logits from the final residual stream: the final norm, then the unembedding."""
+    """Logits from the final residual stream: the final norm, then the unembedding (then,
+    Gemma 2, the soft cap `arch.logit_softcap`)."""
     normed = normalize(params, "ln_final", resid, arch.normalization, arch.eps)
-    return linear(normed, params["unembed.weight"], params["unembed.bias"])
+    logits = linear(normed, params["unembed.weight"], params["unembed.bias"])
+    if arch.logit_softcap is not None:
+        logits = torch.tanh(logits / arch.logit_softcap) * arch.logit_softcap
+    return logits

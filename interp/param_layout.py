@@ -111,6 +111,21 @@ class Architecture:
     """Whether the attention's output projection has a bias."""
     mlp_bias: bool = True
     """Whether the MLP's projections have biases."""
+    post_norms: bool = False
+    """Gemma 2: the attention's and the MLP's outputs normalised (`ln1_post`, `ln2_post`)
+    before they join the residual stream; `hook_attn_out` and `hook_mlp_out` hold them
+    normalised, as the bridge's do."""
+    attn_softcap: float | None = None
+    """Gemma 2: attention scores soft-capped, `cap * tanh(scores / cap)`, before the mask."""
+    logit_softcap: float | None = None
+    """Gemma 2: logits soft-capped, `cap * tanh(logits / cap)`."""
+    attention_windows: tuple[int | None, ...] | None = None
+    """Sliding-window attention (Mistral, Gemma 2's local layers), per layer: query i sees
+    keys i - window + 1 .. i (None: every earlier key); None: no window anywhere."""
+
+    def window(self, layer: int) -> int | None:
+        """The attention window of `layer`, or None where it sees every earlier key."""
+        return None if self.attention_windows is None else self.attention_windows[layer]
 
     @property
     def kv_heads(self) -> int:
@@ -209,6 +224,8 @@ def arch_param_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
         for name, width in (("q", hd), ("k", kv), ("v", kv)):
             shapes.update(_linear_shapes(f"{block}.attn.{name}", width, d, arch.qkv_bias))
         shapes.update(_linear_shapes(f"{block}.attn.o", d, hd, arch.out_bias))
+        if arch.post_norms:
+            shapes.update(_norm_shapes(f"{block}.ln1_post", d, arch.normalization))
         if arch.d_mlp is not None:
             shapes.update(_norm_shapes(f"{block}.ln2", d, arch.normalization))
             if arch.act_fn == "solu_ln":
@@ -217,6 +234,8 @@ def arch_param_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
                 shapes.update(_linear_shapes(f"{block}.mlp.gate", arch.d_mlp, d, arch.mlp_bias))
             shapes.update(_linear_shapes(f"{block}.mlp.in", arch.d_mlp, d, arch.mlp_bias))
             shapes.update(_linear_shapes(f"{block}.mlp.out", d, arch.d_mlp, arch.mlp_bias))
+            if arch.post_norms:
+                shapes.update(_norm_shapes(f"{block}.ln2_post", d, arch.normalization))
     shapes.update(_norm_shapes("ln_final", d, arch.normalization))
     shapes["unembed.weight"] = (arch.d_vocab_out, d)
     shapes["unembed.bias"] = (arch.d_vocab_out,)

@@ -23,12 +23,20 @@ Pretrained architectures covered:
   `Qwen2ForCausalLM`, `Qwen3ForCausalLM`: Llama 2 and 3.x, TinyLlama, SmolLM, Mistral 7B
   v0.3, Qwen2, Qwen2.5 and Qwen3, ...): RMSNorm, a gated SiLU MLP, rotary embeddings in
   the rotate-half layout, grouped-query attention, no biases (Qwen2: on q, k and v), and
-  in Qwen3 queries and keys RMS-normalised per head before the rotary embedding; a
-  sliding attention window shorter than the context (Mistral 7B v0.1) is refused;
+  in Qwen3 queries and keys RMS-normalised per head before the rotary embedding;
+  sliding attention windows (Mistral 7B v0.1, Qwen2's `use_sliding_window`) as the config
+  places them;
 - Gemma (`GemmaForCausalLM`: gemma-2b, gemma-7b and their instruction-tuned versions):
   Llama's blocks with GELU (tanh) gates, RMSNorms scaled by 1 + weight, embeddings scaled
   by sqrt(d_model) (`hook_embed` holds them scaled, as the bridge's does), the unembedding
-  tied to the embedding.
+  tied to the embedding;
+- Gemma 2 (`Gemma2ForCausalLM`: gemma-2-2b, -9b, -27b, the models of Gemma Scope): Gemma's
+  blocks with norms after attention and MLP as well (`hook_attn_out` and `hook_mlp_out`
+  hold their outputs, as the bridge's do), scores scaled by `query_pre_attn_scalar ** -0.5`
+  and soft-capped (`50 tanh(s / 50)`), logits soft-capped (`30 tanh(l / 30)`), and a
+  sliding window on every other layer. Its heads no longer add up in the residual stream
+  (the norm after attention mixes them), so the edge-level engines refuse it; activation
+  patching covers it.
 
 Rotary frequencies are read from the model's own rotary module, so scaled ones are exact
 as the class computes them (Llama 3.1 and 3.2's "llama3", "linear", YaRN with its scaled
@@ -36,8 +44,8 @@ cos and sin); types whose frequencies change with the sequence length ("dynamic"
 "longrope") are refused. Tests check the logits and activations against the bridge's own
 forward pass and the patching against TransformerLens's `get_act_patch_*` on
 random models of each class written to local folders. Other classes are refused by name
-(what they add is not computed here: Gemma 2's and 3's norms after attention and MLP and
-soft-capped logits, OPT's offset positions, BERT's post-LayerNorm).
+(what they add is not computed here: Gemma 3's rotary bases per layer type, OPT's offset
+positions, BERT's post-LayerNorm).
 """
 
 from __future__ import annotations
@@ -67,11 +75,15 @@ COVERED_PRETRAINED: tuple[str, ...] = (
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
 )
 """Hugging Face model classes whose bridges `architecture_of` reads."""
 
+_GEMMA = {"GemmaForCausalLM", "Gemma2ForCausalLM"}
+"""Covered classes whose norms scale by 1 + weight and whose embeddings by sqrt(d_model)."""
+
 _LLAMA_LIKE = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-               "GemmaForCausalLM"}
+               *_GEMMA}
 """Covered classes with Llama's blocks: RMSNorm, a gated MLP, grouped keys and values
 (Qwen3: with per-head query and key norms; Gemma: norms scaled by 1 + weight, embeddings
 by sqrt(d_model))."""
@@ -115,14 +127,14 @@ def architecture_of(model: TransformerBridge) -> Architecture:
     allowed = {"rope_scaling"} if rotary else set()  # the rope type is read from hf_config
     if name in _LLAMA_LIKE and cfg.normalization_type == "RMS":
         allowed |= {"gated_mlp", "final_rms", "n_key_value_heads (GQA)"}
+    gemma2 = name == "Gemma2ForCausalLM"
+    if gemma2:  # soft caps read from hf_config below
+        allowed |= {"attn_scores_soft_cap", "output_logits_soft_cap"}
     reasons = unsupported_features(cfg, allowed)
-    gemma = name == "GemmaForCausalLM"
+    gemma = name in _GEMMA
     reasons += _pretrained_differences(cfg, rotary, gemma) + _hf_config_differences(hf_config)
     rope, rope_reason = _rotary_of(original, hf_config, int(cfg.d_head), rotary)
     reasons += [rope_reason] if rope_reason else []
-    window = _attention_window(hf_config)
-    if window is not None and window < int(cfg.n_ctx):
-        reasons.append(f"sliding-window attention ({window} of {int(cfg.n_ctx)} positions)")
     if reasons:  # (a setting both configs carry is named once)
         named = ", ".join(dict.fromkeys(reasons))
         raise ValueError(f"interp.functional does not support this {name}: {named}")
@@ -136,6 +148,8 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         qk_norm=name == "Qwen3ForCausalLM",
         **({"normalization": "RMS1P", "embed_scale": math.sqrt(int(cfg.d_model))} if gemma
            else {}),
+        **(_gemma2_fields(hf_config) if gemma2 else {}),
+        attention_windows=_attention_windows(hf_config, int(cfg.n_layers), int(cfg.n_ctx)),
         **_biases(name, hf_config),
     )
     try:
@@ -150,7 +164,7 @@ def _biases(name: str, hf_config: Any) -> dict[str, bool]:
     all of GPT-2's and GPT-NeoX's; Llama's per `attention_bias` and `mlp_bias` (Qwen3's
     attention per `attention_bias`, its MLP none); Qwen2's queries, keys and values only;
     none of Mistral's."""
-    if name in ("LlamaForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM"):
+    if name in ("LlamaForCausalLM", "Qwen3ForCausalLM", *_GEMMA):
         attention = bool(getattr(hf_config, "attention_bias", False))
         mlp = bool(getattr(hf_config, "mlp_bias", False))  # Qwen3's config has none
         return dict(qkv_bias=attention, out_bias=attention, mlp_bias=mlp)
@@ -162,16 +176,35 @@ def _biases(name: str, hf_config: Any) -> dict[str, bool]:
     return dict(qkv_bias=attention, out_bias=attention, mlp_bias=True)
 
 
-def _attention_window(hf_config: Any) -> int | None:
-    """The sliding attention window of a config whose layers use one (Mistral's
-    `sliding_window`; Qwen2's where `use_sliding_window`), or None."""
+def _gemma2_fields(hf_config: Any) -> dict[str, Any]:
+    """Gemma 2's `Architecture` fields: norms after attention and MLP, scores scaled by
+    `query_pre_attn_scalar ** -0.5` and soft-capped, logits soft-capped."""
+    def cap(value: Any) -> float | None:
+        return float(value) if value else None
+
+    return dict(
+        post_norms=True,
+        attn_scale=math.sqrt(float(hf_config.query_pre_attn_scalar)),
+        attn_softcap=cap(getattr(hf_config, "attn_logit_softcapping", None)),
+        logit_softcap=cap(getattr(hf_config, "final_logit_softcapping", None)),
+    )
+
+
+def _attention_windows(hf_config: Any, n_layers: int, n_ctx: int) -> tuple[int | None, ...] | None:
+    """Each layer's sliding attention window (`Architecture.attention_windows`), as the
+    config gives it: `sliding_window` on the layers `layer_types` calls
+    "sliding_attention" (Gemma 2's every other one; Qwen2's from `max_window_layers` on,
+    where `use_sliding_window`), on every layer where it has no `layer_types` (Mistral);
+    None for a window as long as the context, and None when no layer has one."""
     window = getattr(hf_config, "sliding_window", None)
     if window is None or getattr(hf_config, "use_sliding_window", True) is False:
         return None
-    layer_types = getattr(hf_config, "layer_types", None)
-    if layer_types is not None and all(kind == "full_attention" for kind in layer_types):
-        return None
-    return int(window)
+    layer_types = getattr(hf_config, "layer_types", None) or ["sliding_attention"] * n_layers
+    windows = tuple(
+        int(window) if kind == "sliding_attention" and int(window) < n_ctx else None
+        for kind in layer_types
+    )
+    return windows if any(w is not None for w in windows) else None
 
 
 def covers(model: TransformerBridge) -> bool:

@@ -37,9 +37,10 @@ FAMILIES: dict[str, str] = {
     "gptj": "GPTJForCausalLM",
     "opt": "OPTForCausalLM",
 }
-"""The families `write_model` writes -> their transformers model class. The last five lie
-outside what `interp.functional` computes (`interp.pretrained_layout.COVERED_PRETRAINED`):
-they exercise the hook-based paths, which run on every bridge."""
+"""The families `write_model` writes -> their transformers model class. Gemma 3, Phi-3,
+GPT-J and OPT lie outside what `interp.functional` computes
+(`interp.pretrained_layout.COVERED_PRETRAINED`): they exercise the hook-based paths, which
+run on every bridge."""
 
 _LLAMA_SHAPED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"}
 """Families whose configs take Llama's field names."""

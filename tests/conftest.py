@@ -51,12 +51,12 @@ def neox(tmp_path_factory: pytest.TempPathFactory):
     return models.load(folder, device="cpu").eval()
 
 
-def _llama_like(tmp_path_factory: pytest.TempPathFactory, kind: str):
+def _llama_like(tmp_path_factory: pytest.TempPathFactory, kind: str, **overrides):
     from pretrained_models import write_llama
 
     from interp import models
 
-    folder = write_llama(tmp_path_factory.mktemp(kind), kind)
+    folder = write_llama(tmp_path_factory.mktemp(kind), kind, **overrides)
     return models.load(folder, device="cpu").eval()
 
 
@@ -91,6 +91,27 @@ def gemma(tmp_path_factory: pytest.TempPathFactory):
 def mistral(tmp_path_factory: pytest.TempPathFactory):
     """A random 2-layer Mistral (Llama's blocks, no biases)."""
     return _llama_like(tmp_path_factory, "mistral")
+
+
+@pytest.fixture(scope="session")
+def mistral_windowed(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer Mistral whose queries see the 3 latest keys only (a sliding window
+    shorter than the tests' 6 to 8 positions, as Mistral 7B v0.1's 4,096 of 32,768)."""
+    return _llama_like(tmp_path_factory, "mistral", sliding_window=3)
+
+
+GEMMA2_SETTINGS = dict(sliding_window=3, attn_logit_softcapping=2.0,
+                       final_logit_softcapping=5.0, query_pre_attn_scalar=10)
+"""The `gemma2` fixture's config: caps and a window small enough to change the outputs of
+the tests' small random model (the checkpoints': 50, 30, 4,096 positions), a score scale
+other than 1 / sqrt(d_head)."""
+
+
+@pytest.fixture(scope="session")
+def gemma2(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer Gemma 2 (Gemma's blocks with norms after attention and MLP,
+    soft-capped scores and logits, a sliding window on its first layer: `GEMMA2_SETTINGS`)."""
+    return _llama_like(tmp_path_factory, "gemma2", **GEMMA2_SETTINGS)
 
 
 @pytest.fixture(scope="session")

@@ -18,11 +18,13 @@ engine reruns:
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
 those of the hook engine (and of TransformerLens) to float rounding. It covers the causal
 models that `interp.functional` computes (`supports(model)`): native models of
-`interp.models.build` and pretrained GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3 and Gemma
-(`functional.architecture_of`; rotary models rotate the cached, unrotated q and k of every
-position, grouped keys and values are repeated for the heads of their group, and a parallel
-block's MLP output stays the base run's when only its attention changes); other models go
-through the hook engine. Hooks a user attached to the bridge are not run here.
+`interp.models.build` and pretrained GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3, Gemma
+and Gemma 2 (`functional.architecture_of`; rotary models rotate the cached, unrotated q and
+k of every position, grouped keys and values are repeated for the heads of their group, a
+parallel block's MLP output stays the base run's when only its attention changes, and
+where a norm follows the attention, Gemma 2's, a patched head's z goes through it with the
+other heads'); other models go through the hook engine. Hooks a user attached to the
+bridge are not run here.
 
 The metric sees full `[batch, pos, vocab]` logits holding the patched logits at the read
 positions and NaN everywhere else, so that a metric reading other positions gives NaN,
@@ -55,7 +57,7 @@ Params = dict[str, Tensor]
 def supports(model: TransformerBridge) -> bool:
     """Whether this engine reproduces `model` exactly: a causal model that
     `interp.functional` covers (native, or pretrained GPT-2, GPT-NeoX, Llama, Mistral,
-    Qwen2, Qwen3, Gemma)."""
+    Qwen2, Qwen3, Gemma, Gemma 2)."""
     return covered_architecture(model)[0] is not None
 
 
@@ -334,7 +336,7 @@ class _Step:
         """The chunk's forward pass from its patched activation on; returns the final
         residual stream at the read positions, `[K * batch, n_read, d_model]`."""
         name, layer = _activation_name(space), chunk[0][0]
-        if name == "z":
+        if name == "z" and not self.arch.post_norms:  # heads add up in the residual stream
             return self.after_head_outputs_patched(space, chunk)
         return self.enter(name, layer, self.patched(space, chunk))
 
@@ -392,6 +394,8 @@ class _Step:
             return self.after_post(layer, resid_post)
         if name == "resid_post":
             return self.after_post(layer, self.at_rows(full, layer))
+        if name == "z":  # (Gemma 2: its norm after the attention mixes the heads)
+            return self.after_z(layer, full[:, self.cache_rows(layer)])
         return self.after_z(layer, self.head_outputs(name, layer, full, self.queries(layer)))
 
     def head_outputs(self, name: str, layer: int, full: Tensor, rows: Tensor) -> Tensor:
@@ -417,12 +421,13 @@ class _Step:
         z, _ = functional.mix_heads(
             q[:, cached], k, v, rows, self.arch, self.patcher.rope, fused=True,
             qk_norm=functional.qk_norm_of(self.params, attn, self.arch),
+            window=self.arch.window(layer),
         )
         return z
 
     def after_z(self, layer: int, z: Tensor) -> Tensor:
         block = f"blocks.{layer}"
-        attn_out = functional.attention_output(self.params, f"{block}.attn", z)
+        attn_out = functional.attention_output(self.params, f"{block}.attn", z, self.arch)
         return self.after_mid(layer, self.plus_base(f"{block}.hook_resid_pre", attn_out))
 
     def plus_base(self, name: str, change: Tensor) -> Tensor:
@@ -471,8 +476,9 @@ class _Step:
             )
             z, _ = functional.mix_heads(q, k, v, rows, self.arch, self.patcher.rope, fused=True,
                                         qk_norm=functional.qk_norm_of(self.params, attn,
-                                                                      self.arch))
-            attn_out = functional.attention_output(self.params, attn, z)
+                                                                      self.arch),
+                                        window=self.arch.window(layer))
+            attn_out = functional.attention_output(self.params, attn, z, self.arch)
             before = self.at_rows(resid, layer, self.p0)
             if self.arch.parallel_attn_mlp:  # the MLP reads the block's input too
                 mlp_out = functional.block_mlp(self.params, layer, before, self.arch)

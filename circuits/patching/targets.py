@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -128,22 +129,50 @@ def check_patchable(space: IndexSpace, model: TransformerBridge) -> None:
     (and, first, where it has no such hook: `check_target_exists`).
 
     TransformerLens 4 bridges whose attention runs inside a wrapped Hugging Face module
-    (e.g. BERT's) fire `hook_pattern` after that module has already used the pattern, so
-    an edit there changes nothing (TransformerLens's own pattern patching then silently
-    returns the unpatched metric for every head). Only attentions that take the pattern
-    hook inside their computation (`accepts_pattern_fn`, as native ones do) can be patched.
+    (e.g. GPT-2's, BERT's) fire `hook_pattern` after that module has already used the
+    pattern, so an edit there changes nothing (TransformerLens's own pattern patching then
+    silently returns the unpatched metric for every head); others compute the attention
+    around the hook (native attentions, `accepts_pattern_fn`; the bridges of rotary models
+    such as Llama's and Gemma's). Which one a model is, is seen by trying:
+    `pattern_hook_takes_effect`.
     """
     check_target_exists(space, model)
-    if space.name != "pattern":
+    if space.name != "pattern" or pattern_hook_takes_effect(model):
         return
-    for block in getattr(model, "blocks", ()):
-        attention = getattr(getattr(block, "attn", None), "original_component", None)
-        if not getattr(attention, "accepts_pattern_fn", False):
-            raise ValueError(
-                f"target 'pattern' cannot be patched on this model: its attention "
-                f"({type(attention).__name__}) uses the pattern before hook_pattern fires, "
-                f"so a patch would change nothing; patch 'q', 'k' or 'z' instead"
-            )
+    attention = getattr(getattr(model.blocks[0], "attn", None), "original_component", None)
+    raise ValueError(
+        f"target 'pattern' cannot be patched on this model: its attention "
+        f"({type(attention).__name__}) uses the pattern before hook_pattern fires, "
+        f"so a patch would change nothing; patch 'q', 'k' or 'z' instead"
+    )
+
+
+def pattern_hook_takes_effect(model: TransformerBridge) -> bool:
+    """Whether editing `blocks.0.attn.hook_pattern` changes `model`'s output: an attention
+    that declares it (`accepts_pattern_fn`) does; otherwise one pass over two tokens with
+    the pattern zeroed tells (in eval mode, so that dropout cannot change the output), and
+    the answer is kept on the model."""
+    known = model.__dict__.get("_interp_pattern_hook_takes_effect")
+    if known is not None:
+        return known
+    attention = getattr(getattr(model.blocks[0], "attn", None), "original_component", None)
+    if getattr(attention, "accepts_pattern_fn", False):
+        return True
+    device = next(model.parameters()).device
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            plain = model(tokens)
+            zeroed = model.run_with_hooks(tokens, fwd_hooks=[
+                ("blocks.0.attn.hook_pattern", lambda pattern, hook: torch.zeros_like(pattern))
+            ])
+    finally:
+        model.train(was_training)
+    takes_effect = not torch.equal(plain, zeroed)
+    model.__dict__["_interp_pattern_hook_takes_effect"] = takes_effect
+    return takes_effect
 
 
 def index_space(target: str) -> IndexSpace:

@@ -5,7 +5,7 @@ pattern patching, EAP and ACDC against the same weights in a native model, and t
 hook-based analyses likewise. Edge patching against the model and activation patching,
 EAP against the derivative of edge patching and incremental ACDC against full passes on
 each architecture are in test_edge_patching.py, test_eap.py and test_acdc.py. On bridges
-the fast engines do not cover (Gemma 2 and 3, Phi-3, GPT-J, OPT), the hook engine against
+the fast engines do not cover (Gemma 3, Phi-3, GPT-J, OPT), the hook engine against
 TransformerLens's functions."""
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from circuits.path_patching import path_patch_senders
 from interp import models
 from interp.random_models import FAMILIES, write_model
 
-HOOKED_ONLY = ("gemma2", "gemma3", "phi3", "gptj", "opt")
-"""Families of `interp.random_models` outside the fast engines: norms after attention and
-MLP (Gemma 2 and 3, with soft-capped attention in Gemma 2), fused projections (Phi-3),
-parallel blocks with interleaved rotary (GPT-J), offset learned positions (OPT)."""
+HOOKED_ONLY = ("gemma3", "phi3", "gptj", "opt")
+"""Families of `interp.random_models` outside the fast engines: rotary bases per layer type
+(Gemma 3), fused projections (Phi-3), parallel blocks with interleaved rotary (GPT-J),
+offset learned positions (OPT)."""
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +36,16 @@ def twin(gpt2):
 
 def _patching_cases() -> list[tuple[str, str, str, str]]:
     """(model, target, engine, direction) of every patch TransformerLens can check on the
-    pretrained bridges: GPT-NeoX has no resid_mid; on GPT-2 TransformerLens cannot patch
-    the pattern (see the next test), and on the Llama family only our engine can (hooks
-    fire after the attention used it). The hook engine runs denoising only."""
+    pretrained bridges (GPT-NeoX has no resid_mid). The hook engine runs denoising only."""
     cases = []
-    for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3", "gemma"):
+    for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "gemma2",
+                 "mistral_windowed"):
         for target in sorted(REFERENCES):
-            if (kind, target) in {("neox", "resid_mid"), ("gpt2", "pattern")}:
+            if (kind, target) == ("neox", "resid_mid"):
                 continue
             cases += [(kind, target, "incremental", direction)
                       for direction in ("denoise", "noise")]
-            if target != "pattern":
-                cases.append((kind, target, "hooks", "denoise"))
+            cases.append((kind, target, "hooks", "denoise"))
     return cases
 
 
@@ -70,16 +68,15 @@ def test_patching_matches_transformer_lens(request, batch, kind, target, engine,
     torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
 
 
-def test_pattern_patching_runs_through_the_incremental_engine(gpt2, twin, batch) -> None:
-    """GPT-2's bridge fires hook_pattern after the attention used it, so hooks cannot patch
-    it there (refused); the incremental engine computes the pattern itself and equals
-    TransformerLens's patching on the native model with the same weights."""
-    with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this model"):
-        patch(gpt2, batch, "pattern", METRIC, progress=False, engine="hooks")
-    ours = patch(gpt2, batch, "pattern", METRIC, progress=False)
+def test_pattern_patching_equals_that_of_the_native_twin(gpt2, twin, batch) -> None:
+    """GPT-2's bridge computes its attention around hook_pattern, so both engines patch
+    the pattern there, and equal TransformerLens's patching on the native model with the
+    same weights."""
     expected = reference(twin, batch, "pattern", "denoise")
-    assert ours.values.std() > 1e-3
-    torch.testing.assert_close(ours.values, expected.float(), atol=1e-4, rtol=0)
+    for engine in ("incremental", "hooks"):
+        ours = patch(gpt2, batch, "pattern", METRIC, progress=False, engine=engine)
+        assert ours.values.std() > 1e-3
+        torch.testing.assert_close(ours.values, expected.float(), atol=1e-4, rtol=0)
 
 
 def test_eap_and_acdc_equal_those_of_the_native_twin(gpt2, twin, batch) -> None:
@@ -135,14 +132,21 @@ def test_hook_engine_matches_transformer_lens_on_other_bridges(hooked_only, batc
                                                                 kind) -> None:
     """Any bridge: where the fast engines do not apply, engine="auto" takes the hooks and
     equals TransformerLens's `get_act_patch_*` for every target the bridge exposes, leaving
-    its hooks as they were; pattern patching, which hooks cannot do there, is refused."""
+    its hooks as they were; pattern patching is refused where the bridge's attention used
+    the pattern before its hook fired (GPT-J's and OPT's plain `AttentionBridge`)."""
     model = hooked_only(kind)
     assert type(model.original_model).__name__ == FAMILIES[kind]
     assert not incremental.supports(model)
     before = hook_counts(model)
-    for target in sorted(set(REFERENCES) - {"pattern"}):
+    observes_only = kind in ("gptj", "opt")
+    for target in sorted(REFERENCES):
         if kind == "gptj" and target == "resid_mid":  # parallel attention and MLP
             with pytest.raises(ValueError, match="'resid_mid' does not exist in this model"):
+                patch(model, batch, target, METRIC, progress=False)
+            continue
+        if observes_only and target == "pattern":
+            with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this "
+                                                 "model: its attention .* uses the pattern"):
                 patch(model, batch, target, METRIC, progress=False)
             continue
         result = patch(model, batch, target, METRIC, max_batch=7, progress=False)
@@ -150,6 +154,20 @@ def test_hook_engine_matches_transformer_lens_on_other_bridges(hooked_only, batc
         assert result.values.std() > 1e-3, target
         torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0,
                                    msg=target)
-    with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this model"):
-        patch(model, batch, "pattern", METRIC, progress=False)
     assert hook_counts(model) == before
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "mistral_windowed"])
+def test_edge_level_engines_refuse_what_they_do_not_compute(request, batch, kind) -> None:
+    """Gemma 2's norm after the attention mixes its heads' outputs, so the residual stream
+    is no sum of source outputs; soft caps and windows are not in the pruning state's
+    attention: edge patching, EAP and ACDC refuse in one line, naming what."""
+    model = request.getfixturevalue(kind)
+    named = ("a norm after each attention and MLP, which mixes the heads' outputs, "
+             "soft-capped attention scores, sliding-window attention" if kind == "gemma2"
+             else "sliding-window attention")
+    message = f"edge patching covers .*; this model has {named}$"
+    with pytest.raises(ValueError, match=message):
+        edge_attribution(model, batch, METRIC)
+    with pytest.raises(ValueError, match=message):
+        acdc(model, batch, threshold=0.01, progress=False)

@@ -4,6 +4,7 @@ not compute are refused with their reason."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -53,6 +54,15 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
                   rotary=True,
                   rotary_dim=8, parallel_attn_mlp=False, gated_mlp=True, kv_heads=2,
                   qkv_bias=False, out_bias=False, mlp_bias=False, qk_norm=False),
+    # Gemma 2: Gemma's blocks, norms after attention and MLP (hook_attn_out and hook_mlp_out
+    # after them), scores scaled by 1 / sqrt(query_pre_attn_scalar) and soft-capped, logits
+    # soft-capped, a window of 3 keys on the first layer (conftest's GEMMA2_SETTINGS)
+    "gemma2": dict(normalization="RMS1P", embed_scale=32**0.5, gated_mlp=True, kv_heads=2,
+                   post_norms=True, attn_scale=10**0.5, attn_softcap=2.0, logit_softcap=5.0,
+                   attention_windows=(3, None)),
+    # Mistral 7B v0.1's sliding window, here 3 keys, on every layer
+    "mistral_windowed": dict(normalization="RMS", attention_windows=(3, 3), post_norms=False,
+                             attn_softcap=None, logit_softcap=None),
 }
 
 
@@ -69,6 +79,11 @@ def test_forward_and_its_cache_equal_the_bridge(request, kind: str) -> None:
         theirs, bridge_cache = model.run_with_cache(TOKENS)
     assert theirs.std() > 0.5  # not a degenerate model
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    if kind in ("gemma2", "mistral_windowed"):  # what they add changes the logits
+        plain = dataclasses.replace(arch, attention_windows=None, attn_softcap=None,
+                                    logit_softcap=None)
+        ignored = functional.forward(functional.live_params(model), TOKENS, plain)
+        assert (ignored - theirs).abs().max() > 0.1
     assert set(cache) <= set(bridge_cache.keys()), set(cache) - set(bridge_cache.keys())
     assert ("blocks.0.hook_resid_mid" in cache) != arch.parallel_attn_mlp
     assert ("blocks.0.mlp.hook_pre_linear" in cache) == arch.gated_mlp
@@ -112,8 +127,8 @@ def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path
     with pytest.raises(ValueError, match="covers native models and GPT2LMHeadModel, "
                                          "GPTNeoXForCausalLM, LlamaForCausalLM, "
                                          "MistralForCausalLM, Qwen2ForCausalLM, "
-                                         "Qwen3ForCausalLM, GemmaForCausalLM; this model is a "
-                                         "BertForMaskedLM"):
+                                         "Qwen3ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM; "
+                                         "this model is a BertForMaskedLM"):
         architecture_of(minilm)
     assert not covers(minilm)
     scaled = models.load(
@@ -162,10 +177,21 @@ def test_other_architectures_and_sequence_dependent_rope_are_refused(tmp_path: P
     with pytest.raises(ValueError, match="this LlamaForCausalLM: rope_type='dynamic' "
                                          r"\(frequencies that change with the sequence length\)$"):
         architecture_of(models.load(dynamic, device="cpu"))
-    windowed = write_llama(tmp_path / "mistral", "mistral", sliding_window=4)
-    with pytest.raises(ValueError, match=r"this MistralForCausalLM: sliding-window attention "
-                                         r"\(4 of 8 positions\)"):
-        architecture_of(models.load(windowed, device="cpu"))
+    gemma3 = write_llama(tmp_path / "gemma3", "gemma3")
+    with pytest.raises(ValueError, match="this model is a Gemma3ForCausalLM"):
+        architecture_of(models.load(gemma3, device="cpu"))
+
+
+def test_attention_windows_are_placed_as_the_config_says(tmp_path: Path) -> None:
+    """Qwen2 slides from `max_window_layers` on; a window no shorter than the context is no
+    window (the checkpoints' 4,096 keys over shorter contexts)."""
+    from pretrained_models import write_llama
+
+    qwen2 = write_llama(tmp_path / "qwen2", "qwen2", sliding_window=3, use_sliding_window=True,
+                        max_window_layers=1)
+    assert architecture_of(models.load(qwen2, device="cpu")).attention_windows == (None, 3)
+    wide = write_llama(tmp_path / "wide", "mistral", sliding_window=8)
+    assert architecture_of(models.load(wide, device="cpu")).attention_windows is None
 
 
 SCALED_ROPE = {  # original contexts shorter than the test models' 8 positions: all scaled
@@ -195,7 +221,7 @@ def test_scaled_rotary_frequencies_are_the_models_own(tmp_path: Path, kind: str)
         torch.testing.assert_close(ours, model(TOKENS), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "neox", "llama", "qwen3", "gemma"])
+@pytest.mark.parametrize("family", ["gpt2", "neox", "llama", "qwen3", "gemma", "gemma2"])
 def test_bfloat16_forward_is_the_bridges_bit_for_bit(tmp_path: Path, family: str) -> None:
     """In bfloat16 the order of the ops shows (Llama's RMSNorm scales by its weight after
     casting back to bfloat16, Gemma's before; GPT-2's GELU is a formula, Gemma's a fused
