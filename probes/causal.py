@@ -95,8 +95,14 @@ def _unit(direction: Float[Tensor, " d"]) -> Float[Tensor, " d"]:
 
 
 def _check_d(acts: Tensor, d: int, what: str) -> None:
+    """A one-line ValueError unless `acts` is a floating tensor `[..., d]` (an integer one
+    would round the edit away: the unit directions cast to integers are zero)."""
     if not isinstance(acts, Tensor) or acts.ndim < 1 or acts.shape[-1] != d:
         raise ValueError(f"{what}: acts {_shape(acts)} must end in d={d}")
+    if not acts.is_floating_point():
+        raise ValueError(
+            f"{what}: acts must be floating point, got {acts.dtype} (cast them, e.g. acts.float())"
+        )
 
 
 def project_out(acts: Float[Tensor, "... d"], basis: Float[Tensor, "d k"]) -> Tensor:

@@ -88,6 +88,19 @@ def control_labels(
     return drawn[type_of].to(labels.device)
 
 
+def _check_control(control: Int[Tensor, " n"], types: Int[Tensor, " n"], seed: int) -> Tensor:
+    """`control` unchanged, or a one-line ValueError if every type drew the same label (the
+    control task has one class, so no probe can be fitted on it)."""
+    if len(torch.unique(control)) < 2:
+        n_types = len(torch.unique(types))
+        raise ValueError(
+            f"selectivity: the control task of seed {seed} has a single class: all "
+            f"{n_types} word type(s) drew the same label; too few word types for a control "
+            "task, or try another seed"
+        )
+    return control
+
+
 @dataclass(frozen=True)
 class SelectivityResult:
     """Probe accuracy on a task and on its control task, per layer (Hewitt & Liang 2019).
@@ -196,7 +209,7 @@ def selectivity(
     for seed in seeds:
         train, test = split_examples(n, seed=seed, **split)
         task.append(fit_probes_on_split(features, labels, train, test, **fit_kwargs).test_score)
-        shuffled = control_labels(types, labels, seed)
+        shuffled = _check_control(control_labels(types, labels, seed), types, seed)
         fit = fit_probes_on_split(
             features, shuffled, train, test, allow_missing_classes=True, **fit_kwargs
         )

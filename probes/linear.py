@@ -9,7 +9,8 @@ closed-form solve for ridge); the sklearn backend fits the same objective layer 
 with scikit-learn and serves as the reference (or cross-validates the penalty).
 
 Both backends standardise each feature with the training split's mean and standard
-deviation, so `l2` means the same thing at every layer. The objectives, per layer, are
+deviation, so `l2` means the same thing at every layer (a feature constant on the training
+split, up to rounding, is set to zero and gets a zero weight). The objectives, per layer, are
 
     logistic:  mean cross-entropy(x_std @ W + b, y) + l2 * ||W||^2
     ridge:     mean squared error(x_std @ W + b, y) + l2 * ||W||^2
@@ -43,6 +44,7 @@ __all__ = [
     "fit_probes",
     "fit_probes_on_split",
     "fit_probes_over_seeds",
+    "majority_baseline",
     "split_examples",
 ]
 
@@ -51,6 +53,7 @@ BACKENDS = ("torch", "sklearn")
 MIN_EXAMPLES_PER_CLASS = 2
 _CV_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 _STD_FLOOR = 1e-8
+"""Absolute floor of the standard deviation below which a feature counts as constant."""
 
 
 # -- splitting
@@ -75,8 +78,9 @@ def split_examples(
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     generator = torch.Generator().manual_seed(int(seed))
     if groups is not None:
-        if groups.shape != (n,):
-            raise ValueError(f"groups must have shape [{n}], got {tuple(groups.shape)}")
+        if not isinstance(groups, Tensor) or groups.shape != (n,):
+            shape = tuple(groups.shape) if isinstance(groups, Tensor) else type(groups).__name__
+            raise ValueError(f"groups must have shape [{n}], got {shape}")
         names, group_of = torch.unique(groups.cpu(), return_inverse=True)
         if len(names) < 2:
             raise ValueError("groups: need at least 2 distinct groups to split by group")
@@ -86,6 +90,9 @@ def split_examples(
         is_test[order[:n_test]] = True
         test_mask = is_test[group_of]
     elif labels is not None:
+        if not isinstance(labels, Tensor) or labels.shape != (n,):
+            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(f"labels must have shape [{n}], got {shape}")
         test_mask = torch.zeros(n, dtype=torch.bool)
         for value in torch.unique(labels.cpu()):
             members = torch.nonzero(labels.cpu() == value).flatten()
@@ -222,9 +229,8 @@ def fit_probes_on_split(
 
     train_index, test_index = train_index.to(device), test_index.to(device)
     x_train = x[:, train_index]
-    mean = x_train.mean(dim=1)
-    std = x_train.std(dim=1, correction=0).clamp_min(_STD_FLOOR)
-    standardised = (x_train - mean[:, None]) / std[:, None]
+    mean, std, constant = _standardisation(x_train)
+    standardised = ((x_train - mean[:, None]) / std[:, None]).masked_fill(constant[:, None], 0.0)
     y_train = y[train_index]
 
     if backend == "torch" and kind == "logistic":
@@ -235,6 +241,7 @@ def fit_probes_on_split(
         weights, biases = _fit_sklearn(standardised, y_train, kind, len(classes), l2, epochs)
         weights, biases = weights.to(device, dtype), biases.to(device, dtype)
 
+    weights = weights.masked_fill(constant[:, :, None], 0.0)  # a constant feature reads nothing
     directions = weights / std[:, :, None]
     biases = biases - torch.einsum("ld,ldo->lo", mean / std, weights)
     outputs = torch.baddbmm(biases[:, None, :], x, directions)
@@ -242,8 +249,7 @@ def fit_probes_on_split(
     test_score = _score(outputs[:, test_index], y[test_index], kind)
     baseline = math.nan
     if kind == "logistic":
-        majority = torch.bincount(y_train, minlength=len(classes)).argmax()
-        baseline = float((y[test_index] == majority).float().mean())
+        baseline = majority_baseline(y, train_index, test_index)
     return ProbeResult(
         test_score=test_score.cpu(),
         train_score=train_score.cpu(),
@@ -257,6 +263,38 @@ def fit_probes_on_split(
         l2=l2,
         majority_baseline=baseline,
     )
+
+
+def majority_baseline(
+    labels: Int[Tensor, " n"],
+    train_index: Int[Tensor, " n_train"],
+    test_index: Int[Tensor, " n_test"],
+) -> float:
+    """Accuracy on `test_index` of always answering the most frequent class among
+    `train_index` (the smallest label on a tie): the chance level of a logistic probe fitted
+    on that split (`ProbeResult.majority_baseline`)."""
+    values, counts = torch.unique(labels[train_index], return_counts=True)
+    majority = values[counts.argmax()]
+    return float((labels[test_index] == majority).float().mean())
+
+
+def _standardisation(
+    x: Float[Tensor, "layer n d"],
+) -> tuple[Float[Tensor, "layer d"], Float[Tensor, "layer d"], Tensor]:
+    """Per layer and feature: the mean, the scale to divide by, and whether the feature is
+    constant on these rows.
+
+    As sklearn's `StandardScaler`, a feature is constant when its values are all equal, or
+    its standard deviation is within rounding error of its mean (at most
+    `10 eps |mean| + _STD_FLOOR`, `eps` of the features' dtype): it gets scale 1 and, in the
+    caller, a standardised column of exact zeros, so that rounding noise is never blown up
+    into a large weight.
+    """
+    mean = x.mean(dim=1)
+    std = x.std(dim=1, correction=0)
+    eps = torch.finfo(x.dtype).eps
+    constant = (x.amax(dim=1) == x.amin(dim=1)) | (std <= 10 * eps * mean.abs() + _STD_FLOOR)
+    return mean, torch.where(constant, torch.ones_like(std), std), constant
 
 
 def _fit_logistic_torch(

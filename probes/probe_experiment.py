@@ -15,8 +15,10 @@ fresh weights) is probed for every target of the study at every hook (default: t
 stream before each block and after the last), over several split seeds. Saved:
 
 - `tables/probe_layers`: one row per (variant, target, layer): mean score with its 95%
-  interval over seeds, the majority-class rate (chance accuracy) of classification targets,
-  and where computed the control-task accuracy and selectivity
+  interval over seeds; for classification targets `majority`, the chance accuracy as
+  `ProbeResult.majority_baseline` defines it (always answering the training split's most
+  common class, scored on the test split), averaged over the same seeds and splits as the
+  mean score; and where computed the control-task accuracy and selectivity
   (Hewitt & Liang 2019) and the MDL online codelength and compression (Voita & Titov 2020).
 - `tables/probe_interventions`: per (variant, target, intervention): the task metric before,
   after, and after the same intervention along random directions of equal rank and norm.
@@ -49,7 +51,7 @@ from interp.tasks.modular import ModularArithmetic, ModularConfig
 from probes.causal import Intervention, LeaceEraser, activation_patterns, intervention_effect
 from probes.controls import online_codelength, randomly_initialised, selectivity
 from probes.data import IGNORE
-from probes.linear import fit_probes, fit_probes_over_seeds
+from probes.linear import fit_probes, fit_probes_over_seeds, majority_baseline, split_examples
 from probes.results import confidence_interval
 from probes.studies import (
     ProbeTarget,
@@ -303,8 +305,8 @@ def probe_group(
         "mean": mean.tolist(), "low": low.tolist(), "high": high.tolist(),
         "n_seeds": len(settings.seeds), "metric": "accuracy" if logistic else "r2",
     })
-    if logistic:  # chance level: always answering the most common class
-        frame["majority"] = float(torch.unique(labels, return_counts=True)[1].max()) / len(labels)
+    if logistic:  # chance level on the probes' own splits
+        frame["majority"] = split_majority(labels, groups, settings.seeds, settings.test_fraction)
     if control is not None:
         frame["control_mean"] = control.control_mean.tolist()
         frame["selectivity"] = control.selectivity.tolist()
@@ -319,6 +321,23 @@ def probe_group(
             run, name=f"probes_{variant}_{target.name}{suffix}"
         )
     return frame
+
+
+def split_majority(
+    labels: Tensor, groups: Tensor | None, seeds: list[int], test_fraction: float
+) -> float:
+    """`ProbeResult.majority_baseline` averaged over `seeds`: on each seed's split (the one
+    `fit_probes` and `selectivity` make: by `groups`, else stratified by class), the test
+    accuracy of always answering the most common training label."""
+    n = len(labels)
+    strata = labels if groups is None else None
+    rates = []
+    for seed in seeds:
+        train, test = split_examples(
+            n, test_fraction=test_fraction, seed=seed, groups=groups, labels=strata
+        )
+        rates.append(majority_baseline(labels, train, test))
+    return sum(rates) / len(rates)
 
 
 def intervene(

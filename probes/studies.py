@@ -189,7 +189,9 @@ def token_properties_study(
     subword where the word starts; other subwords unlabelled), `word_initial` (the token
     starts a word), `capitalised` (its word starts with a capital letter in the original
     text), `punctuation` (it is a punctuation mark) and `position` (its index in the
-    sentence, as regression). Special tokens and padding are unlabelled.
+    sentence, as regression). Special tokens, padding and tokens that are only whitespace are
+    unlabelled. A token's span in the text starts after any whitespace it includes (byte-level
+    BPE tokenizers such as GPT-2's give `" Paris"` the offsets of the space too).
 
     Args:
         tokenizer: A Hugging Face fast tokenizer (it must return offsets).
@@ -202,11 +204,13 @@ def token_properties_study(
     if isinstance(sentences, str) or not sentences:
         raise ValueError("sentences must be a non-empty list of strings")
     encoded = tokenizer(list(sentences), return_offsets_mapping=True)
-    rows = [_token_properties(text, offsets) for text, offsets in
-            zip(sentences, encoded["offset_mapping"], strict=True)]
+    spans = [_strip_leading_space(text, offsets)
+             for text, offsets in zip(sentences, encoded["offset_mapping"], strict=True)]
+    rows = [_token_properties(text, offsets)
+            for text, offsets in zip(sentences, spans, strict=True)]
     if pos:
         tagger = tagger or default_tagger()
-        for text, offsets, props in zip(sentences, encoded["offset_mapping"], rows, strict=True):
+        for text, offsets, props in zip(sentences, spans, rows, strict=True):
             props["pos"] = _word_tags(tag_text(text, tagger), offsets)
     longest = max(len(ids) for ids in encoded["input_ids"])
     pad = getattr(tokenizer, "pad_token_id", None) or 0
@@ -236,22 +240,42 @@ def _word_tags(words: Sequence[TaggedWord], offsets: Sequence[tuple[int, int]]) 
     return [tag_at.get(start, IGNORE) if start != end else IGNORE for start, end in offsets]
 
 
+def _strip_leading_space(
+    text: str, offsets: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Each token's `(start, end)` in `text` with the whitespace it starts with left out (a
+    token that is only whitespace becomes empty, `start == end`, as special tokens are)."""
+    spans = []
+    for start, end in offsets:
+        while start < end and text[start].isspace():
+            start += 1
+        spans.append((start, end))
+    return spans
+
+
+def _word_start(text: str, start: int) -> int:
+    """Where the word holding the character at `start` begins: back to the last whitespace or
+    punctuation mark before it. A punctuation mark is a word of its own."""
+    if text[start] in _PUNCTUATION:
+        return start
+    while start > 0 and not text[start - 1].isspace() and text[start - 1] not in _PUNCTUATION:
+        start -= 1
+    return start
+
+
 def _token_properties(text: str, offsets: Sequence[tuple[int, int]]) -> dict[str, list[int]]:
-    """Per token of one sentence: the `_PROPERTIES`, `IGNORE` for special tokens."""
+    """Per token of one sentence: the `_PROPERTIES`, `IGNORE` for special tokens and tokens
+    with an empty span. `offsets`: each token's span without its leading whitespace."""
     props: dict[str, list[int]] = {name: [] for name in _PROPERTIES}
     previous_end = -1
     for index, (start, end) in enumerate(offsets):
-        if start == end:  # a special token ([CLS], [SEP], ...)
+        if start == end:  # a special token ([CLS], [SEP], ...) or only whitespace
             for name in _PROPERTIES:
                 props[name].append(IGNORE)
             continue
         word_initial = start != previous_end or text[start] in _PUNCTUATION
-        word_start = start
-        while word_start > 0 and not text[word_start - 1].isspace() and \
-                text[word_start - 1] not in _PUNCTUATION:
-            word_start -= 1
         props["word_initial"].append(int(word_initial))
-        props["capitalised"].append(int(text[word_start].isupper()))
+        props["capitalised"].append(int(text[_word_start(text, start)].isupper()))
         props["punctuation"].append(int(all(c in _PUNCTUATION for c in text[start:end])))
         props["position"].append(index)
         previous_end = end

@@ -58,8 +58,9 @@ controls: {selectivity: true, mdl: MDL_INDUCTION, random_init: false}
 
 def tiny_probe_configs(mdl_on: Literal["grok", "induction"] = "grok") -> dict[str, str]:
     """Config texts by experiment name, in an order that runs: the two training runs, the
-    induction probe run, the grokking probe run. MDL (200 probe epochs per block, whatever
-    the config says: the slow control) is switched on in the probe run named by `mdl_on`."""
+    induction probe run, the grokking probe run. MDL (the slow control: one probe per
+    block of the online code, each fitted with the run's `probe.epochs`, 50 for the grokking
+    run and 30 for the induction run) is switched on in the probe run named by `mdl_on`."""
     grok, induction = ("true", "false") if mdl_on == "grok" else ("false", "true")
     return {
         "tiny_grok": GROK,

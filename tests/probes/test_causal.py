@@ -74,6 +74,20 @@ def test_project_out_by_hand_and_rank_deficient_bases() -> None:
     assert torch.equal(project_out(acts[:, :4], torch.zeros(4, 2)), acts[:, :4])
 
 
+def test_edits_of_integer_activations_are_refused() -> None:
+    ints, e1 = torch.tensor([[1, 2, 3]]), torch.eye(3)[:, :1]
+    # the same edit on floats has a known answer; on integers it used to return the input
+    assert torch.equal(project_out(ints.float(), e1), torch.tensor([[0.0, 2.0, 3.0]]))
+    edits = [
+        lambda: project_out(ints, e1),
+        lambda: set_along(ints, e1[:, 0], 0.0),
+        lambda: add_along(ints, e1[:, 0], 1.0),
+    ]
+    for edit in edits:
+        with pytest.raises(ValueError, match="acts must be floating point, got torch.int64"):
+            edit()
+
+
 def test_set_and_add_along_on_hand_made_vectors() -> None:
     x = torch.tensor([[3.0, 4.0, 0.0], [1.0, 3.0, 0.0]], dtype=torch.float64)
     out = set_along(x, torch.tensor([2.0, 0.0, 0.0]), 5.0)

@@ -209,6 +209,21 @@ def test_bad_input_gives_one_line_errors(call, message: str) -> None:
     assert "\n" not in str(error.value)
 
 
+def test_a_control_task_with_one_class_is_named_as_such() -> None:
+    features = torch.randn(2, 100, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1] * 50)
+    # two word types; with seed 1 both draw the same label, with seed 0 they do not
+    assert len(torch.unique(control_labels(labels, labels, 1))) == 1
+    assert len(torch.unique(control_labels(labels, labels, 0))) == 2
+    message = r"control task of seed 1 has a single class: all 2 word type\(s\) drew"
+    with pytest.raises(ValueError, match=message) as error:
+        selectivity(features, labels, labels, seeds=(0, 1), epochs=5)
+    assert "\n" not in str(error.value) and "another seed" in str(error.value)
+    # seed 0 alone gives a two-class control task, which is fitted
+    result = selectivity(features, labels, labels, seeds=(0,), epochs=5)
+    assert result.control_scores.shape == (1, 2)
+
+
 # -- random-initialisation baseline
 
 

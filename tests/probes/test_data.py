@@ -78,6 +78,49 @@ def test_bad_inputs_raise_one_line(model) -> None:
         token_dataset(model, tokens(), torch.full((12, 8), IGNORE))
 
 
+def test_a_mask_unlike_the_tokens_is_refused_in_one_line(model) -> None:
+    for call in (
+        lambda: token_dataset(model, tokens(), tokens() % 2, attention_mask=torch.ones(12, 7)),
+        lambda: sequence_dataset(model, tokens(), torch.zeros(12), 3, attention_mask=[1] * 8),
+    ):
+        with pytest.raises(ValueError, match=r"attention_mask must be \[n, pos\] = \(12, 8\)"):
+            call()
+
+
+def test_labels_given_as_lists_are_the_labels_given_as_tensors(model) -> None:
+    toks = tokens()
+    as_tensor = sequence_dataset(model, toks, torch.arange(12) % 3, 2)
+    as_list = sequence_dataset(model, toks, [i % 3 for i in range(12)], 2)
+    assert torch.equal(as_list.labels, torch.arange(12) % 3)
+    torch.testing.assert_close(as_list.features, as_tensor.features)
+    token_labels = token_dataset(model, toks, (toks % 2).tolist())
+    assert torch.equal(token_labels.labels, toks[token_labels.groups, token_labels.positions] % 2)
+    with pytest.raises(ValueError, match="labels must be a tensor or a .* sequence of numbers"):
+        sequence_dataset(model, toks, [[0], [1, 2]] * 6, 2)
+    with pytest.raises(ValueError, match="labels have 3 rows for 12 examples"):
+        sequence_dataset(model, toks, [0, 1, 2], 2)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_a_hook_with_extra_axes_is_named_with_the_shape_probes_take(
+    model, level: str, tmp_path: Path
+) -> None:
+    # attn.hook_z is [n, pos, head, d_head] = [12, 8, 4, 8]: a matrix per token
+    hooks = ["blocks.0.attn.hook_z"]
+    message = (
+        r"hook 'blocks.0.attn.hook_z' gives each token an activation of shape \(4, 8\), "
+        r"with extra axes.*probes take hooks of shape \[n, pos, d\]"
+    )
+    for out_dir in (None, tmp_path / "acts"):
+        with pytest.raises(ValueError, match=message) as error:
+            if level == "token":
+                token_dataset(model, tokens(), tokens() % 2, hooks=hooks, out_dir=out_dir)
+            else:
+                sequence_dataset(model, tokens(), torch.zeros(12), 3, hooks=hooks, out_dir=out_dir)
+        assert "\n" not in str(error.value)
+    assert not (tmp_path / "acts").exists() or not any((tmp_path / "acts").iterdir())
+
+
 def test_hooks_of_different_shapes_are_refused_before_anything_is_written(
     model, tmp_path: Path
 ) -> None:

@@ -14,7 +14,9 @@ from probes.linear import (
     ProbeSweep,
     confidence_interval,
     fit_probes,
+    fit_probes_on_split,
     fit_probes_over_seeds,
+    majority_baseline,
     split_examples,
 )
 
@@ -153,6 +155,58 @@ def test_stratified_split_keeps_class_proportions() -> None:
     assert sorted(torch.cat([train, test]).tolist()) == list(range(100))
 
 
+def _constant_plus_informative(n: int = 1000) -> tuple[Tensor, Tensor, Tensor]:
+    """Features [1, n, 3]: column 0 is 0.1 on every row (float32: its computed mean is one ulp
+    off, so its computed std is ~1e-8, not 0), column 1 decides the label, column 2 is noise.
+    Returns features, logistic labels (column 1 > 0) and ridge targets (2 * column 1)."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(1, n, 3, generator=generator)
+    features[0, :, 0] = 0.1
+    return features, (features[0, :, 1] > 0).long(), 2.0 * features[0, :, 1]
+
+
+@pytest.mark.parametrize(
+    ("kind", "backend"), [("logistic", "torch"), ("logistic", "sklearn"), ("ridge", "torch")]
+)
+def test_a_feature_constant_on_the_training_rows_gets_no_weight(kind: str, backend: str) -> None:
+    features, classes, targets = _constant_plus_informative()
+    train, test = torch.arange(800), torch.arange(800, 1000)
+    # the precondition of the bug: rounding makes the constant column's mean differ from 0.1
+    assert float(features[0, train, 0].mean()) != float(torch.tensor(0.1))
+    labels = classes if kind == "logistic" else targets
+    result = fit_probes_on_split(features, labels, train, test, kind=kind, backend=backend)
+    directions = result.directions[0]
+    found = directions[:, 1] - directions[:, 0] if kind == "logistic" else directions[:, 0]
+    assert directions[0].abs().max() < 1e-6  # nothing read from the constant feature
+    assert float(torch.cosine_similarity(found, torch.tensor([0.0, 1.0, 0.0]), dim=0)) > 0.99
+    # so moving that feature a little at test time changes no prediction
+    moved = features.clone()
+    moved[0, test, 0] += 1e-3 * torch.randn(len(test), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(result.predict(moved), result.predict(features))
+
+
+def test_majority_baseline_is_the_training_majority_scored_on_the_test_split() -> None:
+    # overall, class 1 is the majority (6 of 10); on the training half class 0 is (3 of 5),
+    # and the test half holds one 0: always answering 0 scores 1/5 there
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1, 0])
+    train, test = torch.arange(5), torch.arange(5, 10)
+    assert majority_baseline(labels, train, test) == pytest.approx(0.2)
+    features = torch.randn(1, 10, 2, generator=torch.Generator().manual_seed(0))
+    result = fit_probes_on_split(features, labels, train, test, epochs=5)
+    assert result.majority_baseline == pytest.approx(0.2)
+    # a tie on the training split goes to the smallest label
+    assert majority_baseline(torch.tensor([1, 0, 1, 0, 1]), torch.arange(4), torch.tensor([4])) == 0
+
+
+@pytest.mark.parametrize(
+    "labels", [torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1] * 6), torch.zeros(10, 1), [0] * 10]
+)
+def test_split_examples_refuses_labels_of_the_wrong_shape(labels: object) -> None:
+    with pytest.raises(ValueError, match=r"labels must have shape \[10\], got") as error:
+        split_examples(10, labels=labels)  # type: ignore[arg-type]
+    assert "\n" not in str(error.value)
+
+
 def test_save_load_round_trip(tmp_path: Path) -> None:
     features, labels, _ = _planted_classification()
     result = fit_probes(features, labels)
@@ -236,8 +290,6 @@ def test_non_finite_features_are_refused(bad: float) -> None:
 
 
 def test_split_indices_must_be_disjoint_integer_indices() -> None:
-    from probes.linear import fit_probes_on_split
-
     features, labels = torch.randn(1, 10, 4), torch.tensor([0, 1] * 5)
     mask = torch.arange(10) < 8
     with pytest.raises(ValueError, match="train_index must hold example indices, not a bool mask"):

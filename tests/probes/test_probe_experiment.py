@@ -18,8 +18,9 @@ from interp.config import load_config
 from interp.metrics import accuracy
 from interp.runs import RunStore
 from interp.tasks import Induction, ModularArithmetic
+from probes.controls import control_labels
 from probes.data import IGNORE
-from probes.linear import fit_probes_over_seeds
+from probes.linear import fit_probes_on_split, fit_probes_over_seeds, split_examples
 from probes.probe_experiment import default_hooks
 from probes.studies import induction_study
 
@@ -106,22 +107,44 @@ def test_token_level_study_with_selectivity(tmp_path: Path) -> None:
     assert set(layers["target"]) == {"occurred_before", "next_after_previous"}
     assert set(layers["variant"]) == {"final"}
     assert len(layers) == 2 * 3  # two targets x (resid_pre 0, resid_pre 1, resid_post 1)
-    # selectivity is the task probe's accuracy minus the control task's, on the same splits
-    gap = layers["selectivity"] - (layers["mean"] - layers["control_mean"])
-    assert gap.abs().max() < 1e-6
-    # the task scores equal probes fitted here on the labelled tokens, split by prompt
     model = models.load_checkpoint(store.latest("tiny_induction").artifacts_dir / "model")
     tokens = Induction(d_vocab=12, half_len=4, n_examples=40, seed=3).batch().clean
     hooks = default_hooks(model)
     acts = collect(model, tokens, hooks, progress=False)
-    labels = induction_study(tokens).target("next_after_previous").labels
-    rows, columns = (labels != IGNORE).nonzero(as_tuple=True)
-    features = torch.stack([acts[h][rows, columns] for h in hooks])
-    sweep = fit_probes_over_seeds(
-        features, labels[rows, columns], seeds=(0, 1), groups=rows, epochs=30, l2=1e-3
-    )
-    ours = layers[layers["target"] == "next_after_previous"]["mean"].tolist()
-    assert ours == pytest.approx(sweep.mean.tolist(), abs=1e-6)
+    for name in ("occurred_before", "next_after_previous"):
+        labels = induction_study(tokens).target(name).labels
+        rows, columns = (labels != IGNORE).nonzero(as_tuple=True)
+        features = torch.stack([acts[h][rows, columns] for h in hooks])
+        ours = layers[layers["target"] == name]
+        # the task scores equal probes fitted here on the labelled tokens, split by prompt
+        sweep = fit_probes_over_seeds(
+            features, labels[rows, columns], seeds=(0, 1), groups=rows, epochs=30, l2=1e-3
+        )
+        assert ours["mean"].tolist() == pytest.approx(sweep.mean.tolist(), abs=1e-6)
+        expected = _by_hand(features, labels[rows, columns], tokens[rows, columns], rows)
+        assert ours["control_mean"].tolist() == pytest.approx(expected["control"], abs=1e-6)
+        assert ours["majority"].tolist() == pytest.approx([expected["majority"]] * 3, abs=1e-6)
+
+
+def _by_hand(
+    features: torch.Tensor, labels: torch.Tensor, types: torch.Tensor, groups: torch.Tensor
+) -> dict:
+    """Over seeds 0 and 1, on the split by prompt: the mean accuracy of probes fitted here on
+    each seed's control labels (the word types are the token ids), and the mean test accuracy
+    of always answering the most common training label (`ProbeResult.majority_baseline`)."""
+    control, majority = [], []
+    for seed in (0, 1):
+        train, test = split_examples(len(labels), seed=seed, groups=groups)
+        shuffled = control_labels(types, labels, seed)
+        for token in types.unique():  # one control label per type
+            assert len(shuffled[types == token].unique()) == 1
+        fit = fit_probes_on_split(
+            features, shuffled, train, test, epochs=30, l2=1e-3, allow_missing_classes=True
+        )
+        control.append(fit.test_score)
+        values, counts = labels[train].unique(return_counts=True)
+        majority.append(float((labels[test] == values[counts.argmax()]).float().mean()))
+    return {"control": torch.stack(control).mean(dim=0).tolist(), "majority": sum(majority) / 2}
 
 
 def test_bad_probe_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -95,3 +95,55 @@ def test_part_of_speech_is_read_at_each_word_s_first_subword(minilm_path: str) -
     assert [t.name for t in without.targets] == [
         "word_initial", "capitalised", "punctuation", "position"
     ]
+
+
+def test_punctuation_after_a_capitalised_word_is_not_capitalised(minilm_path: str) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    study = token_properties_study(tokenizer, ["Hello, Paris is big."], pos=False)
+    # [CLS] hello , paris is big . [SEP]: the comma is a word of its own, not part of "Hello"
+    assert study.target("capitalised").labels[0].tolist() == [I, 1, 0, 1, 0, 0, 0, I]
+    assert study.target("punctuation").labels[0].tolist() == [I, 0, 1, 0, 0, 0, 1, I]
+
+
+def _byte_level_bpe(trim_offsets: bool):
+    """A GPT-2-style byte-level BPE tokenizer trained here (no download): a word after a
+    space is one token that includes the space (`ĠParis`); with `trim_offsets=False`, as in
+    GPT-2's own tokenizer.json, the token's offsets include the space too."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()
+    )
+    corpus = ["Hello, Paris is big.", "The cat sat on the mat.", "Paris is big, hello."]
+    bpe.train_from_iterator(corpus * 20, trainer)
+    bpe.post_processor = tokenizers.processors.ByteLevel(trim_offsets=trim_offsets)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe)
+
+
+def test_offsets_that_include_the_leading_space_give_the_same_labels() -> None:
+    from probes.pos_tagging import UNIVERSAL_TAGS
+
+    sentence = "Hello, Paris is big."
+    untrimmed, trimmed = _byte_level_bpe(False), _byte_level_bpe(True)
+    encoded = untrimmed([sentence], return_offsets_mapping=True)
+    assert untrimmed.convert_ids_to_tokens(encoded["input_ids"][0]) == [
+        "Hello", ",", "ĠParis", "Ġis", "Ġbig", "."
+    ]
+    assert encoded["offset_mapping"][0][2] == (6, 12)  # " Paris": the space is included
+    study = token_properties_study(untrimmed, [sentence])
+    labels = {t.name: t.labels[0].tolist() for t in study.targets}
+    assert labels["word_initial"] == [1, 1, 1, 1, 1, 1]
+    assert labels["capitalised"] == [1, 0, 1, 0, 0, 0]
+    assert labels["punctuation"] == [0, 1, 0, 0, 0, 1]
+    # every token starts a word, so every token has a tag: the tags of trimmed offsets
+    assert I not in labels["pos"]
+    assert labels["pos"][1] == labels["pos"][5] == UNIVERSAL_TAGS.index(".")
+    reference = token_properties_study(trimmed, [sentence])
+    for target in reference.targets:
+        assert study.target(target.name).labels.tolist() == target.labels.tolist(), target.name
