@@ -1,6 +1,8 @@
 """Cached reads of what a `grokking` run saves (interp/grokking/experiment.py), for the
-Grokking page: its metrics (one line per epoch and seed), its config, its checkpoint
-epochs and the embedding of each model at a checkpoint.
+Grokking page: its metrics (one line per epoch and seed), its progress rows (restricted
+and excluded loss of every weight snapshot with the final key frequencies,
+`artifacts/progress.jsonl`), its config, its checkpoint epochs and the embedding of each
+model at a checkpoint.
 
 Checkpoints `artifacts/checkpoints/epoch_XXXXXX.safetensors` hold every model's weights
 under `seed_<s>/<parameter name>`; the embedding `W_E` `[d_vocab, d_model]` is the
@@ -20,10 +22,13 @@ import streamlit as st
 from safetensors import safe_open
 
 from dashboards.loaders import CACHE_TTL_S
+from interp.atomic_io import read_jsonl
 from interp.runs import Run
 from interp.runs.errors import one_line
 
 CHECKPOINTS_DIR = "checkpoints"
+PROGRESS_FILE = "progress.jsonl"
+"""`interp.grokking.experiment.PROGRESS_ARTIFACT`, named here so as not to import torch."""
 EMBEDDING_NAMES = ("embed.weight", "embed.W_E")
 """Parameter names under which a checkpoint holds the embedding `W_E`."""
 
@@ -41,6 +46,16 @@ def run_config(run_dir: str) -> dict[str, Any]:
 def run_metrics(run_dir: str) -> pd.DataFrame:
     """metrics.jsonl of the run at `run_dir`: one row per (epoch, seed)."""
     return Run.open(run_dir).metrics()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
+def run_progress(run_dir: str) -> pd.DataFrame:
+    """artifacts/progress.jsonl of the run at `run_dir`: one row per (snapshot epoch,
+    seed) with `restricted_loss` and `excluded_loss` computed with the final model's key
+    frequencies (Nanda et al. 2023, figure 6); no rows when the run has not written it
+    (it does so when training ends; older runs never did)."""
+    rows = read_jsonl(Path(run_dir) / "artifacts" / PROGRESS_FILE)
+    return pd.DataFrame.from_records(rows) if rows else pd.DataFrame({"step": [], "seed": []})
 
 
 def modulus(config: dict[str, Any]) -> int:
@@ -102,5 +117,6 @@ def checkpoint_embeddings(run_dir: str, epoch: int) -> dict[int, np.ndarray]:
 
 def clear_caches() -> None:
     """Forget every cached read."""
-    for reader in (run_config, run_metrics, checkpoint_epochs, checkpoint_embeddings):
+    for reader in (run_config, run_metrics, run_progress, checkpoint_epochs,
+                   checkpoint_embeddings):
         reader.clear()

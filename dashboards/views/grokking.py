@@ -42,7 +42,9 @@ CURVES = (
     ("Restricted and excluded loss", ("restricted_loss", "excluded_loss"), True,
      "cross-entropy"),
 )
-"""The curves drawn: title, metrics, log vertical axis, vertical-axis title."""
+"""The curves drawn: title, metrics, log vertical axis, vertical-axis title. Restricted and
+excluded loss come from the run's progress rows (the final key frequencies at every
+snapshot, as in the paper's figure 6), written when the run ends."""
 
 SUMMARY_COLUMNS = (
     "key_frequencies", "grokked", "final_train_acc", "final_test_acc",
@@ -58,7 +60,9 @@ class GrokkingRun:
     Attributes:
         info: The run's listing entry (status, summary, path).
         p: The task's modulus.
-        metrics: metrics.jsonl, one row per (epoch, seed), plus a "series" column naming
+        metrics: metrics.jsonl, one row per (epoch, seed), followed by the rows of
+            artifacts/progress.jsonl (restricted and excluded loss with the final key
+            frequencies, per snapshot epoch and seed), plus a "series" column naming
             the model of each row ("seed 0", or "<run_id> seed 0" when several runs).
         epochs: The epochs with a checkpoint, ascending.
     """
@@ -101,6 +105,7 @@ def load_run(info: RunInfo, several_runs: bool) -> GrokkingRun | None:
     try:
         p = data.modulus(data.run_config(str(info.path)))
         metrics = data.run_metrics(str(info.path))
+        progress = data.run_progress(str(info.path))
         epochs = data.checkpoint_epochs(str(info.path))
     except (ValueError, OSError) as error:
         st.warning(f"`{info.ref}` cannot be read: {error}")
@@ -108,6 +113,8 @@ def load_run(info: RunInfo, several_runs: bool) -> GrokkingRun | None:
     if metrics.empty or "seed" not in metrics.columns:
         st.info(f"`{info.ref}` has logged no epochs yet.")
         return None
+    if not progress.empty:
+        metrics = pd.concat([metrics, progress], ignore_index=True)
     metrics = metrics.dropna(subset=["seed"]).assign(run=info.ref)
     metrics["series"] = [series_label(info, int(s), several_runs) for s in metrics["seed"]]
     return GrokkingRun(info=info, p=p, metrics=metrics, epochs=epochs)
@@ -127,7 +134,8 @@ def render_curves(metrics: pd.DataFrame) -> None:
         present = [n for n in names if n in metrics.columns and metrics[n].notna().any()]
         slot = columns[index % 2]
         if not present:
-            slot.caption(f"{title}: not logged by these runs (progress_every: 0?).")
+            slot.caption(f"{title}: not logged by these runs (still training, or "
+                         "progress_every: 0?).")
             continue
         slot.plotly_chart(training_curves(
             metrics, present, log_y=log_y, title=title, y_title=y_title

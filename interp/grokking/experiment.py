@@ -3,27 +3,49 @@
 The setup of Nanda et al. 2023 ("Progress measures for grokking via mechanistic
 interpretability"): a one-layer transformer, a fraction of all p*p pairs for training
 (split with the task's own seed), full-batch AdamW with warm-up, a fixed number of epochs
-or a stop once test accuracy has held above a level. Every `log_every` epochs each model
-logs train/test loss and accuracy and its weight norm to `metrics.jsonl` (one line per
-model, with its `seed`); every `progress_every` epochs also the progress measures
-(restricted and excluded loss, Gini of the Fourier norms, key frequencies).
+or a stop once test accuracy has held above a level. Only modular addition (`op: "+"`,
+p >= 3) is accepted: the progress measures are defined for it.
+
+Every `log_every` epochs each model logs train/test loss and accuracy and its weight norm
+to `metrics.jsonl` (one line per model, with its `seed`); every `progress_every` epochs
+(a multiple of `log_every`) also the progress measures of that checkpoint, with the key
+frequencies picked from that checkpoint's own weights: `key_frequencies`,
+`restricted_loss_own_keys`, `excluded_loss_own_keys`, the Gini coefficients and the weight
+norms. (Their own train and test loss are not logged: the trainer's, under `train_loss`
+and `test_loss`, are the same float64 cross-entropy.)
+
+The paper's restricted and excluded loss (figure 6) fix the key frequencies from the
+*final* model and evaluate every checkpoint with them. So, once training ends, each model's
+final key frequencies are used on every weight snapshot the run saved (`progress_measures(
+..., key_freqs=final)`), and the results go to `artifacts/progress.jsonl`, one line per
+(snapshot epoch, seed): `step`, `seed`, `restricted_loss`, `excluded_loss`. The summary's
+`epoch_restricted_loss_below_1` is read from those. The snapshots are read back from disk,
+not kept in memory: a snapshot costs S x n_params x 4 bytes of disk per saved epoch (about
+0.9 MB per model at p = 113, d_model = 128), and the final pass one progress-measures
+evaluation per snapshot and model (a forward pass over the p*p pairs). With
+`progress_every: 0` there are no progress measures over training and no final pass.
 
 Checkpoints every `checkpoint_every` epochs: `artifacts/checkpoints/state.safetensors`
 (everything needed to resume bit for bit) and `artifacts/checkpoints/epoch_XXXXXX` (each
-model's weights at that epoch, for the dashboard's Fourier spectrum). `interp resume RUN`
+model's weights at that epoch, for the dashboard's Fourier spectrum and the final pass);
+the weights alone are also saved every `progress_every` epochs. `interp resume RUN`
 continues a stopped run from its last checkpoint and ends with the same metrics as a run
 never stopped.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
+import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from interp import functional, models
+from interp.atomic_io import atomic_write_text, dumps_json, read_jsonl
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.grokking.progress import progress_measures
 from interp.grokking.summary import summarise
@@ -32,6 +54,18 @@ from interp.runs import Run
 from interp.tasks.modular import ModularArithmetic, ModularConfig
 
 STATE_ARTIFACT = "checkpoints/state"
+SNAPSHOT_ARTIFACT = "checkpoints/epoch_{epoch:06d}"
+"""Each model's weights at an epoch, under `seed_<s>/<parameter name>`."""
+PROGRESS_ARTIFACT = "progress.jsonl"
+"""Restricted and excluded loss of every snapshot with the final key frequencies."""
+FINAL_KEY_MEASURES = ("restricted_loss", "excluded_loss")
+"""The progress measures that depend on the key frequencies."""
+OWN_KEYS_SUFFIX = "_own_keys"
+"""Suffix of the running measures logged with each checkpoint's own key frequencies."""
+DUPLICATED_LOSSES = ("train_loss", "test_loss")
+"""Progress-measure losses not logged: the trainer logs the same quantities by name."""
+
+_SNAPSHOT_FILE = re.compile(r"epoch_(\d+)\.safetensors")
 
 
 class StopSettings(BaseModel):
@@ -78,11 +112,39 @@ class GrokkingConfig(ExperimentConfig):
                 data = {**data, "model": {**defaults, **model}}
         return data
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        repeated = sorted({s for s in seeds or [] if (seeds or []).count(s) > 1})
+        if repeated:
+            raise ValueError(
+                f"seeds {seeds} repeat {repeated}: each model needs its own seed "
+                "(its outputs are stored by seed)"
+            )
+        return seeds
+
+    @field_validator("task")
+    @classmethod
+    def _modular_addition(cls, task: ModularConfig) -> ModularConfig:
+        if task.op != "+":
+            raise ValueError(
+                f"op={task.op!r} is not supported: the progress measures (Nanda et al. 2023) "
+                "are defined for modular addition, op '+'"
+            )
+        if task.p < 3:
+            raise ValueError(f"p={task.p} is too small: the progress measures need p >= 3")
+        return task
+
     @model_validator(mode="after")
     def _check_shapes(self) -> GrokkingConfig:
         p = self.task.p
         if self.task.frac_train is None:
             raise ValueError("task.frac_train is required: grokking trains on a fraction of pairs")
+        if self.progress_every % self.log_every:
+            raise ValueError(
+                f"progress_every={self.progress_every} must be a multiple of "
+                f"log_every={self.log_every} (measures are taken at logged epochs), or 0"
+            )
         if self.model.d_vocab < p + 2 or self.model.d_vocab_out < p or self.model.n_ctx < 4:
             raise ValueError(
                 f"model (d_vocab={self.model.d_vocab}, d_vocab_out={self.model.d_vocab_out}, "
@@ -122,6 +184,32 @@ def train_mask(task: ModularArithmetic) -> torch.Tensor:
     return mask
 
 
+def snapshot_epochs(run: Run) -> list[int]:
+    """The epochs with a weight snapshot `artifacts/checkpoints/epoch_XXXXXX`, ascending."""
+    folder = run.artifacts_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    matches = (_SNAPSHOT_FILE.fullmatch(path.name) for path in folder.iterdir())
+    return sorted(int(match.group(1)) for match in matches if match)
+
+
+def drop_snapshots_after(run: Run, epoch: int) -> None:
+    """Delete the weight snapshots saved after `epoch` (by a run stopped past its last
+    checkpoint), as `Run.truncate_metrics` drops the lines logged after it."""
+    for later in snapshot_epochs(run):
+        if later > epoch:
+            run.artifact_path(SNAPSHOT_ARTIFACT.format(epoch=later) + ".safetensors").unlink()
+
+
+def seed_params(snapshot: Mapping[str, torch.Tensor], seed: int) -> functional.Params:
+    """One model's parameters from a snapshot's `seed_<s>/<name>` tensors."""
+    prefix = f"seed_{seed}/"
+    params = {k.removeprefix(prefix): v for k, v in snapshot.items() if k.startswith(prefix)}
+    if not params:
+        raise ValueError(f"the snapshot holds no weights of seed {seed} (no {prefix!r} keys)")
+    return params
+
+
 class _Monitor:
     """Logging, progress measures, checkpoints and the stop rule of one training run."""
 
@@ -142,17 +230,33 @@ class _Monitor:
         else:
             self.held_since[seed] = None
 
-    def measures(self, index: int) -> dict[str, Any]:
-        """Progress measures of model `index` now."""
+    def is_progress_epoch(self, epoch: int) -> bool:
+        every = self.config.progress_every
+        return bool(every) and epoch % every == 0
+
+    def final_measures(self, index: int) -> dict[str, Any]:
+        """Progress measures of model `index` now, without the train and test loss (the
+        trainer's are logged under those names). At the end of training the key
+        frequencies picked from the model's own weights are the final ones."""
         functional.load_params(self.probe_model, self.trainer.model_params(index))
-        return progress_measures(self.probe_model, self.task, self.mask).as_dict()
+        values = progress_measures(self.probe_model, self.task, self.mask).as_dict()
+        return {k: v for k, v in values.items() if k not in DUPLICATED_LOSSES}
+
+    def measures(self, index: int) -> dict[str, Any]:
+        """`final_measures` of model `index` now, for a metrics line: the key-frequency
+        dependent ones named `..._own_keys`, since the key frequencies are this
+        checkpoint's own, not the final model's."""
+        return {
+            f"{k}{OWN_KEYS_SUFFIX}" if k in FINAL_KEY_MEASURES else k: v
+            for k, v in self.final_measures(index).items()
+        }
 
     def log(self) -> float:
         """Log every model's numbers at this epoch; returns the lowest test accuracy."""
-        trainer, every = self.trainer, self.config.progress_every
+        trainer = self.trainer
         stats = trainer.evaluate()
         norms = trainer.weight_norms()
-        with_progress = bool(every) and trainer.epoch % every == 0
+        with_progress = self.is_progress_epoch(trainer.epoch)
         for index, seed in enumerate(trainer.seeds):
             values = {
                 "seed": seed,
@@ -178,28 +282,71 @@ class _Monitor:
             for since in self.held_since.values()
         )
 
-    def checkpoint(self) -> None:
+    def snapshot(self) -> None:
+        """Save every model's weights at this epoch (`SNAPSHOT_ARTIFACT`)."""
         trainer = self.trainer
-        snapshot = {
+        weights = {
             f"seed_{seed}/{key}": value
             for index, seed in enumerate(trainer.seeds)
             for key, value in trainer.model_params(index).items()
         }
-        self.run.save_tensors(f"checkpoints/epoch_{trainer.epoch:06d}", snapshot)
-        self.run.save_tensors(STATE_ARTIFACT, trainer.state_dict())
+        self.run.save_tensors(SNAPSHOT_ARTIFACT.format(epoch=trainer.epoch), weights)
+
+    def checkpoint(self) -> None:
+        """A weight snapshot and the trainer's whole state (to resume from)."""
+        self.snapshot()
+        self.run.save_tensors(STATE_ARTIFACT, self.trainer.state_dict())
 
     def save_models(self) -> None:
-        for index, seed in enumerate(self.trainer.seeds):
-            functional.load_params(self.probe_model, self.trainer.model_params(index))
-            models.save(self.probe_model, self.run.artifacts_dir / "models" / f"seed_{seed}")
-            if index == 0:
-                models.save(self.probe_model, self.run.artifacts_dir / "model")
+        """Each model under `models/seed_<s>` (and model 0 under `model`), its
+        model_spec.json recording its own seed."""
+        built_from = self.probe_model.interp_spec
+        try:
+            for index, seed in enumerate(self.trainer.seeds):
+                functional.load_params(self.probe_model, self.trainer.model_params(index))
+                self.probe_model.interp_spec = self.trainer.model_spec(index)
+                models.save(self.probe_model, self.run.artifacts_dir / "models" / f"seed_{seed}")
+                if index == 0:
+                    models.save(self.probe_model, self.run.artifacts_dir / "model")
+        finally:
+            self.probe_model.interp_spec = built_from
+
+    def final_key_progress(self, final_keys: Mapping[int, list[int]]) -> list[dict[str, Any]]:
+        """Restricted and excluded loss of every saved snapshot up to now, each model's
+        with its final key frequencies (Nanda et al. 2023, section 5.1 and figure 6):
+        one row {step, seed, restricted_loss, excluded_loss} per snapshot and model."""
+        rows = []
+        for epoch in snapshot_epochs(self.run):
+            if epoch > self.trainer.epoch:
+                continue
+            snapshot = self.run.load_tensors(SNAPSHOT_ARTIFACT.format(epoch=epoch))
+            for seed, keys in final_keys.items():
+                functional.load_params(self.probe_model, seed_params(snapshot, seed))
+                values = progress_measures(
+                    self.probe_model, self.task, self.mask, key_freqs=keys
+                ).as_dict()
+                rows.append({"step": epoch, "seed": seed}
+                            | {k: values[k] for k in FINAL_KEY_MEASURES})
+        return rows
+
+
+def write_progress(run: Run, rows: list[dict[str, Any]]) -> None:
+    """Write `artifacts/progress.jsonl` (atomically), one JSON line per row."""
+    text = "".join(dumps_json(row, where=f"{PROGRESS_ARTIFACT} line") + "\n" for row in rows)
+    atomic_write_text(run.artifact_path(PROGRESS_ARTIFACT), text)
+
+
+def read_progress(run: Run) -> pd.DataFrame:
+    """`artifacts/progress.jsonl` as a DataFrame (no rows when the run has none)."""
+    rows = read_jsonl(run.artifacts_dir / PROGRESS_ARTIFACT)
+    return pd.DataFrame.from_records(rows, columns=["step", "seed", *FINAL_KEY_MEASURES])
 
 
 def train_until_done(
     config: GrokkingConfig, run: Run, trainer: StackedTrainer, progress: bool
 ) -> dict[str, Any]:
-    """Train from the trainer's current epoch to the end; returns the run's summary."""
+    """Train from the trainer's current epoch to the end, evaluate the saved snapshots
+    with the final key frequencies (`progress.jsonl`); returns the run's summary."""
     monitor = _Monitor(config, run, trainer)
     bar = tqdm(
         total=config.epochs, initial=trainer.epoch, desc=f"grokking p={config.task.p}",
@@ -216,11 +363,16 @@ def train_until_done(
                 break
         if epoch % config.checkpoint_every == 0:
             monitor.checkpoint()
+        elif monitor.is_progress_epoch(epoch):
+            monitor.snapshot()
     bar.close()
     monitor.checkpoint()
     monitor.save_models()
-    final = {seed: monitor.measures(index) for index, seed in enumerate(trainer.seeds)}
-    return summarise(run.metrics(), trainer.seeds, final)
+    final = {seed: monitor.final_measures(index) for index, seed in enumerate(trainer.seeds)}
+    if config.progress_every:
+        keys = {seed: list(values["key_frequencies"]) for seed, values in final.items()}
+        write_progress(run, monitor.final_key_progress(keys))
+    return summarise(run.metrics(), trainer.seeds, final, read_progress(run))
 
 
 def run_grokking(config: GrokkingConfig, run: Run, context: RunContext) -> dict[str, Any]:
@@ -236,6 +388,7 @@ def resume_grokking(config: GrokkingConfig, run: Run, context: RunContext) -> di
     if run.artifact_path(f"{STATE_ARTIFACT}.safetensors").is_file():
         trainer.load_state_dict(run.load_tensors(STATE_ARTIFACT))
     run.truncate_metrics(trainer.epoch)
+    drop_snapshots_after(run, trainer.epoch)
     return train_until_done(config, run, trainer, context.progress)
 
 

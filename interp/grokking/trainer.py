@@ -7,7 +7,9 @@ slice on CPU, which is faster there), the sum of the S per-model mean losses (so
 receives exactly its own gradient), and one AdamW step on the stacked tensors.
 AdamW and the Grokfast filter act element by element, so each model follows the same
 trajectory as when trained alone (Nanda et al. 2023 train one model full-batch with AdamW,
-lr 1e-3, weight decay 1, betas (0.9, 0.98)).
+lr 1e-3, weight decay 1, betas (0.9, 0.98), a linear warm-up over 10 updates whose first
+update has lr 0, and the cross-entropy in float64; so do we: `StackedTrainer._lr`,
+`answer_loss`).
 
 The arithmetic is cut where it is exact to do so: the last layer runs at the answer
 position only, and the first layer's queries, keys and values are computed once per
@@ -30,7 +32,7 @@ is added back amplified, `grad = grad + lamb * ema`, before the optimiser step.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +46,8 @@ from interp.tasks.base import TaskBatch
 
 
 class OptimSettings(BaseModel):
-    """AdamW settings (defaults: Nanda et al. 2023)."""
+    """AdamW settings (defaults: Nanda et al. 2023). `warmup_epochs`: update n has lr
+    `lr * min((n - 1) / warmup_epochs, 1)`, Nanda et al.'s `LambdaLR` schedule."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -83,12 +86,21 @@ class EpochStats:
 
 
 def answer_loss(final: Float[Tensor, "S batch vocab"], batch: TaskBatch) -> Float[Tensor, " S"]:
-    """Per-model mean cross-entropy of the answer, from the logits at the answer position
-    (`F.cross_entropy` over the models' examples stacked: fewer kernels, in both directions,
-    than a log-softmax and a gather)."""
+    """Per-model mean cross-entropy of the answer, from the logits at the answer position,
+    in float64 (`F.cross_entropy` over the models' examples stacked: fewer kernels, in both
+    directions, than a log-softmax and a gather).
+
+    Float64 as in Nanda et al. 2023's `cross_entropy_high_precision`: once the model is
+    confident, float32 rounds the correct answer's log-probability (and so its gradient) to
+    a few ulps of 1, which biases the late-training updates that drive the cleanup phase.
+    Only the answer-position logits `[S, batch, vocab]` are cast, so it costs little; the
+    loss returned is float64, its gradient reaches the logits in their own dtype.
+    """
     n_models = final.shape[0]
     answers = batch.answer if n_models == 1 else batch.answer.repeat(n_models)
-    per_example = F.cross_entropy(final.float().flatten(0, 1), answers, reduction="none")
+    per_example = F.cross_entropy(
+        final.to(torch.float64).flatten(0, 1), answers, reduction="none"
+    )
     return per_example.view(n_models, -1).mean(dim=-1)
 
 
@@ -177,8 +189,8 @@ class StackedTrainer:
         # a gain wherever the training set outnumbers the vocabulary.
         self.token_tables = not arch.rotary and len(train_set) >= arch.d_vocab
         initial = [
-            functional.params_of(models.build(spec.model_copy(update={"seed": s}), device="cpu"))
-            for s in self.seeds
+            functional.params_of(models.build(self.model_spec(index), device="cpu"))
+            for index in range(len(self.seeds))
         ]
         stacked = functional.stack_params(initial)
         # Buffers of the bridge (the zero unembedding bias) stay fixed, as in the bridge.
@@ -212,8 +224,13 @@ class StackedTrainer:
         return len(self.seeds)
 
     def _lr(self, epoch: int) -> float:
+        """The learning rate of the update of `epoch` (1-based): linear warm-up exactly as
+        Nanda et al. 2023's `LambdaLR(optimizer, lambda step: min(step / 10, 1))`, stepped
+        after each update, so update n has `lr * min((n - 1) / warmup_epochs, 1)`: the first
+        update has lr 0 (AdamW then only starts its moments) and the full lr is reached at
+        update `warmup_epochs + 1`. `warmup_epochs: 0` means the full lr from the start."""
         warmup = self.optim_settings.warmup_epochs
-        scale = min(1.0, epoch / warmup) if warmup else 1.0
+        scale = min(1.0, (epoch - 1) / warmup) if warmup else 1.0
         return self.optim_settings.lr * scale
 
     def step(self) -> Tensor:
@@ -298,15 +315,18 @@ class StackedTrainer:
         return self._graph_out.clone()
 
     def _apply_grokfast(self) -> None:
+        """Grokfast's EMA filter on the gradients, each EMA paired with its own parameter
+        by name (not by the order of `self.ema`, which a loaded state may not share)."""
         alpha, lamb = self.grokfast.alpha, self.grokfast.lamb
-        grads = [p.grad for p in self.trainable.values() if p.grad is not None]
+        names = [k for k, p in self.trainable.items() if p.grad is not None]
+        grads = [self.trainable[k].grad for k in names]
         if self.ema is None:
             self.ema = {k: p.grad.detach().clone() for k, p in self.trainable.items()}
         else:
-            emas = list(self.ema.values())
+            emas = [self.ema[k] for k in names]
             torch._foreach_mul_(emas, alpha)
             torch._foreach_add_(emas, grads, alpha=1 - alpha)
-        torch._foreach_add_(grads, list(self.ema.values()), alpha=lamb)
+        torch._foreach_add_(grads, [self.ema[k] for k in names], alpha=lamb)
 
     def _final_logits(self, data: TaskBatch) -> Float[Tensor, "S batch vocab"]:
         """Every model's logits at the answer (last) position; only that position's
@@ -362,6 +382,10 @@ class StackedTrainer:
         squares = [p.detach().pow(2).flatten(1).sum(dim=1) for p in self.params.values()]
         return torch.stack(squares).sum(dim=0).sqrt()
 
+    def model_spec(self, index: int) -> models.ModelSpec:
+        """The spec model `index` was built from: the shared spec with that model's seed."""
+        return self.spec.model_copy(update={"seed": self.seeds[index]})
+
     def model_params(self, index: int) -> functional.Params:
         """The parameters of model `index` (detached, on the trainer's device)."""
         return {k: v[index].detach() for k, v in self.params.items()}
@@ -381,8 +405,12 @@ class StackedTrainer:
                 state[f"ema/{key}"] = value
         return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Restore a state written by `state_dict` (same spec and number of models)."""
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore a state written by `state_dict` (same spec and number of models), in
+        any key order (safetensors reads keys back sorted). A state of another shape (a
+        different spec or number of models) raises a one-line ValueError, before anything
+        is changed."""
+        self._check_state(state)
         self.epoch = int(state["epoch"])
         with torch.no_grad():
             for key, param in self.params.items():
@@ -395,10 +423,33 @@ class StackedTrainer:
                     moment: state[f"adam/{moment}/{key}"].to(self.device, copy=True)
                     for moment in ("exp_avg", "exp_avg_sq")
                 } | {"step": state[f"adam/step/{key}"].to(self.device, torch.float32, copy=True)}
-        ema_keys = [k for k in state if k.startswith("ema/")]
+        has_ema = any(k.startswith("ema/") for k in state)
+        # Keyed and ordered as the trainer's own parameters, whatever the state's order.
         self.ema = (
-            {k[4:]: state[k].to(self.device, copy=True) for k in ema_keys} if ema_keys else None
+            {k: state[f"ema/{k}"].to(self.device, copy=True) for k in self.trainable}
+            if has_ema else None
         )
         # A captured graph reads the old optimiser and EMA tensors: capture anew.
         self._graph, self._graph_out, self._eager_since_load = None, None, 0
 
+    def _check_state(self, state: Mapping[str, Tensor]) -> None:
+        """A one-line ValueError unless `state` fits this trainer: its epoch, and every
+        parameter, AdamW moment and Grokfast EMA present with this trainer's shapes."""
+        if "epoch" not in state:
+            raise ValueError("the trainer state has no 'epoch': not a StackedTrainer state")
+        expected = {f"param/{k}": tuple(v.shape) for k, v in self.params.items()}
+        if any(k.startswith("ema/") for k in state):
+            expected |= {f"ema/{k}": tuple(v.shape) for k, v in self.trainable.items()}
+        for key, param in self.trainable.items():
+            if f"adam/step/{key}" in state:
+                expected |= {f"adam/{m}/{key}": tuple(param.shape)
+                             for m in ("exp_avg", "exp_avg_sq")}
+        for key, shape in expected.items():
+            if key not in state:
+                raise ValueError(f"the trainer state has no {key!r}: it was saved by another spec")
+            if tuple(state[key].shape) != shape:
+                raise ValueError(
+                    f"the trainer state's {key!r} is {list(state[key].shape)}, this trainer's "
+                    f"is {list(shape)} ({self.n_models} models): saved with another spec or "
+                    "number of models"
+                )

@@ -29,7 +29,7 @@ from dashboards.views.grokking import final_key_frequencies, summary_rows
 from interp import models
 from interp.config import load_config
 from interp.grokking import fourier
-from interp.grokking.experiment import GROKKING
+from interp.grokking.experiment import GROKKING, read_progress
 from interp.runner import execute
 from interp.runs import Run, RunInfo, RunStore
 
@@ -129,8 +129,20 @@ def test_page_overlays_seeds_and_reports_bad_runs(
     rows = metrics[metrics["seed"] == 1].sort_values("step")
     np.testing.assert_allclose(array(traces[f"{prefix} 1 test_loss"]["y"]), rows["test_loss"])
     np.testing.assert_allclose(array(traces[f"{prefix} 1 test_loss"]["x"]), rows["step"])
+    # Restricted and excluded loss with the final key frequencies, from progress.jsonl
+    # (the metrics hold only each checkpoint's own-key values, under other names).
     progress = {t["name"]: t for t in charts["Restricted and excluded loss"]["data"]}
-    assert list(array(progress[f"{prefix} 0 restricted_loss"]["x"])) == list(EPOCHS)
+    assert sorted(progress) == sorted(
+        f"{prefix} {s} {m}" for s in SEEDS for m in ("restricted_loss", "excluded_loss")
+    )
+    assert "restricted_loss" not in metrics and "restricted_loss_own_keys" in metrics
+    final_keys = read_progress(good_run)
+    for seed in SEEDS:
+        rows = final_keys[final_keys["seed"] == seed].sort_values("step")
+        for name in ("restricted_loss", "excluded_loss"):
+            trace = progress[f"{prefix} {seed} {name}"]
+            assert list(array(trace["x"])) == list(EPOCHS)
+            np.testing.assert_allclose(array(trace["y"]), rows[name])
 
     table = app.dataframe[0].value
     assert sorted(table["seed"]) == list(SEEDS)
@@ -209,6 +221,17 @@ def test_bad_checkpoints_raise_clear_errors(good_run: Run, tmp_path: Path) -> No
     assert loaders_grokking.embedding_keys(
         ["seed_3/pos_embed.weight", "seed_3/embed.weight", "seed_-1/embed.W_E", "embed.weight"]
     ) == {-1: "seed_-1/embed.W_E", 3: "seed_3/embed.weight"}
+
+
+def test_progress_rows_are_read_and_absent_ones_are_no_rows(
+    good_run: Run, tmp_path: Path
+) -> None:
+    frame = loaders_grokking.run_progress(str(good_run.path))
+    assert frame[["step", "seed", "restricted_loss"]].to_numpy() == pytest.approx(
+        read_progress(good_run)[["step", "seed", "restricted_loss"]].to_numpy()
+    )
+    assert len(frame) == len(EPOCHS) * len(SEEDS)
+    assert loaders_grokking.run_progress(str(tmp_path)).empty
 
 
 def test_one_seed_and_several_seed_summaries_are_read_alike(tmp_path: Path) -> None:

@@ -1,11 +1,14 @@
-"""The summary's epochs, and the accuracy they are read from."""
+"""The summary's epochs, and the accuracy and (float64) loss they are read from."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
+import pytest
 import torch
 
-from interp.grokking.summary import seed_summary
+from interp.grokking.summary import seed_summary, summarise
 from interp.grokking.trainer import answer_loss, answer_loss_and_accuracy
 from interp.tasks.base import TaskBatch
 
@@ -58,8 +61,46 @@ def test_answer_loss_is_each_models_mean_cross_entropy() -> None:
     answers = torch.randint(0, vocab, (n,), generator=generator)
     logits = torch.randn(n_models, n, vocab, generator=generator)
     by_hand = torch.stack([
-        -sum(torch.log_softmax(logits[m, i], -1)[answers[i]] for i in range(n)) / n
+        -sum(torch.log_softmax(logits[m, i].double(), -1)[answers[i]] for i in range(n)) / n
         for m in range(n_models)
     ])
     torch.testing.assert_close(answer_loss(logits, _batch(answers)), by_hand)
     torch.testing.assert_close(answer_loss(logits[1:2], _batch(answers)), by_hand[1:2])
+
+
+def test_answer_loss_is_float64_on_confident_logits() -> None:
+    """Nanda et al. 2023 take the loss in float64 (`cross_entropy_high_precision`): with
+    logit 20 on the answer and 0 on the 112 others, the loss is log(1 + 112 e^-20) =
+    2.3085e-07, which float32 rounds to 1.49e-07 (one ulp of 1), and the gradient over the
+    vocabulary sums to 0, where float32 leaves 2.8e-08."""
+    p, n = 113, 4
+    answers = torch.arange(n)
+    logits = torch.zeros(1, n, p)
+    logits[0, answers, answers] = 20.0
+    logits.requires_grad_()
+    loss = answer_loss(logits, _batch(answers))
+    assert loss.dtype == torch.float64
+    exact = math.log1p((p - 1) * math.exp(-20.0))
+    assert loss.item() == pytest.approx(exact, rel=1e-12)
+    loss.sum().backward()
+    assert logits.grad is not None and logits.grad.dtype == torch.float32
+    assert logits.grad[0, 0, 0].item() == pytest.approx(-exact / (1 + exact) / n, rel=1e-5)
+    assert abs(logits.grad[0].sum(dim=-1)).max().item() < 1e-12
+
+
+def test_restricted_loss_epoch_is_read_from_the_final_key_rows() -> None:
+    """The epoch the restricted loss falls below 1 comes from the rows computed with the
+    final key frequencies (progress.jsonl), not from the metrics' own-key values."""
+    metrics = _rows([0.5, 1.0, 1.0], [0.1, 0.2, 1.0]).assign(seed=0)
+    metrics["restricted_loss_own_keys"] = [3.0, 2.0, 0.5]
+    progress = pd.DataFrame({"step": [300, 100, 200], "seed": [0, 0, 0],
+                             "restricted_loss": [0.2, 1.5, 0.9]})
+    summary = summarise(metrics, [0], {0: {"restricted_loss": 0.2, "key_frequencies": [3]}},
+                        progress)
+    assert summary["epoch_restricted_loss_below_1"] == 200
+    assert summary["final_restricted_loss"] == 0.2 and summary["key_frequencies"] == [3]
+    assert summary["final_train_loss"] == 0.1  # the logged metrics', not a measure's
+    without = summarise(metrics, [0], {}, progress.iloc[:0])
+    assert without["epoch_restricted_loss_below_1"] is None
+    with pytest.raises(ValueError, match=r"final measures \['final_train_loss'\] would"):
+        summarise(metrics, [0], {0: {"train_loss": 0.3}}, progress)

@@ -1,11 +1,14 @@
-"""The stacked trainer itself: exact resumption, the checked inputs, the CUDA-graph guard."""
+"""The stacked trainer itself: exact resumption (also through a safetensors file, with
+Grokfast), the warm-up schedule, the checked inputs and states, the CUDA-graph guard."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from interp import functional
 from interp.dispatch_count import count_dispatch
@@ -46,6 +49,100 @@ def test_a_resumed_trainer_continues_bit_for_bit(vectorize: bool) -> None:
         assert torch.equal(resumed.state_dict()[key], value), key
     for key, value in saved.items():  # training on did not write into the loaded state
         assert torch.equal(state[key], value), key
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_resuming_from_a_safetensors_file_with_grokfast_matches_a_straight_run(
+    vectorize: bool, tmp_path: Path
+) -> None:
+    """safetensors reads keys back sorted, unlike the trainer's parameter order: the
+    Grokfast EMA must still be paired with its own parameter's gradient."""
+    straight = _trainer(vectorize)
+    for _ in range(12):
+        straight.step()
+    stopped = _trainer(vectorize)
+    for _ in range(5):
+        stopped.step()
+    save_file(stopped.state_dict(), tmp_path / "state.safetensors")
+    loaded = load_file(tmp_path / "state.safetensors")
+    ema_order = [k.removeprefix("ema/") for k in loaded if k.startswith("ema/")]
+    assert ema_order == sorted(stopped.trainable) != list(stopped.trainable)  # the hard case
+    resumed = _trainer(vectorize)
+    resumed.load_state_dict(loaded)
+    assert list(resumed.ema) == list(resumed.trainable)
+    for _ in range(7):
+        resumed.step()
+    assert resumed.epoch == straight.epoch == 12
+    ends = resumed.state_dict()
+    assert ends.keys() == straight.state_dict().keys()
+    for key, value in straight.state_dict().items():
+        assert torch.equal(ends[key], value), key
+
+
+def test_warmup_matches_nandas_lambda_lr() -> None:
+    """Nanda et al. 2023: `LambdaLR(opt, lambda step: min(step / 10, 1))`, stepped after
+    each update, so the first update has lr 0 and the 11th the full lr."""
+    lr, warmup = 1e-3, 10
+    weight = torch.nn.Parameter(torch.zeros(1))
+    reference_opt = torch.optim.AdamW([weight], lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(reference_opt, lambda step: min(step / 10, 1))
+    reference = []
+    for _ in range(14):
+        reference.append(reference_opt.param_groups[0]["lr"])
+        reference_opt.step()
+        schedule.step()
+    train, test = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()
+    trainer = StackedTrainer(
+        SPEC, [0], train, test, OptimSettings(lr=lr, warmup_epochs=warmup), GrokfastSettings(),
+        torch.device("cpu"), vectorize=False,
+    )
+    initial = {k: v.detach().clone() for k, v in trainer.params.items()}
+    ours = []
+    for update in range(14):
+        trainer.step()
+        ours.append(trainer.optimizer.param_groups[0]["lr"])
+        if update == 0:  # lr 0: AdamW starts its moments but moves nothing
+            for key, value in trainer.params.items():
+                assert torch.equal(value.detach(), initial[key]), key
+    assert ours == pytest.approx(reference, rel=1e-12, abs=0)
+    assert ours[0] == 0.0 and ours[1] == pytest.approx(1e-4) and ours[10:] == [lr] * 4
+    no_warmup = StackedTrainer(
+        SPEC, [0], train, test, OptimSettings(lr=lr, warmup_epochs=0), GrokfastSettings(),
+        torch.device("cpu"), vectorize=False,
+    )
+    no_warmup.step()
+    assert no_warmup.optimizer.param_groups[0]["lr"] == lr
+
+
+def test_a_state_of_another_number_of_models_is_refused_unchanged() -> None:
+    train, test = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()
+
+    def trainer(seeds: list[int]) -> StackedTrainer:
+        return StackedTrainer(SPEC, seeds, train, test, OptimSettings(), GrokfastSettings(),
+                              torch.device("cpu"))
+
+    one, three = trainer([0]), trainer([0, 1, 2])
+    before = {k: v.detach().clone() for k, v in three.params.items()}
+    with pytest.raises(ValueError, match=r"'param/embed.weight' is \[1, 13, 16\], this trainer's "
+                       r"is \[3, 13, 16\] \(3 models\)"):
+        three.load_state_dict(one.state_dict())
+    for key, value in three.params.items():  # nothing was loaded
+        assert torch.equal(value.detach(), before[key]), key
+    assert three.epoch == 0
+    state = three.state_dict()
+    del state["param/embed.weight"]
+    with pytest.raises(ValueError, match="the trainer state has no 'param/embed.weight'"):
+        three.load_state_dict(state)
+    with pytest.raises(ValueError, match="no 'epoch'"):
+        three.load_state_dict({})
+
+
+def test_model_spec_carries_each_models_own_seed() -> None:
+    train, test = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()
+    trainer = StackedTrainer(SPEC.model_copy(update={"seed": 9}), [4, 7], train, test,
+                             OptimSettings(), GrokfastSettings(), torch.device("cpu"))
+    assert [trainer.model_spec(i).seed for i in range(2)] == [4, 7]
+    assert trainer.model_spec(1).model_copy(update={"seed": 9}) == trainer.spec
 
 
 @pytest.mark.parametrize("seeds", [[0], [0, 1, 2]])
