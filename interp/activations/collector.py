@@ -79,7 +79,10 @@ def collect(
             (one per example; the position axis disappears, so `[batch, pos, d]` becomes
             `[batch, d]` and a pattern `[batch, head, q, k]` becomes `[batch, head, k]`),
             or an `[n, k]` tensor (the position axis keeps `k` entries). For attention
-            patterns and scores the query position is selected.
+            patterns and scores the query position is selected. Negative positions count
+            from the end; with an attention mask (`attention_mask` or a dataset's mask
+            column), from each example's last real token, so -1 is the last real token
+            of right-padded examples too.
         dtype: Cast floating activations to this dtype (e.g. `torch.float16`) before they
             leave the device.
         out_dir: Write safetensors shards and an index here instead of keeping the set in
@@ -136,7 +139,7 @@ def collect(
             tqdm(total=total, unit="ex", disable=not progress, desc="collect") as bar,
         ):
             for number, batch in enumerate(batches):
-                selector.start_batch(batch.tokens.shape)
+                selector.start_batch(batch.tokens.shape, batch.attention_mask)
                 early_stop.start_batch()
                 _forward(model, batch, run_device, extra, captured)
                 if number == 0:

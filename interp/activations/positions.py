@@ -8,7 +8,9 @@ from torch import Tensor
 
 PositionRequest = int | Int[Tensor, " n"] | Int[Tensor, "n k"] | None
 """Positions to keep: one index for every example, one per example (`[n]`), or `k` per
-example (`[n, k]`); negative indices count from the end. None keeps every position."""
+example (`[n, k]`); negative indices count from the end: of the sequence, or, when an
+attention mask is given, of each example's real tokens (-1 is its last real token, with
+right padding too). None keeps every position."""
 
 
 class _PositionSelector:
@@ -33,8 +35,10 @@ class _PositionSelector:
         self._batch: Tensor | int | None = None
         self._seq_len = 0
 
-    def start_batch(self, shape: torch.Size) -> None:
-        """Take the positions of the next `shape[0]` examples, checked against `shape[1]`."""
+    def start_batch(self, shape: torch.Size, attention_mask: Tensor | None = None) -> None:
+        """Take the positions of the next `shape[0]` examples, checked against `shape[1]`;
+        with an `attention_mask`, negative ones count back from each example's last real
+        token."""
         rows, self._seq_len = int(shape[0]), int(shape[1])
         start, self._offset = self._offset, self._offset + rows
         positions = self._positions
@@ -49,6 +53,9 @@ class _PositionSelector:
             chosen = positions[start : self._offset].long()
         if bool(((chosen < -self._seq_len) | (chosen >= self._seq_len)).any()):
             raise ValueError(f"positions must lie in [-{self._seq_len}, {self._seq_len})")
+        if attention_mask is not None and bool((chosen < 0).any()):
+            self._batch = _from_real_end(chosen, attention_mask, start)
+            return
         chosen = torch.where(chosen < 0, chosen + self._seq_len, chosen)
         self._batch = int(chosen.item()) if isinstance(positions, int) else chosen
 
@@ -80,3 +87,22 @@ class _PositionSelector:
         if index.dim() == 1:
             return moved[rows, index]
         return moved[rows[:, None], index].movedim(1, axis)
+
+
+def _from_real_end(
+    chosen: Int[Tensor, "rows ..."], attention_mask: Int[Tensor, "batch pos"], start: int
+) -> Int[Tensor, "batch ..."]:
+    """Positions per example with negative ones counted back from each example's last real
+    token (its last nonzero mask entry): -1 is that token."""
+    ones = torch.arange(1, attention_mask.shape[1] + 1, device=attention_mask.device)
+    ends = (attention_mask.bool() * ones).amax(dim=1).to(chosen.device)  # last real + 1
+    ends = ends.view(-1, *([1] * (chosen.dim() - 1)))
+    chosen = chosen.expand(attention_mask.shape[0], *chosen.shape[1:])
+    resolved = torch.where(chosen < 0, chosen + ends, chosen)
+    if bool((resolved < 0).any()):
+        row = int((resolved < 0).nonzero()[0, 0])
+        raise ValueError(
+            f"positions reach back past the start of example {start + row}, which has "
+            f"{int(ends.view(-1)[row])} real tokens (by attention_mask)"
+        )
+    return resolved

@@ -15,6 +15,13 @@ only then is the earlier generation deleted. So at every moment the index names 
 set of shards, and a crash leaves the old set or the new one, never a mix. Sets of version 1
 (shards beside the index) still load. Nothing is ever unpickled.
 
+Only folders this module made are ever deleted: `gen-<id>` and `.staging-<id>` with `<id>`
+of the exact form it writes (16 hex digits, or the 8 characters of `tempfile.mkdtemp` that
+earlier versions used) and holding nothing but `shard_NNNNN.safetensors` files; so a
+user's `gen-results` folder, or one holding anything else, survives. A writer that opens a
+folder (`overwrite=True`, or a folder holding no set yet) first deletes the staging folders
+a killed earlier write left behind; two writers must not write to one folder at once.
+
 `collect` feeds each batch of activations to a sink: `_MemoryCollector` (concatenated at
 the end) or `_ShardWriter` (buffered on CPU, written a shard at a time).
 """
@@ -23,8 +30,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -45,6 +53,10 @@ READABLE_VERSIONS = (1, 2)
 """Version 1 kept the shards beside the index; version 2 keeps them in a `gen-*` folder."""
 GENERATION_PREFIX = "gen-"
 STAGING_PREFIX = ".staging-"
+_FOLDER_ID = r"(?:[0-9a-f]{16}|[a-z0-9_]{8})"  # ours; the second: older `tempfile.mkdtemp` ids
+_GENERATION_NAME = re.compile(re.escape(GENERATION_PREFIX) + _FOLDER_ID)
+_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + _FOLDER_ID)
+_SHARD_NAME = re.compile(r"shard_\d{5,}\.safetensors")
 
 
 class ActivationSet:
@@ -239,7 +251,11 @@ class _ShardWriter:
     staging folder inside `folder`. `finish` renames that folder to a new generation
     (`gen-<id>`), atomically replaces the index to name its shards, and only then deletes
     the earlier set's shards; `abort` removes the staging folder. So a failure at any point
-    leaves an index that names one complete set, the earlier one or the new one."""
+    leaves an index that names one complete set, the earlier one or the new one.
+
+    On opening (with `overwrite=True`, or in a folder holding no set) it deletes stale
+    staging folders that a killed earlier write left behind (only folders of this module's
+    exact naming that hold nothing but shard files; see the module docstring)."""
 
     def __init__(self, folder: Path, *, shard_size: int, overwrite: bool) -> None:
         if shard_size < 1:
@@ -247,8 +263,9 @@ class _ShardWriter:
         folder.mkdir(parents=True, exist_ok=True)
         if self._old_files(folder) and not overwrite:
             raise ValueError(f"{folder} already holds an activation set; pass overwrite=True")
+        _remove_stale_staging(folder)
         self._target = folder
-        self._folder: Path | None = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+        self._folder: Path | None = _new_staging_folder(folder)
         self._shard_size = shard_size
         self._buffer: dict[str, list[Tensor]] = {}
         self._buffered = 0
@@ -345,15 +362,56 @@ class _ShardWriter:
 
 def _shard_paths(folder: Path) -> list[Path]:
     """Shards of any generation in `folder`: version 1 files beside the index, and
-    version 2 `gen-*` folders."""
-    return [
-        *sorted(folder.glob("shard_*.safetensors")),
-        *sorted(path for path in folder.glob(f"{GENERATION_PREFIX}*") if path.is_dir()),
-    ]
+    version 2 generation folders this module made (`_our_folders`)."""
+    files = sorted(
+        path
+        for path in folder.iterdir()
+        if _SHARD_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink()
+    )
+    return [*files, *_our_folders(folder, _GENERATION_NAME)]
+
+
+def _our_folders(folder: Path, name: re.Pattern[str]) -> list[Path]:
+    """Folders in `folder` (not links) whose name is `name` exactly and that hold nothing
+    but shard files: the only folders this module ever deletes."""
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if name.fullmatch(path.name)
+        and path.is_dir()
+        and not path.is_symlink()
+        and _holds_only_shards(path)
+    )
+
+
+def _holds_only_shards(folder: Path) -> bool:
+    """Whether every entry of `folder` is a `shard_NNNNN.safetensors` file (or it is empty)."""
+    return all(
+        _SHARD_NAME.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink()
+        for entry in folder.iterdir()
+    )
+
+
+def _new_staging_folder(folder: Path) -> Path:
+    """A new, empty `.staging-<16 hex digits>` folder inside `folder`."""
+    while True:
+        path = folder / (STAGING_PREFIX + secrets.token_hex(8))
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return path
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Delete the staging folders an earlier, killed write left in `folder`."""
+    for path in _our_folders(folder, _STAGING_NAME):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_earlier_generations(folder: Path, keep: str) -> None:
-    """Delete every shard file and generation folder in `folder` but the `keep` folder."""
+    """Delete every version 1 shard file and every generation folder this module made in
+    `folder` (see `_shard_paths`), but the `keep` folder."""
     for path in _shard_paths(folder):
         if path.name == keep:
             continue

@@ -25,6 +25,7 @@ restored, and the caller's model, batch and tensors are left as they were.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.heads.patterns import eval_mode
+from interp.heads.patterns import _as_int, eval_mode
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
 
@@ -148,14 +149,30 @@ def _z_hook(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_z"
 
 
+_HEADS_FORM = "heads must be a list of (layer, head) pairs of ints"
+
+
+def _as_head(item: Any) -> Head:
+    """One (layer, head) pair of ints, or a one-line ValueError naming what is wrong."""
+    if isinstance(item, str | bytes) or not isinstance(item, Sequence | Tensor) or len(item) != 2:
+        raise ValueError(f"{_HEADS_FORM}, got the item {item!r}")
+    if not all(_as_int(value) is not None for value in item):
+        raise ValueError(f"{_HEADS_FORM}, got {tuple(item)!r}")
+    return operator.index(item[0]), operator.index(item[1])
+
+
 def _check_heads(heads: Iterable[Sequence[int]] | None, n_layers: int, n_heads: int) -> list[Head]:
+    """The chosen heads in order, each once; None = every head."""
     if heads is None:
         return [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    if isinstance(heads, str | bytes) or not isinstance(heads, Iterable):
+        raise ValueError(f"{_HEADS_FORM}, got {heads!r}")
+    items = list(heads)
+    if len(items) == 2 and all(_as_int(value) is not None for value in items):
+        raise ValueError(f"{_HEADS_FORM}; for the one head {tuple(items)} pass [{tuple(items)}]")
     chosen: list[Head] = []
-    for item in heads:
-        if len(item) != 2:
-            raise ValueError(f"a head is a (layer, head) pair, got {item!r}")
-        layer, head = int(item[0]), int(item[1])
+    for item in items:
+        layer, head = _as_head(item)
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             raise ValueError(
                 f"head ({layer}, {head}) is outside the model's {n_layers} layers x "
@@ -220,7 +237,10 @@ def ablation_importance(
         mode: "mean" (the head's mean output at each position over the batch) or "zero".
         heads: The (layer, head) pairs to ablate; None = every head.
         max_batch: Most examples in one forward pass; `max_batch // len(batch)` heads
-            (at least one) are ablated per pass.
+            are ablated per pass, at least one: every pass (the baseline too) runs the
+            whole batch, which is never split (a metric over the batch need not be a mean
+            of its parts), so a batch of more than `max_batch` examples runs one head per
+            pass.
         metric_name: The metric's name in the result; default its `__name__`.
         progress: Show a progress bar over forward passes.
 

@@ -114,7 +114,8 @@ class AblationSettings(BaseModel):
         mode: "mean" or "zero" ablation of each head's output.
         metric: A metric of the task (default: the task's default metric).
         n_examples: Use only the first n examples of the task; None = all.
-        max_batch: Most examples in one forward pass.
+        max_batch: Most examples in one forward pass (each pass runs them all: a task
+            with more examples ablates one head per pass).
     """
 
     model_config = ConfigDict(extra="forbid")

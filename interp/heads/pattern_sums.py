@@ -4,7 +4,17 @@ Each score is a mean over queries, kept as a sum and a count per (layer, head) s
 batches add up: `ScoreAccumulator.add` adds each batch's sums and counts, `result()`
 divides them, so a run in batches gives the same numbers as one big batch. A query
 with no valid target (e.g. position 0 for `previous_token`) adds to neither, so it is
-left out, not counted as zero; padding queries and keys are left out.
+left out, not counted as zero; padding queries and keys are left out. Entries outside the
+real (query, key) pairs are never read (`torch.where`, not a product), so whatever a model
+writes in padded rows and columns, NaN included, changes no score. Entropy and confidence
+read each real query's row over its visible real keys, renormalised to sum to 1 (the row
+itself when the model gave padding and future keys no attention).
+
+Patterns must be probabilities: on every real query, entries >= 0 and the row summing to
+1 (within the dtype's rounding); anything else (raw scores, NaN rows) raises ValueError.
+When causality is not given, it is inferred from the real (query, key) pairs: causal when
+every real key after a real query gets exactly zero attention (padded query rows, which
+Hugging Face models fill uniformly, are not read).
 
 For one batch, `_targets` builds the target keys of every score from the tokens alone
 (independent of layer and head). In causal models a key after the query is not a valid
@@ -180,7 +190,8 @@ def _layer_sums(
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """Score name -> (sum over queries [head], number of queries counted [head])."""
     n_heads = pattern.shape[1]
-    attn = pattern.to(torch.float64)
+    # Only real (query, key) pairs are read: 0 elsewhere, even where the pattern is NaN.
+    attn = torch.where(targets.pair_valid[:, None], pattern.to(torch.float64), 0.0)
     qv = targets.query_valid
     n_valid = qv.sum().to(torch.float64).expand(n_heads)
     out: dict[str, tuple[Tensor, Tensor]] = {}
@@ -191,13 +202,14 @@ def _layer_sums(
         count = matrix.has_target[name].sum().to(torch.float64).expand(n_heads)
         out[name] = (mass, count)
 
-    entropy = -torch.special.xlogy(attn, attn).sum(-1)  # [b, h, q]
-    out["entropy"] = ((entropy * qv[:, None]).sum((0, 2)), n_valid)
     # Attention on visible pairs only, 0 elsewhere. A real query's row has a visible key
     # with positive attention, so its max and argmax are those of the visible keys.
-    visible = attn * targets.visible[:, None]
-    top, argmax = visible.max(dim=-1)  # [b, h, q]
-    out["confidence"] = ((top * qv[:, None]).sum((0, 2)), n_valid)
+    visible = torch.where(targets.visible[:, None], attn, 0.0)
+    row = _renormalised(visible)
+    entropy = -torch.special.xlogy(row, row).sum(-1)  # [b, h, q]; 0 on padding queries
+    out["entropy"] = (entropy.sum((0, 2)), n_valid)
+    out["confidence"] = (row.amax(dim=-1).sum((0, 2)), n_valid)
+    argmax = visible.argmax(dim=-1)  # [b, h, q]
     offset_of_max = argmax - torch.arange(attn.shape[2], device=attn.device)
     for name, target, d in (
         ("positional_prev", "previous_token", -1),
@@ -217,6 +229,12 @@ def _layer_sums(
     else:
         out.update(_detector_sums(attn, targets, *detector))
     return out
+
+
+def _renormalised(visible: Float[Tensor, "batch head query key"]) -> Tensor:
+    """Each row divided by its sum (rows summing to 0, padding queries, stay 0)."""
+    total = visible.sum(-1, keepdim=True)
+    return visible / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def _sequence_mean_sums(per_sequence: Float[Tensor, "batch head"]) -> tuple[Tensor, Tensor]:
@@ -284,8 +302,10 @@ class ScoreAccumulator:
             if padding_mask is None
             else padding_mask.to(device).bool()
         )
+        pair_valid = valid[:, :, None] & valid[:, None, :]
+        _check_probabilities(layers, valid)
         if self.causal is None:
-            self.causal = all(_is_causal(p) for p in layers)
+            self.causal = all(_is_causal(p, pair_valid) for p in layers)
         special = torch.tensor(self.special_token_ids, dtype=tokens.dtype, device=device)
         targets = _targets(tokens, valid, special, self.causal)
         matrix = _target_matrix(targets, self.offsets, self.detector)
@@ -325,5 +345,47 @@ class ScoreAccumulator:
         return HeadScores(values, self.offsets, profile, settings)
 
 
-def _is_causal(pattern: Float[Tensor, "batch head query key"]) -> bool:
-    return bool((torch.triu(pattern, diagonal=1) == 0).all())
+def _is_causal(
+    pattern: Float[Tensor, "batch head query key"], pair_valid: Bool[Tensor, "batch query key"]
+) -> bool:
+    """Whether every real key after a real query gets exactly zero attention (padded rows
+    and columns, whatever they hold, are not read)."""
+    n = pattern.shape[-1]
+    after = torch.ones(n, n, dtype=torch.bool, device=pattern.device).triu(1)
+    read = (pair_valid & after)[:, None]
+    return bool((torch.where(read, pattern, torch.zeros_like(pattern)) == 0).all())
+
+
+def _row_tolerance(dtype: torch.dtype) -> float:
+    """How far from 1 a probability row may sum after rounding to `dtype`."""
+    return max(1e-3, 4 * torch.finfo(dtype).eps)
+
+
+def _bad_rows(
+    pattern: Float[Tensor, "batch head query key"], valid: Bool[Tensor, "batch pos"]
+) -> Bool[Tensor, "batch head query"]:
+    """Real queries whose row has a negative entry or does not sum to 1 (NaN: both)."""
+    sums = pattern.sum(-1, dtype=torch.float64)
+    wrong_sum = ~((sums - 1).abs() <= _row_tolerance(pattern.dtype))
+    return (wrong_sum | (pattern.amin(dim=-1) < 0)) & valid[:, None, :]
+
+
+def _check_probabilities(
+    layers: Sequence[Float[Tensor, "batch head query key"]], valid: Bool[Tensor, "batch pos"]
+) -> None:
+    """Raise unless every real query's row is >= 0 and sums to 1, in every layer (one
+    host sync when all is well)."""
+    integer = [p.dtype for p in layers if not p.is_floating_point()]
+    if integer:
+        raise ValueError(f"patterns must be floating point, got {integer[0]}")
+    bad = [_bad_rows(pattern, valid) for pattern in layers]
+    if not bool(torch.stack([b.any() for b in bad]).any()):
+        return
+    layer = next(i for i, b in enumerate(bad) if bool(b.any()))
+    batch, head, query = (int(i) for i in bad[layer].nonzero()[0])
+    row = layers[layer][batch, head, query].double()
+    raise ValueError(
+        f"patterns must be attention probabilities (>= 0, rows summing to 1 on real "
+        f"queries); layer {layer}, sequence {batch}, head {head}, query {query} sums to "
+        f"{float(row.sum()):.4g} with min {float(row.min()):.4g}"
+    )

@@ -26,14 +26,20 @@ plus `offset_profile[layer, head, j]`: the mean attention at relative offset
 
 Causal models: a key after the query is not a valid target, so `next_token` and positive
 offsets are NaN. Whether patterns are causal is read from the model config, or inferred
-from the patterns (every entry above the diagonal exactly zero) when only patterns are
-given. Every sum is accumulated batch by batch, so a run in batches gives the same numbers
-as one big batch. Nothing given in (patterns, cache, model) is ever modified.
+from the patterns when only patterns are given: causal when every real key after a real
+query gets exactly zero attention (padded query rows, which Hugging Face models fill
+uniformly, are not read). Patterns must be probabilities (>= 0, rows summing to 1 on real
+queries); raw scores raise ValueError. Entropy and confidence read each real query's row
+over its visible real keys, renormalised to sum to 1 (a no-op when the model gave
+padding keys no attention). Every sum is accumulated batch by batch, so a run in batches
+gives the same numbers as one big batch. Nothing given in (patterns, cache, model) is ever
+modified.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import operator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -100,22 +106,52 @@ def _check_inputs(layers: Sequence[Tensor], tokens: Tensor, padding_mask: Tensor
     if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
         raise ValueError("tokens must be an integer tensor [batch, pos]")
     batch, _, n_query, n_key = layers[0].shape
+    if batch == 0 or n_query == 0:
+        raise ValueError(f"patterns hold no sequences or no positions: {tuple(layers[0].shape)}")
     if n_query != n_key or (batch, n_query) != tuple(tokens.shape):
         raise ValueError(
             f"patterns are [batch={batch}, head, {n_query}, {n_key}] but tokens are "
             f"{tuple(tokens.shape)}; they must agree on batch and positions"
         )
-    if padding_mask is not None and tuple(padding_mask.shape) != tuple(tokens.shape):
+    _check_padding_mask(padding_mask, tokens)
+
+
+def _check_padding_mask(padding_mask: Tensor | None, tokens: Tensor) -> None:
+    """None, or a mask of the tokens' shape that marks at least one real token."""
+    if padding_mask is None:
+        return
+    if tuple(padding_mask.shape) != tuple(tokens.shape):
         raise ValueError(
             f"padding_mask is {tuple(padding_mask.shape)}, tokens {tuple(tokens.shape)}"
         )
+    if not bool(padding_mask.bool().any()):
+        raise ValueError("padding_mask marks no real token: there is nothing to score")
 
 
-def _check_options(offsets: Sequence[int], error_measure: str) -> None:
-    if len(offsets) == 0:
+def _check_options(offsets: Sequence[int], error_measure: str) -> tuple[int, ...]:
+    """The offsets as a tuple of ints (a non-empty sequence of integers is required), after
+    checking the detector's error measure ("mul" or "abs")."""
+    if isinstance(offsets, str | bytes) or not isinstance(offsets, Iterable):
+        raise ValueError(f"offsets must be a sequence of ints, got {offsets!r}")
+    values = list(offsets)
+    if not values:
         raise ValueError("offsets must name at least one relative offset")
+    not_int = [value for value in values if _as_int(value) is None]
+    if not_int:
+        raise ValueError(f"offsets must be ints, got {not_int[0]!r}")
     if error_measure not in ("mul", "abs"):
         raise ValueError(f"tl_error_measure must be 'mul' or 'abs', got {error_measure!r}")
+    return tuple(operator.index(value) for value in values)
+
+
+def _as_int(value: Any) -> int | None:
+    """`value` as an int when it is an integer (not a bool, not a float), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def pattern_scores(
@@ -138,15 +174,15 @@ def pattern_scores(
         tokens: The token ids the patterns were computed on.
         padding_mask: 1 (or True) for real tokens, 0 for padding; None = all real.
         special_token_ids: Token ids counted by `special_token` (e.g. [CLS], [SEP]).
-        offsets: Relative offsets (key - query) of the offset profile.
+        offsets: Relative offsets (key - query) of the offset profile, ints.
         causal: Whether keys after the query are out of reach; None infers it from the
-            patterns (all entries above the diagonal exactly zero).
+            patterns (zero attention from every real query to every later real key).
         tl_exclude_bos, tl_exclude_current_token, tl_error_measure: The options of
             TransformerLens `detect_head` for the `tl_*` scores.
     """
     layers = _pattern_layers(patterns)
     _check_inputs(layers, tokens, padding_mask)
-    _check_options(offsets, tl_error_measure)
+    offsets = _check_options(offsets, tl_error_measure)
     detector = (tl_exclude_bos, tl_exclude_current_token, tl_error_measure)
     accumulator = ScoreAccumulator(special_token_ids, offsets, causal, detector)
     with torch.no_grad():
@@ -220,13 +256,10 @@ def model_pattern_scores(
     if tokens.shape[0] == 0 or tokens.shape[1] == 0:
         raise ValueError(f"tokens is empty: {tuple(tokens.shape)}")
     check_token_tensor(tokens, "tokens", model)
-    if padding_mask is not None and tuple(padding_mask.shape) != tuple(tokens.shape):
-        raise ValueError(
-            f"padding_mask is {tuple(padding_mask.shape)}, tokens {tuple(tokens.shape)}"
-        )
+    _check_padding_mask(padding_mask, tokens)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    _check_options(offsets, tl_error_measure)
+    offsets = _check_options(offsets, tl_error_measure)
     if special_token_ids is None:
         tokenizer = getattr(model, "tokenizer", None)
         special_token_ids = sorted(set(getattr(tokenizer, "all_special_ids", None) or ()))

@@ -54,8 +54,13 @@ class RoleThresholds:
             use 0.9; this one threshold serves both offsets).
         first_token: Mean attention on the first position (a "sink" head).
         special_token: Mean attention on special tokens ([CLS]/[SEP], Clark et al. 2019).
-        copying: Positive share of the full OV circuit's eigenvalue mass (0.75; random
-            weights give about 0.5).
+        copying: Positive share of the full OV circuit's eigenvalue mass (0.75: three
+            quarters of the mass positive). Random Gaussian weights give about 0.33, not
+            0.5: their eigenvalues are mostly complex, so `|lambda|` exceeds `|Re lambda|`
+            and real parts split evenly between signs give well under half (measured: mean
+            0.34, sd 0.06, max 0.50 over 200 heads with d_model 64, d_head 16; mean 0.32,
+            sd 0.02 at d_model 256, d_head 64; the spread grows as d_head shrinks: max 0.68
+            at d_head 8). So 0.75 is above every random head measured.
     """
 
     previous_token: float = 0.5

@@ -134,6 +134,36 @@ def test_positions(model, tokens, reference):
     torch.testing.assert_close(both[names[0]], expected, atol=1e-6, rtol=0)
 
 
+def test_last_position_with_a_mask_is_each_examples_last_real_token(model, tokens):
+    """With right padding and an attention mask, -1 (and -2, and negative entries of a
+    tensor) count back from each example's last real token, not the last position."""
+    names = ["blocks.0.hook_resid_post", "blocks.0.attn.hook_pattern"]
+    lengths = torch.tensor([7, 3, 5, 1, 7, 2, 6, 4, 7, 3])
+    mask = (torch.arange(N_POS)[None, :] < lengths[:, None]).long()
+    full = collect(model, tokens, names, batch_size=3, attention_mask=mask, progress=False)
+    rows = torch.arange(N_EXAMPLES)
+    last = collect(
+        model, tokens, names, batch_size=3, positions=-1, attention_mask=mask, progress=False
+    )
+    assert last[names[0]].shape == (N_EXAMPLES, 32)
+    torch.testing.assert_close(last[names[0]], full[names[0]][rows, lengths - 1])
+    torch.testing.assert_close(last[names[1]], full[names[1]].movedim(2, 1)[rows, lengths - 1])
+    chosen = torch.tensor([[-1, 0]]).expand(N_EXAMPLES, 2)
+    pairs = collect(
+        model, tokens, names[:1], batch_size=4, positions=chosen, attention_mask=mask,
+        progress=False,
+    )
+    expected = full[names[0]][rows[:, None], torch.stack([lengths - 1, 0 * lengths], 1)]
+    torch.testing.assert_close(pairs[names[0]], expected)
+    # without a mask -1 stays the last position
+    plain = collect(model, tokens, names[:1], batch_size=3, positions=-1, progress=False)
+    assert not torch.equal(plain[names[0]], last[names[0]])
+    with pytest.raises(ValueError, match="past the start of example 3, which has 1 real"):
+        collect(
+            model, tokens, names[:1], positions=-2, attention_mask=mask, progress=False
+        )
+
+
 def test_bad_positions_raise(model, tokens):
     with pytest.raises(ValueError, match="positions must lie in"):
         collect(model, tokens, ["hook_embed"], positions=N_POS, progress=False)
@@ -233,6 +263,62 @@ def test_overwrite_replaces_the_old_generation(model, tokens, tmp_path):
     second = {p.name for p in tmp_path.iterdir()}
     assert len(first) == len(second) == 2 and first & second == {"index.json"}
     assert len(ActivationSet.load(tmp_path)) == 3
+
+
+def _killed_write(folder: Path) -> Path:
+    """The staging folder a write killed mid-way leaves (neither finished nor aborted)."""
+    from interp.activations import storage
+
+    writer = storage._ShardWriter(folder, shard_size=2, overwrite=True)
+    writer.add({"hook_embed": torch.zeros(3, 4)})  # one shard written, one buffered
+    (staging,) = [p for p in folder.iterdir() if p.name.startswith(".staging-")]
+    assert [p.name for p in staging.iterdir()] == ["shard_00000.safetensors"]
+    return staging
+
+
+@pytest.mark.parametrize("earlier_set", [True, False])
+def test_stale_staging_is_removed_by_the_next_writer(model, tokens, tmp_path, earlier_set):
+    """A killed `collect(out_dir=...)` leaves its staging folder; the next writer that may
+    write there (overwrite=True, or no set there yet) removes it."""
+    if earlier_set:
+        collect(model, tokens, ["hook_embed"], out_dir=tmp_path, progress=False)
+    stale = [_killed_write(tmp_path), _killed_write(tmp_path)]
+    collect(
+        model, tokens[:3], ["hook_embed"], out_dir=tmp_path, overwrite=earlier_set,
+        progress=False,
+    )
+    assert not any(path.exists() for path in stale)
+    (generation,) = [p.name for p in tmp_path.iterdir() if p.is_dir()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([generation, "index.json"])
+    assert len(ActivationSet.load(tmp_path)) == 3
+
+
+def test_only_folders_this_module_made_are_deleted(model, tokens, tmp_path):
+    """A user's `gen-results` or `.staging-notes`, and a folder of our naming that holds
+    anything but shards, survive an overwrite; an earlier version's `gen-<8 chars>` folder
+    (named by `tempfile.mkdtemp`) does not."""
+    keep = {
+        "gen-results": "results.csv",
+        ".staging-notes": "notes.txt",
+        "gen-" + "a" * 16: "mine.txt",
+        "gen-0nlyz6g6": "shard_00000.safetensors.bak",
+    }
+    for name, file in keep.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / file).write_text("user data")
+    collect(model, tokens, ["hook_embed"], out_dir=tmp_path, progress=False)  # no set before
+    old_style = tmp_path / "gen-1x_z6g6k"
+    old_style.mkdir()
+    ActivationSet({"a": torch.zeros(2, 2)}).save(old_style.parent / "scratch")
+    for shard in (tmp_path / "scratch").glob("gen-*/shard_*.safetensors"):
+        shard.rename(old_style / shard.name)
+    collect(model, tokens[:2], ["hook_embed"], out_dir=tmp_path, overwrite=True, progress=False)
+    for name, file in keep.items():
+        assert (tmp_path / name / file).read_text() == "user data", name
+    assert not old_style.exists()
+    ours = [p.name for p in tmp_path.iterdir() if p.name not in keep and p.name != "scratch"]
+    assert len(ours) == 2 and "index.json" in ours
+    assert len(ActivationSet.load(tmp_path)) == 2
 
 
 def test_failed_index_write_keeps_the_earlier_set_whole(model, tokens, tmp_path, monkeypatch):

@@ -203,6 +203,49 @@ def test_bad_input_is_a_clear_error(mlp_model: TransformerBridge) -> None:
         ablation_importance(mlp_model, batch, lambda logits, b: logits[:, -1])
 
 
+@pytest.mark.parametrize(
+    ("heads", "message"),
+    [
+        ((0, 1), r"pairs of ints; for the one head \(0, 1\) pass \[\(0, 1\)\]"),
+        ([(0, 1.7)], r"pairs of ints, got \(0, 1.7\)"),
+        ([(0, "1")], r"pairs of ints, got \(0, '1'\)"),
+        ([(0, True)], r"pairs of ints, got \(0, True\)"),
+        ([(0, 1, 2)], r"pairs of ints, got the item \(0, 1, 2\)"),
+        ([3], r"pairs of ints, got the item 3"),
+        ([(0, -1)], r"head \(0, -1\) is outside the model's 3 layers x 4 heads"),
+        ([(3, 0)], r"head \(3, 0\) is outside"),
+        ([], "heads is empty"),
+    ],
+)
+def test_malformed_heads_are_refused(mlp_model: TransformerBridge, heads, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ablation_importance(mlp_model, _random_batch(), mean_metric(logit_diff), heads=heads)
+
+
+def test_heads_given_as_integer_tensors_ablate_those_heads(mlp_model: TransformerBridge) -> None:
+    batch = _random_batch()
+    _, expected = _one_head_at_a_time(mlp_model, batch, "zero")
+    chosen = torch.tensor([[2, 1], [0, 3]])
+    result = ablation_importance(mlp_model, batch, logit_diff, mode="zero", heads=chosen)
+    assert result.values.isnan().sum() == 3 * 4 - 2
+    torch.testing.assert_close(result.values[2, 1], expected[2, 1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.values[0, 3], expected[0, 3], atol=1e-5, rtol=1e-5)
+
+
+def test_a_batch_larger_than_max_batch_runs_one_head_per_pass(
+    mlp_model: TransformerBridge,
+) -> None:
+    """Every pass runs the whole batch (never split: a metric over the batch need not be a
+    mean of its parts), so with fewer examples allowed per pass than the batch holds, each
+    head gets a pass of its own: the values of one head at a time."""
+    batch = _random_batch()  # 4 examples
+    _, expected = _one_head_at_a_time(mlp_model, batch, "mean")
+    for max_batch in (3, 4):
+        result = ablation_importance(mlp_model, batch, mean_metric(logit_diff),
+                                     max_batch=max_batch)
+        torch.testing.assert_close(result.values, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_result_round_trips_through_the_run_store(tmp_path: Path) -> None:
     result = AblationResult(
         values=torch.tensor([[0.5, float("nan")], [1.0, 2.0]]), baseline=1.5, mode="zero",

@@ -274,3 +274,106 @@ def test_pretrained_encoder_padding_and_special_tokens(minilm) -> None:
     for name in ("previous_token", "next_token", "special_token", "entropy", "confidence"):
         torch.testing.assert_close(got[name], expected[name], atol=1e-4, rtol=1e-4)
     assert got["special_token"].mean() > 0.05 and not got["next_token"].isnan().any()
+
+
+def _left_padded(
+    patterns: torch.Tensor, tokens: torch.Tensor, pad: int, padded_rows: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`pad` padding positions before each sequence: real rows keep their pattern and give
+    padding keys 0; padded query rows hold `padded_rows` everywhere (what a Hugging Face
+    causal model writes there: uniform, or NaN after a softmax over only -inf)."""
+    batch, n = tokens.shape
+    padded = torch.full((*patterns.shape[:3], n + pad, n + pad), padded_rows)
+    padded[..., pad:, :] = 0.0
+    padded[..., pad:, pad:] = patterns
+    padded_tokens = torch.cat([torch.zeros(batch, pad, dtype=tokens.dtype), tokens], dim=1)
+    mask = torch.cat([torch.zeros(batch, pad), torch.ones(batch, n)], dim=1).long()
+    return padded, padded_tokens, mask
+
+
+@pytest.mark.parametrize("padded_rows", [1.0 / (2 * HALF + 3), float("nan")])
+def test_left_padded_causal_patterns_are_inferred_causal(padded_rows: float) -> None:
+    """Padded query rows filled uniformly (above the diagonal too) or with NaN neither make
+    a causal cache look bidirectional nor change any score."""
+    patterns, tokens = _hand_patterns()
+    padded, padded_tokens, mask = _left_padded(patterns, tokens, 3, padded_rows)
+    expected = pattern_scores(patterns, tokens)
+    got = pattern_scores(padded, padded_tokens, padding_mask=mask)
+    assert expected.settings["causal"] is True and got.settings["causal"] is True
+    assert got["next_token"].isnan().all()
+    for name in SCORE_NAMES:
+        torch.testing.assert_close(got[name], expected[name], equal_nan=True, msg=name)
+    torch.testing.assert_close(got.offset_profile, expected.offset_profile, equal_nan=True)
+
+
+def test_left_padded_gpt2_cache_is_causal_and_scores_as_unpadded(gpt2) -> None:
+    """A causal Hugging Face bridge fills padded query rows uniformly; inferred from its
+    cache, the scores still equal those of the unpadded sequence."""
+    alone = torch.tensor([[5, 6, 7, 8, 9, 19]])
+    padded = torch.tensor([[0, 0, 5, 6, 7, 8, 9, 19]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        _, cache = gpt2.run_with_cache(padded, attention_mask=mask, names_filter=_is_pattern)
+        _, alone_cache = gpt2.run_with_cache(alone, names_filter=_is_pattern)
+    assert torch.triu(cache["blocks.0.attn.hook_pattern"][0, :, :2], 1).max() > 0
+    got = pattern_scores(cache, padded, padding_mask=mask, special_token_ids=[19])
+    expected = pattern_scores(alone_cache, alone, special_token_ids=[19])
+    assert got.settings["causal"] is True and got["next_token"].isnan().all()
+    for name in SCORE_NAMES:
+        torch.testing.assert_close(
+            got[name], expected[name], atol=1e-5, rtol=1e-5, equal_nan=True, msg=name
+        )
+
+
+def _is_pattern(name: str) -> bool:
+    return name.endswith("hook_pattern")
+
+
+def test_entropy_and_confidence_read_real_keys_renormalised() -> None:
+    """Attention a (mask-less) model puts on a padding key is left out of entropy and
+    confidence: each real row is renormalised over its visible real keys."""
+    tokens = torch.tensor([[0, 5, 6, 7]])
+    mask = torch.tensor([[0, 1, 1, 1]])
+    row = torch.tensor(
+        [
+            [1.0, 0.0, 0.0, 0.0],  # padding query: not read
+            [0.5, 0.5, 0.0, 0.0],  # -> [1]: entropy 0, confidence 1
+            [0.5, 0.25, 0.25, 0.0],  # -> [0.5, 0.5]: entropy log 2, confidence 0.5
+            [0.25, 0.0, 0.375, 0.375],  # -> [0, 0.5, 0.5]: entropy log 2, confidence 0.5
+        ]
+    )
+    scores = pattern_scores(row[None, None, None], tokens, padding_mask=mask, causal=True)
+    torch.testing.assert_close(scores["entropy"][0, 0], torch.tensor(2 * math.log(2.0) / 3))
+    torch.testing.assert_close(scores["confidence"][0, 0], torch.tensor(2.0 / 3))
+    # mass scores are not renormalised: first_token is key 1's raw share, 0.5 and 0.25
+    torch.testing.assert_close(scores["first_token"][0, 0], torch.tensor(0.75 / 3))
+
+
+def test_offsets_batch_and_probabilities_are_checked() -> None:
+    patterns, tokens = _hand_patterns()
+    with pytest.raises(ValueError, match="offsets must be ints, got 0.5"):
+        pattern_scores(patterns, tokens, offsets=[0.5])
+    with pytest.raises(ValueError, match="offsets must be ints, got True"):
+        pattern_scores(patterns, tokens, offsets=[-1, True])
+    with pytest.raises(ValueError, match="offsets must be a sequence"):
+        pattern_scores(patterns, tokens, offsets=1)  # type: ignore[arg-type]
+    assert pattern_scores(patterns, tokens, offsets=torch.tensor([-2, 0])).offsets == (-2, 0)
+    with pytest.raises(ValueError, match="no sequences"):
+        pattern_scores(patterns[:0], tokens[:0])
+    with pytest.raises(ValueError, match="marks no real token"):
+        pattern_scores(patterns, tokens, padding_mask=torch.zeros_like(tokens))
+    logits = torch.randn(patterns.shape, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="attention probabilities"):
+        pattern_scores(logits, tokens)  # raw scores, not a softmax
+    with pytest.raises(ValueError, match="attention probabilities"):
+        pattern_scores(patterns * 2, tokens)  # rows summing to 2
+    nan_row = patterns.clone()
+    nan_row[1, 0, 3, 5] = float("nan")
+    with pytest.raises(ValueError, match="layer 0, sequence 1, head 3, query 5 sums to nan"):
+        pattern_scores(nan_row, tokens)
+    with pytest.raises(ValueError, match="floating point, got torch.int64"):
+        pattern_scores(patterns.long(), tokens)
+    # half precision rounding is not an error
+    half = pattern_scores(patterns.to(torch.bfloat16), tokens)["previous_token"]
+    exact = pattern_scores(patterns, tokens)["previous_token"]
+    torch.testing.assert_close(half, exact, atol=1e-2, rtol=0)

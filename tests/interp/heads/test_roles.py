@@ -7,6 +7,7 @@ import torch
 
 from interp.heads.patterns import HeadScores, pattern_scores
 from interp.heads.roles import ROLE_NAMES, RoleThresholds, assign_roles, cluster_heads
+from interp.heads.weights import HeadWeights, copying_scores
 
 HALF = 6
 EXPECTED_ROLES = [
@@ -86,3 +87,28 @@ def test_heads_with_the_same_construction_share_a_group() -> None:
         cluster_heads(frame, n_groups=11)
     with pytest.raises(ValueError, match="no columns"):
         cluster_heads(frame, n_groups=2, columns=["nonsense"])
+
+
+def test_random_heads_copy_about_a_third_far_below_the_copying_threshold() -> None:
+    """The documented chance level of `RoleThresholds.copying`: 200 Gaussian heads
+    (d_model 64, d_head 16) give a positive eigenvalue share of about 0.33, not 0.5 (their
+    eigenvalues are mostly complex), and none reaches 0.75; an identity head gives 1."""
+    generator = torch.Generator().manual_seed(0)
+
+    def gaussian(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator)
+
+    n_layers, n_heads, d_model, d_head, d_vocab = 25, 8, 64, 16, 200
+    per_head = (n_layers, n_heads, d_model, d_head)
+    weights = HeadWeights(
+        gaussian(*per_head), gaussian(*per_head), gaussian(*per_head),
+        gaussian(n_layers, n_heads, d_head, d_model), gaussian(d_vocab, d_model),
+        gaussian(d_model, d_vocab),
+    )
+    scores = copying_scores(weights)
+    assert 0.30 < scores.mean() < 0.37
+    assert scores.max() < RoleThresholds().copying
+    identity = torch.eye(d_model)[:, :d_head].expand(1, 1, d_model, d_head)
+    embed = gaussian(d_vocab, d_model)
+    copier = HeadWeights(identity, identity, identity, identity.transpose(-1, -2), embed, embed.T)
+    torch.testing.assert_close(copying_scores(copier), torch.ones(1, 1))
