@@ -287,8 +287,11 @@ def composition_scores(
 
 
 def _random_like(weights: HeadWeights, generator: torch.Generator) -> HeadWeights:
+    """Gaussian head weights of `weights`' shapes (drawn on the CPU from `generator`, so the
+    same on every device, then moved to the weights' device), with its W_E and W_U."""
     def gaussian(t: Tensor) -> Tensor:
-        return torch.randn(t.shape, generator=generator, dtype=torch.float64).float()
+        drawn = torch.randn(t.shape, generator=generator, dtype=torch.float64).float()
+        return drawn.to(t.device)
 
     return HeadWeights(
         W_Q=gaussian(weights.W_Q),
