@@ -30,14 +30,19 @@ def _trainer(vectorize: bool, grokfast: bool = True, **kwargs) -> StackedTrainer
     )
 
 
-@pytest.mark.parametrize("vectorize", [True, False])
-def test_a_resumed_trainer_continues_bit_for_bit(vectorize: bool) -> None:
-    straight = _trainer(vectorize)
+def _straight_and_stopped(vectorize: bool) -> tuple[StackedTrainer, StackedTrainer]:
+    """A trainer run for 12 epochs, and one stopped after 5."""
+    straight, stopped = _trainer(vectorize), _trainer(vectorize)
     for _ in range(12):
         straight.step()
-    stopped = _trainer(vectorize)
     for _ in range(5):
         stopped.step()
+    return straight, stopped
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_a_resumed_trainer_continues_bit_for_bit(vectorize: bool) -> None:
+    straight, stopped = _straight_and_stopped(vectorize)
     state = stopped.state_dict()
     saved = {k: v.clone() for k, v in state.items()}
     resumed = _trainer(vectorize)
@@ -57,12 +62,7 @@ def test_resuming_from_a_safetensors_file_with_grokfast_matches_a_straight_run(
 ) -> None:
     """safetensors reads keys back sorted, unlike the trainer's parameter order: the
     Grokfast EMA must still be paired with its own parameter's gradient."""
-    straight = _trainer(vectorize)
-    for _ in range(12):
-        straight.step()
-    stopped = _trainer(vectorize)
-    for _ in range(5):
-        stopped.step()
+    straight, stopped = _straight_and_stopped(vectorize)
     save_file(stopped.state_dict(), tmp_path / "state.safetensors")
     loaded = load_file(tmp_path / "state.safetensors")
     ema_order = [k.removeprefix("ema/") for k in loaded if k.startswith("ema/")]
