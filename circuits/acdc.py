@@ -176,7 +176,9 @@ class FullPassTests:
     """The plain ACDC loop's tests: each removal measured by one full edge-patched forward
     pass from the embedding (`incremental=False`; the interface of `PruningState`). The
     trials of a speculative batch run as one pass of that many circuits (`EdgePatcher.run`
-    batches masks), so it costs that many times the memory of one."""
+    batches masks), so it costs that many times the memory of one. The circuit's mask is
+    held on the model's device and edited there by scalar fills, so that building a
+    trial's masks copies nothing from the host."""
 
     def __init__(
         self,
@@ -186,7 +188,7 @@ class FullPassTests:
         ablation: Ablation,
     ):
         self.measure, _ = circuit_damages(patcher, batch, objective, ablation)
-        self.kept = torch.ones(patcher.n_edges)
+        self.kept = torch.ones(patcher.n_edges, device=patcher.device)
         self.damage = self.measure(self.kept[None])[0]
         if math.isnan(self.damage):  # the full model's logits are real at every position
             raise ValueError("the objective returned NaN on the full model")
@@ -203,17 +205,23 @@ class FullPassTests:
         assume_kept = [False] * len(edges) if assume_kept is None else list(assume_kept)
         masks = self.kept.repeat(len(edges), 1)
         for j, edge in enumerate(edges):
-            masks[j, edge] = 0.0
+            masks[j, edge].fill_(0.0)
             if not assume_kept[j]:
-                masks[j + 1 :, edge] = 0.0
+                masks[j + 1 :, edge].fill_(0.0)
         return chain_of_trials(edges, assume_kept, self.measure(masks), [])
 
     def commit(self, trial: Trial) -> None:
-        self.kept[[*trial.earlier, trial.edge]] = 0.0
+        self._remove([*trial.earlier, trial.edge])
         self.damage = trial.damage
 
     def drop_untested(self, edges: list[int]) -> None:
-        self.kept[edges] = 0.0
+        self._remove(edges)
+
+    def _remove(self, edges: Sequence[int]) -> None:
+        """Zero `edges` in the mask, one scalar fill each (an index tensor made of them
+        would be a blocking copy from the host)."""
+        for edge in edges:
+            self.kept[edge].fill_(0.0)
 
 
 def _guessed_kept(

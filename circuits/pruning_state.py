@@ -46,7 +46,8 @@ masks, the reference side of the KL, the index tensors and kept-edge weights of 
 pattern), and heads are picked by slices where they are consecutive (views, no copies). The
 only host-to-device copies a test makes are those of a pattern no earlier test met (its
 heads' index tensor, its kept-edge weights); its one synchronisation is reading back its
-damages, every trial's in one transfer (a metric objective may add syncs of its own).
+damages, every trial's in one transfer (a metric objective reads every trial in one
+vectorised call, `CopyMetric`, and may add syncs of its own).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ from circuits.pruning_trials import Heads, Seed, Trial, chain_of_trials, one_sta
 from interp import functional
 from interp.metrics import KLReference
 from interp.tasks.base import TaskBatch
+
+METRIC_BUFFER = 2**27
+"""Most logits (elements, 512 MiB of float32) that a metric objective reads at once: the
+trials of a speculative batch go to one vectorised metric call in one `[trial, batch, pos,
+vocab]` buffer, in groups of trials that keep it under this size."""
 
 
 def _matmul(
@@ -168,7 +174,8 @@ class PruningState:
                 self._reference = KLReference.of(self.full_logits)
             else:
                 self._per_copy = CopyMetric(objective, batch)  # type: ignore[arg-type]
-                self.full_value = self._metric(self.full_logits)
+                self._buffer: Tensor | None = None
+                self.full_value = self._metric_values(self.full_logits[None])[0]
         if objective != "kl" and not bool(self.full_value.isfinite()):
             if bool(self.full_value.isnan()):
                 raise nan_metric_error(objective, batch, self.full_logits.shape[-1],  # type: ignore[arg-type]
@@ -397,13 +404,33 @@ class PruningState:
 
     # -- damage ------------------------------------------------------------------------
 
-    def _metric(self, read: Float[Tensor, "batch vocab"]) -> Tensor:
-        """The task metric (a 0-d tensor) of logits known at the read positions only
-        (NaN elsewhere)."""
-        batch = self.batch
-        logits = read.new_full((*batch.clean.shape, read.shape[-1]), float("nan"))
-        logits[self.examples, batch.position] = read
-        return self._per_copy.one(logits)
+    def _metric_values(self, read: Float[Tensor, "trial batch vocab"]) -> Float[Tensor, " trial"]:
+        """The task metric of each trial's logits, known at the read positions only (NaN
+        elsewhere): one vectorised call (`CopyMetric`) per `METRIC_BUFFER` logits, so one
+        for a speculative batch of a small model."""
+        per_trial = self.batch.clean.numel() * read.shape[-1]
+        group = max(1, METRIC_BUFFER // per_trial)
+        with torch.inference_mode():  # the buffer is an inference tensor
+            values = [
+                self._per_copy(self._full_logits_of(read[start : start + group]))
+                for start in range(0, len(read), group)
+            ]
+            return values[0] if len(values) == 1 else torch.cat(values)
+
+    def _full_logits_of(
+        self, read: Float[Tensor, "trial batch vocab"]
+    ) -> Float[Tensor, "trial batch pos vocab"]:
+        """Each trial's logits at every position: `read` at `batch.position`, NaN elsewhere.
+        One buffer, NaN-filled once and grown on demand, is reused (only the read positions
+        are written): read the result before the next call."""
+        n_trials, batch = len(read), self.batch
+        if self._buffer is None or len(self._buffer) < n_trials:
+            self._buffer = None  # free the smaller one first
+            shape = (n_trials, *batch.clean.shape, read.shape[-1])
+            self._buffer = read.new_full(shape, float("nan"))
+        logits = self._buffer[:n_trials]
+        logits[:, self.examples, batch.position] = read
+        return logits
 
     def damage_of(self, read: Float[Tensor, "batch vocab"]) -> float:
         """KL from the full model at the read positions, or |m(circuit) - m(full)|."""
@@ -414,8 +441,7 @@ class PruningState:
         if self.objective == "kl":  # interp.metrics.kl_divergence, the reference side kept
             # [trial, batch] -> the mean over the batch of each trial
             return self._reference.divergence(read).mean(dim=-1).tolist()
-        values = torch.stack([self._metric(logits) for logits in read])
-        return (values - self.full_value).abs().tolist()
+        return (self._metric_values(read) - self.full_value).abs().tolist()
 
     # -- tests ---------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ reads.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -79,10 +80,11 @@ class CopyMetric:
     of `interp.metrics` does): a handful of batched ops per chunk instead of the metric's
     ops once per copy, which on a GPU is most of a small model's patching time (host-side
     dispatch). A metric that `vmap` cannot run (data-dependent Python control flow on the
-    logits, `.item()`, randomness) is called once per copy from then on, as before; an
-    error of the metric itself is raised again from that call. Either way the values are
-    the same (the metric is applied to each copy's own examples); only a metric with side
-    effects can tell, as it is called once per group of copies.
+    logits, `.item()`, randomness) is called once per copy from then on, with one
+    `RuntimeWarning` naming the exception; an error of the metric itself is raised again
+    from that call (and no warning given). Either way the values are the same (the metric
+    is applied to each copy's own examples); only a metric with side effects can tell, as
+    it is called once per group of copies.
     """
 
     def __init__(self, metric: PatchMetric, batch: TaskBatch) -> None:
@@ -98,12 +100,32 @@ class CopyMetric:
     def __call__(self, logits: Float[Tensor, "copy batch pos vocab"]) -> Float[Tensor, " copy"]:
         if len(logits) == 1:
             return self.one(logits[0])[None]
-        if self.vectorised:
-            try:
-                return torch.func.vmap(self.one)(logits)
-            except Exception:  # not vmappable (or failing): per copy, which re-raises errors
-                self.vectorised = False
+        if not self.vectorised:
+            return self.per_copy(logits)
+        try:
+            return torch.func.vmap(self.one)(logits)
+        except Exception as error:  # not vmappable (or failing): per copy, which re-raises
+            self.vectorised = False
+            values = self.per_copy(logits)
+            self._warn_fallback(error)
+            return values
+
+    def per_copy(self, logits: Float[Tensor, "copy batch pos vocab"]) -> Float[Tensor, " copy"]:
+        """The metric called once per copy."""
         return torch.stack([self.one(copy) for copy in logits])
+
+    def _warn_fallback(self, error: Exception) -> None:
+        """Say, once per `CopyMetric`, that the metric is read one copy at a time from now
+        on, and why: `vmap` raised `error` where calling it per copy did not."""
+        name = getattr(self.metric, "__name__", type(self.metric).__name__)
+        lines = str(error).strip().splitlines()
+        reason = type(error).__name__ + (f": {lines[0]}" if lines else "")
+        warnings.warn(
+            f"the metric {name!r} cannot run under torch.func.vmap ({reason}); it is called "
+            "once per copy from now on: the same values, with many more operations",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _position_labels(batch: TaskBatch, tokenizer: Any | None) -> tuple[str, ...]:

@@ -33,8 +33,9 @@ at once (`engine.CopyMetric`), from one `[copy, batch, pos, vocab]` buffer.
 
 On a GPU a small model's sweep is bound by host-side work, one dispatch per op, and by
 host syncs, which stall that pipeline: so chunks are answered from Python-side bookkeeping
-(slices rather than index tensors where the indices run consecutively, a `where` over all
-copies rather than a setter per copy) and nothing here waits for the device per chunk.
+(slices rather than index tensors where the indices run consecutively, views of index
+tensors made once per sweep where they do not, a `where` over all copies rather than a
+setter per copy): no chunk copies data from the host or waits for the device.
 """
 
 from __future__ import annotations
@@ -195,12 +196,27 @@ class IncrementalPatcher:
         """`[copy, batch, pos, vocab]`, NaN but at the read positions; grown on demand."""
         self._read_in_buffer = slice(first, last + 1) if self.read_contiguous else self.read
         """The read positions along the buffer's position axis, a slice where it can be."""
+        self._grids: dict[tuple[int, ...], Tensor] = {}
+        """`index_grid` by shape, made once per sweep."""
 
     def arange(self, n: int) -> Tensor:
         """`torch.arange(n)` on the device, a view of one kept tensor (grown on demand)."""
         if n > len(self._arange):
             self._arange = torch.arange(n, device=self._arange.device)
         return self._arange[:n]
+
+    def index_grid(self, sizes: tuple[int, ...]) -> Tensor:
+        """Every index over axes of `sizes`, in row-major order, `[prod(sizes), len(sizes)]`
+        on the device: made once per shape from `arange` (no copy from the host), so that
+        the indices of a chunk that runs consecutively in that order are a view of its rows.
+        """
+        grid = self._grids.get(sizes)
+        if grid is None:
+            flat = self.arange(math.prod(sizes))
+            strides = [math.prod(sizes[axis + 1 :]) for axis in range(len(sizes))]
+            columns = [flat // stride % size for stride, size in zip(strides, sizes, strict=True)]
+            grid = self._grids[sizes] = torch.stack(columns, dim=1)
+        return grid
 
     def full_logits(
         self, at_read: Float[Tensor, "copy batch n_read vocab"]
@@ -249,6 +265,23 @@ class IncrementalPatcher:
 def _activation_name(space: IndexSpace) -> str:
     """`resid_pre`, `z`, `pattern`, ... from the hook name of `space`."""
     return space.hook.rsplit("hook_", 1)[1]
+
+
+def _consecutive(values: Sequence[int]) -> slice | None:
+    """`values` as a slice where they run consecutively (`3, 4, 5`), else None."""
+    start = values[0]
+    if list(values) == list(range(start, start + len(values))):
+        return slice(start, start + len(values))
+    return None
+
+
+def _flat_positions(chunk: Sequence[tuple[int, ...]], sizes: Sequence[int]) -> list[int]:
+    """Each index of `chunk` (layer first) as its row-major position over the axes after
+    the layer, of `sizes`."""
+    strides = [math.prod(sizes[axis + 1 :]) for axis in range(len(sizes))]
+    return [
+        sum(i * stride for i, stride in zip(index[1:], strides, strict=True)) for index in chunk
+    ]
 
 
 class _Step:
@@ -305,11 +338,31 @@ class _Step:
 
     def along(self, values: Sequence[int]) -> slice | Tensor:
         """`values` as an index: a slice where they run consecutively (a view, and no
-        copy from the host), else a tensor on the device."""
-        start = values[0]
-        if list(values) == list(range(start, start + len(values))):
-            return slice(start, start + len(values))
-        return torch.tensor(values, device=self.read.device)
+        copy from the host), else a tensor made from them (a copy from the host)."""
+        run = _consecutive(values)
+        return run if run is not None else torch.tensor(values, device=self.read.device)
+
+    def indices_along(
+        self, chunk: Sequence[tuple[int, ...]], sizes: Sequence[int]
+    ) -> list[slice | Tensor]:
+        """The chunk's indices along each axis after the layer (of `sizes`), each as an
+        index of the copies: a slice where its values run consecutively; else the rows of
+        the patcher's `index_grid` that the chunk covers, a view made with no copy from the
+        host, where the chunk runs consecutively in row-major order (as every chunk that
+        `patch` cuts does: `z_by_pos`'s positions and heads); else a tensor made from the
+        values."""
+        block = _consecutive(_flat_positions(chunk, sizes))
+        indices: list[slice | Tensor] = []
+        for axis in range(len(sizes)):
+            values = [index[1 + axis] for index in chunk]
+            run = _consecutive(values)
+            if run is not None:
+                indices.append(run)
+            elif block is not None:
+                indices.append(self.patcher.index_grid(tuple(sizes))[block, axis])
+            else:
+                indices.append(self.along(values))
+        return indices
 
     def patched(self, space: IndexSpace, chunk: Sequence[tuple[int, ...]]) -> Tensor:
         """The hooked activation of the chunk's layer, `[K * batch, ...]`, with copy k
@@ -321,9 +374,7 @@ class _Step:
         if list(dims) != sorted(dims) or len(dims) != len(space.axes) - 1:
             raise ValueError(f"incremental patching has no rule for target {space.name!r}")
         sizes = [base.shape[dim] for dim in dims]
-        flat = [
-            sum(i * math.prod(sizes[j + 1 :]) for j, i in enumerate(index[1:])) for index in chunk
-        ]
+        flat = _flat_positions(chunk, sizes)
         along = self.along(flat)
         wanted = self.patcher.arange(flat[-1] + 1)[along] if isinstance(along, slice) else along
         mask = self.patcher.arange(math.prod(sizes))[None, :] == wanted[:, None]  # [K, flat]
@@ -354,8 +405,9 @@ class _Step:
         layer = chunk[0][0]
         rows = self.cache_rows(layer)
         name = space.hook_name(layer)
-        heads = self.along([index[space.axes.index("head")] for index in chunk])
         source, base = self.patcher.source[name], self.patcher.base[name]
+        along = self.indices_along(chunk, [base.shape[dim] for dim in space.dims])
+        heads = along[space.axes.index("head") - 1]
         change = source[:, rows][:, :, heads] - base[:, rows][:, :, heads]  # [b, q, K, d]
         w_o = self.params[f"blocks.{layer}.attn.o.weight"]  # [d_model, head * d_head]
         w_o = w_o.T.unflatten(0, (self.arch.n_heads, self.arch.d_head))[heads]  # [K, d, m]
@@ -363,7 +415,7 @@ class _Step:
         added = torch.matmul(change.permute(2, 0, 1, 3).flatten(1, 2), w_o)
         added = added.unflatten(1, change.shape[:2])  # [K, b, q, m]
         if "pos" in space.axes:
-            at_pos = self.along([index[space.axes.index("pos")] for index in chunk])
+            at_pos = along[space.axes.index("pos") - 1]
             if isinstance(at_pos, slice):
                 at_pos = self.patcher.arange(at_pos.stop)[at_pos]
             at = self.queries(layer)[None, :] == at_pos[:, None]

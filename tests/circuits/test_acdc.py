@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuits.acdc import ACDCResult, acdc
+from circuits.acdc import ACDCResult, FullPassTests, acdc
 from circuits.edge_patching import EdgePatcher
 from circuits.evaluate import circuit_kl
 from circuits.planted import PLANTED, planted
 from circuits.pruning_state import PruningState
+from interp.dispatch_count import count_dispatch
 from interp.metrics import logit_diff, mean_metric
 from interp.runs import RunStore
 
@@ -50,10 +51,15 @@ def test_task_metric_objective(model, batch) -> None:
         acdc(model, batch, "high", progress=False)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("speculation", [1, 8])
 @pytest.mark.parametrize("objective", ["kl", "metric"])
-def test_incremental_acdc_finds_the_same_circuit_as_the_plain_loop(model, batch, objective) -> None:
+def test_incremental_acdc_finds_the_same_circuit_as_the_plain_loop(
+    model, batch, objective, speculation
+) -> None:
+    """With speculation, a metric objective reads a batch's trials in one vectorised call
+    (`PruningState`): the circuit and scores are still the plain loop's."""
     chosen = "kl" if objective == "kl" else mean_metric(logit_diff)
-    fast = acdc(model, batch, 0.01, objective=chosen, progress=False)
+    fast = acdc(model, batch, 0.01, objective=chosen, progress=False, speculation=speculation)
     plain = acdc(model, batch, 0.01, objective=chosen, progress=False, incremental=False)
     assert torch.equal(fast.kept, plain.kept) and fast.n_tests == plain.n_tests
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
@@ -77,6 +83,31 @@ def test_incremental_acdc_equals_the_plain_loop_on_each_architecture(
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
     kl = circuit_kl(EdgePatcher(model), batch, fast.kept.float()[None])
     assert fast.damage == pytest.approx(kl.item(), abs=1e-5)
+
+
+def test_plain_loop_edits_its_masks_on_the_models_device(model, batch) -> None:
+    """`incremental=False` holds the circuit's mask on the model's device and makes each
+    batch of trial masks there by scalar fills: no tensor made from host data (on a GPU a
+    blocking copy per batch, and per commit)."""
+    patcher = EdgePatcher(model)
+    tests = FullPassTests(patcher, batch, "kl", "resample")
+    measured: list[torch.Tensor] = []
+
+    def measure(masks: torch.Tensor) -> list[float]:
+        measured.append(masks.clone())
+        return [0.0] * len(masks)
+
+    tests.measure = measure
+    with count_dispatch() as counted:
+        trials = tests.trials([5, 3, 1], [False, True, False])
+        tests.commit(trials[2])  # edge 1 and the earlier 5 (3 was assumed kept)
+        tests.drop_untested([7, 8])
+    assert counted.by_op["lift_fresh"] == counted.by_op["_to_copy"] == 0, counted.by_op
+    assert tests.kept.device == measured[0].device == patcher.device
+    removed = [[5], [3, 5], [1, 5]]  # sorted
+    for mask, edges in zip(measured[0], removed, strict=True):
+        assert torch.nonzero(mask == 0).flatten().tolist() == edges
+    assert torch.nonzero(tests.kept == 0).flatten().tolist() == [1, 5, 7, 8]
 
 
 # -- speculation ---------------------------------------------------------------------------

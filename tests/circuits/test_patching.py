@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,9 @@ from torch import Tensor
 
 from circuits.attribution import attribute
 from circuits.patching import TARGETS, PatchingResult, patch
+from circuits.patching.incremental import IncrementalPatcher
 from interp import models
-from interp.dispatch_count import count_dispatch
+from interp.dispatch_count import count_dispatch, dispatch_of
 from interp.metrics import logit_diff, normalise
 from interp.runs import RunStore
 from interp.tasks.base import TaskBatch
@@ -138,7 +141,8 @@ def test_incremental_engine_is_refused_where_it_does_not_apply(minilm, minilm_ba
 @pytest.mark.parametrize("engine", ["incremental", "hooks"])
 def test_metric_that_vmap_cannot_run_gives_the_same_values(model, batch, engine) -> None:
     """Metrics are read on all copies of a pass at once (`torch.func.vmap`); one that vmap
-    refuses (a Python branch on a value of the logits) falls back to one call per copy."""
+    refuses (a Python branch on a value of the logits) falls back to one call per copy,
+    saying so once per sweep (a warning naming vmap's exception), not once per pass."""
 
     def branching(logits: Tensor, batch: TaskBatch) -> Tensor:
         value = METRIC(logits, batch)
@@ -146,20 +150,38 @@ def test_metric_that_vmap_cannot_run_gives_the_same_values(model, batch, engine)
 
     for target in ("resid_pre", "z"):
         plain, fallback = (
-            patch(model, batch, target, metric, max_batch=9, progress=False, engine=engine)
+            _patch_recording_warnings(
+                model, batch, target, metric, max_batch=9, progress=False, engine=engine
+            )
             for metric in (METRIC, branching)
         )
+        assert plain[1] == []
+        (warning,) = fallback[1]  # several passes (3 copies each), one warning
+        assert issubclass(warning.category, RuntimeWarning)
+        assert "'branching' cannot run under torch.func.vmap (RuntimeError: " in str(
+            warning.message
+        )
+        plain, fallback = plain[0], fallback[0]
         torch.testing.assert_close(fallback.values, plain.values, atol=1e-6, rtol=0)
         assert fallback.metric_clean == pytest.approx(plain.metric_clean, abs=1e-6)
         assert fallback.metric_corrupted == pytest.approx(plain.metric_corrupted, abs=1e-6)
 
 
-@pytest.mark.parametrize("target", ["resid_pre", "z"])
+def _patch_recording_warnings(*args, **kwargs) -> tuple[PatchingResult, list]:
+    """`patch(*args, **kwargs)` and every warning it gave (none filtered out)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = patch(*args, **kwargs)
+    return result, caught
+
+
+@pytest.mark.parametrize("target", ["resid_pre", "z", "z_by_pos"])
 def test_incremental_engine_runs_few_ops_and_no_sync_per_index(model, batch, target) -> None:
     """On a GPU small sweeps are bound by host-side dispatch: the metric is read once per
     pass of copies and no index waits for the device, so neither the op count nor the host
     syncs grow by a metric call per index (as they did: 724 and 532 ops with 51 and 39
-    syncs here, against 320 and 266 with 5)."""
+    syncs here, against 320 and 266 with 5), and no tensor is made from host data (a
+    blocking copy to the device; `z_by_pos` made two per layer here)."""
     with torch.inference_mode():
         with count_dispatch() as forward:
             model(batch.clean)
@@ -168,6 +190,34 @@ def test_incremental_engine_runs_few_ops_and_no_sync_per_index(model, batch, tar
             patch(model, batch, target, METRIC, max_batch=300, progress=False)
     assert counter.syncs <= 8, counter.syncs
     assert counter.ops <= 4 * forward.ops, (counter.ops, forward.ops)
+    assert counter.by_op["lift_fresh"] == 0, counter.by_op  # torch.tensor of Python values
+
+
+@pytest.mark.parametrize("target", ["z_by_pos", "q_by_pos", "v_by_pos", "resid_pre"])
+def test_incremental_chunks_make_no_tensor_from_host_data(model, batch, target) -> None:
+    """Chunks of by-position head targets index their copies' positions and heads with
+    views of one index grid made per sweep, not with a tensor of Python values per chunk,
+    on a GPU a blocking copy from the host (`z_by_pos` made one per chunk: 12 here), and
+    the values stay those of the hook engine."""
+    run = functools.partial(patch, model, batch, target, METRIC, max_batch=12, progress=False)
+    with torch.inference_mode():
+        counted = dispatch_of(run)  # 4 indices per chunk: 12 or more chunks
+    assert counted.by_op["lift_fresh"] == 0, counted.by_op
+    torch.testing.assert_close(run().values, run(engine="hooks").values, atol=1e-5, rtol=0)
+
+
+def test_a_chunk_in_any_order_gives_each_index_its_own_logits(model, batch) -> None:
+    """A chunk that does not run in row-major order (not one `patch` cuts) is indexed by
+    tensors of its own values instead of views of the index grid: the same logits, in its
+    order."""
+    space = TARGETS["z_by_pos"]
+    patcher = IncrementalPatcher(model, batch.corrupted, batch.clean, batch.position.tolist())
+    chunk = [(0, pos, head) for pos in range(6) for head in range(4)][6:15]
+    with torch.inference_mode():
+        in_order = patcher.patched_logits(space, chunk)
+        reversed_ = patcher.patched_logits(space, chunk[::-1])
+    assert (in_order - in_order[:1]).abs().max() > 1e-4  # the copies differ
+    torch.testing.assert_close(reversed_, in_order.flip(0), atol=1e-6, rtol=0)
 
 
 def test_patch_resolves_the_architecture_and_checks_the_tokens_once(
@@ -238,8 +288,12 @@ def test_hooks_removed_and_mode_restored_after_metric_raises(model, batch) -> No
 
     model.train()
     try:
-        with pytest.raises(RuntimeError, match="metric failed"):
-            patch(model, batch, "z", failing, max_batch=6, progress=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(RuntimeError, match="metric failed"):
+                patch(model, batch, "z", failing, max_batch=6, progress=False)
+        # a metric that fails is not one that vmap cannot run: its error, and no warning
+        assert not [warning for warning in caught if "vmap" in str(warning.message)]
         assert model.training
     finally:
         model.eval()

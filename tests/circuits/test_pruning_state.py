@@ -70,6 +70,38 @@ def test_task_metric_damage_is_the_distance_from_the_full_model() -> None:
     assert state.damage == pytest.approx(abs(circuit - full).item(), abs=1e-5)
 
 
+@pytest.mark.parametrize("names", [["logits"], ["L2H1.v", "L2H0.q", "L2H2.k"]])
+def test_a_metric_objective_reads_a_batch_of_trials_in_one_call(names: list[str]) -> None:
+    """A speculative batch's trials go to the metric as one `[trial, batch, pos, vocab]`
+    buffer in one vectorised call (it ran once per trial, its ops and the buffer's fill
+    each time): each trial's damage is still |m(circuit) - m(full)| of full edge-patched
+    passes."""
+    model = models.build(dict(SHAPES["mlp_causal"], seed=3), device="cpu")
+    patcher, batch = EdgePatcher(model), _batch()
+    calls: list[tuple[int, ...]] = []
+
+    def metric(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+        calls.append(tuple(logits.shape))  # under vmap: once per call, one copy's shape
+        return mean_metric(logit_diff)(logits, batch)
+
+    state = PruningState(patcher, batch, "resample", metric)
+    edges = [edge for name in names for edge in _incoming(patcher, name)[:4]]
+    calls.clear()
+    trials = state.trials(edges)
+    assert len(calls) == 1, calls
+    masks = torch.ones(len(edges) + 1, patcher.n_edges)
+    for j, edge in enumerate(edges):
+        masks[j + 1 :, edge] = 0.0  # row j + 1: trial j, without edges 0..j
+    full, *circuits = patcher.evaluate(batch, masks, metric).tolist()
+    for trial, value in zip(trials, circuits, strict=True):
+        assert trial.damage == pytest.approx(abs(value - full), abs=1e-5)
+    assert max(trial.damage for trial in trials) > 1e-3  # the check was not vacuous
+    state.commit(trials[-1])
+    calls.clear()
+    assert state.trial(_incoming(patcher, "mlp0")[0]).damage >= 0.0
+    assert len(calls) == 1  # one trial: one plain call
+
+
 def test_a_metric_reading_other_positions_is_refused() -> None:
     model = models.build(dict(SHAPES["mlp_causal"], seed=3), device="cpu")
 
