@@ -29,7 +29,7 @@ path.)
    below); same circuit. The issue's target: a speedup of at least 10x on a GPU.
 4. The same ACDC with speculation K (`--speculation`, default 16: up to K edges into one
    destination, or into one block's heads, tested in one batched computation) against
-   speculation 1; the circuit is asserted identical and the scores equal to 1e-5, and the
+   speculation 1; the circuit must be identical and the scores equal to 1e-5, and the
    line gives both trial counts. It is for GPUs, where a small test costs its kernel
    launches: on a CPU the arithmetic is the cost, so expect less than 1x there (fewer
    Python calls, more and larger trials computed).
@@ -40,7 +40,11 @@ kernel launches): where a GPU is bound by launches, as with small models, the sp
 follows their ratio; on a CPU the arithmetic decides.
 
 `--quick` shrinks both (a 2-layer model for EAP, 60 training steps) for CI. A final line
-starting with `#` gives the load average.
+starting with `#` gives the load average. Each line is printed as soon as it is measured
+(a run cut off by a time limit keeps them). Where two ACDC runs that must agree keep
+different circuits (or speculation scores an edge differently), a line starting with
+`MISMATCH:` names the edges, the rest still runs, and the exit status is 1; so it is if
+a section (EAP, each model; ACDC) raised, after a line `<section>: failed: ...`.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -243,69 +248,111 @@ def hooked_acdc(
     return kept
 
 
-def acdc_comparisons(quick: bool, device: torch.device, speculation: int) -> list[Comparison]:
+def circuit_difference(
+    graph: ComputationalGraph, ours: torch.Tensor, reference: torch.Tensor, shown: int = 8
+) -> str | None:
+    """None when two kept-edge masks (over `graph.edges`) are equal; else which edges only
+    one side kept, by name (the first `shown` of each)."""
+    ours, reference = ours.detach().bool().cpu(), reference.detach().bool().cpu()
+    if torch.equal(ours, reference):
+        return None
+
+    def names(mask: torch.Tensor) -> str:
+        indices = torch.nonzero(mask).flatten().tolist()
+        listed = ", ".join(graph.edges[i].name for i in indices[:shown])
+        return f"{len(indices)} [{listed}{', ...' if len(indices) > shown else ''}]"
+
+    return (f"edges kept by ours only {names(ours & ~reference)}, by the reference only "
+            f"{names(reference & ~ours)}")
+
+
+def first_output(run: Callable[[], torch.Tensor]) -> tuple[Callable[[], torch.Tensor], list]:
+    """`run`, wrapped to keep its first output (the one `compare`'s warm-up call returns)."""
+    seen: list[torch.Tensor] = []
+
+    def call() -> torch.Tensor:
+        out = run()
+        if not seen:
+            seen.append(out)
+        return out
+
+    return call, seen
+
+
+def acdc_lines(
+    quick: bool, device: torch.device, speculation: int, mismatches: list[str]
+) -> Iterator[str]:
     """Ours against the plain loop on our engine, against the hook-based loop, and with
-    speculation `speculation` against without."""
+    speculation `speculation` against without: each comparison's lines as soon as it is
+    measured. Two runs that keep different circuits (or, for speculation, score the edges
+    differently) give a line starting with "MISMATCH", also appended to `mismatches`."""
     model, batch = trained_induction(quick, device)
     threshold = 0.05
+    graph = ComputationalGraph.from_model(model)
 
     def run(incremental: bool) -> torch.Tensor:
         result = acdc(model, batch, threshold, progress=False, incremental=incremental)
         return result.kept.float()
 
-    n_edges = len(ComputationalGraph.from_model(model))
+    def mismatch(what: str, detail: str) -> str:
+        line = f"MISMATCH: {what}: {detail}"
+        mismatches.append(line)
+        return line
+
+    n_edges = len(graph)
     default = acdc(model, batch, threshold, progress=False)  # what a user gets here
     kept = int(default.kept.sum())
     ours = f"ours speculation {default.speculation}"
-    what = (
-        f"ACDC (KL, tau {threshold}) on induction_2l ({n_edges} edges, {kept} kept), "
-        f"{len(batch)}x{batch.clean.shape[1]} tokens, {ours}, vs every test a full forward pass"
-    )
+    head = (f"ACDC (KL, tau {threshold}) on induction_2l ({n_edges} edges, {kept} kept), "
+            f"{len(batch)}x{batch.clean.shape[1]} tokens")
     repeats = 1 if quick else 3
-    hooked_what = (
-        f"ACDC (KL, tau {threshold}) on induction_2l ({n_edges} edges, {kept} kept), "
-        f"{len(batch)}x{batch.clean.shape[1]} tokens, {ours}, vs a full forward pass with "
-        "hooks per test"
-    )
+
+    for what, reference in (
+        (f"{head}, {ours}, vs every test a full forward pass", lambda: run(False)),
+        (f"{head}, {ours}, vs a full forward pass with hooks per test",
+         lambda: hooked_acdc(model, batch, threshold).float()),
+    ):
+        ours_run, ours_out = first_output(lambda: run(True))
+        reference_run, reference_out = first_output(reference)
+        comparison = compare(what, ours_run, reference_run, device=device, repeats=repeats,
+                             count_ops=True)
+        yield from comparison.lines()
+        detail = circuit_difference(graph, ours_out[0], reference_out[0])
+        if detail is not None:
+            yield mismatch(what, detail)
 
     def speculative(k: int) -> ACDCResult:
         return acdc(model, batch, threshold, progress=False, speculation=k)
 
     batched, sequential = speculative(speculation), speculative(1)
-    if not torch.equal(batched.kept, sequential.kept):
-        raise AssertionError(f"ACDC with speculation {speculation} kept another circuit")
-    torch.testing.assert_close(
-        batched.scores, sequential.scores, atol=1e-5, rtol=0, equal_nan=True
-    )
     speculative_what = (
-        f"ACDC (KL, tau {threshold}) on induction_2l ({n_edges} edges, {kept} kept), "
-        f"{len(batch)}x{batch.clean.shape[1]} tokens, speculation {speculation} "
-        f"({batched.n_trials} trials) vs 1 ({sequential.n_trials} trials)"
+        f"{head}, speculation {speculation} ({batched.n_trials} trials) vs 1 "
+        f"({sequential.n_trials} trials)"
     )
-    return [
-        compare(what, lambda: run(True), lambda: run(False), device=device, repeats=repeats,
-                count_ops=True),
-        compare(
-            hooked_what,
-            lambda: run(True),
-            lambda: hooked_acdc(model, batch, threshold).float(),
-            device=device,
-            repeats=repeats,
-            count_ops=True,
-        ),
-        compare(
-            speculative_what,
-            lambda: speculative(speculation).kept.float(),
-            lambda: speculative(1).kept.float(),
-            device=device,
-            repeats=repeats,
-            count_ops=True,
-        ),
-    ]
-
+    detail = circuit_difference(graph, batched.kept, sequential.kept)
+    if detail is not None:
+        yield mismatch(speculative_what, detail)
+    try:
+        torch.testing.assert_close(
+            batched.scores, sequential.scores, atol=1e-5, rtol=0, equal_nan=True
+        )
+    except AssertionError as error:
+        scores = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        yield mismatch(speculative_what, f"scores differ beyond 1e-5: {scores}")
+    yield from compare(
+        speculative_what,
+        lambda: speculative(speculation).kept.float(),
+        lambda: speculative(1).kept.float(),
+        device=device,
+        repeats=repeats,
+        count_ops=True,
+    ).lines()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Print each comparison's lines as soon as it is measured, then the load average.
+    Exit status 1 if ACDC runs kept different circuits (the "MISMATCH" lines) or a section
+    failed (its traceback on stderr, a line "<section>: failed: ..." on stdout)."""
     def speculation_option(parser: argparse.ArgumentParser) -> None:
         def at_least_one(text: str) -> int:
             value = int(text)
@@ -321,17 +368,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="skip the EAP line on a Hugging Face GPT-2")
 
     args = parse_args(__doc__.splitlines()[0], argv, speculation_option)
-    for comparison in (
-        eap_comparison(args.quick, args.device),
-        *(
-            [] if args.options["native_only"]
-            else [eap_comparison(args.quick, args.device, family="GPT-2 (HF)")]
-        ),
-        *acdc_comparisons(args.quick, args.device, args.options["speculation"]),
-    ):
-        for line in comparison.lines():
-            print(line, flush=True)
+    quick, device = args.quick, args.device
+    mismatches: list[str] = []
+    sections: list[tuple[str, Callable[[], Iterable[str]]]] = [
+        ("EAP, native", lambda: eap_comparison(quick, device).lines()),
+    ]
+    if not args.options["native_only"]:
+        sections.append(("EAP, GPT-2 (HF)",
+                         lambda: eap_comparison(quick, device, family="GPT-2 (HF)").lines()))
+    sections.append(
+        ("ACDC", lambda: acdc_lines(quick, device, args.options["speculation"], mismatches))
+    )
+    failed = []
+    for name, section in sections:
+        try:
+            for line in section():
+                print(line, flush=True)
+        except Exception as error:  # noqa: BLE001 - report it, go on to the next section
+            traceback.print_exc()
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            print(f"{name}: failed: {type(error).__name__}: {reason}", flush=True)
+            failed.append(name)
     print(load_line(), flush=True)
+    if mismatches or failed:
+        print(f"# {len(mismatches)} circuit mismatch(es), {len(failed)} failed section(s)",
+              file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

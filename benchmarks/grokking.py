@@ -1,7 +1,7 @@
 """Grokking training speed: ours against a plain PyTorch loop of the same model and update.
 
     python benchmarks/grokking.py [--quick] [--device cpu|cuda|auto] [--grok-epochs N]
-                                  [--graph-only]
+                                  [--graph-only | --no-graph]
 
 The reference is written here with no hooks and no library code: a one-layer transformer
 (embedding + learned positions, causal attention, ReLU MLP, no LayerNorm, unembedding) as
@@ -21,7 +21,12 @@ per-epoch training losses). Lines:
    against without, on the same config and seeds (printed in epochs, not seconds);
 7. on CUDA only, 1 seed and S seeds: our trainer's opt-in CUDA-graph step
    (`cuda_graph=True`) against its eager step, from the same weights (max |diff| of the
-   losses). `--graph-only` prints these lines alone (the GPU check of the graph path).
+   losses). `--graph-only` prints these lines alone (the GPU check of the graph path),
+   `--no-graph` leaves them out. Where the capture failed and the trainer went on with
+   eager steps, the line says "capture failed (eager)" instead of a ratio.
+
+Each line is printed as soon as it is measured, so a run cut off by a time limit keeps
+what it measured.
 
 Lines 1, 2 and 4 are each followed by a line starting with `# ` that counts the aten ops
 and host syncs of one more epoch of each side (`interp.dispatch_count`; "not views" are
@@ -37,6 +42,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -133,7 +140,7 @@ class PlainLoop:
     def step(self) -> Tensor:
         self.epoch += 1
         for group in self.optimizer.param_groups:  # the same 10-epoch warm-up as ours
-            group["lr"] = group["initial_lr"] * min(1.0, self.epoch / 10)
+            group["lr"] = group["initial_lr"] * min(1.0, (self.epoch - 1) / 10)
         logits = self.model(self.train.clean)
         targets = self.train.answer.expand(logits.shape[0], -1)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
@@ -174,19 +181,19 @@ def timed_epochs(step, epochs: int, device: torch.device) -> tuple[float, Tensor
     return seconds, torch.stack(losses)
 
 
-def speed_lines(setting: Setting, device: torch.device) -> list[str]:
-    lines = []
+def speed_lines(setting: Setting, device: torch.device) -> Iterator[str]:
+    """Lines 1-5 and their op counts, each yielded as soon as it is measured."""
     label = f"p={setting.p} {setting.frac_train:.0%} train, d_model {setting.d_model}"
     ours, plain, _ = make_pair(setting, 1, device)
     ours.step(), plain.step()  # warm-up (first-call allocations), same epoch on both
     ours_s, ours_loss = timed_epochs(ours.step, setting.epochs, device)
     plain_s, plain_loss = timed_epochs(plain.step, setting.epochs, device)
-    lines.append(format_line(
+    yield format_line(
         f"1 seed, {setting.epochs} full-batch epochs ({label}; "
         f"{setting.epochs / ours_s:.0f} vs {setting.epochs / plain_s:.0f} epochs/s)",
         ours_s, plain_s, max_abs_diff(ours_loss, plain_loss),
-    ))
-    lines.append(dispatch_line("1 seed", ours.step, plain.step))
+    )
+    yield dispatch_line("1 seed", ours.step, plain.step)
     single_s = ours_s
     s = setting.seeds
     ours, plain, _ = make_pair(setting, s, device)
@@ -194,40 +201,39 @@ def speed_lines(setting: Setting, device: torch.device) -> list[str]:
     ours_s, ours_loss = timed_epochs(ours.step, setting.epochs, device)
     plain_s, plain_loss = timed_epochs(plain.step, setting.epochs, device)
     seed_epochs = s * setting.epochs
-    lines.append(format_line(
+    yield format_line(
         f"{s} seeds batched vs plain stacked loop, {setting.epochs} epochs "
         f"({seed_epochs / ours_s:.0f} vs {seed_epochs / plain_s:.0f} seed-epochs/s)",
         ours_s, plain_s, max_abs_diff(ours_loss, plain_loss),
-    ))
-    lines.append(dispatch_line(f"{s} seeds", ours.step, plain.step))
-    lines.append(format_line(
+    )
+    yield dispatch_line(f"{s} seeds", ours.step, plain.step)
+    yield format_line(
         f"{s} seeds batched vs our single run x{s}, {setting.epochs} epochs",
         ours_s, single_s * s, 0.0,
-    ))
+    )
     other, _, _ = make_pair(setting, s, device)
     other.vectorize = not ours.vectorize
     other.step()
     other_s, other_loss = timed_epochs(other.step, setting.epochs, device)
     vmapped_s, looped_s = (ours_s, other_s) if ours.vectorize else (other_s, ours_s)
-    lines.append(format_line(
+    yield format_line(
         f"{s} seeds, {setting.epochs} epochs: vmapped (ours) vs a pass per model "
         f"(reference); the trainer uses {'vmap' if ours.vectorize else 'a pass per model'} "
         f"on {device.type}",
         vmapped_s, looped_s, max_abs_diff(ours_loss, other_loss),
-    ))
+    )
     vmapped, looped = (ours, other) if ours.vectorize else (other, ours)
-    lines.append(dispatch_line(f"{s} seeds, vmapped", vmapped.step, looped.step,
-                               reference="a pass per model"))
+    yield dispatch_line(f"{s} seeds, vmapped", vmapped.step, looped.step,
+                        reference="a pass per model")
     per_example, _, _ = make_pair(setting, s, device)
     per_example.token_tables = False
     per_example.step()
     per_example_s, per_example_loss = timed_epochs(per_example.step, setting.epochs, device)
-    lines.append(format_line(
+    yield format_line(
         f"{s} seeds, {setting.epochs} epochs: first layer from (position, token) tables "
         f"(ours) vs computed per example (reference)",
         ours_s, per_example_s, max_abs_diff(ours_loss, per_example_loss),
-    ))
-    return lines
+    )
 
 
 def dispatch_line(what: str, ours_step, reference_step, reference: str = "plain") -> str:  # noqa: ANN001
@@ -238,38 +244,56 @@ def dispatch_line(what: str, ours_step, reference_step, reference: str = "plain"
                            per="epoch", reference_name=reference)
 
 
+def graph_active(trainer: StackedTrainer) -> bool:
+    """Whether `trainer` replays a captured CUDA graph: `StackedTrainer._graph` is set by a
+    capture that worked, and stays None before one and after one that failed (the trainer
+    then warns and goes on with eager steps, which would be timed as the graph's)."""
+    return getattr(trainer, "_graph", None) is not None
+
+
 def graph_lines(
     setting: Setting, device: torch.device, seed_counts: tuple[int, ...] | None = None
-) -> list[str]:
+) -> Iterator[str]:
     """CUDA only: the trainer's CUDA-graph step against its eager step, for each number of
-    seeds in `seed_counts` (default: 1 and the setting's S).
+    seeds in `seed_counts` (default: 1 and the setting's S), each line yielded as soon as
+    it is measured.
 
     Both start from the same weights; the graph trainer's first
     `StackedTrainer.GRAPH_WARMUP_EPOCHS` epochs are eager, and its capture happens in the
-    untimed first epochs, so the timed epochs are all replays."""
-    lines = []
+    untimed first epochs, so the timed epochs are all replays. Where no graph was captured
+    after those epochs (the trainer warned and trains on eagerly), the line says "capture
+    failed (eager)" with the warning, and nothing is timed."""
     for n_seeds in seed_counts or (1, setting.seeds):
+        what = f"{n_seeds} seed(s), {setting.epochs} epochs: CUDA graph"
         eager, _, _ = make_pair(setting, n_seeds, device)
         graph, _, _ = make_pair(setting, n_seeds, device, cuda_graph=True)
         warm = StackedTrainer.GRAPH_WARMUP_EPOCHS + 1
         eager_losses = [eager.step() for _ in range(warm)]
         try:
-            graph_losses = [graph.step() for _ in range(warm)]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                graph_losses = [graph.step() for _ in range(warm)]
+            for warning in caught:  # shown as usual (stderr), after being read here
+                warnings.showwarning(warning.message, warning.category, warning.filename,
+                                     warning.lineno)
+            if not graph_active(graph):
+                said = "; ".join(str(w.message) for w in caught) or "no warning"
+                yield (f"{what}: capture failed (eager) after {warm} epochs, nothing timed "
+                       f"({said})")
+                continue
             graph_s, graph_loss = timed_epochs(graph.step, setting.epochs, device)
         except Exception as error:  # noqa: BLE001 - report it and go on to the next lines
-            lines.append(f"{n_seeds} seed(s) CUDA graph: failed: {type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}")
+            yield (f"{what}: failed: {type(error).__name__}: "
+                   f"{str(error).splitlines()[0] if str(error) else ''}")
             continue
         eager_s, eager_loss = timed_epochs(eager.step, setting.epochs, device)
         diff = max(max_abs_diff(torch.stack(eager_losses), torch.stack(graph_losses)),
                    max_abs_diff(eager_loss, graph_loss))
-        lines.append(format_line(
-            f"{n_seeds} seed(s), {setting.epochs} epochs: CUDA graph (ours, opt-in) vs eager "
-            f"step (reference) ({setting.epochs / graph_s:.0f} vs "
-            f"{setting.epochs / eager_s:.0f} epochs/s)",
+        yield format_line(
+            f"{what} (ours, opt-in) vs eager step (reference) ({setting.epochs / graph_s:.0f} "
+            f"vs {setting.epochs / eager_s:.0f} epochs/s)",
             graph_s, eager_s, diff,
-        ))
-    return lines
+        )
 
 
 def epochs_to_grok(trainer: StackedTrainer, cap: int, check_every: int = 50) -> int | None:
@@ -304,9 +328,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="cap of the Grokfast comparison (default 3000; 0 skips it)")
     parser.add_argument("--graph-only", action="store_true",
                         help="only the CUDA-graph vs eager lines, 1 and 5 seeds (CUDA only)")
+    parser.add_argument("--no-graph", action="store_true",
+                        help="leave out the CUDA-graph lines (on CUDA: when a --graph-only "
+                             "run gives them)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but CUDA is not available")
+    if args.graph_only and args.no_graph:
+        parser.error("--graph-only and --no-graph leave nothing to run")
     device = models.resolve_device(args.device)
     if args.graph_only and device.type != "cuda":
         parser.error("--graph-only needs CUDA: the CUDA-graph step runs on CUDA only")
@@ -317,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for line in speed_lines(setting, device):
         print(line, flush=True)
-    if device.type == "cuda":
+    if device.type == "cuda" and not args.no_graph:
         for line in graph_lines(setting, device):
             print(line, flush=True)
     cap = args.grok_epochs if args.grok_epochs is not None else (200 if args.quick else 3000)

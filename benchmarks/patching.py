@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -238,40 +238,37 @@ def fastest_max_batch(model: TransformerBridge, batch: TaskBatch, target: str, s
     return min(seconds, key=seconds.__getitem__)
 
 
-def compare_model(shape: ModelShape, sizes: Sizes, device: torch.device) -> list[Comparison]:
-    """One comparison per target on one model, left in eval mode."""
+def compare_model(
+    shape: ModelShape, sizes: Sizes, device: torch.device
+) -> Iterator[Comparison]:
+    """Two comparisons per target on one model, left in eval mode, each yielded as soon as
+    it is measured (so that a run cut off by a time limit keeps what it measured)."""
     model = shape.build(sizes, device)
     batch = random_batch(sizes, seed=0).to(device)
-    comparisons = []
     for target in REFERENCES:
         max_batch = fastest_max_batch(model, batch, target, sizes)
         what = (
             f"{shape.label()}, {sizes.n_examples}x{sizes.n_pos} tokens, {target} "
             f"{AXES[target]}, ours max_batch {max_batch}"
         )
-        comparisons.append(
-            compare(
-                what,
-                lambda target=target, max_batch=max_batch: ours(model, batch, target, max_batch),
-                lambda target=target: reference(model, batch, target),
-                device=device,
-                repeats=sizes.repeats,
-                count_ops=True,
-            )
+        yield compare(
+            what,
+            lambda target=target, max_batch=max_batch: ours(model, batch, target, max_batch),
+            lambda target=target: reference(model, batch, target),
+            device=device,
+            repeats=sizes.repeats,
+            count_ops=True,
         )
         r = correlation(attribution(model, batch, target), exact(model, batch, target, max_batch))
-        comparisons.append(
-            compare(
-                f"{shape.label()}, {sizes.n_examples}x{sizes.n_pos} tokens, {target} "
-                f"attribution vs our exact patching (reference), correlation {r:.2f}",
-                lambda target=target: attribution(model, batch, target).values,
-                lambda target=target, max_batch=max_batch: ours(model, batch, target, max_batch),
-                device=device,
-                repeats=sizes.repeats,
-                count_ops=True,
-            )
+        yield compare(
+            f"{shape.label()}, {sizes.n_examples}x{sizes.n_pos} tokens, {target} "
+            f"attribution vs our exact patching (reference), correlation {r:.2f}",
+            lambda target=target: attribution(model, batch, target).values,
+            lambda target=target, max_batch=max_batch: ours(model, batch, target, max_batch),
+            device=device,
+            repeats=sizes.repeats,
+            count_ops=True,
         )
-    return comparisons
 
 
 

@@ -59,6 +59,28 @@ def test_compare_times_both_sides_and_diffs_their_outputs(common):
     assert LINE.match(result.line())
 
 
+def test_compare_can_run_the_reference_once(common):
+    calls = {"ours": 0, "reference": 0}
+
+    def side(name: str, value: float):
+        def run() -> torch.Tensor:
+            calls[name] += 1
+            return torch.full((3,), value)
+
+        return run
+
+    result = common.compare(
+        "toy", side("ours", 1.0), side("reference", 1.25), device=torch.device("cpu"),
+        repeats=2, reference_once=True,
+    )
+    assert calls == {"ours": 3, "reference": 1}  # the reference: one unwarmed, timed call
+    assert result.max_diff == 0.25 and result.reference_s >= 0
+    with pytest.raises(ValueError, match="reference_once"):
+        common.compare("toy", side("ours", 1.0), side("reference", 1.0),
+                       device=torch.device("cpu"), repeats=1, count_ops=True,
+                       reference_once=True)
+
+
 def test_parse_args_defaults_and_bad_device(common):
     args = common.parse_args("bench", ["--quick", "--device", "cpu"])
     assert args.quick and args.device == torch.device("cpu")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
-from quick_run import LINE, run_quick, split_dispatch
+import torch
+from quick_run import LINE, REPO, run_quick, split_dispatch
 
 
 @pytest.mark.slow
@@ -25,3 +28,20 @@ def test_quick_circuits_benchmark_prints_eap_and_acdc_lines() -> None:
     assert speculative and "speculation 16 (" in speculative["what"], lines
     assert speculative["diff"] == "0", lines  # speculative batches keep the same edges
     assert lines[5].startswith("# load average "), lines
+
+
+def test_circuit_difference_names_the_edges_one_side_kept(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("circuit_discovery")
+    graph = bench.ComputationalGraph(n_layers=1, n_heads=1, has_mlp=False)
+    kept = torch.zeros(len(graph), dtype=torch.bool)
+    kept[0] = True
+    assert bench.circuit_difference(graph, kept.float(), kept) is None
+    other = kept.clone()
+    other[0], other[1] = False, True
+    detail = bench.circuit_difference(graph, kept, other)
+    assert detail == (f"edges kept by ours only 1 [{graph.edges[0].name}], by the reference "
+                      f"only 1 [{graph.edges[1].name}]")
+    many = bench.circuit_difference(graph, torch.ones(len(graph), dtype=torch.bool),
+                                    torch.zeros(len(graph), dtype=torch.bool), shown=2)
+    assert many.startswith(f"edges kept by ours only {len(graph)} [") and ", ...]" in many
