@@ -225,8 +225,8 @@ def load_line() -> str:
 
 
 def random_pretrained(family: str, device: torch.device, **shape: int) -> TransformerBridge:
-    """A random model of a Hugging Face `family` ("gpt2", "neox", "llama", "mistral" or
-    "qwen2"; `interp.random_models`, the class's own initialisation, seed 0) written to a
+    """A random model of a Hugging Face `family` (one of `interp.random_models.FAMILIES`:
+    "gpt2", "neox", "llama", "gemma2", ...; the class's own initialisation, seed 0) written to a
     temporary folder and booted from it as a pretrained model, as its hub checkpoints
     would be; in eval mode. `shape`: n_layers, n_heads, d_model, d_vocab, n_ctx."""
     with tempfile.TemporaryDirectory() as folder:

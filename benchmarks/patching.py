@@ -100,23 +100,24 @@ REFERENCES: dict[str, Reference] = {
 AXES = {"resid_pre": "[layer, pos]", "z": "[layer, head]"}
 
 
-FAMILIES = ("native", "gpt2", "neox", "llama")
+FAMILIES = ("native", "gpt2", "neox", "llama", "gemma2")
 """The model families of the benchmark: native, or random Hugging Face checkpoints."""
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """One model of the benchmark: native, or a random Hugging Face GPT-2, GPT-NeoX or
-    Llama (two query heads per key and value head) booted from a folder."""
+    """One model of the benchmark: native, or a random Hugging Face GPT-2, GPT-NeoX, Llama
+    (two query heads per key and value head) or Gemma 2 (norms after attention and MLP,
+    soft caps) booted from a folder."""
 
     n_layers: int
     n_heads: int
     d_model: int
-    family: Literal["native", "gpt2", "neox", "llama"] = "native"
+    family: Literal["native", "gpt2", "neox", "llama", "gemma2"] = "native"
 
     def label(self) -> str:
         family = {"native": "native", "gpt2": "GPT-2 (HF)", "neox": "GPT-NeoX (HF)",
-                  "llama": "Llama (HF)"}
+                  "llama": "Llama (HF)", "gemma2": "Gemma 2 (HF)"}
         return f"{family[self.family]} {self.n_layers}L {self.n_heads}h d{self.d_model}"
 
     def build(self, sizes: Sizes, device: torch.device) -> TransformerBridge:
@@ -159,6 +160,7 @@ FULL = Sizes(
         ModelShape(4, 8, 256, "gpt2"),
         ModelShape(4, 8, 256, "neox"),
         ModelShape(4, 8, 256, "llama"),
+        ModelShape(4, 8, 256, "gemma2"),
     ),
     d_vocab=1000,
     n_examples=32,
@@ -172,6 +174,7 @@ QUICK = Sizes(
         ModelShape(2, 4, 64, "gpt2"),
         ModelShape(2, 4, 64, "neox"),
         ModelShape(2, 4, 64, "llama"),
+        ModelShape(2, 4, 64, "gemma2"),
     ),
     d_vocab=1000,
     n_examples=4,
