@@ -28,7 +28,14 @@ from typing import Annotated, Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    ValidationInfo,
+    model_validator,
+)
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.acdc import ACDCResult, acdc
@@ -42,7 +49,12 @@ from circuits.tracr_models import PROGRAMS, load_tracr, tracr_program
 from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.metrics import METRICS, mean_metric
-from interp.model_refs import ModelRef, resolve_model_and_task
+from interp.model_refs import (
+    ModelRef,
+    check_metric,
+    check_model_and_task,
+    resolve_model_and_task,
+)
 from interp.runs import Run
 from interp.tasks import AnyTaskConfig
 from interp.tasks.base import TaskBatch
@@ -90,6 +102,17 @@ class CircuitConfig(ExperimentConfig):
     acdc_objective: Literal["kl", "metric"] = "kl"
     acdc_speculation: int | None = Field(default=None, ge=1)
     sizes: list[NonNegativeInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+
+    @model_validator(mode="after")
+    def _model_fits_task(self, info: ValidationInfo) -> CircuitConfig:
+        """A model source fits its task and the metric is the task's; a planted model's
+        metric is one of `interp.metrics.METRICS`. (A tracr program scores with its own.)"""
+        if self.source.model is not None:
+            check_model_and_task(self.source.model, self.source.task, info, "source.model")
+            check_metric(self.metric, self.source.task)
+        elif self.source.planted is not None:
+            check_metric(self.metric, None)
+        return self
 
 
 @dataclass(frozen=True)

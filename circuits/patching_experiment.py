@@ -20,13 +20,18 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from circuits.patching import TARGETS, PatchingResult, patch
 from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.metrics import mean_metric
-from interp.model_refs import ModelRef, resolve_model_and_task
+from interp.model_refs import (
+    ModelRef,
+    check_metric,
+    check_model_and_task,
+    resolve_model_and_task,
+)
 from interp.runs import Run
 from interp.tasks import AnyTaskConfig
 from interp.tasks.base import TaskBatch
@@ -53,6 +58,12 @@ class PatchingConfig(ExperimentConfig):
         if unknown:
             raise ValueError(f"unknown target(s) {unknown}; choose from {sorted(TARGETS)}")
         return targets
+
+    @model_validator(mode="after")
+    def _model_fits_task(self, info: ValidationInfo) -> PatchingConfig:
+        check_model_and_task(self.model, self.task, info)
+        check_metric(self.metric, self.task)
+        return self
 
 
 def strongest_index(result: PatchingResult) -> dict[str, Any]:

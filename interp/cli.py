@@ -2,7 +2,7 @@
 
     interp run CONFIG.yaml [--set key=value ...] [--runs-dir DIR]
     interp resume RUN [--runs-dir DIR]
-    interp validate CONFIG.yaml [--set key=value ...]
+    interp validate CONFIG.yaml [--set key=value ...] [--runs-dir DIR]
     interp list [--runs-dir DIR] [--experiment NAME] [--kind KIND]
     interp show RUN [--runs-dir DIR]
     interp kinds
@@ -10,6 +10,9 @@
 
 Exit codes: 0 success, 1 a run failed or a run was not found, 2 an invalid config or
 command line. Errors are one line on stderr; a failed run's traceback is in its manifest.
+`run` and `validate` check a config against the run store (`--runs-dir`, default
+$INTERP_RUNS_DIR or ./runs): a `model: {run: X}` it names must be there (or be a member
+that runs earlier in the same suite) and fit the task, before any run folder is made.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from interp.runs import Run, RunStore
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a config without running it")
     add_config(validate)
+    add_runs_dir(validate)
 
     listing = commands.add_parser("list", help="list runs in the store")
     add_runs_dir(listing)
@@ -89,8 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from interp.runner import execute
     from interp.runs import RunStore
 
-    kind, config = load_config(args.config, args.overrides)
     store = RunStore(args.runs_dir)
+    kind, config = load_config(args.config, args.overrides, store=store)
     try:
         run = execute(kind, config, store, args.config.parent, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -125,9 +129,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from interp.config import config_to_dict, load_config
+    from interp.model_refs import checkpoint_run, find_checkpoints
+    from interp.runs import RunStore
 
-    kind, config = load_config(args.config, args.overrides)
+    store = RunStore(args.runs_dir)
+    kind, config = load_config(args.config, args.overrides, store=store)
     print(f"{args.config}: valid {kind.name} config")
+    for path, ref in find_checkpoints(config):  # they resolve: validation checked
+        print(f"{path}: {{run: {ref.run}}} is run {checkpoint_run(ref, store).ref} now")
     print(json.dumps(config_to_dict(config), indent=2))
     return 0
 
@@ -149,14 +158,66 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from interp.runs import RunStore
+    """Print a run's manifest, summary and config, each on its own: a part that cannot be
+    read is marked unreadable (one line) and the others are still shown. Exit 1 only when
+    no part could be read (or there is no such run)."""
+    from interp.runs import CorruptRun, RunStore
+    from interp.runs.records import read_config, read_manifest, read_summary
 
-    run = _load_run(RunStore(args.runs_dir), args.run)
-    print(f"run {run.experiment}/{run.run_id} at {run.path}")
-    print("manifest:", json.dumps(run.manifest, indent=2, default=str))
-    print("summary:", json.dumps(run.summary, indent=2, default=str))
-    print("config:", json.dumps(run.config, indent=2, default=str))
+    store = RunStore(args.runs_dir)
+    try:
+        folder = store.load(args.run).path
+    except CorruptRun:  # manifest or config unreadable: show what can be read
+        folder = _run_folder(store, args.run)
+    except ValueError as error:
+        raise CommandError(_one_line(error)) from error
+    print(f"run {folder.parent.name}/{folder.name} at {folder}")
+    parts = {"manifest": read_manifest, "summary": read_summary, "config": read_config}
+    read: dict[str, Any] = {}
+    for name, reader in parts.items():
+        try:
+            read[name] = reader(folder)
+        except ValueError as error:  # CorruptRun is one
+            print(f"{name}: unreadable ({_one_line(error)})")
+            continue
+        if name == "manifest":
+            for line in _inputs_lines(read[name]):
+                print(line)
+        print(f"{name}:", json.dumps(read[name], indent=2, default=str))
+    if not read:
+        raise CommandError(f"run {args.run} is corrupt: none of its files can be read")
     return 0
+
+
+def _inputs_lines(manifest: dict[str, Any]) -> list[str]:
+    """One line per run this one read (the manifest's `inputs`): which run a `{run: X}`
+    reference resolved to."""
+    inputs = manifest.get("inputs")
+    if not isinstance(inputs, dict):
+        return []
+    lines = []
+    for path, used in inputs.items():
+        if isinstance(used, dict):
+            lines.append(
+                f"input {path}: run {used.get('run')} (artifact {used.get('artifact')!r}; "
+                f"the config names {{run: {used.get('requested')}}})"
+            )
+    return lines
+
+
+def _run_folder(store: RunStore, ref: str) -> Path:
+    """The folder of a run whose manifest or config is unreadable (so `RunStore.load`
+    refuses it): `experiment/run_id`, a bare run id unique in the store, or a folder."""
+    parts = ref.strip("/").split("/")
+    candidates = []
+    if len(parts) == 2:
+        candidates = [store.root / parts[0] / parts[1]]
+    elif len(parts) == 1 and store.root.is_dir():
+        candidates = [d / ref for d in store.root.iterdir() if (d / ref).is_dir()]
+    candidates = [c for c in candidates if c.is_dir()] or [Path(ref)]
+    if len(candidates) != 1 or not candidates[0].is_dir():
+        raise CommandError(f"no single run folder for {ref!r} in {store.root}")
+    return candidates[0]
 
 
 def _load_run(store: RunStore, ref: str) -> Run:

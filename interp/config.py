@@ -10,6 +10,7 @@ problem is reported as one line naming the file and the dotted key:
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from interp.experiments import ExperimentConfig, ExperimentKind, load_kinds
+from interp.experiments import (
+    PENDING_KEY,
+    STORE_KEY,
+    ExperimentConfig,
+    ExperimentKind,
+    load_kinds,
+)
+from interp.runs import RunStore
 
 
 class ConfigError(ValueError):
@@ -79,9 +87,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def validation_message(source: str, error: ValidationError, raw: Any = None) -> str:
-    """The first problem in a pydantic error, as `source: dotted.key: what is wrong`."""
-    first = error.errors()[0]
-    key = ".".join(_input_path(first["loc"], raw)) or "(top level)"
+    """The first problem in a pydantic error, as `source: dotted.key: what is wrong`.
+
+    An unknown key is reported before the other problems (a misspelt key is also a
+    missing one, and the misspelling is the news). A check of the whole config (a model
+    that does not fit its task) names its keys in its own message."""
+    errors = error.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    key = ".".join(_input_path(first["loc"], raw, keep_last=first["type"] == "missing"))
+    if not key and first["type"] == "value_error":
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
+    key = key or "(top level)"
     if first["type"] == "extra_forbidden":
         what = "unknown key"
     elif first["type"] == "missing":
@@ -93,15 +109,16 @@ def validation_message(source: str, error: ValidationError, raw: Any = None) -> 
     return f"{source}: {key}: {what}"
 
 
-def _input_path(loc: tuple[Any, ...], raw: Any) -> list[str]:
+def _input_path(loc: tuple[Any, ...], raw: Any, keep_last: bool = True) -> list[str]:
     """The parts of an error location that are keys of the input. Pydantic also puts the
-    chosen member of a union into locations (e.g. `task.induction.half_len`); those parts
-    are not in the input and are dropped."""
+    chosen member of a union into locations (e.g. `task.induction.half_len`, or
+    `model.checkpoint` for a check of the whole reference); those parts are not in the
+    input and are dropped, except a last one with `keep_last` (a missing key)."""
     path, node = [], raw
     for depth, part in enumerate(loc):
         if _has_key(node, part):
             node = node[part]
-        elif depth < len(loc) - 1:
+        elif depth < len(loc) - 1 or not keep_last:
             continue
         path.append(str(part))
     return path
@@ -118,10 +135,15 @@ def validate_config(
     source: str,
     kinds: dict[str, ExperimentKind] | None = None,
     config_dir: Path | None = None,
+    store: RunStore | str | os.PathLike[str] | None = None,
+    pending: dict[str, Any] | None = None,
 ) -> tuple[ExperimentKind, ExperimentConfig]:
     """Validate a raw config mapping; returns its kind and the validated config.
 
     `config_dir` (the folder of the config file) lets kinds check files the config names.
+    With a run `store`, every `{run: X}` reference must resolve in it (or name a member
+    that runs earlier in the same suite: `pending`, filled in by the suite kind), and the
+    referenced checkpoint's sizes must fit the task; without one these wait for the run.
     """
     kinds = load_kinds() if kinds is None else kinds
     kind_name = raw.get("kind")
@@ -130,8 +152,11 @@ def validate_config(
     if not isinstance(kind_name, str) or kind_name not in kinds:
         raise ConfigError(f"{source}: kind: unknown kind {kind_name!r} (one of {sorted(kinds)})")
     kind = kinds[kind_name]
+    if store is not None and not isinstance(store, RunStore):
+        store = RunStore(store)
+    context = {"config_dir": config_dir, STORE_KEY: store, PENDING_KEY: pending}
     try:
-        config = kind.config_model.model_validate(raw, context={"config_dir": config_dir})
+        config = kind.config_model.model_validate(raw, context=context)
     except ValidationError as error:
         raise ConfigError(validation_message(source, error, raw)) from None
     return kind, config
@@ -141,13 +166,38 @@ def load_config(
     path: str | Path,
     overrides: list[str] | None = None,
     kinds: dict[str, ExperimentKind] | None = None,
+    store: RunStore | str | os.PathLike[str] | None = None,
+    pending: dict[str, Any] | None = None,
 ) -> tuple[ExperimentKind, ExperimentConfig]:
     """Read, override and validate a config file. The experiment name defaults to the
-    file's stem."""
+    file's stem. `store` and `pending`: see `validate_config`."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    kinds = load_kinds() if kinds is None else kinds
+    raw = read_yaml(path)
+    _check_suite_overrides(raw, overrides or [], str(path), kinds)
+    raw = apply_overrides(raw, overrides or [])
     raw.setdefault("name", path.stem)
-    return validate_config(raw, str(path), kinds, config_dir=path.parent)
+    return validate_config(
+        raw, str(path), kinds, config_dir=path.parent, store=store, pending=pending
+    )
+
+
+def _check_suite_overrides(
+    raw: dict[str, Any], overrides: list[str], source: str, kinds: dict[str, ExperimentKind]
+) -> None:
+    """A suite's own keys are few; `--set train.steps=5` on a suite means its members, whose
+    overrides go in each member's `set:` list. Say so rather than `train: unknown key`."""
+    suite = kinds.get("suite")
+    if raw.get("kind") != "suite" or suite is None:
+        return
+    for text in overrides:
+        parts, _ = parse_override(text)
+        if parts[0] not in suite.config_model.model_fields:
+            raise ConfigError(
+                f"{source}: --set {text!r}: a suite has no key {parts[0]!r}; overrides of a "
+                "suite's members go in each member's `set:` list "
+                "(experiments: [{config: FILE, set: [KEY=VALUE]}])"
+            )
 
 
 def config_to_dict(config: BaseModel) -> dict[str, Any]:

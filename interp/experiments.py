@@ -26,6 +26,13 @@ from interp.runs import Run, RunStore
 
 ENTRY_POINT_GROUP = "interp.experiments"
 
+STORE_KEY = "store"
+"""Key of the pydantic validation context holding the `RunStore` that a config's
+`{run: X}` references must resolve in (None: not checked; see `interp.config`)."""
+PENDING_KEY = "pending"
+"""Key of the validation context holding the suite members validated so far, by experiment
+name (their resolved configs as dicts): runs that exist by the time a later member runs."""
+
 
 class ExperimentConfig(BaseModel):
     """Keys every experiment config has. Kinds subclass this and add their own.

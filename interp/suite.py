@@ -8,7 +8,9 @@
 
 Every member is validated when the suite is, so a bad member stops the suite before
 anything runs. Members run in order, each into its own run folder, so a later member can
-name an earlier one's checkpoint (`model: {run: induction_2l}`).
+name an earlier one's checkpoint (`model: {run: induction_2l}`): validated against a run
+store, such a reference counts as resolved, and the model the earlier member makes must
+fit the later member's task. `--set` on a suite sets the suite's own keys only.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
-from interp.runs import Run
+from interp.experiments import (
+    PENDING_KEY,
+    STORE_KEY,
+    ExperimentConfig,
+    ExperimentKind,
+    RunContext,
+)
+from interp.runs import Run, RunStore
 
 
 class SuiteMember(BaseModel):
@@ -43,10 +51,15 @@ class SuiteConfig(ExperimentConfig):
     def _members_are_valid(
         cls, members: list[str | SuiteMember], info: ValidationInfo
     ) -> list[str | SuiteMember]:
-        config_dir = (info.context or {}).get("config_dir")
+        context = info.context or {}
+        config_dir = context.get("config_dir")
         if config_dir is not None:
+            # Members validated so far (and, in a suite of suites, the outer suite's):
+            # a later member may name their runs, which exist by the time it runs.
+            pending = context.get(PENDING_KEY)
+            pending = {} if pending is None else pending
             for member in members:
-                load_member(_as_member(member), Path(config_dir))
+                load_member(_as_member(member), Path(config_dir), context.get(STORE_KEY), pending)
         return members
 
 
@@ -54,10 +67,19 @@ def _as_member(member: str | SuiteMember) -> SuiteMember:
     return SuiteMember(config=member) if isinstance(member, str) else member
 
 
-def load_member(member: SuiteMember, config_dir: Path) -> tuple[ExperimentKind, ExperimentConfig]:
+def load_member(
+    member: SuiteMember,
+    config_dir: Path,
+    store: RunStore | None = None,
+    pending: dict[str, Any] | None = None,
+) -> tuple[ExperimentKind, ExperimentConfig]:
     """Load and validate a member config (its path relative to the suite's folder); a
-    suite that includes itself, directly or through others, is refused."""
-    from interp.config import ConfigError, load_config
+    suite that includes itself, directly or through others, is refused.
+
+    With a `store`, the member's `{run: X}` references must resolve there or in `pending`
+    (the members before it, by experiment name); the member is then added to `pending`.
+    """
+    from interp.config import ConfigError, config_to_dict, load_config
 
     path = Path(member.config)
     if not path.is_absolute():
@@ -69,11 +91,14 @@ def load_member(member: SuiteMember, config_dir: Path) -> tuple[ExperimentKind, 
         raise ValueError(f"a suite includes itself: {chain}")
     token = _LOADING.set((*loading, key))
     try:
-        return load_config(path, member.set)
+        kind, config = load_config(path, member.set, store=store, pending=pending)
     except ConfigError as error:
         raise ValueError(str(error)) from None
     finally:
         _LOADING.reset(token)
+    if pending is not None:
+        pending[config.name or kind.name] = config_to_dict(config)
+    return kind, config
 
 
 _LOADING: ContextVar[tuple[Path, ...]] = ContextVar("interp_suite_loading", default=())
@@ -87,7 +112,11 @@ def run_suite(config: SuiteConfig, run: Run, context: RunContext) -> dict[str, A
     """Run every member in order; the suite's summary lists the member runs."""
     from interp.runner import execute
 
-    loaded = [(m, *load_member(_as_member(m), context.config_dir)) for m in config.experiments]
+    pending: dict[str, Any] = {}
+    loaded = [
+        (m, *load_member(_as_member(m), context.config_dir, context.store, pending))
+        for m in config.experiments
+    ]
     summary: dict[str, Any] = {"n_experiments": len(loaded)}
     for index, (member, kind, member_config) in enumerate(loaded):
         path = Path(_as_member(member).config)

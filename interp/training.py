@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
@@ -22,12 +22,15 @@ from transformer_lens.model_bridge import TransformerBridge
 from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.metrics import accuracy, logits_at
-from interp.model_refs import ModelRef, resolve_model_and_task
-from interp.models import ModelSpec
+from interp.model_refs import (
+    ModelRef,
+    check_model_and_task,
+    resolve_model_and_task,
+    task_misfit,
+)
 from interp.runs import Run
-from interp.tasks import TASKS, AnyTaskConfig, make_task
+from interp.tasks import AnyTaskConfig
 from interp.tasks.base import IGNORE_INDEX, Task, TaskBatch
-from interp.tasks.text_task import TextTask
 
 
 class TrainSettings(BaseModel):
@@ -74,15 +77,10 @@ class TrainConfig(ExperimentConfig):
     train: TrainSettings = Field(default_factory=TrainSettings)
 
     @model_validator(mode="after")
-    def _model_fits_task(self) -> TrainConfig:
-        """A native spec too small for a native task is refused at validation, not at run.
-        (A text task needs the model's tokenizer to be built: it is checked at run.)"""
-        if not isinstance(self.model, ModelSpec) or issubclass(TASKS[self.task.name], TextTask):
-            return self
-        task = make_task(self.task)
-        misfit = task_misfit(*models.model_sizes(self.model), task)
-        if misfit:
-            raise ValueError(misfit)
+    def _model_fits_task(self, info: ValidationInfo) -> TrainConfig:
+        """The model fits the task (`interp.model_refs.check_model_and_task`, shared by
+        every kind that pairs a model with a task)."""
+        check_model_and_task(self.model, self.task, info)
         return self
 
 
@@ -136,27 +134,6 @@ def _check_fits(model: TransformerBridge, task: Task) -> None:
     misfit = task_misfit(*models.model_sizes(model.cfg), task)
     if misfit:
         raise ValueError(misfit)
-
-
-def task_misfit(d_vocab: int, d_vocab_out: int, n_ctx: int | None, task: Task) -> str | None:
-    """Why a model of these sizes (`models.model_sizes`; `n_ctx` None for no limit) cannot
-    run `task` (one line), or None when it can."""
-    if task.d_vocab is not None and d_vocab < task.d_vocab:
-        return (
-            f"model.d_vocab={d_vocab} is smaller than task {task.name!r}'s vocabulary "
-            f"({task.d_vocab})"
-        )
-    if task.d_vocab_out is not None and d_vocab_out < task.d_vocab_out:
-        return (
-            f"model.d_vocab_out={d_vocab_out} is smaller than task {task.name!r}'s output "
-            f"vocabulary ({task.d_vocab_out})"
-        )
-    if task.n_ctx is not None and n_ctx is not None and n_ctx < task.n_ctx:
-        return (
-            f"model.n_ctx={n_ctx} is shorter than task {task.name!r}'s sequences "
-            f"({task.n_ctx})"
-        )
-    return None
 
 
 def train(

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -42,7 +42,13 @@ from interp.activations import collect
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.heads.sentences import ENGLISH_SENTENCES
 from interp.metrics import METRICS, mean_metric
-from interp.model_refs import CheckpointRef, ModelRef, resolve_model
+from interp.model_refs import (
+    CheckpointRef,
+    ModelRef,
+    check_metric,
+    check_model_and_task,
+    resolve_model,
+)
 from interp.runs import Run, RunStore
 from interp.tasks import make_task
 from interp.tasks.base import TaskBatch
@@ -156,6 +162,36 @@ class ProbeConfig(ExperimentConfig):
     controls: ControlSettings = Field(default_factory=ControlSettings)
     interventions: InterventionSettings | None = None
     batch_size: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _model_fits_study(self, info: ValidationInfo) -> ProbeConfig:
+        """The model fits the study's task; the causal test has a task to be scored on, a
+        known metric, and reads a hook that is probed (the default hooks are known when
+        the model's number of layers is)."""
+        task = getattr(self.study, "task", None)
+        facts = check_model_and_task(self.model, task, info)
+        settings = self.interventions
+        if settings is None:
+            return self
+        if task is None:
+            raise ValueError("interventions: this study has no task to score them on")
+        check_metric(settings.metric, None, "interventions.metric")
+        hooks = self.hooks
+        n_layers = (facts.spec or {}).get("n_layers")
+        if hooks is None and isinstance(n_layers, int) and n_layers > 0:
+            hooks = _default_hook_names(n_layers)
+        if hooks is not None and hooks and (settings.hook or hooks[-1]) not in hooks:
+            raise ValueError(
+                f"interventions.hook {settings.hook!r} is not among the probed hooks {hooks}"
+            )
+        return self
+
+
+def _default_hook_names(n_layers: int) -> list[str]:
+    """The names `default_hooks` gives a model of `n_layers` blocks."""
+    return [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)] + [
+        f"blocks.{n_layers - 1}.hook_resid_post"
+    ]
 
 
 # -- the model's variants

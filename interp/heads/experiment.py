@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -66,7 +66,7 @@ from interp.heads.weights import (
     head_weights,
 )
 from interp.metrics import mean_metric
-from interp.model_refs import ModelRef, resolve_model
+from interp.model_refs import ModelRef, check_metric, check_model_and_task, resolve_model
 from interp.runs import Run, RunStore
 from interp.tasks import AnyTaskConfig, make_task
 
@@ -156,6 +156,13 @@ class HeadsConfig(ExperimentConfig):
         if unknown:
             raise ValueError(f"unknown threshold(s) {unknown}; choose from {known}")
         return thresholds
+
+    @model_validator(mode="after")
+    def _model_fits_task(self, info: ValidationInfo) -> HeadsConfig:
+        check_model_and_task(self.model, self.task, info)
+        if self.task is not None:
+            check_metric(self.ablation.metric, self.task, "ablation.metric")
+        return self
 
 
 def load_model(config: HeadsConfig, store: RunStore, base_dir: Path) -> TransformerBridge:

@@ -4,7 +4,9 @@ Layout (see ARCHITECTURE.md)::
 
     <root>/<experiment>/<run_id>/
       config.yaml      the resolved config, exactly as run (yaml.safe_dump)
-      manifest.json    kind, status, start/end, seed, package versions, git commit, host, device
+      manifest.json    kind, status, start/end, seed, package versions, git commit (and
+                       whether the tree was dirty, with a hash of its diff), host, device,
+                       inputs (the run each `{run: X}` reference resolved to)
       metrics.jsonl    one JSON object per `Run.log` call (append-only)
       summary.json     the headline numbers of the run (written last)
       artifacts/       tensors (.safetensors), tables (.parquet, or .csv), JSON

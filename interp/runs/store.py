@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from interp.atomic_io import atomic_write_json, atomic_write_text, fsync_dir
-from interp.provenance import git_commit, package_versions, process_stat
+from interp.provenance import git_state, package_versions, process_stat
 from interp.runs.errors import RunExists, RunNotFound
 from interp.runs.info import RunInfo, inspect_run_dir
 from interp.runs.layout import (
@@ -69,12 +69,15 @@ class RunStore:
         run_id: str | None = None,
         device: str | None = None,
         resumable: bool = False,
+        inputs: Mapping[str, Any] | None = None,
     ) -> Run:
         """Create a new run folder with its config.yaml and manifest.json (status "running").
 
         The folder is assembled under a hidden temporary name and renamed into place, so a
         listing never sees a half-made run. `config` is a dict (a pydantic model or a
-        dataclass is converted). Raises RunExists if `experiment/run_id` already exists.
+        dataclass is converted). `inputs` records the runs this one reads (e.g. which run
+        a `{run: X}` model reference resolved to: config path -> requested, run, artifact).
+        Raises RunExists if `experiment/run_id` already exists.
         """
         check_name(experiment, "experiment name")
         check_name(kind, "run kind")
@@ -84,6 +87,7 @@ class RunStore:
         if device is not None and not isinstance(device, str):
             raise ValueError(f"device must be a string or None, got {device!r}")
         plain = plain_config(config, "config")
+        plain_inputs = plain_config(dict(inputs or {}), "inputs")
         if not isinstance(plain, dict):
             raise ValueError(f"config must be a mapping, got {type(config).__name__}")
         config_text = yaml.safe_dump(plain, sort_keys=False)
@@ -110,7 +114,8 @@ class RunStore:
             "traceback": None,
             "python": platform.python_version(),
             "packages": package_versions(),
-            "git_commit": git_commit(),
+            "inputs": plain_inputs,
+            **git_state(),
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "process_start_ticks": stat[1] if stat else None,

@@ -63,3 +63,18 @@ def test_thresholds_and_sizes_are_checked_item_by_item(tmp_path: Path, line, mes
     with pytest.raises(ConfigError, match=message) as error:
         load_config(config)
     assert "\n" not in str(error.value)
+
+
+def test_a_model_source_must_fit_its_task_and_name_a_known_metric(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "kind: circuit\nsource:\n"
+        "  model: {n_layers: 2, d_model: 64, n_heads: 4, d_vocab: 64, n_ctx: 40}\n"
+        "  task: {name: induction, d_vocab: 128, half_len: 16, n_examples: 8}\n"
+    )
+    with pytest.raises(ConfigError, match=r"bad.yaml: source\.model\.d_vocab=64 is smaller"):
+        load_config(config)
+    with pytest.raises(ConfigError, match=r"bad.yaml: metric: unknown metric 'nope' of task"):
+        load_config(config, ["source.task.d_vocab=64", "metric=nope"])
+    with pytest.raises(ConfigError, match=r"bad.yaml: metric: unknown metric 'nope'; choose"):
+        load_config(config, ["source={planted: induction}", "metric=nope"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from circuits.patching import PatchingResult, patch
@@ -55,3 +56,27 @@ def test_patching_kind_saves_what_patch_computes_on_the_checkpoint(tmp_path: Pat
     assert run.summary["metric_clean"] == direct.metric_clean
     strongest = run.summary["strongest_z"]
     assert abs(strongest["value"]) == float(direct.values.abs().max())
+
+
+def test_a_spec_too_small_for_the_task_or_an_unknown_metric_is_refused_at_validation(
+    tmp_path: Path,
+) -> None:
+    from interp.config import ConfigError
+
+    config = tmp_path / "patch.yaml"
+    config.write_text(textwrap.dedent("""
+        kind: patching
+        device: cpu
+        model: {n_layers: 2, d_model: 64, n_heads: 4, d_vocab: 64, n_ctx: 40, attn_only: true}
+        task: {name: induction, d_vocab: 64, half_len: 16, n_examples: 8, seed: 1}
+    """))
+    cases = [
+        ("task.d_vocab=128", "model.d_vocab=64 is smaller than task 'induction''s vocabulary"),
+        ("model.n_ctx=10", "model.n_ctx=10 is shorter than task 'induction''s sequences (32)"),
+        ("metric=logit_dif", "metric: unknown metric 'logit_dif' of task 'induction'"),
+    ]
+    for override, expected in cases:
+        with pytest.raises(ConfigError) as error:
+            load_config(config, [override])
+        assert str(error.value).startswith(f"{config}: {expected}"), str(error.value)
+    assert load_config(config, ["metric=answer_prob"])[1].metric == "answer_prob"

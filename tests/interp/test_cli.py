@@ -116,9 +116,19 @@ def test_suite_runs_members_and_later_members_load_earlier_checkpoints(
 
 def test_corrupt_runs_and_self_including_suites_are_one_line(tmp_path: Path, capsys) -> None:
     store = RunStore(tmp_path / "runs")
-    run = store.create("exp", "train", {})
+    run = store.create("exp", "train", {"seed": 3})
+    argv = ["show", f"exp/{run.run_id}", "--runs-dir", str(tmp_path / "runs")]
+    (run.path / "summary.json").write_text("{not json")
+    assert main(argv) == 0  # manifest and config are shown, the summary marked unreadable
+    captured = capsys.readouterr()
+    assert captured.err == "" and '"kind": "train"' in captured.out and '"seed": 3' in captured.out
+    (line,) = [line for line in captured.out.splitlines() if line.startswith("summary:")]
+    assert line.startswith("summary: unreadable (summary.json is unreadable: JSONDecodeError")
     (run.path / "manifest.json").write_text("{not json")
-    assert main(["show", f"exp/{run.run_id}", "--runs-dir", str(tmp_path / "runs")]) == 1
+    assert main(argv) == 0  # the config can still be read
+    assert "manifest: unreadable (manifest.json is unreadable" in capsys.readouterr().out
+    (run.path / "config.yaml").write_text("[not, a, mapping]")
+    assert main(argv) == 1  # nothing can be read
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "is corrupt" in err[0], err
     suite = tmp_path / "self.yaml"

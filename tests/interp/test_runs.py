@@ -166,6 +166,57 @@ def test_create_writes_config_and_manifest(store: RunStore) -> None:
     assert [p.name for p in run.path.parent.iterdir()] == [run.run_id]  # no staging folder
 
 
+def _git(folder: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    result = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True,
+                            check=True, env=env)
+    return result.stdout.strip()
+
+
+def test_provenance_records_the_code_commit_from_any_folder_and_a_dirty_tree(
+    store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from interp import provenance
+
+    try:
+        repo = tmp_path / "repo"
+        repo.mkdir()
+        _git(repo, "init", "-q")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git is not available")
+    (repo / "code.py").write_text("x = 1\n")
+    _git(repo, "add", "code.py")
+    _git(repo, "commit", "-q", "-m", "first")
+    commit = _git(repo, "rev-parse", "HEAD")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not a checkout: the folder asked about decides
+    clean = provenance.git_state(repo)
+    assert clean == {"git_commit": commit, "git_dirty": False, "git_diff_hash": None}
+    (repo / "code.py").write_text("x = 2\n")
+    dirty = provenance.git_state(repo)
+    assert dirty["git_commit"] == commit and dirty["git_dirty"] is True
+    assert re.fullmatch(r"[0-9a-f]{12}", dirty["git_diff_hash"])
+    (repo / "code.py").write_text("x = 3\n")
+    assert provenance.git_state(repo)["git_diff_hash"] != dirty["git_diff_hash"]
+    (repo / "untracked").mkdir()
+    assert provenance.git_commit(repo / "untracked") is None  # git tracks nothing there
+    assert provenance.git_state(elsewhere)["git_commit"] is None
+
+    # A run started outside any checkout records the commit of the package's own folder.
+    manifest = store.create("exp", "train", {}).manifest
+    assert {"git_commit", "git_dirty", "git_diff_hash"} <= set(manifest)
+    assert manifest["git_commit"] == provenance.git_commit(provenance.PACKAGE_DIR)
+    package_checkout = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", "__init__.py"], cwd=provenance.PACKAGE_DIR,
+        capture_output=True, check=False,
+    ).returncode == 0
+    if package_checkout:
+        assert manifest["git_commit"] == _git(provenance.PACKAGE_DIR, "rev-parse", "HEAD")
+        assert isinstance(manifest["git_dirty"], bool)
+
+
 def test_create_rejects_existing_run_and_bad_names(store: RunStore) -> None:
     store.create("exp", "train", {}, run_id="r1")
     with pytest.raises(RunExists, match="exp/r1"):

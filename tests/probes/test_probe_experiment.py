@@ -14,7 +14,7 @@ from tiny_probe_configs import tiny_probe_configs
 from interp import models
 from interp.activations import collect
 from interp.cli import main
-from interp.config import load_config
+from interp.config import ConfigError, load_config
 from interp.metrics import accuracy
 from interp.runs import RunStore
 from interp.tasks import Induction, ModularArithmetic
@@ -169,6 +169,52 @@ def test_unknown_intervention_target_fails_before_any_probe(tmp_path: Path) -> N
     (run,) = RunStore(runs).runs()
     assert run.status == "failed" and "unknown probe target 'nope'" in (run.error or "")
     assert not (run.path / "artifacts").exists() or not any((run.path / "artifacts").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # the default hooks of a 1-layer model: blocks.0.hook_resid_pre, .hook_resid_post
+        ("interventions: {targets: [sum], hook: blocks.1.hook_resid_post}",
+         "interventions.hook 'blocks.1.hook_resid_post' is not among the probed hooks "
+         "['blocks.0.hook_resid_pre', 'blocks.0.hook_resid_post']"),
+        ("hooks: [blocks.0.hook_resid_pre]\n"
+         "interventions: {targets: [sum], hook: blocks.0.hook_resid_post}",
+         "interventions.hook 'blocks.0.hook_resid_post' is not among the probed hooks "
+         "['blocks.0.hook_resid_pre']"),
+        ("interventions: {targets: [sum], metric: logit_dif}",
+         "interventions.metric: unknown metric 'logit_dif'"),
+        ("study: {name: modular, task: {name: modular, p: 17, frac_train: 0.5}}",
+         "model.d_vocab=13 is smaller than task 'modular''s vocabulary (19)"),
+    ],
+)
+def test_probe_config_checks_the_causal_test_and_the_study_task(
+    tmp_path: Path, extra: str, expected: str
+) -> None:
+    text = textwrap.dedent('''
+        kind: probe
+        device: cpu
+        model: {n_layers: 1, d_model: 16, n_heads: 2, d_vocab: 13, d_vocab_out: 11, n_ctx: 4}
+    ''') + extra + "\n"
+    if "study:" not in extra:
+        text += "study: {name: modular, task: {name: modular, p: 11, frac_train: 0.5}}\n"
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: {expected}"), str(error.value)
+    path.write_text(text.replace("blocks.1.", "blocks.0.").replace("logit_dif", "accuracy")
+                    .replace("hooks: [blocks.0.hook_resid_pre]", "hooks: null")
+                    .replace("p: 17", "p: 11"))
+    load_config(path)  # the same config, mended, is valid
+
+
+def test_interventions_need_a_study_with_a_task(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("kind: probe\nmodel: gpt2\nstudy: {name: token_properties}\n"
+                    "interventions: {targets: [pos]}\n")
+    with pytest.raises(ConfigError, match="interventions: this study has no task"):
+        load_config(path)
 
 
 @pytest.mark.parametrize(
