@@ -41,7 +41,9 @@ def test_max_abs_diff_and_shape_check(common):
         common.max_abs_diff(ours, ours.T.reshape(4))
 
 
-def test_compare_times_both_sides_and_diffs_their_outputs(common):
+def _counted_sides() -> tuple[dict[str, int], object]:
+    """A call counter per side, and `side(name, value)`: a function returning a constant
+    tensor that counts its calls under `name`."""
     calls = {"ours": 0, "reference": 0}
 
     def side(name: str, value: float):
@@ -51,6 +53,11 @@ def test_compare_times_both_sides_and_diffs_their_outputs(common):
 
         return run
 
+    return calls, side
+
+
+def test_compare_times_both_sides_and_diffs_their_outputs(common):
+    calls, side = _counted_sides()
     result = common.compare(
         "toy", side("ours", 1.0), side("reference", 1.5), device=torch.device("cpu"), repeats=3
     )
@@ -60,15 +67,7 @@ def test_compare_times_both_sides_and_diffs_their_outputs(common):
 
 
 def test_compare_can_run_the_reference_once(common):
-    calls = {"ours": 0, "reference": 0}
-
-    def side(name: str, value: float):
-        def run() -> torch.Tensor:
-            calls[name] += 1
-            return torch.full((3,), value)
-
-        return run
-
+    calls, side = _counted_sides()
     result = common.compare(
         "toy", side("ours", 1.0), side("reference", 1.25), device=torch.device("cpu"),
         repeats=2, reference_once=True,
