@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Annotated, Any, Literal
 
 import pandas as pd
@@ -170,6 +171,8 @@ class ProbeConfig(ExperimentConfig):
         the model's number of layers is)."""
         task = getattr(self.study, "task", None)
         facts = check_model_and_task(self.model, task, info)
+        n_layers = (facts.spec or {}).get("n_layers")
+        _check_hook_names(self.hooks or [], n_layers if isinstance(n_layers, int) else None)
         settings = self.interventions
         if settings is None:
             return self
@@ -177,7 +180,6 @@ class ProbeConfig(ExperimentConfig):
             raise ValueError("interventions: this study has no task to score them on")
         check_metric(settings.metric, None, "interventions.metric")
         hooks = self.hooks
-        n_layers = (facts.spec or {}).get("n_layers")
         if hooks is None and isinstance(n_layers, int) and n_layers > 0:
             hooks = _default_hook_names(n_layers)
         if hooks is not None and hooks and (settings.hook or hooks[-1]) not in hooks:
@@ -185,6 +187,29 @@ class ProbeConfig(ExperimentConfig):
                 f"interventions.hook {settings.hook!r} is not among the probed hooks {hooks}"
             )
         return self
+
+
+_PROBED_HOOK = re.compile(
+    r"hook_embed|hook_pos_embed|ln_final\.hook_normalized|blocks\.(\d+)\.(hook_resid_pre|"
+    r"hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|ln[12]\.hook_normalized|"
+    r"mlp\.hook_pre|mlp\.hook_post|mlp\.hook_pre_linear)"
+)
+"""The TransformerLens hooks that give one vector per token, which probes read."""
+
+
+def _check_hook_names(hooks: list[str], n_layers: int | None) -> None:
+    """A one-line ValueError for a hook no model has, or one with extra axes (a head's
+    q, k, v, z or pattern), or a block past the model's last (when `n_layers` is known)."""
+    for name in hooks:
+        match = _PROBED_HOOK.fullmatch(name)
+        if match is None:
+            raise ValueError(
+                f"hooks: {name!r} is not a hook probes can read (one vector per token: "
+                "blocks.L.hook_resid_pre / _mid / _post, hook_attn_out, hook_mlp_out, "
+                "mlp.hook_pre / hook_post, hook_embed, ...)"
+            )
+        if n_layers is not None and match.group(1) is not None and int(match.group(1)) >= n_layers:
+            raise ValueError(f"hooks: {name!r} is past the model's {n_layers} blocks")
 
 
 def _default_hook_names(n_layers: int) -> list[str]:

@@ -3,6 +3,7 @@ stands on (the same probes fitted by hand, the same accuracy computed by hand)."
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -207,6 +208,32 @@ def test_probe_config_checks_the_causal_test_and_the_study_task(
                     .replace("hooks: [blocks.0.hook_resid_pre]", "hooks: null")
                     .replace("p: 17", "p: 11"))
     load_config(path)  # the same config, mended, is valid
+
+
+@pytest.mark.parametrize(
+    ("hooks", "expected"),
+    [("[blocks.0.hook_resid_pree]", "'blocks.0.hook_resid_pree' is not a hook probes can read"),
+     ("[blocks.0.attn.hook_z]", "'blocks.0.attn.hook_z' is not a hook probes can read"),
+     ("[blocks.1.hook_resid_post]", "'blocks.1.hook_resid_post' is past the model's 1 blocks")],
+)
+def test_probed_hook_names_are_checked_at_validation(
+    tmp_path: Path, hooks: str, expected: str
+) -> None:
+    """A typo, a hook with extra axes (a head's), or a block the model does not have is
+    named in one line before any model is built; the standard hooks pass."""
+    text = textwrap.dedent('''
+        kind: probe
+        device: cpu
+        model: {n_layers: 1, d_model: 16, n_heads: 2, d_vocab: 13, d_vocab_out: 11, n_ctx: 4}
+        study: {name: modular, task: {name: modular, p: 11, frac_train: 0.5}}
+    ''')
+    path = tmp_path / "hooks.yaml"
+    path.write_text(text + f"hooks: {hooks}\n")
+    with pytest.raises(ConfigError, match=f"hooks: {re.escape(expected)}"):
+        load_config(path)
+    path.write_text(text + "hooks: [hook_embed, blocks.0.hook_resid_mid, blocks.0.mlp.hook_post,"
+                    " blocks.0.hook_resid_post, ln_final.hook_normalized]\n")
+    load_config(path)
 
 
 def test_interventions_need_a_study_with_a_task(tmp_path: Path) -> None:
