@@ -62,6 +62,7 @@ def _architecture(model: TransformerBridge) -> Architecture:
         "a norm after each attention and MLP, which mixes the heads' outputs": arch.post_norms,
         "soft-capped attention scores": arch.attn_softcap is not None,
         "sliding-window attention": arch.attention_windows is not None,
+        "rotary frequencies per layer type": arch.rotary_local_inv_freq is not None,
     }
     named = [what for what, present in beyond.items() if present]
     if named:

@@ -364,8 +364,8 @@ class PruningState:
         projected = projected + self.b_in[layer][part][heads]
         if self.arch.qk_norm and part != "v":  # Qwen3: per-head RMSNorm before the rotary
             prefix = f"blocks.{layer}.attn.{part}_norm"
-            projected = functional.normalize(self.params, prefix, projected, "RMS",
-                                             self.arch.eps)
+            projected = functional.normalize(self.params, prefix, projected,
+                                             self.arch.normalization, self.arch.eps)
         if self.rope is None or part == "v":
             return projected
         # queries and keys rotated by their positions (the last block's queries: the reads)

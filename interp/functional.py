@@ -56,6 +56,7 @@ from interp.layers import (
     normalize,
     qk_norm_of,
     recorder,
+    rope_of,
     rotary_tables,
     unembed,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "param_shapes",
     "params_of",
     "qk_norm_of",
+    "rope_of",
     "rotary_tables",
     "stack_params",
     "unembed",
@@ -245,21 +247,19 @@ def _logits(
     `token_tables`: the first layer from per-(position, token) tables (`first_layer_tables`)."""
     seq = tokens.shape[1]
     record = recorder(cache)
-    rope: tuple[Tensor, Tensor] | None = None
     first_qkv: tuple[Tensor, Tensor, Tensor] | None = None
     if token_tables:
         first_query = last_query if last_query is not None and arch.n_layers == 1 else None
         resid, first_qkv = first_layer_tables(params, tokens, arch, first_query)
     else:
         resid = embed(params, tokens, arch, record)
-        if arch.rotary:
-            rope = rotary_tables(arch, seq, tokens.device)
 
     for layer in range(arch.n_layers):
         block = f"blocks.{layer}"
         record(f"{block}.hook_resid_pre", resid)
         last = last_query is not None and layer == arch.n_layers - 1
         query = last_query if last else slice(0, seq)
+        rope = rope_of(arch, layer, seq, tokens.device)
         if layer == 0 and first_qkv is not None:
             attn_out, pattern = attention_of(
                 params, f"{block}.attn", first_qkv, arch, rope, query, record, seq

@@ -11,6 +11,7 @@ multi-head attention, Vaswani et al. 2017, then an MLP).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -36,6 +37,7 @@ __all__ = [
     "normalize",
     "qk_norm_of",
     "recorder",
+    "rope_of",
     "rotary_tables",
     "apply_rotary",
     "unembed",
@@ -214,8 +216,9 @@ def mix_heads(
         queries, keys = q.transpose(1, 2), k.transpose(1, 2)  # keys rotated per key head
         if qk_norm is not None:
             norm_params, prefix = qk_norm
-            queries = normalize(norm_params, f"{prefix}.q_norm", queries, "RMS", arch.eps)
-            keys = normalize(norm_params, f"{prefix}.k_norm", keys, "RMS", arch.eps)
+            kind = arch.normalization  # RMS (Qwen3), or 1 + weight (Gemma 3)
+            queries = normalize(norm_params, f"{prefix}.q_norm", queries, kind, arch.eps)
+            keys = normalize(norm_params, f"{prefix}.k_norm", keys, kind, arch.eps)
         if rope is not None and query_positions is not None:
             query_rope = (rope[0][query_positions], rope[1][query_positions])
             queries = apply_rotary(queries, query_rope, arch)
@@ -325,6 +328,28 @@ def rotary_tables(arch: Architecture, seq: int, device: torch.device) -> tuple[T
         if arch.rotary_scale != 1.0:
             cos, sin = cos * arch.rotary_scale, sin * arch.rotary_scale
         return cos.to(device), sin.to(device)
+
+
+def rope_of(
+    arch: Architecture, layer: int, seq: int, device: torch.device
+) -> tuple[Tensor, Tensor] | None:
+    """The rotary cos and sin tables of `layer` (`rotary_tables`; Gemma 3's local layers
+    have frequencies of their own, `arch.rotary_local_inv_freq`), or None without rotary
+    embeddings."""
+    if not arch.rotary:
+        return None
+    if layer in arch.rotary_local_layers:
+        return rotary_tables(_local_rotary(arch), seq, device)
+    return rotary_tables(arch, seq, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _local_rotary(arch: Architecture) -> Architecture:
+    """`arch` with its local layers' rotary frequencies as the only ones."""
+    return dataclasses.replace(
+        arch, rotary_inv_freq=arch.rotary_local_inv_freq, rotary_local_inv_freq=None,
+        rotary_local_layers=(),
+    )
 
 
 def apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor], arch: Architecture) -> Tensor:

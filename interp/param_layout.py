@@ -94,6 +94,11 @@ class Architecture:
     too: Llama 3's "llama3", "linear", "yarn"); None: `1 / rotary_base^(2i / rotary_dim)`."""
     rotary_scale: float = 1.0
     """Factor on the rotary cos and sin tables (YaRN's attention scaling; 1 otherwise)."""
+    rotary_local_inv_freq: tuple[float, ...] | None = None
+    """Gemma 3: the rotary frequencies of its local (sliding-window) layers, whose base
+    differs from its global layers' (`rotary_local_layers`); None: one set for all."""
+    rotary_local_layers: tuple[int, ...] = ()
+    """The layers that use `rotary_local_inv_freq`."""
     n_kv_heads: int | None = None
     """Grouped-query attention (Ainslie et al. 2023, Llama, Mistral, Qwen2, Qwen3, Gemma): heads
     `g * n_heads / n_kv_heads ...` share key and value head g; None: one per head."""
@@ -101,8 +106,9 @@ class Architecture:
     """Factor on the token embeddings entering the first block (Gemma: sqrt(d_model));
     `hook_embed` holds them scaled, as the bridge's does."""
     qk_norm: bool = False
-    """Qwen3: queries and keys RMS-normalised per head (`attn.q_norm`, `attn.k_norm`,
-    weights of width d_head) after their projection and before the rotary embedding."""
+    """Qwen3, Gemma 3: queries and keys RMS-normalised per head (`attn.q_norm`,
+    `attn.k_norm`, weights of width d_head; the model's `normalization`) after their
+    projection and before the rotary embedding."""
     gated_mlp: bool = False
     """Llama's MLP: `out(act(gate(x)) * in(x))` (Shazeer 2020, "GLU Variants")."""
     qkv_bias: bool = True

@@ -36,7 +36,12 @@ Pretrained architectures covered:
   and soft-capped (`50 tanh(s / 50)`), logits soft-capped (`30 tanh(l / 30)`), and a
   sliding window on every other layer. Its heads no longer add up in the residual stream
   (the norm after attention mixes them), so the edge-level engines refuse it; activation
-  patching covers it.
+  patching covers it;
+- Gemma 3 (`Gemma3ForCausalLM`: gemma-3-1b and other text stacks of that class): Gemma 2's
+  blocks without soft caps, queries and keys normalised per head by 1 + weight (after
+  hook_q / hook_k, before the rotary embedding), and local (sliding-window) layers whose
+  rotary frequencies differ from the global layers' (`rotary_local_inv_freq`, read from
+  the model's per-layer-type buffers); activation patching only, as Gemma 2.
 
 Rotary frequencies are read from the model's own rotary module, so scaled ones are exact
 as the class computes them (Llama 3.1 and 3.2's "llama3", "linear", YaRN with its scaled
@@ -44,8 +49,8 @@ cos and sin); types whose frequencies change with the sequence length ("dynamic"
 "longrope") are refused. Tests check the logits and activations against the bridge's own
 forward pass and the patching against TransformerLens's `get_act_patch_*` on
 random models of each class written to local folders. Other classes are refused by name
-(what they add is not computed here: Gemma 3's rotary bases per layer type, OPT's offset
-positions, BERT's post-LayerNorm).
+(what they add is not computed here: OPT's offset positions, BERT's post-LayerNorm, and
+Phi-3, GPT-J, ... have not been mapped).
 """
 
 from __future__ import annotations
@@ -76,10 +81,14 @@ COVERED_PRETRAINED: tuple[str, ...] = (
     "Qwen3ForCausalLM",
     "GemmaForCausalLM",
     "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
 )
 """Hugging Face model classes whose bridges `architecture_of` reads."""
 
-_GEMMA = {"GemmaForCausalLM", "Gemma2ForCausalLM"}
+_POST_NORMED = {"Gemma2ForCausalLM", "Gemma3ForCausalLM"}
+"""Covered classes with norms after attention and MLP (Gemma 2 and 3)."""
+
+_GEMMA = {"GemmaForCausalLM", *_POST_NORMED}
 """Covered classes whose norms scale by 1 + weight and whose embeddings by sqrt(d_model)."""
 
 _LLAMA_LIKE = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
@@ -127,8 +136,8 @@ def architecture_of(model: TransformerBridge) -> Architecture:
     allowed = {"rope_scaling"} if rotary else set()  # the rope type is read from hf_config
     if name in _LLAMA_LIKE and cfg.normalization_type == "RMS":
         allowed |= {"gated_mlp", "final_rms", "n_key_value_heads (GQA)"}
-    gemma2 = name == "Gemma2ForCausalLM"
-    if gemma2:  # soft caps read from hf_config below
+    post_normed = name in _POST_NORMED
+    if post_normed:  # soft caps read from hf_config below
         allowed |= {"attn_scores_soft_cap", "output_logits_soft_cap"}
     reasons = unsupported_features(cfg, allowed)
     gemma = name in _GEMMA
@@ -145,10 +154,10 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         rotary_adjacent_pairs=False,
         n_kv_heads=cfg.n_key_value_heads if cfg.n_key_value_heads != cfg.n_heads else None,
         gated_mlp=bool(cfg.gated_mlp),
-        qk_norm=name == "Qwen3ForCausalLM",
+        qk_norm=name in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"),
         **({"normalization": "RMS1P", "embed_scale": math.sqrt(int(cfg.d_model))} if gemma
            else {}),
-        **(_gemma2_fields(hf_config) if gemma2 else {}),
+        **(_post_norm_fields(hf_config) if post_normed else {}),
         attention_windows=_attention_windows(hf_config, int(cfg.n_layers), int(cfg.n_ctx)),
         **_biases(name, hf_config),
     )
@@ -176,9 +185,10 @@ def _biases(name: str, hf_config: Any) -> dict[str, bool]:
     return dict(qkv_bias=attention, out_bias=attention, mlp_bias=True)
 
 
-def _gemma2_fields(hf_config: Any) -> dict[str, Any]:
-    """Gemma 2's `Architecture` fields: norms after attention and MLP, scores scaled by
-    `query_pre_attn_scalar ** -0.5` and soft-capped, logits soft-capped."""
+def _post_norm_fields(hf_config: Any) -> dict[str, Any]:
+    """Gemma 2's and 3's `Architecture` fields: norms after attention and MLP, scores
+    scaled by `query_pre_attn_scalar ** -0.5` and soft-capped, logits soft-capped (Gemma 2;
+    Gemma 3's configs have no caps)."""
     def cap(value: Any) -> float | None:
         return float(value) if value else None
 
@@ -253,27 +263,55 @@ def _rotary_of(
     own rotary module (`inv_freq`, `attention_scaling`), so every rope type whose
     frequencies are fixed is exact as the class computes it: "default", "linear",
     "llama3" (Llama 3.1 and 3.2), "yarn"; `rope_parameters` (transformers 5) names the
-    type and `partial_rotary_factor` (GPT-NeoX's `rotary_pct`) the rotated width."""
+    type and `partial_rotary_factor` (GPT-NeoX's `rotary_pct`) the rotated width. Gemma 3
+    has parameters per layer type (`rope_parameters[layer_type]`, a module buffer
+    `<type>_inv_freq` each): its full-attention layers' are the model's frequencies, its
+    sliding layers' `rotary_local_inv_freq`."""
     if not rotary:
         return {}, None
     rope = dict(getattr(hf_config, "rope_parameters", None) or {})
-    kind = rope.get("rope_type", "default")
-    if kind in _SEQUENCE_DEPENDENT_ROPE:
+    per_type = {key: dict(value) for key, value in rope.items() if isinstance(value, dict)}
+    types = list(getattr(hf_config, "layer_types", None) or [])
+    if per_type:  # Gemma 3: the global layers' parameters are the model's
+        main = "full_attention" if "full_attention" in types else types[0]
+        rope = per_type[main]
+    kinds = [params.get("rope_type", "default") for params in (per_type or {"": rope}).values()]
+    if any(kind in _SEQUENCE_DEPENDENT_ROPE for kind in kinds):
+        kind = next(kind for kind in kinds if kind in _SEQUENCE_DEPENDENT_ROPE)
         return {}, f"rope_type={kind!r} (frequencies that change with the sequence length)"
     factor = rope.get("partial_rotary_factor", getattr(hf_config, "rotary_pct", 1.0))
     rotary_dim = int(d_head * float(factor))
     if rotary_dim < 2 or rotary_dim % 2:
         return {}, f"rotary width {rotary_dim} (not a positive even number)"
-    module = next((m for m in original.modules() if isinstance(getattr(m, "inv_freq", None),
-                                                                Tensor)), None)
-    if module is None or module.inv_freq.numel() * 2 != rotary_dim:
+    prefix = f"{main}_" if per_type else ""
+    module = next((m for m in original.modules()
+                   if isinstance(getattr(m, f"{prefix}inv_freq", None), Tensor)), None)
+    inv_freq = None if module is None else getattr(module, f"{prefix}inv_freq")
+    if inv_freq is None or inv_freq.numel() * 2 != rotary_dim:
         return {}, "no rotary embedding module of the configured width"
-    return dict(
+    fields = dict(
         rotary_dim=rotary_dim,
         rotary_base=float(rope.get("rope_theta", getattr(hf_config, "rotary_emb_base", 1e4))),
-        rotary_inv_freq=tuple(module.inv_freq.detach().float().cpu().tolist()),
-        rotary_scale=float(getattr(module, "attention_scaling", 1.0)),
-    ), None
+        rotary_inv_freq=_frequencies(inv_freq),
+        rotary_scale=float(getattr(module, f"{prefix}attention_scaling", 1.0)),
+    )
+    local = [kind for kind in dict.fromkeys(types) if kind != main] if per_type else []
+    if len(local) > 1:
+        return {}, f"rotary parameters for {len(local) + 1} layer types"
+    if local:
+        scale = float(getattr(module, f"{local[0]}_attention_scaling", 1.0))
+        if scale != fields["rotary_scale"]:
+            return {}, "a rotary cos/sin scale per layer type"
+        fields.update(
+            rotary_local_inv_freq=_frequencies(getattr(module, f"{local[0]}_inv_freq")),
+            rotary_local_layers=tuple(i for i, kind in enumerate(types) if kind == local[0]),
+        )
+    return fields, None
+
+
+def _frequencies(inv_freq: Tensor) -> tuple[float, ...]:
+    """A rotary module's inverse frequencies as a tuple of floats."""
+    return tuple(inv_freq.detach().float().cpu().tolist())
 
 
 def _hf_config_differences(hf_config: Any) -> list[str]:

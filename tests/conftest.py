@@ -108,6 +108,15 @@ other than 1 / sqrt(d_head)."""
 
 
 @pytest.fixture(scope="session")
+def gemma3(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer Gemma 3 (Gemma 2's blocks without soft caps, queries and keys
+    normalised per head by 1 + weight; a local layer of 3-key windows and rotary base 1e4,
+    then a global one of base 1e6)."""
+    return _llama_like(tmp_path_factory, "gemma3", sliding_window=3, query_pre_attn_scalar=10,
+                       layer_types=["sliding_attention", "full_attention"])
+
+
+@pytest.fixture(scope="session")
 def gemma2(tmp_path_factory: pytest.TempPathFactory):
     """A random 2-layer Gemma 2 (Gemma's blocks with norms after attention and MLP,
     soft-capped scores and logits, a sliding window on its first layer: `GEMMA2_SETTINGS`)."""

@@ -146,8 +146,7 @@ class IncrementalPatcher:
         self.params: Params = functional.live_params(model)
         self.n_examples, self.n_pos = base_tokens.shape
         device = base_tokens.device
-        self.rope = functional.rotary_tables(arch, self.n_pos, device) if arch.rotary else None
-        """Cos and sin of every position (rotary models; the cached q and k are unrotated)."""
+        self._device = device
         self.read_positions = sorted({int(position) for position in read_positions})
         """The read positions, sorted, as Python ints."""
         if not all(0 <= position < self.n_pos for position in self.read_positions or [-1]):
@@ -198,6 +197,11 @@ class IncrementalPatcher:
         """The read positions along the buffer's position axis, a slice where it can be."""
         self._grids: dict[tuple[int, ...], Tensor] = {}
         """`index_grid` by shape, made once per sweep."""
+
+    def rope(self, layer: int) -> tuple[Tensor, Tensor] | None:
+        """Cos and sin of every position for `layer` (rotary models; the cached q and k are
+        unrotated), None without rotary embeddings."""
+        return functional.rope_of(self.arch, layer, self.n_pos, self._device)
 
     def arange(self, n: int) -> Tensor:
         """`torch.arange(n)` on the device, a view of one kept tensor (grown on demand)."""
@@ -471,7 +475,7 @@ class _Step:
         else:
             raise ValueError(f"incremental patching has no rule for activation {name!r}")
         z, _ = functional.mix_heads(
-            q[:, cached], k, v, rows, self.arch, self.patcher.rope, fused=True,
+            q[:, cached], k, v, rows, self.arch, self.patcher.rope(layer), fused=True,
             qk_norm=functional.qk_norm_of(self.params, attn, self.arch),
             window=self.arch.window(layer),
         )
@@ -526,7 +530,8 @@ class _Step:
                 )
                 for part in ("k", "v")
             )
-            z, _ = functional.mix_heads(q, k, v, rows, self.arch, self.patcher.rope, fused=True,
+            z, _ = functional.mix_heads(q, k, v, rows, self.arch, self.patcher.rope(layer),
+                                        fused=True,
                                         qk_norm=functional.qk_norm_of(self.params, attn,
                                                                       self.arch),
                                         window=self.arch.window(layer))

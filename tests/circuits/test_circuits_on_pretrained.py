@@ -5,7 +5,7 @@ pattern patching, EAP and ACDC against the same weights in a native model, and t
 hook-based analyses likewise. Edge patching against the model and activation patching,
 EAP against the derivative of edge patching and incremental ACDC against full passes on
 each architecture are in test_edge_patching.py, test_eap.py and test_acdc.py. On bridges
-the fast engines do not cover (Gemma 3, Phi-3, GPT-J, OPT), the hook engine against
+the fast engines do not cover (Phi-3, GPT-J, OPT), the hook engine against
 TransformerLens's functions."""
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from circuits.path_patching import path_patch_senders
 from interp import models
 from interp.random_models import FAMILIES, write_model
 
-HOOKED_ONLY = ("gemma3", "phi3", "gptj", "opt")
-"""Families of `interp.random_models` outside the fast engines: rotary bases per layer type
-(Gemma 3), fused projections (Phi-3), parallel blocks with interleaved rotary (GPT-J),
-offset learned positions (OPT)."""
+HOOKED_ONLY = ("phi3", "gptj", "opt")
+"""Families of `interp.random_models` outside the fast engines: fused projections (Phi-3),
+parallel blocks with interleaved rotary (GPT-J), offset learned positions (OPT)."""
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def _patching_cases() -> list[tuple[str, str, str, str]]:
     """(model, target, engine, direction) of every patch TransformerLens can check on the
     pretrained bridges (GPT-NeoX has no resid_mid). The hook engine runs denoising only."""
     cases = []
-    for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "gemma2",
+    for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
                  "mistral_windowed"):
         for target in sorted(REFERENCES):
             if (kind, target) == ("neox", "resid_mid"):
@@ -157,15 +156,19 @@ def test_hook_engine_matches_transformer_lens_on_other_bridges(hooked_only, batc
     assert hook_counts(model) == before
 
 
-@pytest.mark.parametrize("kind", ["gemma2", "mistral_windowed"])
+@pytest.mark.parametrize("kind", ["gemma2", "gemma3", "mistral_windowed"])
 def test_edge_level_engines_refuse_what_they_do_not_compute(request, batch, kind) -> None:
     """Gemma 2's norm after the attention mixes its heads' outputs, so the residual stream
     is no sum of source outputs; soft caps and windows are not in the pruning state's
     attention: edge patching, EAP and ACDC refuse in one line, naming what."""
     model = request.getfixturevalue(kind)
-    named = ("a norm after each attention and MLP, which mixes the heads' outputs, "
-             "soft-capped attention scores, sliding-window attention" if kind == "gemma2"
-             else "sliding-window attention")
+    named = {
+        "gemma2": "a norm after each attention and MLP, which mixes the heads' outputs, "
+                  "soft-capped attention scores, sliding-window attention",
+        "gemma3": "a norm after each attention and MLP, which mixes the heads' outputs, "
+                  "sliding-window attention, rotary frequencies per layer type",
+        "mistral_windowed": "sliding-window attention",
+    }[kind]
     message = f"edge patching covers .*; this model has {named}$"
     with pytest.raises(ValueError, match=message):
         edge_attribution(model, batch, METRIC)
