@@ -294,7 +294,7 @@ def attention_output(
     arch: Architecture,
 ) -> Float[Tensor, "batch query d_model"]:
     """The attention's output: every head's `z` through `W_O`, plus the output bias, then
-    (Gemma 2, `arch.post_norms`) the block's norm `ln1_post`."""
+    (Gemma 2 and 3, `arch.post_norms`) the block's norm `ln1_post`."""
     flat = z.reshape(z.shape[0], z.shape[1], -1)
     out = linear(flat, params[f"{prefix}.o.weight"], params.get(f"{prefix}.o.bias"))
     if arch.post_norms:
@@ -408,7 +408,7 @@ def block_mlp(
     record: Callable[[str, Tensor], Tensor] | None = None,
 ) -> Float[Tensor, "*lead pos d_model"]:
     """The MLP of block `layer` on its input `x` (`resid_mid`, or the block's input in
-    parallel blocks): its norm `ln2`, then `mlp` (then, Gemma 2, the norm `ln2_post`)."""
+    parallel blocks): its norm `ln2`, then `mlp` (then, Gemma 2 and 3, the norm `ln2_post`)."""
     block = f"blocks.{layer}"
     normed = normalize(params, f"{block}.ln2", x, arch.normalization, arch.eps)
     out = mlp(params, f"{block}.mlp", normed, arch, record)

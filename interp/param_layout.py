@@ -126,8 +126,9 @@ class Architecture:
     logit_softcap: float | None = None
     """Gemma 2: logits soft-capped, `cap * tanh(logits / cap)`."""
     attention_windows: tuple[int | None, ...] | None = None
-    """Sliding-window attention (Mistral, Gemma 2's local layers), per layer: query i sees
-    keys i - window + 1 .. i (None: every earlier key); None: no window anywhere."""
+    """Sliding-window attention (Mistral, the local layers of Gemma 2 and 3), per layer:
+    query i sees keys i - window + 1 .. i (None: every earlier key); None: no window
+    anywhere."""
 
     def window(self, layer: int) -> int | None:
         """The attention window of `layer`, or None where it sees every earlier key."""
