@@ -31,7 +31,10 @@ d_head x d_head matrix `W_O W_U W_E W_V` (cyclic permutation), so
 through embed/unembed gives 1; a negating head 0 (signed: -1).
 
 Layer norms are not folded in unless asked (`fold_layer_norm`, pre-norm native models
-only: each norm's scale multiplies the rows of the matrices that read its output).
+only: each norm's scale multiplies the rows of the matrices that read its output). What
+the weights alone cannot carry is left out: the per-head query and key norms of Qwen3 and
+Gemma 3 (they rescale each query and key by its own norm, so W_QK is read before them),
+and the norms after attention of Gemma 2 and 3 (W_OV is read before them).
 """
 
 from __future__ import annotations
