@@ -153,8 +153,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"no runs in {args.runs_dir}")
         return 0
     columns = [c for c in ("experiment", "run_id", "kind", "status", "started") if c in table]
-    print(table[columns].to_string(index=False))
+    shown = table[columns].copy()
+    if "error" in table and table["error"].notna().any():  # why a run failed or is unreadable
+        shown["error"] = table["error"].map(_short_error)
+    print(shown.to_string(index=False))
     return 0
+
+
+def _short_error(error: Any, width: int = 60) -> str:
+    """A run's error on one line, cut to `width` characters ("" for none)."""
+    if not isinstance(error, str) or not error.strip():
+        return ""
+    line = error.strip().splitlines()[0]
+    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 def cmd_show(args: argparse.Namespace) -> int:

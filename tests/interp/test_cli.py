@@ -92,6 +92,9 @@ def test_failed_run_is_marked_failed_not_done(
     assert info.status == "failed" and "diverged" in info.error
     manifest = json.loads((info.path / "manifest.json").read_text())
     assert manifest["status"] == "failed" and not (info.path / "summary.json").exists()
+    assert main(["list", "--runs-dir", str(tmp_path)]) == 0  # the listing says why
+    listed = capsys.readouterr().out.splitlines()
+    assert "error" in listed[0] and "failed" in listed[1] and "diverged" in listed[1], listed
 
 
 def test_suite_runs_members_and_later_members_load_earlier_checkpoints(
