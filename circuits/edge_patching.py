@@ -61,7 +61,6 @@ def _architecture(model: TransformerBridge) -> Architecture:
     beyond = {
         "a norm after each attention and MLP, which mixes the heads' outputs": arch.post_norms,
         "soft-capped attention scores": arch.attn_softcap is not None,
-        "sliding-window attention": arch.attention_windows is not None,
         "rotary frequencies per layer type": arch.rotary_local_inv_freq is not None,
     }
     named = [what for what, present in beyond.items() if present]
@@ -192,6 +191,10 @@ class EdgePatcher:
         # Parallel attention and MLP: the MLP reads the block's input, as its heads do (an
         # attention-only block has no MLP to read it)
         self._parallel_mlp = self.arch.parallel_attn_mlp and self.arch.d_mlp is not None
+        self._window = min((w for w in self.arch.attention_windows or () if w is not None),
+                           default=None)
+        """The shortest sliding attention window (Mistral 7B v0.1's 4,096 keys), or None:
+        the passes here attend to every earlier key, which is exact for prompts no longer."""
 
     @property
     def n_edges(self) -> int:
@@ -199,8 +202,18 @@ class EdgePatcher:
 
     def check_batch(self, batch: object) -> None:
         """A one-line ValueError unless `batch` is a `TaskBatch` this model can run
-        (`TaskBatch.check_fits`)."""
-        TaskBatch.checked(batch, self._model)
+        (`TaskBatch.check_fits`), within the model's sliding attention window."""
+        self._check_positions(TaskBatch.checked(batch, self._model).clean.shape[1])
+
+    def _check_positions(self, n_pos: int) -> None:
+        """A one-line ValueError where prompts of `n_pos` positions are longer than the
+        model's sliding attention window (the passes here would attend past it)."""
+        if self._window is not None and n_pos > self._window:
+            raise ValueError(
+                f"these prompts have {n_pos} positions, more than this model's sliding "
+                f"attention window of {self._window}: edge patching attends to every earlier "
+                f"key, exact for prompts of at most {self._window} positions"
+            )
 
     # -- masks -----------------------------------------------------------------------
 
@@ -389,7 +402,9 @@ class EdgePatcher:
 
     def embed(self, tokens: Tensor) -> Float[Tensor, "batch pos d_model"]:
         """The embedding source's output: token plus position embeddings (rotary models:
-        the token embeddings alone)."""
+        the token embeddings alone). Every pass starts here, so prompts longer than the
+        model's sliding attention window are refused here too."""
+        self._check_positions(tokens.shape[1])
         return functional.embed(self.params, tokens, self.arch)
 
     def _norm(self, prefix: str, x: Tensor) -> Tensor:

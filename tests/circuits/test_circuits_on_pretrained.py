@@ -18,10 +18,12 @@ from pretrained_models import NOISY, SHAPE, native_twin
 from circuits.acdc import acdc
 from circuits.attribution import attribute
 from circuits.eap import edge_attribution
+from circuits.edge_patching import EdgePatcher
 from circuits.patching import incremental, patch
 from circuits.path_patching import path_patch_senders
 from interp import models
 from interp.random_models import FAMILIES, write_model
+from interp.tasks.base import TaskBatch
 
 HOOKED_ONLY = ("phi3", "gptj", "opt")
 """Families of `interp.random_models` outside the fast engines: fused projections (Phi-3),
@@ -156,21 +158,44 @@ def test_hook_engine_matches_transformer_lens_on_other_bridges(hooked_only, batc
     assert hook_counts(model) == before
 
 
-@pytest.mark.parametrize("kind", ["gemma2", "gemma3", "mistral_windowed"])
+@pytest.mark.parametrize("kind", ["gemma2", "gemma3"])
 def test_edge_level_engines_refuse_what_they_do_not_compute(request, batch, kind) -> None:
-    """Gemma 2's norm after the attention mixes its heads' outputs, so the residual stream
-    is no sum of source outputs; soft caps and windows are not in the pruning state's
-    attention: edge patching, EAP and ACDC refuse in one line, naming what."""
+    """Gemma 2's and 3's norm after the attention mixes their heads' outputs, so the
+    residual stream is no sum of source outputs; soft caps and per-layer-type rotary
+    frequencies are not in the pruning state's attention: edge patching, EAP and ACDC
+    refuse in one line, naming what."""
     model = request.getfixturevalue(kind)
     named = {
         "gemma2": "a norm after each attention and MLP, which mixes the heads' outputs, "
-                  "soft-capped attention scores, sliding-window attention",
+                  "soft-capped attention scores",
         "gemma3": "a norm after each attention and MLP, which mixes the heads' outputs, "
-                  "sliding-window attention, rotary frequencies per layer type",
-        "mistral_windowed": "sliding-window attention",
+                  "rotary frequencies per layer type",
     }[kind]
     message = f"edge patching covers .*; this model has {named}$"
     with pytest.raises(ValueError, match=message):
         edge_attribution(model, batch, METRIC)
     with pytest.raises(ValueError, match=message):
         acdc(model, batch, threshold=0.01, progress=False)
+
+
+def test_edge_level_engines_run_within_a_sliding_window(mistral_windowed, batch) -> None:
+    """A sliding window changes nothing for prompts no longer than it (Mistral 7B v0.1:
+    4,096 keys), so edge patching, EAP and ACDC run there, exactly (every edge kept gives
+    the bridge's logits); longer prompts are refused in one line."""
+    message = ("these prompts have 6 positions, more than this model's sliding attention "
+               "window of 3")
+    with pytest.raises(ValueError, match=message):
+        edge_attribution(mistral_windowed, batch, METRIC)
+    with pytest.raises(ValueError, match=message):
+        acdc(mistral_windowed, batch, threshold=0.01, progress=False)
+    short = TaskBatch(clean=batch.clean[:, :3], corrupted=batch.corrupted[:, :3],
+                      answer=batch.answer, wrong=batch.wrong, position=torch.full((3,), 2))
+    patcher = EdgePatcher(mistral_windowed)
+    with pytest.raises(ValueError, match="more than this model's sliding attention window"):
+        patcher.source_outputs(batch.clean)
+    ablated = patcher.ablated_outputs(short.clean, short.corrupted, "resample")
+    with torch.no_grad():
+        logits = patcher.run(short.clean, patcher.dense(torch.ones(1, patcher.n_edges)), ablated)
+        torch.testing.assert_close(logits[0], mistral_windowed(short.clean), atol=1e-5, rtol=0)
+    assert edge_attribution(mistral_windowed, short, METRIC).scores.abs().max() > 1e-3
+    assert int(acdc(mistral_windowed, short, threshold=0.01, progress=False).kept.sum()) > 0
