@@ -49,7 +49,8 @@ ABLATIONS: tuple[Ablation, ...] = ("resample", "mean", "zero")
 
 _COVERS = (
     "edge patching covers pre-LayerNorm models whose residual stream is a sum of source "
-    "outputs (native models, pretrained GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3, Gemma)"
+    "outputs (native models, pretrained GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3, Phi-3, "
+    "Gemma)"
 )
 
 
@@ -154,7 +155,7 @@ class EdgePatcher:
 
     Args:
         model: A native model from `interp.models.build` or a pretrained GPT-2, GPT-NeoX,
-            Llama, Mistral, Qwen2, Qwen3 or Gemma (`functional.architecture_of`).
+            Llama, Mistral, Qwen2, Qwen3, Phi-3 or Gemma (`functional.architecture_of`).
         graph: Its `ComputationalGraph` (default: `ComputationalGraph.from_model(model)`).
     """
 

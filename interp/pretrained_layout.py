@@ -25,7 +25,10 @@ Pretrained architectures covered:
   the rotate-half layout, grouped-query attention, no biases (Qwen2: on q, k and v), and
   in Qwen3 queries and keys RMS-normalised per head before the rotary embedding;
   sliding attention windows (Mistral 7B v0.1, Qwen2's `use_sliding_window`) as the config
-  places them;
+  places them; Phi-3 (`Phi3ForCausalLM`: Phi-3 / 3.5 mini and medium, Phi-4-mini) is
+  Llama's blocks too, its fused q/k/v and gate/up projections read through the bridge's
+  split views (the same memory: writes go through), part of each head rotary where
+  `partial_rotary_factor` says, and the 128k models' "longrope" refused;
 - Gemma (`GemmaForCausalLM`: gemma-2b, gemma-7b and their instruction-tuned versions):
   Llama's blocks with GELU (tanh) gates, RMSNorms scaled by 1 + weight, embeddings scaled
   by sqrt(d_model) (`hook_embed` holds them scaled, as the bridge's does), the unembedding
@@ -50,7 +53,7 @@ cos and sin); types whose frequencies change with the sequence length ("dynamic"
 forward pass and the patching against TransformerLens's `get_act_patch_*` on
 random models of each class written to local folders. Other classes are refused by name
 (what they add is not computed here: OPT's offset positions, BERT's post-LayerNorm, and
-Phi-3, GPT-J, ... have not been mapped).
+GPT-J, ... have not been mapped).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ COVERED_PRETRAINED: tuple[str, ...] = (
     "GemmaForCausalLM",
     "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
+    "Phi3ForCausalLM",
 )
 """Hugging Face model classes whose bridges `architecture_of` reads."""
 
@@ -92,7 +96,7 @@ _GEMMA = {"GemmaForCausalLM", *_POST_NORMED}
 """Covered classes whose norms scale by 1 + weight and whose embeddings by sqrt(d_model)."""
 
 _LLAMA_LIKE = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-               *_GEMMA}
+               "Phi3ForCausalLM", *_GEMMA}
 """Covered classes with Llama's blocks: RMSNorm, a gated MLP, grouped keys and values
 (Qwen3: with per-head query and key norms; Gemma: norms scaled by 1 + weight, embeddings
 by sqrt(d_model))."""
@@ -173,7 +177,7 @@ def _biases(name: str, hf_config: Any) -> dict[str, bool]:
     all of GPT-2's and GPT-NeoX's; Llama's per `attention_bias` and `mlp_bias` (Qwen3's
     attention per `attention_bias`, its MLP none); Qwen2's queries, keys and values only;
     none of Mistral's."""
-    if name in ("LlamaForCausalLM", "Qwen3ForCausalLM", *_GEMMA):
+    if name in ("LlamaForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM", *_GEMMA):
         attention = bool(getattr(hf_config, "attention_bias", False))
         mlp = bool(getattr(hf_config, "mlp_bias", False))  # Qwen3's config has none
         return dict(qkv_bias=attention, out_bias=attention, mlp_bias=mlp)

@@ -37,8 +37,8 @@ FAMILIES: dict[str, str] = {
     "gptj": "GPTJForCausalLM",
     "opt": "OPTForCausalLM",
 }
-"""The families `write_model` writes -> their transformers model class. Phi-3, GPT-J and
-OPT lie outside what `interp.functional` computes
+"""The families `write_model` writes -> their transformers model class. GPT-J and OPT lie
+outside what `interp.functional` computes
 (`interp.pretrained_layout.COVERED_PRETRAINED`): they exercise the hook-based paths, which
 run on every bridge."""
 

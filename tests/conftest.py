@@ -94,6 +94,13 @@ def mistral(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def phi3(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer Phi-3 (Llama's blocks; its fused q/k/v and gate/up projections are
+    split into the bridge's `attn.q`, ..., `mlp.gate`, `mlp.in` views of the same memory)."""
+    return _llama_like(tmp_path_factory, "phi3")
+
+
+@pytest.fixture(scope="session")
 def mistral_windowed(tmp_path_factory: pytest.TempPathFactory):
     """A random 2-layer Mistral whose queries see the 3 latest keys only (a sliding window
     shorter than the tests' 6 to 8 positions, as Mistral 7B v0.1's 4,096 of 32,768)."""

@@ -5,7 +5,7 @@ pattern patching, EAP and ACDC against the same weights in a native model, and t
 hook-based analyses likewise. Edge patching against the model and activation patching,
 EAP against the derivative of edge patching and incremental ACDC against full passes on
 each architecture are in test_edge_patching.py, test_eap.py and test_acdc.py. On bridges
-the fast engines do not cover (Phi-3, GPT-J, OPT), the hook engine against
+the fast engines do not cover (GPT-J, OPT), the hook engine against
 TransformerLens's functions."""
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from interp import models
 from interp.random_models import FAMILIES, write_model
 from interp.tasks.base import TaskBatch
 
-HOOKED_ONLY = ("phi3", "gptj", "opt")
-"""Families of `interp.random_models` outside the fast engines: fused projections (Phi-3),
-parallel blocks with interleaved rotary (GPT-J), offset learned positions (OPT)."""
+HOOKED_ONLY = ("gptj", "opt")
+"""Families of `interp.random_models` outside the fast engines: parallel blocks with
+interleaved rotary (GPT-J), offset learned positions (OPT)."""
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _patching_cases() -> list[tuple[str, str, str, str]]:
     pretrained bridges (GPT-NeoX has no resid_mid). The hook engine runs denoising only."""
     cases = []
     for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
-                 "mistral_windowed"):
+                 "phi3", "mistral_windowed"):
         for target in sorted(REFERENCES):
             if (kind, target) == ("neox", "resid_mid"):
                 continue
@@ -139,13 +139,12 @@ def test_hook_engine_matches_transformer_lens_on_other_bridges(hooked_only, batc
     assert type(model.original_model).__name__ == FAMILIES[kind]
     assert not incremental.supports(model)
     before = hook_counts(model)
-    observes_only = kind in ("gptj", "opt")
     for target in sorted(REFERENCES):
         if kind == "gptj" and target == "resid_mid":  # parallel attention and MLP
             with pytest.raises(ValueError, match="'resid_mid' does not exist in this model"):
                 patch(model, batch, target, METRIC, progress=False)
             continue
-        if observes_only and target == "pattern":
+        if target == "pattern":  # GPT-J's and OPT's attentions use it before its hook
             with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this "
                                                  "model: its attention .* uses the pattern"):
                 patch(model, batch, target, METRIC, progress=False)

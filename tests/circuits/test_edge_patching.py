@@ -35,7 +35,8 @@ def reference_logits(model, tokens) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "which", ["model", "attn_only", "rotary", "gpt2", "neox", "llama", "qwen2", "qwen3", "gemma"]
+    "which",
+    ["model", "attn_only", "rotary", "gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3"],
 )
 def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_run(
     request, batch, which
@@ -54,7 +55,9 @@ def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_r
         )
 
 
-@pytest.mark.parametrize("which", ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma"])
+@pytest.mark.parametrize(
+    "which", ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3"]
+)
 def test_cutting_every_edge_out_of_a_head_is_activation_patching_its_output(
     request, batch, which
 ) -> None:

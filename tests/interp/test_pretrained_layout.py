@@ -48,7 +48,7 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
                   rotary_adjacent_pairs=False, parallel_attn_mlp=False, gated_mlp=True,
                   kv_heads=2, qkv_bias=kind == "qwen2", out_bias=False, mlp_bias=False,
                   qk_norm=kind == "qwen3")
-       for kind in ("llama", "qwen2", "qwen3", "mistral")},
+       for kind in ("llama", "qwen2", "qwen3", "mistral", "phi3")},
     # Gemma: norms scaled by 1 + weight, embeddings (hook_embed too) by sqrt(32), GELU gates
     "gemma": dict(normalization="RMS1P", act_fn="gelu_pytorch_tanh", embed_scale=32**0.5,
                   rotary=True,
@@ -134,7 +134,7 @@ def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path
                                          "GPTNeoXForCausalLM, LlamaForCausalLM, "
                                          "MistralForCausalLM, Qwen2ForCausalLM, "
                                          "Qwen3ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, "
-                                         "Gemma3ForCausalLM; "
+                                         "Gemma3ForCausalLM, Phi3ForCausalLM; "
                                          "this model is a BertForMaskedLM"):
         architecture_of(minilm)
     assert not covers(minilm)
