@@ -408,9 +408,11 @@ def block_mlp(
     record: Callable[[str, Tensor], Tensor] | None = None,
 ) -> Float[Tensor, "*lead pos d_model"]:
     """The MLP of block `layer` on its input `x` (`resid_mid`, or the block's input in
-    parallel blocks): its norm `ln2`, then `mlp` (then, Gemma 2 and 3, the norm `ln2_post`)."""
+    parallel blocks): its norm `ln2` (GPT-J's shared `ln1`), then `mlp` (then, Gemma 2 and
+    3, the norm `ln2_post`)."""
     block = f"blocks.{layer}"
-    normed = normalize(params, f"{block}.ln2", x, arch.normalization, arch.eps)
+    norm = "ln1" if arch.shared_norm else "ln2"  # GPT-J: the attention's norm serves both
+    normed = normalize(params, f"{block}.{norm}", x, arch.normalization, arch.eps)
     out = mlp(params, f"{block}.mlp", normed, arch, record)
     if arch.post_norms:
         out = normalize(params, f"{block}.ln2_post", out, arch.normalization, arch.eps)

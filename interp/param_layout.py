@@ -86,6 +86,8 @@ class Architecture:
     causal: bool = True
     parallel_attn_mlp: bool = False
     """GPT-J / GPT-NeoX blocks: `resid + attn(ln1(resid)) + mlp(ln2(resid))`."""
+    shared_norm: bool = False
+    """GPT-J: one norm (`ln1`) before both the attention and the (parallel) MLP; no `ln2`."""
     rotary_adjacent_pairs: bool = True
     """Rotary layout: dimensions 2i and 2i+1 rotate together (TransformerLens's native
     models), or i and i + rotary_dim / 2 (GPT-NeoX's and Llama's "rotate half")."""
@@ -234,7 +236,8 @@ def arch_param_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
         if arch.post_norms:
             shapes.update(_norm_shapes(f"{block}.ln1_post", d, arch.normalization))
         if arch.d_mlp is not None:
-            shapes.update(_norm_shapes(f"{block}.ln2", d, arch.normalization))
+            if not arch.shared_norm:
+                shapes.update(_norm_shapes(f"{block}.ln2", d, arch.normalization))
             if arch.act_fn == "solu_ln":
                 shapes.update(_norm_shapes(f"{block}.mlp.ln", arch.d_mlp, "LN"))
             if arch.gated_mlp:

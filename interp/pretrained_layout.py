@@ -19,6 +19,9 @@ Pretrained architectures covered:
   training checkpoints): rotary embeddings on part of each head (`rotary_pct`) in the
   rotate-half layout, attention and MLP in parallel on the block's input (so no
   `resid_mid`);
+- GPT-J (`GPTJForCausalLM`: gpt-j-6b): attention and MLP in parallel behind one shared
+  LayerNorm (`shared_norm`), rotary embeddings on the first `rotary_dim` dimensions of each
+  head in adjacent pairs (2i, 2i + 1), no attention biases;
 - Llama, Mistral, Qwen2 and Qwen3 (`LlamaForCausalLM`, `MistralForCausalLM`,
   `Qwen2ForCausalLM`, `Qwen3ForCausalLM`: Llama 2 and 3.x, TinyLlama, SmolLM, Mistral 7B
   v0.3, Qwen2, Qwen2.5 and Qwen3, ...): RMSNorm, a gated SiLU MLP, rotary embeddings in
@@ -52,8 +55,7 @@ cos and sin); types whose frequencies change with the sequence length ("dynamic"
 "longrope") are refused. Tests check the logits and activations against the bridge's own
 forward pass and the patching against TransformerLens's `get_act_patch_*` on
 random models of each class written to local folders. Other classes are refused by name
-(what they add is not computed here: OPT's offset positions, BERT's post-LayerNorm, and
-GPT-J, ... have not been mapped).
+(what they add is not computed here: OPT's offset positions, BERT's post-LayerNorm, ...).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -86,6 +89,7 @@ COVERED_PRETRAINED: tuple[str, ...] = (
     "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
     "Phi3ForCausalLM",
+    "GPTJForCausalLM",
 )
 """Hugging Face model classes whose bridges `architecture_of` reads."""
 
@@ -101,7 +105,7 @@ _LLAMA_LIKE = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qw
 (Qwen3: with per-head query and key norms; Gemma: norms scaled by 1 + weight, embeddings
 by sqrt(d_model))."""
 
-_ROTARY = {"GPTNeoXForCausalLM"} | _LLAMA_LIKE
+_ROTARY = {"GPTNeoXForCausalLM", "GPTJForCausalLM"} | _LLAMA_LIKE
 """Covered classes with rotary position embeddings (in the rotate-half layout)."""
 
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "silu": "silu",
@@ -155,7 +159,8 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         cfg,
         act_fn=_ACTIVATIONS[str(cfg.act_fn)],
         **rope,
-        rotary_adjacent_pairs=False,
+        rotary_adjacent_pairs=name == "GPTJForCausalLM",  # GPT-J rotates pairs (2i, 2i+1)
+        shared_norm=name == "GPTJForCausalLM",
         n_kv_heads=cfg.n_key_value_heads if cfg.n_key_value_heads != cfg.n_heads else None,
         gated_mlp=bool(cfg.gated_mlp),
         qk_norm=name in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"),
@@ -185,6 +190,8 @@ def _biases(name: str, hf_config: Any) -> dict[str, bool]:
         return dict(qkv_bias=True, out_bias=False, mlp_bias=False)
     if name == "MistralForCausalLM":
         return dict(qkv_bias=False, out_bias=False, mlp_bias=False)
+    if name == "GPTJForCausalLM":
+        return dict(qkv_bias=False, out_bias=False, mlp_bias=True)
     attention = bool(getattr(hf_config, "attention_bias", True))
     return dict(qkv_bias=attention, out_bias=attention, mlp_bias=True)
 
@@ -273,6 +280,8 @@ def _rotary_of(
     sliding layers' `rotary_local_inv_freq`."""
     if not rotary:
         return {}, None
+    if getattr(hf_config, "model_type", None) == "gptj":
+        return _gptj_rotary(hf_config, d_head)
     rope = dict(getattr(hf_config, "rope_parameters", None) or {})
     per_type = {key: dict(value) for key, value in rope.items() if isinstance(value, dict)}
     types = list(getattr(hf_config, "layer_types", None) or [])
@@ -311,6 +320,18 @@ def _rotary_of(
             rotary_local_layers=tuple(i for i, kind in enumerate(types) if kind == local[0]),
         )
     return fields, None
+
+
+def _gptj_rotary(hf_config: Any, d_head: int) -> tuple[dict[str, Any], str | None]:
+    """GPT-J's rotary fields: the first `rotary_dim` dimensions of each head, base 10,000,
+    frequencies computed as its `create_sinusoidal_positions` does (the class keeps a
+    sin/cos table, no `inv_freq`)."""
+    rotary_dim = getattr(hf_config, "rotary_dim", None)
+    if not rotary_dim or rotary_dim > d_head or rotary_dim % 2:
+        return {}, f"rotary_dim={rotary_dim!r} (not a positive even width within a head)"
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64) / rotary_dim))
+    return dict(rotary_dim=int(rotary_dim), rotary_base=1e4,
+                rotary_inv_freq=_frequencies(inv_freq)), None
 
 
 def _frequencies(inv_freq: Tensor) -> tuple[float, ...]:

@@ -37,10 +37,9 @@ FAMILIES: dict[str, str] = {
     "gptj": "GPTJForCausalLM",
     "opt": "OPTForCausalLM",
 }
-"""The families `write_model` writes -> their transformers model class. GPT-J and OPT lie
-outside what `interp.functional` computes
-(`interp.pretrained_layout.COVERED_PRETRAINED`): they exercise the hook-based paths, which
-run on every bridge."""
+"""The families `write_model` writes -> their transformers model class. OPT lies outside
+what `interp.functional` computes (`interp.pretrained_layout.COVERED_PRETRAINED`): it
+exercises the hook-based paths, which run on every bridge."""
 
 _LLAMA_SHAPED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"}
 """Families whose configs take Llama's field names."""

@@ -101,6 +101,14 @@ def phi3(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def gptj(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer GPT-J (parallel attention and MLP behind one shared LayerNorm,
+    rotary embeddings on 4 of each head's 8 dimensions in adjacent pairs, no attention
+    biases)."""
+    return _llama_like(tmp_path_factory, "gptj", rotary_dim=4)
+
+
+@pytest.fixture(scope="session")
 def mistral_windowed(tmp_path_factory: pytest.TempPathFactory):
     """A random 2-layer Mistral whose queries see the 3 latest keys only (a sliding window
     shorter than the tests' 6 to 8 positions, as Mistral 7B v0.1's 4,096 of 32,768)."""

@@ -5,7 +5,7 @@ pattern patching, EAP and ACDC against the same weights in a native model, and t
 hook-based analyses likewise. Edge patching against the model and activation patching,
 EAP against the derivative of edge patching and incremental ACDC against full passes on
 each architecture are in test_edge_patching.py, test_eap.py and test_acdc.py. On bridges
-the fast engines do not cover (GPT-J, OPT), the hook engine against
+the fast engines do not cover (OPT), the hook engine against
 TransformerLens's functions."""
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from interp import models
 from interp.random_models import FAMILIES, write_model
 from interp.tasks.base import TaskBatch
 
-HOOKED_ONLY = ("gptj", "opt")
-"""Families of `interp.random_models` outside the fast engines: parallel blocks with
-interleaved rotary (GPT-J), offset learned positions (OPT)."""
+HOOKED_ONLY = ("opt",)
+"""Families of `interp.random_models` outside the fast engines: offset learned positions
+(OPT)."""
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,11 @@ def _patching_cases() -> list[tuple[str, str, str, str]]:
     pretrained bridges (GPT-NeoX has no resid_mid). The hook engine runs denoising only."""
     cases = []
     for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
-                 "phi3", "mistral_windowed"):
+                 "phi3", "gptj", "mistral_windowed"):
         for target in sorted(REFERENCES):
-            if (kind, target) == ("neox", "resid_mid"):
+            if (kind, target) in {("neox", "resid_mid"), ("gptj", "resid_mid")}:
+                continue
+            if (kind, target) == ("gptj", "pattern"):  # hooks only observe it there
                 continue
             cases += [(kind, target, "incremental", direction)
                       for direction in ("denoise", "noise")]
@@ -64,7 +66,7 @@ def test_patching_matches_transformer_lens(request, batch, kind, target, engine,
     assert hook_counts(model) == before
     expected = reference(model, batch, target, direction)
     if target in ("k", "v"):
-        assert result.values.shape == ((2, 4) if kind in ("gpt2", "neox") else (2, 2))
+        assert result.values.shape == ((2, 4) if kind in ("gpt2", "neox", "gptj") else (2, 2))
     assert result.values.std() > 1e-3  # the patches really change the metric
     torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
 
@@ -134,17 +136,13 @@ def test_hook_engine_matches_transformer_lens_on_other_bridges(hooked_only, batc
     """Any bridge: where the fast engines do not apply, engine="auto" takes the hooks and
     equals TransformerLens's `get_act_patch_*` for every target the bridge exposes, leaving
     its hooks as they were; pattern patching is refused where the bridge's attention used
-    the pattern before its hook fired (GPT-J's and OPT's plain `AttentionBridge`)."""
+    the pattern before its hook fired (OPT's plain `AttentionBridge`, as GPT-J's)."""
     model = hooked_only(kind)
     assert type(model.original_model).__name__ == FAMILIES[kind]
     assert not incremental.supports(model)
     before = hook_counts(model)
     for target in sorted(REFERENCES):
-        if kind == "gptj" and target == "resid_mid":  # parallel attention and MLP
-            with pytest.raises(ValueError, match="'resid_mid' does not exist in this model"):
-                patch(model, batch, target, METRIC, progress=False)
-            continue
-        if target == "pattern":  # GPT-J's and OPT's attentions use it before its hook
+        if target == "pattern":  # OPT's attention uses it before its hook
             with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this "
                                                  "model: its attention .* uses the pattern"):
                 patch(model, batch, target, METRIC, progress=False)

@@ -65,6 +65,11 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
     "gemma3": dict(normalization="RMS1P", post_norms=True, qk_norm=True, attn_scale=10**0.5,
                    attn_softcap=None, logit_softcap=None, attention_windows=(3, None),
                    rotary_local_layers=(0,), rotary_base=1e6),
+    # GPT-J: one LayerNorm before both attention and the parallel MLP, rotary on 4 of 8
+    # dimensions in adjacent pairs (2i, 2i + 1), biases on the MLP only
+    "gptj": dict(normalization="LN", act_fn="gelu_new", parallel_attn_mlp=True,
+                 shared_norm=True, rotary=True, rotary_dim=4, rotary_adjacent_pairs=True,
+                 qkv_bias=False, out_bias=False, mlp_bias=True, gated_mlp=False),
     # Mistral 7B v0.1's sliding window, here 3 keys, on every layer
     "mistral_windowed": dict(normalization="RMS", attention_windows=(3, 3), post_norms=False,
                              attn_softcap=None, logit_softcap=None),
@@ -134,7 +139,8 @@ def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path
                                          "GPTNeoXForCausalLM, LlamaForCausalLM, "
                                          "MistralForCausalLM, Qwen2ForCausalLM, "
                                          "Qwen3ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, "
-                                         "Gemma3ForCausalLM, Phi3ForCausalLM; "
+                                         "Gemma3ForCausalLM, Phi3ForCausalLM, "
+                                         "GPTJForCausalLM; "
                                          "this model is a BertForMaskedLM"):
         architecture_of(minilm)
     assert not covers(minilm)
