@@ -365,7 +365,7 @@ def patch(
         progress: Show a progress bar over forward passes.
         engine: `"incremental"` reruns only the layers and positions a patch can change
             and computes the logits at `batch.position` only (causal native models of
-            `interp.models.build`, and pretrained GPT-2, GPT-NeoX, Llama, Mistral, Qwen2:
+            `interp.models.build`, and the pretrained classes `interp.functional` covers:
             `incremental.supports`; the metric must read the
             logits at `batch.position`, as every metric of `interp.metrics` does);
             `"hooks"` runs the whole bridge with hooks (any model, any metric, and the
