@@ -14,7 +14,7 @@ import difflib
 import importlib
 import importlib.util
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -197,17 +197,14 @@ def checkpoint_dir(ref: CheckpointRef, store: RunStore) -> Path:
 def find_checkpoints(value: Any, path: str = "") -> Iterator[tuple[str, CheckpointRef]]:
     """Every `CheckpointRef` inside a config (pydantic models, lists, dicts), with its
     dotted path (e.g. `model`, `source.model`)."""
-    if isinstance(value, CheckpointRef):
-        yield path, value
-    elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            yield from find_checkpoints(getattr(value, name), f"{path}.{name}".lstrip("."))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from find_checkpoints(item, f"{path}.{index}".lstrip("."))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from find_checkpoints(item, f"{path}.{key}".lstrip("."))
+    found: list[tuple[str, CheckpointRef]] = []
+
+    def collect(where: str, ref: CheckpointRef) -> CheckpointRef:
+        found.append((where, ref))
+        return ref
+
+    _replace_checkpoints(value, path, collect)
+    return iter(found)
 
 
 def pin_checkpoints(
@@ -233,7 +230,12 @@ def pin_checkpoints(
     return _replace_checkpoints(config, "", pinned), inputs
 
 
-def _replace_checkpoints(value: Any, path: str, replace: Any) -> Any:
+def _replace_checkpoints(
+    value: Any, path: str, replace: Callable[[str, CheckpointRef], CheckpointRef]
+) -> Any:
+    """`value` with every `CheckpointRef` inside it (pydantic models, lists, dicts) swapped
+    for `replace(dotted_path, ref)`; containers where nothing changed are returned as they
+    are (the same object)."""
     if isinstance(value, CheckpointRef):
         return replace(path, value)
     if isinstance(value, BaseModel):
