@@ -49,8 +49,8 @@ ABLATIONS: tuple[Ablation, ...] = ("resample", "mean", "zero")
 
 _COVERS = (
     "edge patching covers pre-LayerNorm models whose residual stream is a sum of source "
-    "outputs (native models, pretrained GPT-2, GPT-NeoX, GPT-J, Llama, Mistral, Qwen2, Qwen3, "
-    "Phi-3, Gemma)"
+    "outputs (native models, pretrained GPT-2, GPT-NeoX, GPT-J, OPT, Llama, Mistral, Qwen2, "
+    "Qwen3, Phi-3, Gemma)"
 )
 
 

@@ -1,6 +1,6 @@
 """A pure-function forward pass of the native models that `interp.models.build` makes, and
-of pretrained GPT-2, GPT-NeoX (Pythia), GPT-J, Llama, Mistral, Qwen2, Qwen3, Phi-3 and
-Gemma 1-3.
+of pretrained GPT-2, GPT-NeoX (Pythia), GPT-J, OPT, Llama, Mistral, Qwen2, Qwen3, Phi-3
+and Gemma 1-3.
 
 `forward(params, tokens, spec)` computes the same logits as the bridge that `build(spec)`
 returns, from a plain dict of tensors in the layout of `live_params` (the bridge's
@@ -319,7 +319,8 @@ def first_layer_tables(
     batch, seq = tokens.shape
     embed = params["embed.weight"]
     d_vocab, d_model, width = embed.shape[0], arch.d_model, arch.n_heads * arch.d_head
-    table = embed + params["pos_embed.weight"][:seq, None]  # [pos, d_vocab, d_model]
+    positions = params["pos_embed.weight"][arch.pos_offset:arch.pos_offset + seq, None]
+    table = embed + positions  # [pos, d_vocab, d_model]
     normed = normalize(params, "blocks.0.ln1", table, arch.normalization, arch.eps)
     prefix = "blocks.0.attn"
     weight = torch.cat([params[f"{prefix}.{name}.weight"] for name in "qkv"])

@@ -449,7 +449,8 @@ def embed(
 ) -> Float[Tensor, "batch pos d_model"]:
     """The residual stream entering the first block: the tokens' embeddings (times
     `arch.embed_scale`) plus, without rotary embeddings, the learned position embeddings
-    (`record` sees `hook_embed`, scaled as the bridge's, and `hook_pos_embed`)."""
+    (rows `arch.pos_offset` on: OPT's start at row 2; `record` sees `hook_embed`, scaled as
+    the bridge's, and `hook_pos_embed`)."""
     record = record or recorder(None)
     resid = F.embedding(tokens, params["embed.weight"])
     if arch.embed_scale != 1.0:  # Gemma: in the embeddings' dtype, as Hugging Face's
@@ -458,7 +459,8 @@ def embed(
     if arch.rotary:
         return resid
     batch, seq = tokens.shape
-    pos = params["pos_embed.weight"][:seq].expand(batch, seq, arch.d_model)
+    offset = arch.pos_offset
+    pos = params["pos_embed.weight"][offset:offset + seq].expand(batch, seq, arch.d_model)
     return resid + record("hook_pos_embed", pos)
 
 

@@ -15,7 +15,7 @@ re-exports the public names, so `functional.params_of(model)` keeps working.
 Parameter layout (nn.Linear's [out, in] weights; H heads of width d_head, K key and value
 heads, K = H without grouping):
 
-    embed.weight [d_vocab, d_model]            pos_embed.weight [n_ctx, d_model]
+    embed.weight [d_vocab, d_model]            pos_embed.weight [n_ctx + pos_offset, d_model]
     blocks.{l}.ln1.weight / .bias [d_model]    blocks.{l}.ln2.* (not attn_only)
     blocks.{l}.attn.q.weight [H*d_head, d_model], .bias [H*d_head]
     blocks.{l}.attn.{k,v}.weight [K*d_head, d_model], .bias [K*d_head]
@@ -127,6 +127,10 @@ class Architecture:
     """Gemma 2: attention scores soft-capped, `cap * tanh(scores / cap)`, before the mask."""
     logit_softcap: float | None = None
     """Gemma 2: logits soft-capped, `cap * tanh(logits / cap)`."""
+    pos_offset: int = 0
+    """OPT: learned position p is row p + 2 of `pos_embed.weight` (its
+    `OPTLearnedPositionalEmbedding` keeps two rows in front), so the table has
+    `n_ctx + pos_offset` rows."""
     attention_windows: tuple[int | None, ...] | None = None
     """Sliding-window attention (Mistral, the local layers of Gemma 2 and 3), per layer:
     query i sees keys i - window + 1 .. i (None: every earlier key); None: no window
@@ -224,7 +228,7 @@ def arch_param_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
     d, hd, kv = arch.d_model, arch.n_heads * arch.d_head, arch.kv_heads * arch.d_head
     shapes: dict[str, tuple[int, ...]] = {"embed.weight": (arch.d_vocab, d)}
     if not arch.rotary:
-        shapes["pos_embed.weight"] = (arch.n_ctx, d)
+        shapes["pos_embed.weight"] = (arch.n_ctx + arch.pos_offset, d)
     for layer in range(arch.n_layers):
         block = f"blocks.{layer}"
         shapes.update(_norm_shapes(f"{block}.ln1", d, arch.normalization))

@@ -47,7 +47,12 @@ Pretrained architectures covered:
   blocks without soft caps, queries and keys normalised per head by 1 + weight (after
   hook_q / hook_k, before the rotary embedding), and local (sliding-window) layers whose
   rotary frequencies differ from the global layers' (`rotary_local_inv_freq`, read from
-  the model's per-layer-type buffers); activation patching only, as Gemma 2.
+  the model's per-layer-type buffers); activation patching only, as Gemma 2;
+- OPT (`OPTForCausalLM`: opt-125m, -1.3b, -2.7b, ... -66b): GPT-2's pre-LayerNorm blocks
+  with a ReLU MLP, learned positions read from row 2 of their table on (`pos_offset`:
+  OPT's `OPTLearnedPositionalEmbedding` keeps two rows in front), the unembedding tied to
+  the embedding. OPT-350m (post-LayerNorm blocks, `do_layer_norm_before=False`, and an
+  embedding narrower than the residual stream) is refused.
 
 Rotary frequencies are read from the model's own rotary module, so scaled ones are exact
 as the class computes them (Llama 3.1 and 3.2's "llama3", "linear", YaRN with its scaled
@@ -55,7 +60,7 @@ cos and sin); types whose frequencies change with the sequence length ("dynamic"
 "longrope") are refused. Tests check the logits and activations against the bridge's own
 forward pass and the patching against TransformerLens's `get_act_patch_*` on
 random models of each class written to local folders. Other classes are refused by name
-(what they add is not computed here: OPT's offset positions, BERT's post-LayerNorm, ...).
+(what they add is not computed here: BERT's and OPT-350m's post-LayerNorm, ...).
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ COVERED_PRETRAINED: tuple[str, ...] = (
     "Gemma3ForCausalLM",
     "Phi3ForCausalLM",
     "GPTJForCausalLM",
+    "OPTForCausalLM",
 )
 """Hugging Face model classes whose bridges `architecture_of` reads."""
 
@@ -150,6 +156,7 @@ def architecture_of(model: TransformerBridge) -> Architecture:
     reasons = unsupported_features(cfg, allowed)
     gemma = name in _GEMMA
     reasons += _pretrained_differences(cfg, rotary, gemma) + _hf_config_differences(hf_config)
+    reasons += _opt_differences(hf_config) if name == "OPTForCausalLM" else []
     rope, rope_reason = _rotary_of(original, hf_config, int(cfg.d_head), rotary)
     reasons += [rope_reason] if rope_reason else []
     if reasons:  # (a setting both configs carry is named once)
@@ -168,6 +175,7 @@ def architecture_of(model: TransformerBridge) -> Architecture:
            else {}),
         **(_post_norm_fields(hf_config) if post_normed else {}),
         attention_windows=_attention_windows(hf_config, int(cfg.n_layers), int(cfg.n_ctx)),
+        pos_offset=_position_offset(original) if name == "OPTForCausalLM" else 0,
         **_biases(name, hf_config),
     )
     try:
@@ -192,8 +200,36 @@ def _biases(name: str, hf_config: Any) -> dict[str, bool]:
         return dict(qkv_bias=False, out_bias=False, mlp_bias=False)
     if name == "GPTJForCausalLM":
         return dict(qkv_bias=False, out_bias=False, mlp_bias=True)
+    if name == "OPTForCausalLM":
+        bias = bool(getattr(hf_config, "enable_bias", True))
+        return dict(qkv_bias=bias, out_bias=bias, mlp_bias=bias)
     attention = bool(getattr(hf_config, "attention_bias", True))
     return dict(qkv_bias=attention, out_bias=attention, mlp_bias=True)
+
+
+def _opt_differences(hf_config: Any) -> list[str]:
+    """What an OPT config sets that the forward pass does not compute: OPT-350m's
+    post-LayerNorm blocks and its projections between a narrower embedding and the
+    residual stream, a removed final norm, norms without weights."""
+    width = getattr(hf_config, "word_embed_proj_dim", None)
+    differs = {
+        "do_layer_norm_before=False (post-LayerNorm blocks)":
+            not getattr(hf_config, "do_layer_norm_before", True),
+        f"word_embed_proj_dim={width} (projections in and out of the residual stream)":
+            width is not None and width != getattr(hf_config, "hidden_size", width),
+        "_remove_final_layer_norm": bool(getattr(hf_config, "_remove_final_layer_norm", False)),
+        "layer_norm_elementwise_affine=False":
+            not getattr(hf_config, "layer_norm_elementwise_affine", True),
+    }
+    return [name for name, present in differs.items() if present]
+
+
+def _position_offset(original: Any) -> int:
+    """The rows in front of OPT's learned position table (`OPTLearnedPositionalEmbedding
+    .offset`, 2 in every OPT)."""
+    module = next((m for m in original.modules() if type(m).__name__.endswith(
+        "LearnedPositionalEmbedding")), None)
+    return int(getattr(module, "offset", 2))
 
 
 def _post_norm_fields(hf_config: Any) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """Randomly initialised models in Hugging Face's format, written to a local folder with no
 download: GPT-2 (`GPT2LMHeadModel`), GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's class),
 the Llama family (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`,
-`Qwen3ForCausalLM`), Gemma 1, 2 and 3, Phi-3, GPT-J and OPT, each of a shape you choose.
+`Qwen3ForCausalLM`), Gemma 1, 2 and 3, Phi-3, GPT-J, OPT and BLOOM, each of a shape you
+choose.
 `interp.models.load(folder)` boots them as it would the hub's gpt2, pythia-70m or
 Qwen2.5-0.5B, so tests, benchmarks and a first try of an analysis need no network. The
-Llama-shaped families' bridges load a tokenizer from the folder: a word-level one over
-the vocabulary (`t0`, `t1`, ...) is written beside the weights. Each class initialises
+Llama-shaped families' and BLOOM's bridges load a tokenizer from the folder: a word-level
+one over the vocabulary (`t0`, `t1`, ...) is written beside the weights. Each class initialises
 its norms to 1 and its biases to 0; `jitter` adds noise to every parameter, so that a test
 sees a norm weight or a bias read in the wrong place.
 
@@ -36,10 +37,12 @@ FAMILIES: dict[str, str] = {
     "phi3": "Phi3ForCausalLM",
     "gptj": "GPTJForCausalLM",
     "opt": "OPTForCausalLM",
+    "bloom": "BloomForCausalLM",
 }
-"""The families `write_model` writes -> their transformers model class. OPT lies outside
-what `interp.functional` computes (`interp.pretrained_layout.COVERED_PRETRAINED`): it
-exercises the hook-based paths, which run on every bridge."""
+"""The families `write_model` writes -> their transformers model class. BLOOM lies outside
+what `interp.functional` computes (`interp.pretrained_layout.COVERED_PRETRAINED`: ALiBi, a
+LayerNorm on the embeddings): it exercises the hook-based paths, which run on every
+bridge."""
 
 _LLAMA_SHAPED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"}
 """Families whose configs take Llama's field names."""
@@ -78,7 +81,8 @@ def write_model(
       soft-capped attention and logits in Gemma 2, per-head query and key norms in Gemma 3);
       "phi3": Llama's blocks with fused projections; "gptj": parallel attention and MLP,
       rotary embeddings on a quarter of each head; "opt": learned positions offset by 2,
-      ReLU MLP of width 4 d_model.
+      ReLU MLP of width 4 d_model; "bloom": ALiBi, a LayerNorm on the embeddings, GELU MLP
+      of width 4 d_model.
 
     `seed` draws the weights (std `initializer_range`), then noise of std `jitter` is
     added to every parameter; `config`: other fields of the class's config
@@ -110,7 +114,7 @@ def write_model(
                 parameter.add_(torch.randn_like(parameter) * jitter)
     folder = Path(folder)
     model.save_pretrained(folder)
-    if family in _LLAMA_SHAPED:  # their bridges load a tokenizer from the folder
+    if family in _LLAMA_SHAPED or family == "bloom":  # bridges that load a tokenizer there
         word_tokenizer(d_vocab).save_pretrained(folder)
     return folder
 
@@ -141,8 +145,14 @@ def _opt_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,
                 word_embed_proj_dim=d_model, pad_token_id=1)
 
 
+def _bloom_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,
+                    n_ctx: int) -> dict[str, Any]:
+    return dict(vocab_size=d_vocab, hidden_size=d_model, n_layer=n_layers, n_head=n_heads,
+                pad_token_id=0)  # ALiBi: no position table, so no context length
+
+
 _OTHER_SETTINGS = {"gpt2": _gpt2_settings, "neox": _neox_settings, "gptj": _gptj_settings,
-                   "opt": _opt_settings}
+                   "opt": _opt_settings, "bloom": _bloom_settings}
 
 
 def _llama_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int,

@@ -109,6 +109,13 @@ def gptj(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def opt(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer OPT (GPT-2's pre-LayerNorm blocks with a ReLU MLP, learned
+    positions read from row 2 of their table on, the unembedding tied to the embedding)."""
+    return _llama_like(tmp_path_factory, "opt")
+
+
+@pytest.fixture(scope="session")
 def mistral_windowed(tmp_path_factory: pytest.TempPathFactory):
     """A random 2-layer Mistral whose queries see the 3 latest keys only (a sliding window
     shorter than the tests' 6 to 8 positions, as Mistral 7B v0.1's 4,096 of 32,768)."""

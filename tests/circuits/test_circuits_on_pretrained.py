@@ -5,7 +5,7 @@ pattern patching, EAP and ACDC against the same weights in a native model, and t
 hook-based analyses likewise. Edge patching against the model and activation patching,
 EAP against the derivative of edge patching and incremental ACDC against full passes on
 each architecture are in test_edge_patching.py, test_eap.py and test_acdc.py. On bridges
-the fast engines do not cover (OPT), the hook engine against
+the fast engines do not cover (BLOOM), the hook engine against
 TransformerLens's functions."""
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from circuits.attribution import attribute
 from circuits.eap import edge_attribution
 from circuits.edge_patching import EdgePatcher
 from circuits.patching import incremental, patch
+from circuits.patching.targets import pattern_hook_takes_effect
 from circuits.path_patching import path_patch_senders
 from interp import models
 from interp.random_models import FAMILIES, write_model
 from interp.tasks.base import TaskBatch
 
-HOOKED_ONLY = ("opt",)
-"""Families of `interp.random_models` outside the fast engines: offset learned positions
-(OPT)."""
+HOOKED_ONLY = ("bloom",)
+"""Families of `interp.random_models` outside the fast engines: ALiBi and a LayerNorm on
+the embeddings (BLOOM)."""
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +41,11 @@ def _patching_cases() -> list[tuple[str, str, str, str]]:
     pretrained bridges (GPT-NeoX has no resid_mid). The hook engine runs denoising only."""
     cases = []
     for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
-                 "phi3", "gptj", "mistral_windowed"):
+                 "phi3", "gptj", "opt", "mistral_windowed"):
         for target in sorted(REFERENCES):
             if (kind, target) in {("neox", "resid_mid"), ("gptj", "resid_mid")}:
                 continue
-            if (kind, target) == ("gptj", "pattern"):  # hooks only observe it there
+            if (kind, target) in {("gptj", "pattern"), ("opt", "pattern")}:  # hooks only observe
                 continue
             cases += [(kind, target, "incremental", direction)
                       for direction in ("denoise", "noise")]
@@ -66,7 +67,9 @@ def test_patching_matches_transformer_lens(request, batch, kind, target, engine,
     assert hook_counts(model) == before
     expected = reference(model, batch, target, direction)
     if target in ("k", "v"):
-        assert result.values.shape == ((2, 4) if kind in ("gpt2", "neox", "gptj") else (2, 2))
+        assert result.values.shape == (
+            (2, 4) if kind in ("gpt2", "neox", "gptj", "opt") else (2, 2)
+        )
     assert result.values.std() > 1e-3  # the patches really change the metric
     torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
 
@@ -136,13 +139,15 @@ def test_hook_engine_matches_transformer_lens_on_other_bridges(hooked_only, batc
     """Any bridge: where the fast engines do not apply, engine="auto" takes the hooks and
     equals TransformerLens's `get_act_patch_*` for every target the bridge exposes, leaving
     its hooks as they were; pattern patching is refused where the bridge's attention used
-    the pattern before its hook fired (OPT's plain `AttentionBridge`, as GPT-J's)."""
+    the pattern before its hook fired (not BLOOM's: its bridge computes the attention
+    around the hook, so its pattern is patched and checked too)."""
     model = hooked_only(kind)
     assert type(model.original_model).__name__ == FAMILIES[kind]
     assert not incremental.supports(model)
+    assert pattern_hook_takes_effect(model) == (kind == "bloom")
     before = hook_counts(model)
     for target in sorted(REFERENCES):
-        if target == "pattern":  # OPT's attention uses it before its hook
+        if target == "pattern" and not pattern_hook_takes_effect(model):
             with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this "
                                                  "model: its attention .* uses the pattern"):
                 patch(model, batch, target, METRIC, progress=False)

@@ -42,7 +42,8 @@ def test_eap_is_exact_for_edges_into_the_logits_without_a_final_norm(batch, abla
 
 
 @pytest.mark.parametrize(
-    "kind", ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3", "gptj"]
+    "kind",
+    ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3", "gptj", "opt"],
 )
 def test_eap_is_the_derivative_of_the_metric_along_each_edge_mask(request, batch, kind) -> None:
     """A central difference of edge patching along each edge's mask (the metric's
@@ -54,7 +55,9 @@ def test_eap_is_the_derivative_of_the_metric_along_each_edge_mask(request, batch
     patcher = EdgePatcher(model)
     names = ["embed->L0H2.k", "embed->L0H3.k", "L0H1->L1H3.q", "embed->mlp0", "mlp0->L1H1.v",
              "L1H2->logits", "L0H0->mlp1"]
-    epsilon = 1e-2
+    # (OPT's ReLU MLP has a kink within 1e-2 of the clean point along embed->L0H2.k here:
+    # the central difference there is 0.027 at 1e-2, 0.0247 at 1e-3, EAP's 0.0250)
+    epsilon = 1e-3 if kind == "opt" else 1e-2
     down, up = ablate(patcher, batch, names, epsilon), ablate(patcher, batch, names, -epsilon)
     slopes = (down - up) / (2 * epsilon)  # EAP scores the move from the clean input away
     estimate = torch.stack([scores.scores[patcher.graph.edge_index[n]] for n in names])

@@ -37,7 +37,7 @@ def reference_logits(model, tokens) -> torch.Tensor:
 @pytest.mark.parametrize(
     "which",
     ["model", "attn_only", "rotary", "gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3",
-     "gptj"],
+     "gptj", "opt"],
 )
 def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_run(
     request, batch, which

@@ -70,6 +70,10 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
     "gptj": dict(normalization="LN", act_fn="gelu_new", parallel_attn_mlp=True,
                  shared_norm=True, rotary=True, rotary_dim=4, rotary_adjacent_pairs=True,
                  qkv_bias=False, out_bias=False, mlp_bias=True, gated_mlp=False),
+    # OPT: GPT-2's blocks with a ReLU MLP, learned positions from row 2 of their table on
+    "opt": dict(normalization="LN", act_fn="relu", rotary=False, pos_offset=2,
+                parallel_attn_mlp=False, gated_mlp=False, kv_heads=4, qkv_bias=True,
+                out_bias=True, mlp_bias=True),
     # Mistral 7B v0.1's sliding window, here 3 keys, on every layer
     "mistral_windowed": dict(normalization="RMS", attention_windows=(3, 3), post_norms=False,
                              attn_softcap=None, logit_softcap=None),
@@ -140,7 +144,7 @@ def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path
                                          "MistralForCausalLM, Qwen2ForCausalLM, "
                                          "Qwen3ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, "
                                          "Gemma3ForCausalLM, Phi3ForCausalLM, "
-                                         "GPTJForCausalLM; "
+                                         "GPTJForCausalLM, OPTForCausalLM; "
                                          "this model is a BertForMaskedLM"):
         architecture_of(minilm)
     assert not covers(minilm)
@@ -179,11 +183,15 @@ def test_other_architectures_and_sequence_dependent_rope_are_refused(tmp_path: P
     from pretrained_models import write_llama
     from transformers import OPTConfig, OPTForCausalLM
 
+    # OPT-350m's blocks: LayerNorm after attention and MLP, a narrower embedding
     config = OPTConfig(vocab_size=20, hidden_size=32, num_hidden_layers=1, ffn_dim=64,
                        num_attention_heads=4, max_position_embeddings=8,
-                       word_embed_proj_dim=32, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+                       word_embed_proj_dim=16, do_layer_norm_before=False, bos_token_id=0,
+                       eos_token_id=0, pad_token_id=1)
     OPTForCausalLM(config).save_pretrained(tmp_path / "opt")
-    with pytest.raises(ValueError, match="this model is a OPTForCausalLM"):
+    with pytest.raises(ValueError, match=r"this OPTForCausalLM: do_layer_norm_before=False "
+                                         r"\(post-LayerNorm blocks\), word_embed_proj_dim=16 "
+                                         r"\(projections in and out of the residual stream\)$"):
         architecture_of(models.load(tmp_path / "opt", device="cpu"))
     dynamic = write_llama(tmp_path / "dynamic", rope_scaling={"rope_type": "dynamic",
                                                               "factor": 2.0})

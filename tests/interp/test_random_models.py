@@ -28,7 +28,7 @@ def test_each_family_boots_with_the_shape_asked_for(tmp_path: Path, family: str)
     arch = architecture_of(model)
     assert (arch.n_layers, arch.n_heads, arch.d_model, arch.d_vocab, arch.n_ctx) == (1, 4, 32,
                                                                                       12, 6)
-    assert arch.kv_heads == (4 if family in ("gpt2", "neox", "gptj") else 2)
+    assert arch.kv_heads == (4 if family in ("gpt2", "neox", "gptj", "opt") else 2)
 
 
 def test_key_heads_and_seed_are_honoured(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_word_tokenizer_maps_words_to_their_ids() -> None:
 
 
 def test_an_unknown_family_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"family must be one of \['gemma', 'gemma2', .*"
+    with pytest.raises(ValueError, match=r"family must be one of \['bloom', 'gemma', 'gemma2', .*"
                                          r"'qwen3'\], got 'bert'"):
         write_model(tmp_path, "bert", **SHAPE)
 
