@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -293,11 +294,12 @@ def acdc(
             else 1.
     """
     if (
-        not isinstance(threshold, int | float)
+        not isinstance(threshold, numbers.Real)  # NumPy's scalars too
         or isinstance(threshold, bool)
         or math.isnan(threshold)
     ):
         raise ValueError(f"threshold must be a number, got {threshold!r}")
+    threshold = float(threshold)
     if speculation is not None and (
         isinstance(speculation, bool) or not isinstance(speculation, int) or speculation < 1
     ):

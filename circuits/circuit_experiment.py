@@ -123,27 +123,32 @@ class Benchmark:
     batch: TaskBatch
     metric: PatchMetric
     truth: frozenset[str] | None
+    metric_reads_one_position: bool = True
+    """Whether the metric reads the logits at `batch.position` only, which incremental ACDC
+    with the metric as objective needs (tracr's reads every output position)."""
 
 
 def load_benchmark(config: CircuitConfig, context: RunContext) -> Benchmark:
     """The benchmark the config's `source` names."""
     source = config.source
+    device = models.resolve_device(config.device)
     if source.planted is not None:
-        case = planted(source.planted)
-        return Benchmark(case.model, case.batch, _named_metric(config), case.edges)
+        case = planted(source.planted, device=device)
+        return Benchmark(case.model, case.batch, _named_metric(config),
+                         case.truth_edges(config.ablation))
     if source.tracr is not None:
         program = tracr_program(source.tracr)
-        device = models.resolve_device(config.device)
         return Benchmark(
             load_tracr(source.tracr, device=device),
             program.batch().to(device),
             mean_metric(program.metric()),
             frozenset(program.truth_edges(config.ablation)),
+            metric_reads_one_position=False,
         )
     model, task = resolve_model_and_task(
         source.model, source.task, context.store, config.device, context.config_dir
     )
-    batch = task.batch().to(models.resolve_device(config.device))
+    batch = task.batch().to(device)
     return Benchmark(model, batch, mean_metric(task.metric(config.metric)), None)
 
 
@@ -239,7 +244,7 @@ def run_circuit(config: CircuitConfig, run: Run, context: RunContext) -> dict[st
                 entry["recovers_truth"] = set(scores.top(k)) == set(bench.truth)
             summary[method] = entry
         else:
-            summary["acdc"] = _run_acdc(config, bench, run, roc_points)
+            summary["acdc"] = _run_acdc(config, bench, run, roc_points, context.progress)
     if curves:
         run.save_table("faithfulness", pd.concat(curves, ignore_index=True))
     if roc_points:
@@ -248,9 +253,15 @@ def run_circuit(config: CircuitConfig, run: Run, context: RunContext) -> dict[st
 
 
 def _run_acdc(
-    config: CircuitConfig, bench: Benchmark, run: Run, roc_points: list[pd.DataFrame]
+    config: CircuitConfig,
+    bench: Benchmark,
+    run: Run,
+    roc_points: list[pd.DataFrame],
+    progress: bool,
 ) -> dict[str, Any]:
     objective = "kl" if config.acdc_objective == "kl" else bench.metric
+    # incremental tests compute the logits at batch.position only
+    incremental = config.acdc_objective == "kl" or bench.metric_reads_one_position
     results: list[ACDCResult] = []
     rows = []
     for i, threshold in enumerate(config.acdc_thresholds):
@@ -260,8 +271,9 @@ def _run_acdc(
             threshold,
             objective=objective,
             ablation=config.ablation,
-            progress=False,
+            progress=progress,
             speculation=config.acdc_speculation,
+            incremental=incremental,
         )
         result.save(run, name=f"acdc_{i}")
         results.append(result)

@@ -22,6 +22,7 @@ own gradient.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -80,9 +81,9 @@ class EdgeScores:
 
     def top(self, k: int) -> list[str]:
         """The `k` edges of largest |score|."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
             raise ValueError(f"k must be an int >= 0, got {k!r}")
-        order = self.scores.abs().argsort(descending=True)[:k]
+        order = self.scores.abs().argsort(descending=True)[:int(k)]
         return [self.graph.edges[int(i)].name for i in order]
 
     def save(self, run: Run | str | os.PathLike[str], name: str = "edge_scores") -> None:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -170,8 +171,9 @@ def top_k_masks(scores: Tensor, sizes: Sequence[int]) -> Tensor:
     order = scores.abs().argsort(descending=True)
     masks = torch.zeros(len(sizes), scores.numel())
     for row, k in enumerate(sizes):
-        if isinstance(k, bool) or not isinstance(k, int):
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):  # NumPy's ints too
             raise ValueError(f"circuit sizes must be ints, got {k!r}")
+        k = int(k)
         if not 0 <= k <= scores.numel():
             raise ValueError(f"circuit size {k} outside 0..{scores.numel()}")
         masks[row, order[:k]] = 1.0
@@ -252,6 +254,7 @@ def roc_of_scores(scores: Tensor, truth: Tensor) -> ROC:
 
 def roc_of_circuits(masks: Tensor, truth: Tensor) -> ROC:
     """ROC through discovered circuits (rows of `masks`, e.g. ACDC at several thresholds)."""
+    masks, truth = masks.detach().cpu(), truth.detach().cpu()
     return _roc_from_points([_rates(row.bool(), truth.bool()) for row in masks])
 
 

@@ -22,6 +22,7 @@ is `"<source>-><destination>"`. The node-level view folds q, k and v into their 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -225,7 +226,7 @@ class ComputationalGraph:
     def to_networkx(
         self,
         edges: Iterable[str] | None = None,
-        scores: Mapping[str, float] | None = None,
+        scores: Mapping[str, float] | Tensor | None = None,
         level: Literal["edge", "node"] = "edge",
     ) -> nx.DiGraph:
         """A networkx DiGraph of `edges` (all by default).
@@ -234,10 +235,14 @@ class ComputationalGraph:
         from `"L1H0"`, the head's output); at `level="node"` a head's inputs are folded
         into the head, so an edge joins two components and parallel q/k/v edges merge
         (their scores summed, their names kept in the `edges` attribute). Each node has
-        `kind`, `layer` and `head`; each edge `score` when `scores` is given.
+        `kind`, `layer` and `head`; each edge `score` when `scores` is given: edge name ->
+        score, or one score per edge of the graph in graph order (`EdgeScores.scores`,
+        `ACDCResult.scores`). NaN scores (ACDC's edges removed untested) count as none: an
+        edge with no finite score has `score` None.
         """
         if level not in ("edge", "node"):
             raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+        by_name = self._score_map(scores)
         chosen = self.edges if edges is None else [self.edge(name) for name in edges]
         graph = nx.DiGraph()
         for edge in chosen:
@@ -247,14 +252,30 @@ class ComputationalGraph:
                 if key not in graph:
                     graph.add_node(key, kind=node.kind, layer=node.layer, head=node.head)
             data = graph.get_edge_data(*keys)
-            score = None if scores is None else float(scores.get(edge.name, 0.0))
+            score = None if by_name is None else by_name.get(edge.name, 0.0)
+            score = score if score is None or math.isfinite(score) else None
             if data is None:
                 graph.add_edge(*keys, edges=[edge.name], score=score)
             else:
                 data["edges"].append(edge.name)
                 if score is not None:
-                    data["score"] += score
+                    data["score"] = score + (data["score"] or 0.0)
         return graph
+
+    def _score_map(self, scores: Mapping[str, float] | Tensor | None) -> dict[str, float] | None:
+        """`scores` as edge name -> float (a tensor holds one per edge, in graph order)."""
+        if scores is None:
+            return None
+        if isinstance(scores, Mapping):
+            return {name: float(value) for name, value in scores.items()}
+        if isinstance(scores, Tensor) and scores.shape == (len(self.edges),):
+            values = scores.detach().float().cpu().tolist()
+            return {edge.name: value for edge, value in zip(self.edges, values, strict=True)}
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(
+            f"scores must map edge names to numbers or be a tensor of {len(self.edges)} "
+            f"scores (one per edge, in graph order), got {shape}"
+        )
 
     def to_json(self, edges: Iterable[str] | None = None) -> str:
         """The graph's shape and the chosen edges (all by default) as JSON text."""
@@ -289,11 +310,11 @@ class ComputationalGraph:
     def to_dot(
         self,
         edges: Iterable[str] | None = None,
-        scores: Mapping[str, float] | None = None,
+        scores: Mapping[str, float] | Tensor | None = None,
         level: Literal["edge", "node"] = "node",
     ) -> str:
-        """Graphviz DOT text of the chosen edges, one rank per block, scores as labels and
-        pen widths (render with `dot -Tsvg`)."""
+        """Graphviz DOT text of the chosen edges, one rank per block, scores (as in
+        `to_networkx`) as labels and pen widths (render with `dot -Tsvg`)."""
         graph = self.to_networkx(edges, scores, level)
         lines = ["digraph circuit {", "  rankdir=BT;", '  node [shape=box, fontname="Helvetica"];']
         ranks: dict[int, list[str]] = {}
@@ -307,7 +328,8 @@ class ComputationalGraph:
             members = " ".join(f'"{name}"' for name in sorted(ranks[layer]))
             lines.append(f"  {{ rank=same; {members} }}")
         largest = max(
-            (abs(d["score"]) for *_, d in graph.edges(data=True) if d["score"]), default=0
+            (abs(d["score"]) for *_, d in graph.edges(data=True) if d["score"] is not None),
+            default=0.0,
         )
         for source, destination, data in graph.edges(data=True):
             attributes = ""

@@ -46,6 +46,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+import torch
+
 from circuits.planted.base import PlantedCircuit
 from circuits.planted.copy_suppress import copy_suppress
 from circuits.planted.induction import induction
@@ -53,14 +55,15 @@ from circuits.planted.mlp_and import mlp_and
 
 __all__ = ["PLANTED", "PlantedCircuit", "copy_suppress", "induction", "mlp_and", "planted"]
 
-PLANTED: Mapping[str, Callable[[], PlantedCircuit]] = MappingProxyType(
+PLANTED: Mapping[str, Callable[..., PlantedCircuit]] = MappingProxyType(
     {"induction": induction, "copy_suppress": copy_suppress, "mlp_and": mlp_and}
 )
-"""Every planted circuit by name; each builds a fresh model and batch when called."""
+"""Every planted circuit by name; each builds a fresh model and batch when called
+(keywords `n_examples`, `seed`, `device`)."""
 
 
-def planted(name: str) -> PlantedCircuit:
-    """The planted circuit called `name` (see `PLANTED`)."""
+def planted(name: str, device: str | torch.device = "cpu") -> PlantedCircuit:
+    """The planted circuit called `name` (see `PLANTED`), its model and batch on `device`."""
     if name not in PLANTED:
         raise ValueError(f"no planted circuit {name!r}; choose from {sorted(PLANTED)}")
-    return PLANTED[name]()
+    return PLANTED[name](device=device)

@@ -66,6 +66,13 @@ class PlantedCircuit:
         if self.edges & self.invariant_edges:
             raise ValueError("PlantedCircuit: edges and invariant_edges overlap")
 
+    def truth_edges(self, ablation: str) -> frozenset[str]:
+        """The ground-truth circuit under `ablation`: `edges` under resample and mean
+        ablation, `edges | invariant_edges` under zero ablation."""
+        if ablation not in ("resample", "mean", "zero"):
+            raise ValueError(f"ablation must be resample, mean or zero, got {ablation!r}")
+        return self.edges | self.invariant_edges if ablation == "zero" else self.edges
+
     @property
     def graph(self) -> ComputationalGraph:
         """The model's computational graph."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,6 +50,9 @@ def test_task_metric_objective(model, batch) -> None:
         acdc(model, batch, 0.05, objective="loss", progress=False)
     with pytest.raises(ValueError, match="threshold must be a number"):
         acdc(model, batch, "high", progress=False)  # type: ignore[arg-type]
+    numpy = acdc(model, batch, np.float32(0.05), objective=mean_metric(logit_diff),
+                 progress=False)
+    assert numpy.edges == result.edges and numpy.threshold == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("speculation", [1, 8])

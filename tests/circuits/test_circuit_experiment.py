@@ -42,6 +42,39 @@ def test_circuit_kind_on_planted_mlp_and(tmp_path: Path) -> None:
     assert float(at_truth.iloc[0]) == pytest.approx(1.0, abs=1e-4)  # 7 true edges + 1 more
 
 
+def test_tracr_with_the_metric_as_acdc_objective(tmp_path: Path) -> None:
+    """tracr's metric reads every output position, which incremental ACDC does not
+    compute: the experiment runs ACDC's tests as full passes there (it used to fail)."""
+    runs = tmp_path / "runs"
+    config = REPO / "experiments" / "circuit_tracr_frac_prevs.yaml"
+    argv = ["run", str(config), "--runs-dir", str(runs), "--no-progress",
+            "--set", "methods=[acdc]", "--set", "acdc_thresholds=[0.001, 0.1]"]
+    assert main(argv) == 0
+    summary = RunStore(runs).latest("circuit_tracr_frac_prevs").summary
+    assert summary["n_true_edges"] == 3
+    assert summary["acdc"]["recovers_truth"] is True
+    assert summary["acdc"]["auc_edge"] == pytest.approx(1.0)
+
+
+def test_planted_truth_follows_the_ablation(tmp_path: Path) -> None:
+    """Under zero ablation the planted circuit also needs its invariant edges (positions,
+    constant features), which resample ablation cannot see."""
+    runs = tmp_path / "runs"
+    config = REPO / "experiments" / "circuit_planted_mlp_and.yaml"
+    argv = ["run", str(config), "--runs-dir", str(runs), "--no-progress",
+            "--set", "ablation=zero", "--set", "methods=[acdc]",
+            "--set", "acdc_thresholds=[0.01, 1.0]"]
+    assert main(argv) == 0
+    run = RunStore(runs).latest("circuit_planted_mlp_and")
+    case = planted("mlp_and")
+    assert case.invariant_edges  # else this test would not tell the truths apart
+    truth = case.edges | case.invariant_edges
+    assert case.truth_edges("zero") == truth and case.truth_edges("resample") == case.edges
+    assert set(run.load_json("truth_edges")) == truth
+    assert run.summary["n_true_edges"] == len(truth)
+    assert run.summary["acdc"]["recovers_truth"] is True
+
+
 def test_source_must_name_exactly_one_thing(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("kind: circuit\nsource: {planted: induction, tracr: reverse}\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,6 +107,8 @@ def test_faithfulness_kl_and_top_k(model, batch) -> None:
     assert kl[0].item() == pytest.approx(0.0, abs=1e-6) and kl[1] > 1e-3
     masks = top_k_masks(torch.tensor([0.1, -3.0, 2.0, 0.0]), [0, 1, 2, 4])
     assert masks.tolist() == [[0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1]]
+    sizes = np.array([0, 1, 2, 4])  # NumPy's ints are sizes too
+    assert torch.equal(top_k_masks(torch.tensor([0.1, -3.0, 2.0, 0.0]), list(sizes)), masks)
     with pytest.raises(ValueError, match="circuit size 5 outside 0..4"):
         top_k_masks(torch.zeros(4), [5])
     with pytest.raises(ValueError, match="scores hold NaN or infinite values"):

@@ -97,6 +97,29 @@ def test_json_round_trip_and_dot_export() -> None:
     assert '"embed" -> "L0H0"' in dot
 
 
+def test_scores_as_a_tensor_and_nan_scores_in_the_views() -> None:
+    """A tensor of one score per edge (EdgeScores.scores, ACDCResult.scores) works as a
+    mapping does; NaN (ACDC's untested edges) is no score: no label, no NaN pen width, and
+    a merged node-level edge sums its finite scores."""
+    graph = ComputationalGraph(n_layers=2, n_heads=2, has_mlp=False)
+    scores = torch.full((len(graph),), float("nan"))
+    scores[graph.edge_index["L0H0->L1H1.q"]] = 0.5
+    scores[graph.edge_index["L1H1->logits"]] = -2.0
+    by_node = graph.to_networkx(scores=scores, level="node")
+    assert by_node.edges["L0H0", "L1H1"]["score"] == pytest.approx(0.5)  # q's; k, v NaN
+    assert by_node.edges["L1H1", "logits"]["score"] == pytest.approx(-2.0)
+    assert by_node.edges["embed", "L0H0"]["score"] is None
+    by_name = {name: float(scores[i]) for name, i in graph.edge_index.items()}
+    assert nx.to_dict_of_dicts(graph.to_networkx(scores=by_name)) == nx.to_dict_of_dicts(
+        graph.to_networkx(scores=scores)
+    )
+    dot = graph.to_dot(scores=scores)
+    assert "nan" not in dot and '"L1H1" -> "logits" [label="-2", penwidth=3.50]' in dot
+    assert '"embed" -> "L0H0";' in dot
+    with pytest.raises(ValueError, match=rf"a tensor of {len(graph)} scores .* got \(3,\)"):
+        graph.to_dot(scores=torch.zeros(3))
+
+
 def test_bad_names_and_shapes_raise_one_line() -> None:
     graph = ComputationalGraph(n_layers=1, n_heads=1)
     with pytest.raises(ValueError, match="no edge 'L0H0->L0H0.q'"):
