@@ -39,7 +39,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.graph import ComputationalGraph, Node
 from circuits.patching.engine import CopyMetric, PatchMetric
-from interp import functional
+from interp import functional, models
 from interp.functional import Architecture
 from interp.tasks.base import TaskBatch
 
@@ -55,6 +55,7 @@ _COVERS = (
 
 
 def _architecture(model: TransformerBridge) -> Architecture:
+    models.refuse_attached_hooks(model, "edge patching, EAP and ACDC", "remove them first")
     try:
         arch = functional.architecture_of(model)
     except ValueError as error:

@@ -23,6 +23,7 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from circuits.patching import TARGETS, PatchingResult, patch
+from circuits.patching.targets import ATTENTION_ONLY_MISSING, check_patchable
 from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.metrics import mean_metric
@@ -61,20 +62,30 @@ class PatchingConfig(ExperimentConfig):
 
     @model_validator(mode="after")
     def _model_fits_task(self, info: ValidationInfo) -> PatchingConfig:
-        check_model_and_task(self.model, self.task, info)
+        facts = check_model_and_task(self.model, self.task, info)
         check_metric(self.metric, self.task)
+        if facts.spec is not None and facts.spec.get("attn_only"):
+            missing = [t for t in self.targets if t in ATTENTION_ONLY_MISSING]
+            if missing:
+                raise ValueError(
+                    f"targets {missing} do not exist in an attention-only model"
+                    + (f"; {facts.origin}" if facts.origin else "")
+                )
         return self
 
 
 def strongest_index(result: PatchingResult) -> dict[str, Any]:
-    """The index with the largest |value|, with its axis labels and value."""
-    flat = int(result.values.abs().flatten().argmax())
+    """The index whose patch moves the metric most (largest |value - baseline|: the value
+    itself only for normalised denoising), with its axis labels, value and effect."""
+    effects = (result.values - result.baseline).flatten()
+    flat = int(effects.abs().argmax())
     index = torch.unravel_index(torch.tensor(flat), result.values.shape)
     labels = {
         axis: result.labels[dim][int(i)]
         for dim, (axis, i) in enumerate(zip(result.axes, index, strict=True))
     }
-    return {**labels, "value": float(result.values.flatten()[flat])}
+    return {**labels, "value": float(result.values.flatten()[flat]),
+            "effect": float(effects[flat])}
 
 
 def token_strings(ids: list[int], tokenizer: Any | None) -> list[str]:
@@ -114,6 +125,8 @@ def run_patching(config: PatchingConfig, run: Run, context: RunContext) -> dict[
     batch = task.batch().to(models.resolve_device(config.device))
     metric = mean_metric(task.metric(config.metric))
     summary: dict[str, Any] = {"metric": config.metric or task.default_metric}
+    for target in config.targets:  # all of them, before any result is written
+        check_patchable(TARGETS[target], model)
     run.save_json(PROMPTS_ARTIFACT, prompts_record(batch.to("cpu"), tokenizer))
     for target in config.targets:
         result = patch(

@@ -63,7 +63,12 @@ from torch import Tensor
 
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import HEAD_INPUTS, Node
-from circuits.patching.engine import CopyMetric, PatchMetric, nan_metric_error
+from circuits.patching.engine import (
+    CopyMetric,
+    PatchMetric,
+    nan_metric_error,
+    refuse_metric_reading_elsewhere,
+)
 from circuits.pruning_trials import Heads, Seed, Trial, chain_of_trials, one_stage, seed_rows
 from interp import functional
 from interp.metrics import KLReference
@@ -176,6 +181,10 @@ class PruningState:
                 self._per_copy = CopyMetric(objective, batch)  # type: ignore[arg-type]
                 self._buffer: Tensor | None = None
                 self.full_value = self._metric_values(self.full_logits[None])[0]
+                refuse_metric_reading_elsewhere(
+                    objective, batch, self._full_logits_of(self.full_logits[None])[0],  # type: ignore[arg-type]
+                    "incremental ACDC", "run acdc with incremental=False",
+                )
         if objective != "kl" and not bool(self.full_value.isfinite()):
             if bool(self.full_value.isnan()):
                 raise nan_metric_error(objective, batch, self.full_logits.shape[-1],  # type: ignore[arg-type]

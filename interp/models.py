@@ -173,6 +173,38 @@ def spec_of(model: TransformerBridge) -> ModelSpec | None:
     return getattr(model, "interp_spec", None)
 
 
+def attached_hooks(model: TransformerBridge) -> list[str]:
+    """Names of `model`'s hook points that hold hooks added through TransformerLens
+    (`add_hook`, permanent or not, or inside `hooks()` / `run_with_hooks`), bar the
+    bridge's own (the mirrors TransformerLens wires into MLPs split in two, OPT's); one
+    name per hook point, the shortest of its aliases (`blocks.1.attn.hook_z`, not
+    `blocks.1.attn.o.hook_in`). Engines that compute a model without its hooks
+    (`interp.functional` and the engines built on it) check this first."""
+    aliases: dict[int, list[str]] = {}
+    for name, point in model.hook_dict.items():
+        handles = [*getattr(point, "fwd_hooks", ()), *getattr(point, "bwd_hooks", ())]
+        if any(not _bridge_own_hook(handle) for handle in handles):
+            aliases.setdefault(id(point), []).append(name)
+    return [min(names, key=lambda name: (len(name), name)) for names in aliases.values()]
+
+
+def refuse_attached_hooks(model: TransformerBridge, engine: str, advice: str) -> None:
+    """Raise one line naming `model`'s attached hooks (`attached_hooks`), if it has any,
+    which `engine` computes the model without."""
+    hooked = attached_hooks(model)
+    if hooked:
+        shown = ", ".join(hooked[:3]) + (f" and {len(hooked) - 3} more" if len(hooked) > 3 else "")
+        raise ValueError(
+            f"the model has hooks attached ({shown}), which {engine} would not run; {advice}"
+        )
+
+
+def _bridge_own_hook(handle: Any) -> bool:
+    """Whether a hook handle is one TransformerLens attached when it built the bridge."""
+    qualname = getattr(getattr(handle, "user_hook", None), "__qualname__", "")
+    return qualname.startswith("_wire_symbolic_hooks.")
+
+
 def load(
     name_or_path: str | os.PathLike[str],
     device: str | torch.device | None = "auto",

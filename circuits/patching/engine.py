@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -39,6 +40,7 @@ from circuits.patching.targets import (
     check_target_exists,
     index_space,
 )
+from interp import models
 from interp.functional import Architecture
 from interp.metrics import normalise as normalise_metric
 from interp.tasks.base import TaskBatch
@@ -265,6 +267,10 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep, arch: Architectu
         arch=arch,
         validate=False,
     )
+    refuse_metric_reading_elsewhere(
+        sweep.metric, batch, patcher.full_logits(patcher.base_logits[None])[0],
+        "the incremental engine", "pass engine='hooks'",
+    )
     per_copy = CopyMetric(sweep.metric, batch)
     per_pass = sweep.per_pass
     if sweep.base_tokens.device.type == "cpu":  # see CPU_METRIC_BUFFER
@@ -313,10 +319,42 @@ def nan_metric_error(
     zeros = torch.zeros(*batch.clean.shape, vocab, device=batch.clean.device)
     if bool(scalar_metric(metric, zeros, batch).isnan()):
         return ValueError("the metric returned NaN (on all-zero logits too)")
+    return _reads_elsewhere_error(engine, advice)
+
+
+def _reads_elsewhere_error(engine: str, advice: str) -> ValueError:
     return ValueError(
         f"the metric read logits at positions other than batch.position, which {engine} "
         f"does not compute; {advice}"
     )
+
+
+def refuse_metric_reading_elsewhere(
+    metric: PatchMetric,
+    batch: TaskBatch,
+    known: Float[Tensor, "batch pos vocab"],
+    engine: str,
+    advice: str,
+) -> None:
+    """Raise `nan_metric_error`'s one line when `metric` reads positions that `known` (the
+    logits an engine computed, NaN at the positions it did not) leaves out, by reading
+    the metric with those positions filled twice: once favouring each example's answer
+    (+10 on it, -10 on the wrong token), once the wrong token. A metric that reads only
+    what was computed gives the same value twice; NaN, which the engines check for too,
+    slips past comparisons and argmax (`argmax(...) == answer` at another position), this
+    does not. A NaN value here is left to that check."""
+    unknown = known.isnan().all(dim=-1, keepdim=True)
+    if not bool(unknown.any()):
+        return
+    vocab = known.shape[-1]
+    answer, wrong = (F.one_hot(ids.to(known.device), vocab) for ids in (batch.answer, batch.wrong))
+    favour = ((answer - wrong) * 10).to(known.dtype)  # (no tensor from host values)
+    values = [
+        _metric_value(metric, torch.where(unknown, sign * favour[:, None], known), batch)
+        for sign in (1.0, -1.0)
+    ]
+    if bool(values[0].isfinite() & values[1].isfinite()) and not torch.equal(*values):
+        raise _reads_elsewhere_error(engine, advice)
 
 
 def _resolve_engine(engine: str, model: TransformerBridge) -> tuple[Engine, Architecture | None]:
@@ -325,6 +363,11 @@ def _resolve_engine(engine: str, model: TransformerBridge) -> tuple[Engine, Arch
     if engine not in ("auto", "incremental", "hooks"):
         raise ValueError(f"engine must be 'auto', 'incremental' or 'hooks', got {engine!r}")
     if engine == "hooks":
+        return "hooks", None
+    if models.attached_hooks(model):  # the incremental engine computes the model without them
+        if engine == "incremental":
+            models.refuse_attached_hooks(model, "engine='incremental'",
+                                         "use 'hooks' or 'auto', or remove them")
         return "hooks", None
     arch, reason = incremental.covered_architecture(model)
     if arch is not None:

@@ -55,6 +55,15 @@ class PatchingResult:
                     f"PatchingResult: axis {axis!r} has {size} values but {len(labels)} labels"
                 )
 
+    @property
+    def baseline(self) -> float:
+        """The value of an index whose patch changes nothing: the metric of the run patched
+        into (the corrupted one when denoising, the clean one when noising), normalised:
+        0 when denoising, 1 when noising. An index's effect is `values - baseline`."""
+        if self.normalised:
+            return 0.0 if self.direction == "denoise" else 1.0
+        return self.metric_corrupted if self.direction == "denoise" else self.metric_clean
+
     def to_frame(self) -> pd.DataFrame:
         """Long format: one row per index, columns `<axis>` (int), `<axis>_label`, `value`."""
         rows = []

@@ -116,12 +116,21 @@ TARGETS: Mapping[str, IndexSpace] = MappingProxyType(_spaces())
 """
 
 
+ATTENTION_ONLY_MISSING = ("resid_mid", "mlp_out")
+"""Targets an attention-only model has no hook for."""
+
+
 def check_target_exists(space: IndexSpace, model: TransformerBridge) -> None:
     """Raise a one-line ValueError where `model` has no hook for the target: `resid_mid`
-    of blocks whose attention and MLP run in parallel (GPT-J, GPT-NeoX / Pythia)."""
+    and `mlp_out` of attention-only models, `resid_mid` of blocks whose attention and MLP
+    run in parallel (GPT-J, GPT-NeoX / Pythia)."""
     hooks = getattr(model, "hook_dict", None)
     if hooks is not None and space.hook_name(0) not in hooks:
-        why = " (its attention and MLP run in parallel)" if parallel_blocks(model) else ""
+        why = ""
+        if bool(getattr(getattr(model, "cfg", None), "attn_only", False)):
+            why = " (it is attention-only)"
+        elif parallel_blocks(model):
+            why = " (its attention and MLP run in parallel)"
         raise ValueError(f"target {space.name!r} does not exist in this model{why}")
 
 

@@ -85,7 +85,9 @@ def result_caption(
     if result.normalised:
         text += " Normalised: 1 = the clean run, 0 = the corrupted run."
     if isinstance(strongest, dict) and "value" in strongest:
-        where = ", ".join(f"{k} {v}" for k, v in strongest.items() if k != "value")
+        where = ", ".join(
+            f"{k} {v}" for k, v in strongest.items() if k not in ("value", "effect")
+        )
         text += f" Largest effect at {where}: {float(strongest['value']):.4g}."
     return text
 

@@ -44,7 +44,9 @@ REFERENCES: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def reference(model: TransformerBridge, batch: TaskBatch, target: str, direction: str) -> Tensor:
+def reference(
+    model: TransformerBridge, batch: TaskBatch, target: str, direction: str, metric=METRIC
+) -> Tensor:
     """TransformerLens's one-forward-per-index patching (noising: clean/corrupted swapped)."""
     source, base = (
         (batch.clean, batch.corrupted) if direction == "denoise" else (batch.corrupted, batch.clean)
@@ -58,7 +60,7 @@ def reference(model: TransformerBridge, batch: TaskBatch, target: str, direction
                 model=model,
                 corrupted_tokens=base,
                 clean_cache=cache,
-                patching_metric=partial(METRIC, batch=batch),
+                patching_metric=partial(metric, batch=batch),
             )
     finally:
         model.train(was_training)

@@ -121,6 +121,49 @@ def test_incremental_engine_refuses_metrics_that_read_other_positions(model, bat
     hooks = patch(model, batch, "resid_pre", mean_over_positions, progress=False, engine="hooks")
     assert hooks.values.isfinite().all()
 
+    def top_token_at_3(logits: Tensor, batch: TaskBatch) -> Tensor:
+        """A comparison, through which NaN does not pass: `argmax` of a NaN row is its
+        first NaN, so without a check the engine would return wrong numbers silently."""
+        return (logits[:, 3].argmax(-1) == batch.answer).float().mean()
+
+    assert 3 not in batch.position  # no example reads position 3
+    with pytest.raises(ValueError, match="positions other than batch.position.*engine='hooks'"):
+        patch(model, batch, "resid_pre", top_token_at_3, progress=False)
+    compared = patch(model, batch, "resid_pre", top_token_at_3, progress=False,
+                     engine="hooks")
+    expected = reference(model, batch, "resid_pre", "denoise", metric=top_token_at_3)
+    torch.testing.assert_close(compared.values, expected.float())
+
+
+def test_hooks_attached_to_the_model_are_honoured_or_refused(model, batch) -> None:
+    """The incremental engine and edge patching compute the model without its hooks: with
+    a hook attached, engine="auto" takes the hook engine (equal to TransformerLens, which
+    runs it), engine="incremental" and edge patching refuse in one line."""
+    from circuits.edge_patching import EdgePatcher
+
+    def silence_head(z: Tensor, hook) -> Tensor:
+        z = z.clone()
+        z[:, :, 0] = 0.0
+        return z
+
+    plain = patch(model, batch, "resid_pre", METRIC, progress=False)
+    model.add_hook("blocks.1.attn.hook_z", silence_head, is_permanent=True)
+    try:
+        assert models.attached_hooks(model) == ["blocks.1.attn.hook_z"]
+        hooked = patch(model, batch, "resid_pre", METRIC, progress=False)
+        expected = reference(model, batch, "resid_pre", "denoise")
+        torch.testing.assert_close(hooked.values, expected.float(), atol=1e-4, rtol=0)
+        assert (hooked.values - plain.values).abs().max() > 1e-3  # the hook changes them
+        with pytest.raises(ValueError, match=r"the model has hooks attached "
+                                             r"\(blocks.1.attn.hook_z\), which "
+                                             r"engine='incremental' would not run"):
+            patch(model, batch, "resid_pre", METRIC, progress=False, engine="incremental")
+        with pytest.raises(ValueError, match="which edge patching, EAP and ACDC would not run"):
+            EdgePatcher(model)
+    finally:
+        model.reset_hooks(including_permanent=True)
+    assert models.attached_hooks(model) == []
+
 
 def test_pattern_patching_is_refused_where_the_hook_only_observes(minilm, minilm_batch) -> None:
     """On MiniLM (BERT) the bridge fires hook_pattern after the HF module used the pattern:

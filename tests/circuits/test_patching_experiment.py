@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from circuits.patching import PatchingResult, patch
+from circuits.patching_experiment import strongest_index
 from interp import models
 from interp.cli import main
 from interp.config import load_config
@@ -55,7 +56,51 @@ def test_patching_kind_saves_what_patch_computes_on_the_checkpoint(tmp_path: Pat
     torch.testing.assert_close(saved.values, direct.values)
     assert run.summary["metric_clean"] == direct.metric_clean
     strongest = run.summary["strongest_z"]
-    assert abs(strongest["value"]) == float(direct.values.abs().max())
+    effects = direct.values - direct.metric_corrupted  # not normalised, denoising
+    assert abs(strongest["effect"]) == pytest.approx(float(effects.abs().max()))
+
+
+@pytest.mark.parametrize(("direction", "normalised", "expected"), [
+    ("denoise", True, 2),   # baseline 0: |2.0| is the largest effect
+    ("noise", True, 0),     # baseline 1: 1.1 is a small effect, -0.7 the largest
+    ("denoise", False, 2),  # baseline metric_corrupted = -5: 2.0 moved it by 7
+])
+def test_strongest_index_is_the_largest_effect_not_the_largest_value(
+    direction: str, normalised: bool, expected: int
+) -> None:
+    values = {("denoise", True): [0.1, -0.5, 2.0], ("noise", True): [-0.7, 1.1, 0.9],
+              ("denoise", False): [-5.0, -4.9, 2.0]}[(direction, normalised)]
+    result = PatchingResult(
+        values=torch.tensor(values), axes=("layer",), labels=(("0", "1", "2"),),
+        metric_clean=3.0, metric_corrupted=-5.0, direction=direction, target="resid_pre",
+        normalised=normalised,
+    )
+    strongest = strongest_index(result)
+    assert strongest["layer"] == str(expected)
+    assert strongest["value"] == pytest.approx(values[expected])
+    assert strongest["effect"] == pytest.approx(values[expected] - result.baseline)
+
+
+def test_every_target_is_checked_before_any_result_is_written(tmp_path: Path) -> None:
+    """A pretrained folder's blocks are unknown at validation: the run checks every target
+    on the loaded model first, so a missing one (GPT-NeoX's resid_mid) leaves no partial
+    results behind."""
+    from pretrained_models import write_neox
+
+    folder = write_neox(tmp_path / "neox")
+    config = tmp_path / "neox_patch.yaml"
+    config.write_text(textwrap.dedent(f"""
+        kind: patching
+        device: cpu
+        model: {folder}
+        task: {{name: induction, d_vocab: 20, half_len: 3, n_examples: 4, seed: 1}}
+        targets: [resid_pre, resid_mid]
+    """))
+    runs = tmp_path / "runs"
+    assert main(["run", str(config), "--runs-dir", str(runs), "--no-progress"]) != 0
+    (info,) = RunStore(runs).runs("neox_patch")
+    assert info.status == "failed"
+    assert not list((info.path / "artifacts").glob("*"))
 
 
 def test_a_spec_too_small_for_the_task_or_an_unknown_metric_is_refused_at_validation(
@@ -74,6 +119,8 @@ def test_a_spec_too_small_for_the_task_or_an_unknown_metric_is_refused_at_valida
         ("task.d_vocab=128", "model.d_vocab=64 is smaller than task 'induction''s vocabulary"),
         ("model.n_ctx=10", "model.n_ctx=10 is shorter than task 'induction''s sequences (32)"),
         ("metric=logit_dif", "metric: unknown metric 'logit_dif' of task 'induction'"),
+        ("targets=[resid_pre, mlp_out, resid_mid]",
+         "targets ['mlp_out', 'resid_mid'] do not exist in an attention-only model"),
     ]
     for override, expected in cases:
         with pytest.raises(ConfigError) as error:

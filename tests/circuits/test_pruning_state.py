@@ -113,6 +113,15 @@ def test_a_metric_reading_other_positions_is_refused() -> None:
                                          "compute; run acdc with incremental=False"):
         PruningState(EdgePatcher(model), _batch(), "resample", every_position)
 
+    def top_token_at_0(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+        """A comparison, through which NaN does not pass."""
+        return (logits[:, 0].argmax(-1) == batch.answer).float()
+
+    batch = _batch()
+    assert 0 not in batch.position  # no example reads position 0
+    with pytest.raises(ValueError, match="the metric read logits at positions other than"):
+        PruningState(EdgePatcher(model), batch, "resample", top_token_at_0)
+
 
 def _incoming(patcher: EdgePatcher, name: str) -> list[int]:
     """Edges into destination `name`, latest source first (ACDC's order)."""
