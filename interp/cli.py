@@ -291,7 +291,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `interp` console script; returns the exit code."""
     from interp.config import ConfigError
-    from interp.models import ModelLoadError
+    from interp.model_errors import ModelLoadError  # (not interp.models: no torch here)
 
     args = build_parser().parse_args(argv)
     try:
@@ -302,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, ModelLoadError) as error:  # e.g. no run of that name, offline
         _error(_one_line(error))
         return EXIT_FAILED
+    except BrokenPipeError:  # the reader went away (`interp show ... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _one_line(error: BaseException) -> str:

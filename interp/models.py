@@ -27,6 +27,7 @@ from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.atomic_io import atomic_write_json, atomic_write_with
+from interp.model_errors import ModelLoadError
 from interp.validation import parse_config
 
 SPEC_FILE = "model_spec.json"
@@ -34,10 +35,6 @@ WEIGHTS_FILE = "model.safetensors"
 
 ActivationName = Literal["relu", "gelu", "gelu_new", "silu", "solu_ln"]
 NormalizationName = Literal["LN", "LNPre", "RMS", "RMSPre"]
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be built or loaded; the message is one line saying why."""
 
 
 class ModelSpec(BaseModel):

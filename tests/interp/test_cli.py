@@ -75,6 +75,25 @@ def test_list_show_and_kinds(config: Path, tmp_path: Path, capsys) -> None:
     assert "train" in out and "suite" in out
 
 
+def test_list_and_show_import_neither_torch_nor_transformer_lens(
+    config: Path, tmp_path: Path
+) -> None:
+    """Browsing the run store takes half a second, not the five that importing torch and
+    TransformerLens cost."""
+    assert main(["run", str(config), "--runs-dir", str(tmp_path), "--no-progress"]) == 0
+    ref = RunStore(tmp_path).latest("tiny").ref
+    script = textwrap.dedent(f"""
+        import sys
+        from interp.cli import main
+        assert main(["list", "--runs-dir", {str(tmp_path)!r}]) == 0
+        assert main(["show", {ref!r}, "--runs-dir", {str(tmp_path)!r}]) == 0
+        heavy = sorted(m for m in ("torch", "transformer_lens") if m in sys.modules)
+        assert not heavy, heavy
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_failed_run_is_marked_failed_not_done(
     config: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
