@@ -336,8 +336,16 @@ def _fit_ridge_torch(
     gram = x.transpose(1, 2) @ x / n
     rhs = x.transpose(1, 2) @ centred_y / n
     if l2 > 0:
+        # Cholesky, not torch.linalg.solve: the system is symmetric positive definite, and a
+        # batched LU solve on CPU with more than one thread fails inside MKL for d > ~150
+        # ("Pivots given to lu_solve ...", pytorch/pytorch#142815)
         eye = torch.eye(d, device=x.device, dtype=x.dtype)
-        weights = torch.linalg.solve(gram + l2 * eye, rhs)
+        factor, info = torch.linalg.cholesky_ex(gram + l2 * eye)
+        if bool(info.any()):
+            layer = int(info.nonzero()[0, 0])
+            raise ValueError(f"ridge: the regularised Gram matrix of layer {layer} is not "
+                             "positive definite; raise l2")
+        weights = torch.cholesky_solve(rhs, factor)
     else:
         weights = torch.linalg.pinv(gram, hermitian=True) @ rhs
     # x is centred (standardised on this split), so the intercept is the targets' mean

@@ -89,6 +89,23 @@ def test_torch_and_sklearn_backends_agree(kind: str) -> None:
     torch.testing.assert_close(ours.directions, reference.directions, atol=2e-3, rtol=1e-3)
 
 
+def test_wide_ridge_on_several_threads_equals_sklearn() -> None:
+    """MiniLM-wide features (d = 384) for two layers with two threads: a batched LU solve
+    fails inside MKL there (pytorch/pytorch#142815); our Cholesky solve gives sklearn's fit."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 600, 384, generator=generator)
+    targets = features[1, :, :3] @ torch.randn(3, generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ours = fit_probes(features, targets, kind="ridge", l2=0.01)
+    finally:
+        torch.set_num_threads(threads)
+    reference = fit_probes(features, targets, kind="ridge", l2=0.01, backend="sklearn")
+    torch.testing.assert_close(ours.directions, reference.directions, atol=1e-4, rtol=1e-3)
+    assert ours.test_score[1] > 0.99
+
+
 def test_backends_agree_on_three_classes() -> None:
     features, _, _ = _planted_classification()
     generator = torch.Generator().manual_seed(2)
