@@ -55,6 +55,16 @@ class SavedPatching:
     normalised: bool
     method: str
 
+    @property
+    def baseline(self) -> float:
+        """The value of an index whose patch changes nothing (as
+        `circuits.patching.PatchingResult.baseline`): the metric of the run patched into,
+        the corrupted one when denoising and the clean one when noising; 0 or 1 when
+        normalised."""
+        if self.normalised:
+            return 0.0 if self.direction == "denoise" else 1.0
+        return self.metric_corrupted if self.direction == "denoise" else self.metric_clean
+
 
 def _artifacts(run_dir: str | Path) -> Path:
     return Path(run_dir) / "artifacts"

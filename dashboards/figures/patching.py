@@ -61,11 +61,15 @@ def patching_heatmap(
     labels: Sequence[Sequence[str]],
     title: str | None = None,
     value_name: str = "metric",
+    zmid: float = 0.0,
 ) -> go.Figure:
     """A heatmap of the metric after patching each index, its value shown on hover.
 
-    The colour scale is red-white-blue centred on 0 (0 is the corrupted run when the
-    values are normalised, 1 the clean run). Rows run top to bottom from the first layer.
+    The colour scale is red-white-blue, white at `zmid`: pass the result's baseline (the
+    value of a patch that changes nothing: 0 when denoising normalised, 1 when noising
+    normalised, else the unpatched metric of the run patched into), so that white means
+    no effect and the colour shows which way each patch moves the metric. Rows run top to
+    bottom from the first layer.
 
     Args:
         values: The result's values, `[layer, pos]`, `[layer, head]` or
@@ -74,13 +78,14 @@ def patching_heatmap(
         labels: The result's labels, one list per axis.
         title: Figure title.
         value_name: What the values are, for the colour bar and hover text.
+        zmid: The value drawn white.
 
     Returns:
         A figure with one `go.Heatmap` whose hover text reads "<row>, <column>: value".
     """
     grid, rows, columns, row_title, column_title = heatmap_grid(values, axes, labels)
     figure = go.Figure(go.Heatmap(
-        z=grid, x=columns, y=rows, colorscale="RdBu", zmid=0.0,
+        z=grid, x=columns, y=rows, colorscale="RdBu", zmid=float(zmid),
         colorbar={"title": {"text": value_name}},
         hovertemplate=(
             f"{row_title} %{{y}}<br>{column_title} %{{x}}<br>{value_name} %{{z:.4g}}"

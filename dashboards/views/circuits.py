@@ -129,19 +129,35 @@ def render_graph(data: CircuitRunData) -> None:
     )
 
 
+def threshold_labels(grid: list[float]) -> list[str]:
+    """The slider's label of each threshold: 3 significant digits, more where two
+    thresholds would otherwise read alike."""
+    for digits in range(3, 18):
+        labels = [f"{value:.{digits}g}" for value in grid]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [repr(value) for value in grid]
+
+
 def _threshold_slider(scores: np.ndarray, key: str) -> float:
-    """A slider over a geometric grid of |score| thresholds (0 when no score is nonzero)."""
+    """A slider over a geometric grid of |score| thresholds (0 when no score is nonzero).
+
+    The slider's options are the grid's indices, not the thresholds: Streamlit matches a
+    float value to float options within 5e-12, so thresholds that small (tracr runs score
+    edges down to 1e-14) would all read as 0."""
     grid = threshold_grid(scores)
     if len(grid) == 1:
         return grid[0]
-    return st.select_slider(
+    labels = threshold_labels(grid)
+    index = st.select_slider(
         "Threshold on |score|",
-        options=grid,
-        value=default_threshold(grid, scores),
-        format_func=lambda value: f"{value:.3g}",
+        options=list(range(len(grid))),
+        value=grid.index(default_threshold(grid, scores)),
+        format_func=labels.__getitem__,
         key=key,
         help="edges with |score| at or above it are drawn (plus the ACDC circuit, if chosen)",
     )
+    return grid[index]
 
 
 def _acdc_only_edges(edges: list[str]) -> pd.DataFrame:
@@ -181,7 +197,11 @@ def render_faithfulness(data: CircuitRunData) -> None:
     """Faithfulness of the top-k circuits of each method, and ACDC's circuits."""
     st.subheader("Faithfulness against circuit size")
     if data.faithfulness is None or data.faithfulness.empty:
-        st.info("This run has no faithfulness curve (it ran no EAP method).")
+        st.info(
+            "This run saved no faithfulness curve (it predates the `faithfulness` table)."
+            if data.scores
+            else "This run has no faithfulness curve (it ran no EAP method)."
+        )
     else:
         st.plotly_chart(
             faithfulness_curves(data.faithfulness), key=f"circuits_faithfulness_{data.ref}"

@@ -89,6 +89,9 @@ def render_grokking_page(runs_dir: Path) -> None:
     kept = st.multiselect(
         "Seeds", seeds, default=seeds, key=f"grokking_seeds_{'_'.join(map(str, seeds))}"
     )
+    if not kept:
+        st.caption("Choose at least one seed.")
+        return
     runs = [keep_seeds(run, kept) for run in runs]
     render_curves(pd.concat([run.metrics for run in runs], ignore_index=True))
     render_key_frequencies(runs)

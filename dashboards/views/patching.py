@@ -69,6 +69,7 @@ def render_result(info: RunInfo) -> None:
     st.plotly_chart(patching_heatmap(
         result.values, result.axes, result.labels, value_name=value_name,
         title=f"{target}: {' x '.join(result.axes)} ({result.method} patching)",
+        zmid=result.baseline,
     ))
     st.caption(result_caption(result, metric, info.summary.get(f"strongest_{target}")))
 
@@ -78,17 +79,25 @@ def result_caption(
 ) -> str:
     """What the heatmap shows, in a sentence or three."""
     what = DIRECTIONS.get(result.direction, result.direction)
+    value_name = f"normalised {metric}" if result.normalised else metric
     text = (
         f"{metric} after patching each index ({what}). Unpatched: clean "
         f"{result.metric_clean:.4g}, corrupted {result.metric_corrupted:.4g}."
     )
     if result.normalised:
         text += " Normalised: 1 = the clean run, 0 = the corrupted run."
+    unpatched = "corrupted" if result.direction == "denoise" else "clean"
+    text += f" White: {result.baseline:.4g}, the {unpatched} run's value (no effect)."
     if isinstance(strongest, dict) and "value" in strongest:
         where = ", ".join(
             f"{k} {v}" for k, v in strongest.items() if k not in ("value", "effect")
         )
-        text += f" Largest effect at {where}: {float(strongest['value']):.4g}."
+        text += f" Largest effect at {where}: {value_name} {float(strongest['value']):.4g}"
+        if isinstance(strongest.get("effect"), int | float):
+            # the effect is the change from the unpatched run patched into (the value
+            # itself only for normalised denoising)
+            text += f", a change of {float(strongest['effect']):+.4g}"
+        text += "."
     return text
 
 

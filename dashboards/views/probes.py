@@ -80,13 +80,31 @@ def render_scores(data: ProbeRunData, rows: pd.DataFrame) -> None:
     for metric in dict.fromkeys(rows["metric"]):
         part = rows[rows["metric"] == metric]
         st.plotly_chart(layer_scores(part), key=f"probes_scores_{data.ref}_{metric}")
+    st.caption(scores_caption(rows))
+
+
+_METRIC_MEANINGS = {
+    "accuracy": "Accuracy is the share of held-out examples classified right.",
+    "r2": f"{METRIC_NAMES['r2']} is 1 - residual / total variance on held-out examples.",
+}
+
+
+def scores_caption(rows: pd.DataFrame) -> str:
+    """What the score charts show: the seeds behind each mean, the band, the line styles
+    and what each metric means."""
     n_seeds = sorted(set(rows["n_seeds"].dropna().astype(int))) if "n_seeds" in rows else []
-    seeds = f" over {', '.join(map(str, n_seeds))} split seeds" if n_seeds else ""
-    st.caption(
-        f"Mean held-out score{seeds}; the band is its 95% interval. Solid: the final "
-        "model; dashed: earlier checkpoints; dotted: the randomly initialised model. "
-        + ", ".join(f"{m} = {name}" for m, name in METRIC_NAMES.items() if m in set(rows["metric"]))
-    )
+    if not n_seeds:
+        seeds = "Mean held-out score; the band is its 95% interval."
+    elif max(n_seeds) == 1:
+        seeds = "Held-out score of one split seed (no band: one seed has no spread)."
+    else:
+        seeds = (f"Mean held-out score over {' or '.join(map(str, n_seeds))} split seeds; the "
+                 "band is its 95% t interval, cut to the score's range.")
+    meanings = [_METRIC_MEANINGS[m] for m in dict.fromkeys(rows["metric"]) if m in _METRIC_MEANINGS]
+    return (
+        f"{seeds} Solid: the final model; dashed: earlier checkpoints; dotted: the randomly "
+        "initialised model. " + " ".join(meanings)
+    ).strip()
 
 
 def render_selectivity(rows: pd.DataFrame) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-from page_testing import figures
+from page_testing import assert_renders_without_torch, figures
 from streamlit.testing.v1 import AppTest
 
 from dashboards.app import runs_dir_from
@@ -164,6 +164,10 @@ def test_metric_curves_draws_each_metric_against_step() -> None:
     assert [t.name for t in metric_curves(frame).data] == ["loss", "acc"]  # time is skipped
     with pytest.raises(ValueError, match="nope"):
         metric_curves(frame, y=["nope"])
+
+
+def test_drawing_the_runs_page_never_imports_torch(runs_dir: Path) -> None:
+    assert_renders_without_torch("runs", runs_dir)
 
 
 def test_importing_figures_does_not_import_torch() -> None:

@@ -3,6 +3,7 @@ its figure functions on hand-made data."""
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from dashboards.figures.circuits import (
     roc_curves,
     threshold_grid,
 )
-from dashboards.views.circuits import default_threshold
+from dashboards.views.circuits import default_threshold, threshold_labels
 from interp.cli import main
 from interp.runs import Run, RunStore
 
@@ -101,11 +102,11 @@ def test_threshold_slider_changes_the_drawn_edges(store: RunStore, good: Run) ->
     app = _open(store.root)
     scores = good.load_table("edge_scores_eap")
     slider = app.select_slider(key="circuits_threshold_circ/good_eap")
-    slider.set_value(0.0).run()
+    slider.set_value(0).run()  # the slider's options are indices into the threshold grid
     assert not app.exception
     assert sorted(drawn_edges(_graph(app))) == sorted(scores["edge"])  # |score| >= 0: all
     top = float(scores["abs_score"].max())
-    slider.set_value(threshold_grid(scores["score"])[-1]).run()
+    slider.set_value(len(threshold_grid(scores["score"])) - 1).run()
     top_edges = scores[scores["abs_score"] >= top * (1 - 1e-6)]["edge"].tolist()
     assert drawn_edges(_graph(app)) == top_edges and len(top_edges) < len(scores)
 
@@ -120,7 +121,7 @@ def test_threshold_slider_changes_the_drawn_edges(store: RunStore, good: Run) ->
 def test_acdc_scores_can_drive_the_graph(store: RunStore, good: Run) -> None:
     app = _open(store.root)
     app.selectbox(key="circuits_source_circ/good").set_value("acdc tau=0.01").run()
-    app.select_slider(key="circuits_threshold_circ/good_acdc tau=0.01").set_value(0.0).run()
+    app.select_slider(key="circuits_threshold_circ/good_acdc tau=0.01").set_value(0).run()
     assert not app.exception
     # every tested edge (ACDC's untested edges have no score) is drawn at threshold 0
     tensors = good.load_tensors("acdc_0")
@@ -151,9 +152,44 @@ def test_a_run_without_edge_list_or_roc_points_still_draws(store: RunStore) -> N
     assert not app.exception
     assert any("saved no ROC points" in i.value for i in app.info)
     scores = store.load("circ/old").load_table("edge_scores_eap")
-    app.select_slider(key="circuits_threshold_circ/old_eap").set_value(0.0).run()
+    app.select_slider(key="circuits_threshold_circ/old_eap").set_value(0).run()
     assert sorted(drawn_edges(_graph(app))) == sorted(scores["edge"])
     assert len(app.get("plotly_chart")) == 2  # the graph and the faithfulness curve
+
+
+def test_a_run_without_its_faithfulness_table_says_so(good: Run, tmp_path: Path) -> None:
+    shutil.copytree(good.path, tmp_path / "runs" / "circ" / "nofaith")
+    (tmp_path / "runs" / "circ" / "nofaith" / "artifacts" / "faithfulness.parquet").unlink()
+    app = _open(tmp_path / "runs")
+    assert not app.exception
+    infos = [i.value for i in app.info]
+    assert "eap" in good.config["methods"]  # it ran EAP, so "it ran no EAP method" is wrong
+    assert any("saved no faithfulness curve" in i for i in infos)
+    assert not any("ran no EAP method" in i for i in infos)
+    assert len(app.get("plotly_chart")) == 2  # the graph and the ROC curves
+
+
+def test_default_threshold_holds_for_tiny_scores(good: Run, tmp_path: Path) -> None:
+    # tracr runs score most edges exactly 0 and the rest down to ~1e-14; Streamlit matches
+    # a float slider value to its options within 5e-12, so a default threshold that small
+    # used to snap to 0 and every edge, the zero-score ones too, was drawn
+    shutil.copytree(good.path, tmp_path / "runs" / "circ" / "tiny")
+    tiny = RunStore(tmp_path / "runs").load("circ/tiny")
+    scores = tiny.load_table("edge_scores_eap")
+    scores["score"] *= 1e-13
+    scores["abs_score"] *= 1e-13
+    tiny.save_table("edge_scores_eap", scores)
+    nonzero = scores[scores["abs_score"] > 0]["edge"].tolist()
+    assert 0 < len(nonzero) < len(scores)  # the default keeps them all, and only them
+    app = _open(tmp_path / "runs")
+    assert not app.exception
+    assert sorted(drawn_edges(_graph(app))) == sorted(nonzero)
+    grid = threshold_grid(scores["score"])
+    slider = app.select_slider(key="circuits_threshold_circ/tiny_eap")
+    assert grid[slider.value] == default_threshold(grid, scores["score"].to_numpy()) > 0
+    slider.set_value(len(grid) - 1).run()
+    top = scores[scores["abs_score"] >= grid[-1] * (1 - 1e-6)]["edge"].tolist()
+    assert drawn_edges(_graph(app)) == top and len(top) < len(nonzero)
 
 
 def test_no_circuit_runs_names_the_configs(tmp_path: Path) -> None:
@@ -247,3 +283,6 @@ def test_threshold_grid_and_default_threshold() -> None:
     chosen = default_threshold(grid, scores, keep=2)
     assert int((np.abs(np.nan_to_num(scores)) >= chosen).sum()) >= 2
     assert chosen > 1e-4  # the largest grid value that keeps two edges
+    close = [0.0, 0.1000001, 0.1000002, 0.2]  # alike at 3 digits: more digits, never a clash
+    assert threshold_labels(close) == ["0", "0.1000001", "0.1000002", "0.2"]
+    assert threshold_labels(grid)[:2] == ["0", "0.0001"]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from page_testing import array, chart_specs, open_page
+from page_testing import array, assert_renders_without_torch, chart_specs, open_page
 from safetensors.numpy import load_file
 from streamlit.testing.v1 import AppTest
 
@@ -195,6 +195,20 @@ def test_seed_and_run_choice(
     assert list(_bars(_spectrum(app))) == ["seed 1"]
 
 
+def test_no_seed_chosen_says_so_instead_of_failing(store: RunStore, good_run: Run) -> None:
+    app = _open_page(store.root)
+    app.multiselect(key="grokking_runs").set_value([good_run.ref]).run()
+    app.multiselect(key="grokking_seeds_0_1").set_value([]).run()
+    assert not app.exception
+    assert any("Choose at least one seed" in c.value for c in app.caption)
+    assert chart_specs(app) == []
+    app.multiselect(key="grokking_seeds_0_1").set_value([0]).run()
+    assert not app.exception
+    assert sorted(t["name"] for t in _charts(app)["Loss"]["data"]) == [
+        "seed 0 test_loss", "seed 0 train_loss"
+    ]
+
+
 def test_store_without_grokking_runs_says_how_to_make_one(
     tmp_path: Path
 ) -> None:
@@ -322,6 +336,10 @@ def test_spectrum_and_timeline_figures() -> None:
                            "key_frequencies": [[], [2, 5], None]})
     timeline = {t.name: (list(t.x), list(t.y)) for t in key_frequency_timeline(logged).data}
     assert timeline == {"seed 0": ([40, 40], [2, 5]), "seed 1": ([], [])}
+
+
+def test_drawing_the_page_never_imports_torch(store: RunStore) -> None:
+    assert_renders_without_torch("grokking", store.root)
 
 
 def test_the_page_and_its_figures_do_not_import_torch() -> None:

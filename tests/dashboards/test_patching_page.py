@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -12,12 +13,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from page_testing import array, chart_specs, open_page
+import torch
+from page_testing import array, assert_renders_without_torch, chart_specs, open_page
 from streamlit.testing.v1 import AppTest
 
 from circuits.patching import PatchingResult
 from circuits.patching_experiment import PATCHING
 from dashboards.figures.patching import heatmap_grid, patching_heatmap, prompt_table
+from dashboards.loaders_patching import SavedPatching
+from dashboards.views.patching import result_caption
 from interp.config import load_config
 from interp.runner import execute
 from interp.runs import Run, RunStore
@@ -145,6 +149,45 @@ def test_head_targets_fold_heads_into_rows(
     np.testing.assert_allclose(grid[3], by_pos[1, :, 1], rtol=1e-6)
 
 
+def test_heatmap_is_white_where_a_patch_changes_nothing(
+    store: RunStore, tmp_path: Path, one_torch_thread: Any
+) -> None:
+    # noising, not normalised: a patch that changes nothing leaves the clean run's metric,
+    # which is where the colour scale must be white (it was always white at 0)
+    shutil.copytree(store.root / "tiny_train", tmp_path / "runs" / "tiny_train")
+    noise = PATCHING_CONFIG.replace("normalise: true", "normalise: false\ndirection: noise")
+    (tmp_path / "tiny_noise.yaml").write_text(textwrap.dedent(noise))
+    kind, config = load_config(tmp_path / "tiny_noise.yaml", kinds={"patching": PATCHING})
+    with one_torch_thread():
+        run = execute(kind, config, RunStore(tmp_path / "runs"), tmp_path, progress=False)
+    app = _open_page(tmp_path / "runs")
+    app.selectbox(key=f"patching_target_{run.ref}").set_value("z").run()
+    assert not app.exception
+    saved = PatchingResult.load(run, name="patching_z")
+    assert saved.direction == "noise" and not saved.normalised
+    heatmap = _heatmap(app)
+    assert heatmap["zmid"] == pytest.approx(saved.baseline) == pytest.approx(saved.metric_clean)
+    assert saved.metric_clean != 0
+    np.testing.assert_allclose(array(heatmap["z"]), saved.values.numpy(), rtol=1e-6)
+    caption = " ".join(c.value for c in app.caption)
+    assert f"White: {saved.metric_clean:.4g}, the clean run's value (no effect)." in caption
+
+
+def test_saved_baseline_is_the_results_baseline() -> None:
+    for direction, normalised in itertools.product(("denoise", "noise"), (True, False)):
+        saved = SavedPatching(
+            target="z", values=np.zeros((1, 1)), axes=("layer", "head"), labels=(("0",), ("0",)),
+            metric_clean=2.5, metric_corrupted=-1.5, direction=direction,
+            normalised=normalised, method="activation",
+        )
+        result = PatchingResult(
+            values=torch.zeros(1, 1), axes=("layer", "head"), labels=(("0",), ("0",)),
+            metric_clean=2.5, metric_corrupted=-1.5, direction=direction, target="z",
+            normalised=normalised,
+        )
+        assert saved.baseline == result.baseline, (direction, normalised)
+
+
 def test_broken_failed_and_corrupt_runs_show_their_message(
     store: RunStore, good_run: Run
 ) -> None:
@@ -212,6 +255,21 @@ def test_patching_heatmap_and_its_errors() -> None:
         patching_heatmap(np.zeros(3), ("layer",), (("0", "1", "2"),))
 
 
+def test_caption_names_the_value_and_the_effect_of_the_strongest_index() -> None:
+    # noising, not normalised: the value is the metric after the patch, the effect its
+    # change from the clean run (as `circuits.patching_experiment.strongest_index` saves)
+    result = SavedPatching(
+        target="v", values=np.array([[0.5764, 0.2594]]), axes=("layer", "head"),
+        labels=(("0",), ("2", "3")), metric_clean=0.2594, metric_corrupted=1.039,
+        direction="noise", normalised=False, method="activation",
+    )
+    strongest = {"layer": "0", "head": "2", "value": 0.5764, "effect": 0.5764 - 0.2594}
+    caption = result_caption(result, "logit_diff", strongest)
+    assert "Largest effect at layer 0, head 2: logit_diff 0.5764, a change of +0.317." in caption
+    assert "corrupted activations patched into the clean run" in caption
+    assert "Normalised" not in caption
+
+
 def test_prompt_table() -> None:
     table = prompt_table(["The", " cat", " sat"], ["The", " dog", " sat"])
     assert table.index.tolist() == ["clean", "corrupted"]
@@ -219,6 +277,10 @@ def test_prompt_table() -> None:
     assert table.loc["corrupted", "1"] == " dog"
     with pytest.raises(ValueError, match="differ in length: 2 vs 1"):
         prompt_table(["a", "b"], ["a"])
+
+
+def test_drawing_the_page_never_imports_torch(store: RunStore) -> None:
+    assert_renders_without_torch("patching", store.root)
 
 
 def test_the_page_and_its_figures_do_not_import_torch() -> None:

@@ -289,3 +289,15 @@ def test_variant_order_style_and_hook_order() -> None:
         "solid", "dash", "dot"
     ]
     assert hook_order(_layers()) == HOOKS
+
+
+def test_scores_caption_names_the_seeds_band_and_metrics() -> None:
+    from dashboards.views.probes import scores_caption
+
+    rows = pd.DataFrame({"metric": ["accuracy", "r2"], "n_seeds": [3, 3]})
+    text = scores_caption(rows)
+    assert "over 3 split seeds" in text and "95% t interval" in text
+    assert "Accuracy is the share of held-out examples" in text and "R² is 1 -" in text
+    assert "accuracy = accuracy" not in text
+    one = scores_caption(pd.DataFrame({"metric": ["accuracy"], "n_seeds": [1]}))
+    assert "one split seed (no band" in one and "R²" not in one
