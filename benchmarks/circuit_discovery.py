@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from _common import Comparison, compare, load_line, parse_args, random_pretrained
+from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.acdc import ACDCResult, acdc
 from circuits.eap import edge_attribution
@@ -118,7 +119,7 @@ def eap_comparison(quick: bool, device: torch.device, family: str = "native") ->
 
 def trained_induction(
     quick: bool, device: torch.device
-) -> tuple[models.TransformerBridge, TaskBatch]:
+) -> tuple[TransformerBridge, TaskBatch]:
     """The induction_2l model, briefly trained, and an induction batch of 32 prompts."""
     steps = 60 if quick else 300
     path = os.path.join(REPO, "experiments", "induction_2l.yaml")
@@ -132,7 +133,7 @@ def trained_induction(
 
 
 def hooked_acdc(
-    model: models.TransformerBridge, batch: TaskBatch, threshold: float
+    model: TransformerBridge, batch: TaskBatch, threshold: float
 ) -> torch.Tensor:
     """The straightforward ACDC loop (Conmy et al. 2023's code does the same through
     TransformerLens hooks): the same edge order and rule as `circuits.acdc.acdc`, but every

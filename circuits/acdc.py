@@ -41,6 +41,7 @@ import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -48,7 +49,6 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.evaluate import circuit_damages
@@ -58,6 +58,9 @@ from circuits.pruning_state import PruningState
 from circuits.pruning_trials import Trial, chain_of_trials, one_stage
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 GPU_SPECULATION = 16
 """`acdc`'s default speculation when the model is on a GPU (incremental tests): on the

@@ -22,12 +22,11 @@ read from the last residual stream of a model without a final norm).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.patching.engine import (
     Direction,
@@ -39,6 +38,9 @@ from circuits.patching.engine import (
 from circuits.patching.result import PatchingResult
 from circuits.patching.targets import IndexSpace, check_patchable, index_space
 from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 METHOD = "attribution"
 """The `PatchingResult.method` of attribution-patching results."""

@@ -24,7 +24,7 @@ and so are the ROC curves' points (`artifacts/roc.parquet`: method, level, fpr, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pandas as pd
 import torch
@@ -36,7 +36,6 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.acdc import ACDCResult, acdc
 from circuits.eap import edge_attribution
@@ -58,6 +57,9 @@ from interp.model_refs import (
 from interp.runs import Run
 from interp.tasks import AnyTaskConfig
 from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 Method = Literal["eap", "eap-ig", "acdc"]
 

@@ -25,19 +25,21 @@ import json
 import numbers
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import ComputationalGraph
 from circuits.patching.engine import PatchMetric, scalar_metric
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 Method = Literal["eap", "eap-ig"]
 

@@ -30,18 +30,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.graph import ComputationalGraph, Node
 from circuits.patching.engine import CopyMetric, PatchMetric
 from interp import functional, models
 from interp.functional import Architecture
 from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 Ablation = Literal["resample", "mean", "zero"]
 ABLATIONS: tuple[Ablation, ...] = ("resample", "mean", "zero")

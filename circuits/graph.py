@@ -26,12 +26,14 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import networkx as nx
 import torch
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 NodeKind = Literal["embed", "head", "mlp", "logits"]
 HeadInput = Literal["q", "k", "v"]

@@ -27,11 +27,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from transformer_lens.model_bridge import TransformerBridge
+from typing import TYPE_CHECKING, Any, Literal
 
 from circuits.graph import reads_output
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 NodeKind = Literal["embed", "head", "mlp", "logits"]
 Role = Literal["sender", "receiver"]

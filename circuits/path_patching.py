@@ -54,13 +54,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.graph import parallel_blocks
 from circuits.patching.engine import (
@@ -88,6 +87,9 @@ from circuits.path_nodes import (
 )
 from interp.metrics import normalise as normalise_metric
 from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = [
     "Node",

@@ -25,14 +25,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from jaxtyping import Int
 from safetensors.torch import save
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.edge_patching import ABLATIONS
 from circuits.tracr_models import (
@@ -50,6 +49,9 @@ from interp import functional
 from interp.atomic_io import atomic_write_bytes, atomic_write_text
 from interp.models import ModelSpec, build
 from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass(frozen=True)

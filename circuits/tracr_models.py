@@ -44,19 +44,21 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
 from safetensors.torch import load_file
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.edge_patching import ABLATIONS, Ablation, EdgePatcher
 from circuits.graph import ComputationalGraph, Edge, Node
 from interp import functional
 from interp.models import ModelSpec, build
 from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 PROGRAMS: tuple[str, ...] = ("reverse", "frac_prevs")
 DATA_DIR = Path(__file__).parent / "data"

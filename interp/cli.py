@@ -244,7 +244,7 @@ def _load_run(store: RunStore, ref: str) -> Run:
 def cmd_kinds(args: argparse.Namespace) -> int:
     from interp.experiments import load_kinds
 
-    for name, kind in sorted(load_kinds().items()):
+    for name, kind in sorted(load_kinds().loadable().items()):
         print(f"{name:12s} {kind.description}")
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from interp.experiments import (
     STORE_KEY,
     ExperimentConfig,
     ExperimentKind,
+    KindLoadError,
     load_kinds,
 )
 from interp.runs import RunStore
@@ -86,15 +88,36 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def validation_message(source: str, error: ValidationError, raw: Any = None) -> str:
-    """The first problem in a pydantic error, as `source: dotted.key: what is wrong`.
+def validation_message(
+    source: str, error: ValidationError, raw: Any = None, overrides: Sequence[str] = ()
+) -> str:
+    """The first problem in a pydantic error, as `source: dotted.key: what is wrong`, with
+    `(from --set KEY=VALUE)` when one of `overrides` set that key or a key within it.
 
     An unknown key is reported before the other problems (a misspelt key is also a
-    missing one, and the misspelling is the news). A check of the whole config (a model
-    that does not fit its task) names its keys in its own message."""
+    missing one, and the misspelling is the news), then a wrong value before a missing
+    key (a wrong `task.p` leaves the sizes it fills in missing). A check of the whole
+    config (a model that does not fit its task) names its keys in its own message."""
     errors = error.errors()
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    rank = {"extra_forbidden": 0, "missing": 2}
+    first = min(errors, key=lambda e: rank.get(e["type"], 1))
     key = ".".join(_input_path(first["loc"], raw, keep_last=first["type"] == "missing"))
+    return f"{_problem(source, first, key)}{_override_note(key, overrides)}"
+
+
+def _override_note(key: str, overrides: Sequence[str]) -> str:
+    """` (from --set ...)` for the last override that set `key` or a key within it."""
+    if not key:
+        return ""
+    for text in reversed(overrides):
+        name = text.partition("=")[0].strip()
+        if name == key or name.startswith(f"{key}."):
+            return f" (from --set {text})"
+    return ""
+
+
+def _problem(source: str, first: Any, key: str) -> str:
+    """`source: key: what is wrong` for one pydantic error."""
     if not key and first["type"] == "value_error":
         return f"{source}: {first['msg'].removeprefix('Value error, ')}"
     key = key or "(top level)"
@@ -133,12 +156,14 @@ def _has_key(node: Any, part: Any) -> bool:
 def validate_config(
     raw: dict[str, Any],
     source: str,
-    kinds: dict[str, ExperimentKind] | None = None,
+    kinds: Mapping[str, ExperimentKind] | None = None,
     config_dir: Path | None = None,
     store: RunStore | str | os.PathLike[str] | None = None,
     pending: dict[str, Any] | None = None,
+    overrides: Sequence[str] = (),
 ) -> tuple[ExperimentKind, ExperimentConfig]:
     """Validate a raw config mapping; returns its kind and the validated config.
+    `overrides`: the `--set` texts applied to `raw`, named in an error about their keys.
 
     `config_dir` (the folder of the config file) lets kinds check files the config names.
     With a run `store`, every `{run: X}` reference must resolve in it (or name a member
@@ -151,21 +176,24 @@ def validate_config(
         raise ConfigError(f"{source}: kind: missing required key (one of {sorted(kinds)})")
     if not isinstance(kind_name, str) or kind_name not in kinds:
         raise ConfigError(f"{source}: kind: unknown kind {kind_name!r} (one of {sorted(kinds)})")
-    kind = kinds[kind_name]
+    try:
+        kind = kinds[kind_name]
+    except KindLoadError as error:
+        raise ConfigError(f"{source}: kind: {error}") from None
     if store is not None and not isinstance(store, RunStore):
         store = RunStore(store)
     context = {"config_dir": config_dir, STORE_KEY: store, PENDING_KEY: pending}
     try:
         config = kind.config_model.model_validate(raw, context=context)
     except ValidationError as error:
-        raise ConfigError(validation_message(source, error, raw)) from None
+        raise ConfigError(validation_message(source, error, raw, overrides)) from None
     return kind, config
 
 
 def load_config(
     path: str | Path,
     overrides: list[str] | None = None,
-    kinds: dict[str, ExperimentKind] | None = None,
+    kinds: Mapping[str, ExperimentKind] | None = None,
     store: RunStore | str | os.PathLike[str] | None = None,
     pending: dict[str, Any] | None = None,
 ) -> tuple[ExperimentKind, ExperimentConfig]:
@@ -178,18 +206,19 @@ def load_config(
     raw = apply_overrides(raw, overrides or [])
     raw.setdefault("name", path.stem)
     return validate_config(
-        raw, str(path), kinds, config_dir=path.parent, store=store, pending=pending
+        raw, str(path), kinds, config_dir=path.parent, store=store, pending=pending,
+        overrides=overrides or [],
     )
 
 
 def _check_suite_overrides(
-    raw: dict[str, Any], overrides: list[str], source: str, kinds: dict[str, ExperimentKind]
+    raw: dict[str, Any], overrides: list[str], source: str, kinds: Mapping[str, ExperimentKind]
 ) -> None:
     """A suite's own keys are few; `--set train.steps=5` on a suite means its members, whose
     overrides go in each member's `set:` list. Say so rather than `train: unknown key`."""
-    suite = kinds.get("suite")
-    if raw.get("kind") != "suite" or suite is None:
+    if raw.get("kind") != "suite" or "suite" not in kinds:
         return
+    suite = kinds["suite"]
     for text in overrides:
         parts, _ = parse_override(text)
         if parts[0] not in suite.config_model.model_fields:

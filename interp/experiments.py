@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -97,20 +97,62 @@ class ExperimentKind:
     resume: Runner | None = None
 
 
-def load_kinds() -> dict[str, ExperimentKind]:
-    """Every experiment kind declared through the `interp.experiments` entry points."""
-    kinds: dict[str, ExperimentKind] = {}
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
+class KindRegistry(Mapping[str, ExperimentKind]):
+    """The experiment kinds declared through the `interp.experiments` entry points, by name.
+
+    The names come from the package metadata; a kind's module is imported only when that
+    kind is looked up (the modules pull in torch and the analysis engines, so validating
+    one config imports one kind). A kind whose module fails to import raises, on lookup,
+    a one-line `KindLoadError`; iterating over the values skips it with a warning.
+    """
+
+    def __init__(self) -> None:
+        self._entries = {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+        self._loaded: dict[str, ExperimentKind] = {}
+
+    def __getitem__(self, name: str) -> ExperimentKind:
+        if name in self._loaded:
+            return self._loaded[name]
+        entry = self._entries[name]
         try:
             kind = entry.load()
-        except ImportError as error:  # one broken kind must not take the others down
-            warnings.warn(
-                f"experiment kind {entry.name!r} could not be loaded: {error}", stacklevel=2
-            )
-            continue
+        except ImportError as error:
+            raise KindLoadError(
+                f"experiment kind {name!r} could not be loaded: {error}"
+            ) from error
         if not isinstance(kind, ExperimentKind):
-            raise TypeError(f"entry point {entry.name!r} ({entry.value}) is not an ExperimentKind")
-        if kind.name != entry.name:
-            raise TypeError(f"entry point {entry.name!r} names a kind called {kind.name!r}")
-        kinds[kind.name] = kind
-    return kinds
+            raise TypeError(f"entry point {name!r} ({entry.value}) is not an ExperimentKind")
+        if kind.name != name:
+            raise TypeError(f"entry point {name!r} names a kind called {kind.name!r}")
+        self._loaded[name] = kind
+        return kind
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def loadable(self) -> dict[str, ExperimentKind]:
+        """Every kind that imports, by name; one that fails is skipped with a warning (one
+        broken kind must not take the others down)."""
+        kinds: dict[str, ExperimentKind] = {}
+        for name in self._entries:
+            try:
+                kinds[name] = self[name]
+            except KindLoadError as error:
+                warnings.warn(str(error), stacklevel=2)
+        return kinds
+
+
+class KindLoadError(ImportError):
+    """An experiment kind's module failed to import (a missing optional dependency)."""
+
+
+def load_kinds() -> KindRegistry:
+    """The experiment kinds declared through the `interp.experiments` entry points; each is
+    imported when first looked up (see `KindRegistry`)."""
+    return KindRegistry()

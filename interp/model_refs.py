@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 from pydantic import (
@@ -30,7 +30,6 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp import models
 from interp.experiments import PENDING_KEY, STORE_KEY
@@ -38,6 +37,9 @@ from interp.runs import Run, RunStore
 from interp.tasks import TASKS, make_task
 from interp.tasks.base import Task
 from interp.tasks.text_task import TextTask
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 class CheckpointRef(BaseModel):

@@ -18,17 +18,19 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
-from transformer_lens.config import TransformerBridgeConfig
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.atomic_io import atomic_write_json, atomic_write_with
 from interp.model_errors import ModelLoadError
 from interp.validation import parse_config
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import: only where a model is made
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
 
 SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -97,6 +99,8 @@ class ModelSpec(BaseModel):
 
     def to_bridge_config(self) -> TransformerBridgeConfig:
         """The TransformerLens config that `boot_native` builds this spec from."""
+        from transformer_lens.config import TransformerBridgeConfig
+
         return TransformerBridgeConfig(
             n_layers=self.n_layers,
             d_model=self.d_model,
@@ -155,6 +159,8 @@ def build(
 ) -> TransformerBridge:
     """A randomly initialised native model; the same spec and seed give the same weights.
     A bad spec raises a one-line ValueError naming the field."""
+    from transformer_lens.model_bridge import TransformerBridge
+
     if not isinstance(spec, ModelSpec):
         spec = parse_config(ModelSpec, spec)
     with _quiet():
@@ -235,6 +241,8 @@ def load(
         kwargs["dtype"] = dtype
     if revision is not None:
         kwargs["revision"] = revision
+    from transformer_lens.model_bridge import TransformerBridge
+
     try:
         with _quiet():
             model = TransformerBridge.boot_transformers(source, **kwargs)
@@ -251,6 +259,8 @@ def _load_failure_message(source: str, local: bool, error: BaseException) -> str
         return f"cannot load model from folder {source!r}: {first_line}"
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else first_line
+    if not offline and "connect" in first_line.lower():
+        why += " (with no network, HF_HUB_OFFLINE=1 reads the local cache without retrying)"
     return f"cannot load model {source!r} from the Hugging Face hub: {why}"
 
 

@@ -44,15 +44,16 @@ import itertools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
-from transformers.pytorch_utils import Conv1D
 
 from interp.models import ModelSpec
 from interp.validation import parse_config
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 Params = dict[str, Tensor]
 
@@ -326,6 +327,8 @@ def live_params(model: TransformerBridge) -> Params:
     store `[in, out]`, are given transposed, as `nn.Linear`'s `[out, in]`: the layout of
     `arch_param_shapes` (a view, no copy).
     """
+    from transformers.pytorch_utils import Conv1D  # transformers loads in ~1 s
+
     owners = model.__dict__.get("_interp_param_owners")
     if owners is None:
         found = {

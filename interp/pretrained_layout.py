@@ -66,11 +66,10 @@ random models of each class written to local folders. Other classes are refused 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.models import spec_of
 from interp.param_layout import (
@@ -82,6 +81,9 @@ from interp.param_layout import (
     live_params,
     unsupported_features,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 COVERED_PRETRAINED: tuple[str, ...] = (
     "GPT2LMHeadModel",
@@ -126,6 +128,8 @@ def architecture_of(model: TransformerBridge) -> Architecture:
     Raises:
         ValueError: one line naming why the forward pass does not cover `model`.
     """
+    from transformer_lens.model_bridge import TransformerBridge  # (slow to import)
+
     if not isinstance(model, TransformerBridge):
         raise ValueError(f"model must be a TransformerBridge, got {type(model).__name__}")
     if getattr(model, "_weights_processed", False):

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
@@ -31,6 +30,9 @@ from interp.model_refs import (
 from interp.runs import Run
 from interp.tasks import AnyTaskConfig
 from interp.tasks.base import IGNORE_INDEX, Task, TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 class TrainSettings(BaseModel):

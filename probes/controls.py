@@ -19,18 +19,20 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.runs import Run
 from probes.linear import fit_probes_on_split, split_examples
-from probes.results import confidence_interval
+from probes.results import confidence_interval, score_bounds
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -136,7 +138,11 @@ class SelectivityResult:
                 f"task and control scores must both be [seed={len(seeds)}, layer], got "
                 f"{tuple(task.shape)} and {tuple(control.shape)}"
             )
-        fields = (*confidence_interval(task, level), *confidence_interval(control, level))
+        accuracy = score_bounds("logistic")
+        fields = (
+            *confidence_interval(task, level, accuracy),
+            *confidence_interval(control, level, accuracy),
+        )
         return cls(task, control, tuple(map(int, seeds)), level, *fields, fields[0] - fields[3])
 
     def to_frame(self) -> pd.DataFrame:

@@ -17,14 +17,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.activations import ActivationSet, collect
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 IGNORE = -100
 """Token label meaning "no label here" in `token_dataset`."""

@@ -36,7 +36,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from probes.lbfgs import minimise
-from probes.results import ProbeResult, ProbeSweep, check_features, confidence_interval
+from probes.results import (
+    ProbeResult,
+    ProbeSweep,
+    check_features,
+    confidence_interval,
+    score_bounds,
+)
 
 __all__ = [
     "BACKENDS",
@@ -428,7 +434,8 @@ def fit_probes_over_seeds(
     **kwargs: Any,
 ) -> ProbeSweep:
     """`fit_probes` once per seed (a new split each time); the mean test score and its
-    `level` confidence interval per layer. `kwargs` go to `fit_probes` (not `seed`)."""
+    `level` confidence interval per layer, cut to the score's range (accuracy in [0, 1],
+    R^2 at most 1). `kwargs` go to `fit_probes` (not `seed`)."""
     if "seed" in kwargs:
         raise ValueError("fit_probes_over_seeds takes `seeds`, not `seed`")
     seeds = tuple(int(s) for s in seeds)
@@ -436,7 +443,7 @@ def fit_probes_over_seeds(
         raise ValueError("seeds must name at least one seed")
     results = [fit_probes(features, labels, seed=seed, **kwargs) for seed in seeds]
     scores = torch.stack([result.test_score for result in results])
-    mean, low, high = confidence_interval(scores, level=level)
+    mean, low, high = confidence_interval(scores, level=level, bounds=score_bounds(results[0].kind))
     return ProbeSweep(
         scores=scores,
         seeds=seeds,

@@ -30,13 +30,12 @@ from __future__ import annotations
 import copy
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp import functional
 from interp.activations import collect
@@ -59,7 +58,7 @@ from probes.causal import Intervention, LeaceEraser, activation_patterns, interv
 from probes.controls import online_codelength, randomly_initialised, selectivity
 from probes.data import IGNORE
 from probes.linear import fit_probes, fit_probes_over_seeds, majority_baseline, split_examples
-from probes.results import confidence_interval
+from probes.results import confidence_interval, score_bounds
 from probes.studies import (
     ProbeTarget,
     StudyData,
@@ -67,6 +66,9 @@ from probes.studies import (
     modular_study,
     token_properties_study,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 FINAL = "final"
 RANDOM_INIT = "random_init"
@@ -360,7 +362,7 @@ def probe_group(
         control.task_scores if control is not None
         else fit_probes_over_seeds(x, labels, seeds=settings.seeds, **kwargs).scores
     )
-    mean, low, high = confidence_interval(scores)
+    mean, low, high = confidence_interval(scores, bounds=score_bounds(target.kind))
     frame = pd.DataFrame({
         "variant": variant, "target": target.name, "hook": hooks, "layer": range(len(hooks)),
         "mean": mean.tolist(), "low": low.tolist(), "high": high.tolist(),

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from interp.runs import Run
 
-__all__ = ["ProbeResult", "ProbeSweep", "confidence_interval"]
+__all__ = ["ProbeResult", "ProbeSweep", "confidence_interval", "score_bounds"]
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,8 @@ class ProbeSweep:
         run = Run.open(run)
         meta = run.load_json(name)
         scores = run.load_tensors(name)["scores"]
-        mean, low, high = confidence_interval(scores, level=float(meta["level"]))
+        bounds = score_bounds(str(meta["kind"]))
+        mean, low, high = confidence_interval(scores, level=float(meta["level"]), bounds=bounds)
         return cls(
             scores=scores,
             seeds=tuple(int(s) for s in meta["seeds"]),
@@ -221,10 +222,19 @@ class ProbeSweep:
 
 
 
+def score_bounds(kind: str) -> tuple[float | None, float | None]:
+    """The range of a probe's test score: accuracy (`logistic`) in [0, 1], R^2 (`ridge`)
+    at most 1."""
+    return (0.0, 1.0) if kind == "logistic" else (None, 1.0)
+
+
 def confidence_interval(
-    scores: Float[Tensor, "seed layer"], level: float = 0.95
+    scores: Float[Tensor, "seed layer"],
+    level: float = 0.95,
+    bounds: tuple[float | None, float | None] = (None, None),
 ) -> tuple[Float[Tensor, " layer"], Float[Tensor, " layer"], Float[Tensor, " layer"]]:
-    """Mean over seeds and the Student-t `level` interval of that mean, per layer.
+    """Mean over seeds and the Student-t `level` interval of that mean, per layer, cut to
+    `bounds` (low, high; None for no bound: `score_bounds` gives a score's range).
 
     With one seed the interval is the mean itself (no spread can be estimated).
     """
@@ -244,7 +254,12 @@ def confidence_interval(
         * scores.std(dim=0)
         / math.sqrt(n_seeds)
     )
-    return mean.float(), (mean - half).float(), (mean + half).float()
+    low, high = mean - half, mean + half
+    if bounds[0] is not None:
+        low = low.clamp(min=bounds[0])
+    if bounds[1] is not None:
+        high = high.clamp(max=bounds[1])
+    return mean.float(), low.float(), high.float()
 
 
 def check_features(features: Tensor) -> None:

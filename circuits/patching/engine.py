@@ -22,14 +22,13 @@ import itertools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.patching import incremental
 from circuits.patching.incremental import IncrementalPatcher
@@ -44,6 +43,9 @@ from interp import models
 from interp.functional import Architecture
 from interp.metrics import normalise as normalise_metric
 from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 PatchMetric = Callable[[Float[Tensor, "batch pos vocab"], TaskBatch], Tensor]
 """Logits of one patched copy and its batch -> a scalar (or `[batch]`, then averaged)."""

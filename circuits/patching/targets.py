@@ -12,12 +12,15 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.graph import parallel_blocks
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 Setter = Callable[[Tensor, tuple[int, ...], Tensor], None]
 """`(patched [batch, ...], index without the layer, source [batch, ...])`, writes in place."""

@@ -10,16 +10,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.graph import ComputationalGraph
 from interp import functional, models
 from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 _ATTEND = 12.0  # attention score of the position a hand-built head means to attend to
 _LOGIT = 6.0  # logit a circuit head writes

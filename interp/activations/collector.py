@@ -17,13 +17,12 @@ import os
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.activations.early_stop import _EarlyStop, _StopForward
 from interp.activations.hooks import (
@@ -39,6 +38,9 @@ from interp.activations.model_state import _eval_mode, _model_device, _moved_to
 from interp.activations.positions import PositionRequest, _PositionSelector
 from interp.activations.storage import ActivationSet, _MemoryCollector, _ShardWriter
 from interp.models import resolve_device
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def collect(

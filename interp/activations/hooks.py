@@ -12,16 +12,18 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from transformer_lens.hook_points import HookPoint
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.activations.early_stop import _EarlyStop
 from interp.activations.positions import _PositionSelector
 from interp.activations.suggestions import _suggestion
+
+if TYPE_CHECKING:
+    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.model_bridge import TransformerBridge
 
 HookRequest = str | Sequence[str] | Callable[[str], bool]
 """Hook names to collect, or a predicate over every name in `model.hook_dict`."""
@@ -59,7 +61,7 @@ def _resolve_hooks(model: TransformerBridge, hooks: HookRequest) -> list[_HookTa
             if not isinstance(name, str):
                 raise ValueError(f"hook names must be strings, got {name!r}")
             if name not in hook_dict:
-                raise ValueError(f"unknown hook {name!r}{_suggestion(name, hook_dict)}")
+                raise ValueError(f"unknown hook {name!r}{_missing_part(model, name, hook_dict)}")
             reason = _gate_reason(model, name, hook_dict)
             if reason is not None:
                 raise ValueError(f"hook {name!r} is switched off: {reason}")
@@ -71,6 +73,16 @@ def _resolve_hooks(model: TransformerBridge, hooks: HookRequest) -> list[_HookTa
         _HookTarget(tuple(names), hook_dict[names[0]], _position_axis(names[0], hook_dict))
         for names in grouped.values()
     ]
+
+
+def _missing_part(
+    model: TransformerBridge, name: str, hook_dict: Mapping[str, HookPoint]
+) -> str:
+    """Why a hook name is not in `hook_dict`: the model has no MLP for an MLP hook (an
+    attention-only model), else the closest names."""
+    if (".mlp." in name or "hook_mlp_" in name) and getattr(model.cfg, "attn_only", False):
+        return ": this model has no MLPs (it is attention-only)"
+    return _suggestion(name, hook_dict)
 
 
 def _gate_reason(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import datasets
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.tasks.tokens import pad_id, right_pad
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 TokenSource = Int[Tensor, "n pos"] | datasets.Dataset | Iterable[Tensor]
 """Token ids: one `[n, pos]` tensor, a dataset with a token column, or an iterable of

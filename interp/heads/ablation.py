@@ -29,18 +29,20 @@ import operator
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.heads.patterns import _as_int, eval_mode
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 AblationMode = Literal["zero", "mean"]
 ABLATION_MODES: tuple[AblationMode, ...] = ("zero", "mean")

@@ -38,13 +38,12 @@ from __future__ import annotations
 import math
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.heads.ablation import ablation_importance
@@ -69,6 +68,9 @@ from interp.metrics import mean_metric
 from interp.model_refs import ModelRef, check_metric, check_model_and_task, resolve_model
 from interp.runs import Run, RunStore
 from interp.tasks import AnyTaskConfig, make_task
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 _ROLE_COLUMN = {
     "positional-1": "positional_prev",

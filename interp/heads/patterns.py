@@ -41,12 +41,11 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.activations.inputs import check_token_tensor
 from interp.heads.head_scores import (
@@ -57,6 +56,9 @@ from interp.heads.head_scores import (
     HeadScores,
 )
 from interp.heads.pattern_sums import ErrorMeasure, ScoreAccumulator
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = [
     "DEFAULT_OFFSETS",

@@ -42,16 +42,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import torch
 from jaxtyping import Complex, Float
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.functional import architecture_of, dense_params, live_params
 from interp.runs import Run
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 CompositionKind = Literal["Q", "K", "V"]
 COMPOSITION_KINDS: tuple[CompositionKind, ...] = ("Q", "K", "V")

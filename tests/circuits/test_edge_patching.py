@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.edge_patching import EdgePatcher
 from circuits.patching import patch
@@ -16,7 +17,7 @@ METRIC = mean_metric(logit_diff)
 
 
 @pytest.fixture(scope="module")
-def attn_only() -> models.TransformerBridge:
+def attn_only() -> TransformerBridge:
     spec = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=20, n_ctx=8, attn_only=True, seed=1)
     return models.build(spec, device="cpu")
 

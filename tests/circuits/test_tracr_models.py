@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from circuits import tracr_models
 from circuits.edge_patching import ABLATIONS
@@ -22,7 +23,6 @@ from circuits.tracr_models import (
     tracr_program,
 )
 from interp import functional
-from interp.models import TransformerBridge
 
 # ACDC's ground truth (Conmy et al. 2023, acdc/tracr_task/utils.py), zero ablation on one
 # sequence length, in this graph's names (its hook_embed and hook_pos_embed are our embed).

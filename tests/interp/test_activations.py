@@ -583,3 +583,14 @@ def test_token_ids_outside_the_vocabulary_in_iterables_and_datasets(model, token
         collect(model, table, ["hook_embed"], batch_size=4, progress=False)
     with pytest.raises(ValueError, match=r"each token item must be an integer \[n, pos\]"):
         collect(model, iter([tokens[0].float()]), ["hook_embed"], progress=False)
+
+
+def test_an_mlp_hook_on_an_attention_only_model_says_it_has_no_mlp(tokens):
+    cfg = TransformerBridgeConfig(
+        d_model=16, d_head=4, n_heads=4, n_layers=1, n_ctx=16, d_vocab=50, d_vocab_out=50,
+        attn_only=True, seed=0,
+    )
+    attention_only = TransformerBridge.boot_native(cfg)
+    for name in ("blocks.0.hook_mlp_out", "blocks.0.mlp.hook_post"):
+        with pytest.raises(ValueError, match=f"unknown hook '{name}': this model has no MLPs"):
+            collect(attention_only, tokens, [name], progress=False)

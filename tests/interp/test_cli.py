@@ -94,6 +94,48 @@ def test_list_and_show_import_neither_torch_nor_transformer_lens(
     assert done.returncode == 0, done.stderr
 
 
+KIND_MODULES = {
+    "train": "interp.training", "suite": "interp.suite", "grokking": "interp.grokking.experiment",
+    "patching": "circuits.patching_experiment", "heads": "interp.heads.experiment",
+    "circuit": "circuits.circuit_experiment", "probe": "probes.probe_experiment",
+}
+
+
+def test_kind_modules_are_the_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    declared = {e.name: e.value.split(":")[0] for e in entry_points(group="interp.experiments")}
+    assert declared == KIND_MODULES
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in (Path(__file__).parents[2] / "experiments").glob("*.yaml"))
+)
+def test_validate_imports_one_kind_and_no_transformer_lens(name: str, tmp_path: Path) -> None:
+    """`interp validate` of a shipped config imports its own kind's module (a suite: its
+    members') and neither TransformerLens nor transformers (seconds to import): models are
+    only described at validation, never made."""
+    import yaml
+
+    path = Path(__file__).parents[2] / "experiments" / f"{name}.yaml"
+    raw = yaml.safe_load(path.read_text())
+    wanted = {raw["kind"]}
+    if raw["kind"] == "suite":
+        members = [m if isinstance(m, str) else m["config"] for m in raw["experiments"]]
+        wanted |= {yaml.safe_load((path.parent / m).read_text())["kind"] for m in members}
+    script = textwrap.dedent(f"""
+        import sys
+        from interp.cli import main
+        assert main(["validate", {str(path)!r}, "--runs-dir", {str(tmp_path)!r}]) in (0, 2)
+        heavy = sorted(m for m in ("transformer_lens", "transformers") if m in sys.modules)
+        assert not heavy, heavy
+        print(",".join(k for k, m in {KIND_MODULES!r}.items() if m in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.strip().splitlines()[-1].split(",")) == wanted
+
+
 def test_failed_run_is_marked_failed_not_done(
     config: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:

@@ -58,6 +58,25 @@ def test_invalid_values_give_one_line_naming_file_and_key(tmp_path, override, ex
     assert message.startswith(str(path)) and expected in message and "\n" not in message
 
 
+def test_an_error_names_the_override_that_set_its_key(tmp_path) -> None:
+    path = write(tmp_path, TINY_TRAIN)
+    with pytest.raises(ConfigError, match=r"train\.steps: .*\(from --set train\.steps=many\)$"):
+        load_config(path, ["seed=3", "train.steps=many"])
+    with pytest.raises(ConfigError, match=r"colour: unknown key \(from --set colour\.x=1\)$"):
+        load_config(path, ["colour.x=1"])
+    with pytest.raises(ConfigError) as info:  # the same problem written in the file itself
+        load_config(write(tmp_path, TINY_TRAIN + "colour: red\n"), ["seed=3"])
+    assert "--set" not in str(info.value)
+
+
+def test_grokking_wrong_p_is_reported_not_the_sizes_it_fills_in(tmp_path) -> None:
+    """`task.p` fills in the model's vocabulary sizes; a p that is not a number leaves them
+    missing, and the message names p."""
+    config = Path(__file__).parents[2] / "experiments" / "grokking_p113.yaml"
+    with pytest.raises(ConfigError, match=r"task\.p: .*'abc'.*\(from --set task\.p=abc\)$"):
+        load_config(config, ["task.p=abc"])
+
+
 def test_modular_task_values_are_checked(tmp_path) -> None:
     text = TINY_TRAIN.replace(
         "task: {name: induction, d_vocab: 12, half_len: 4, n_examples: 64}",

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from pydantic import ValidationError
+from transformer_lens.model_bridge import TransformerBridge
 
 from interp import models
 
@@ -101,6 +102,23 @@ def test_unavailable_hub_model_gives_one_clear_line(monkeypatch) -> None:
     assert "\n" not in message and "no-such-org/no-such-model-xyz" in message
 
 
+def test_a_failed_hub_connection_suggests_offline_mode(monkeypatch) -> None:
+    def boot(source, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(boot))
+    with pytest.raises(models.ModelLoadError, match=r"couldn't connect.*HF_HUB_OFFLINE=1"):
+        models.load("some-org/some-model", device="cpu")
+    monkeypatch.setattr(  # another failure gets no such advice
+        TransformerBridge, "boot_transformers",
+        staticmethod(lambda source, **kwargs: (_ for _ in ()).throw(OSError("no config.json"))),
+    )
+    with pytest.raises(models.ModelLoadError) as info:
+        models.load("some-org/some-model", device="cpu")
+    assert "HF_HUB_OFFLINE" not in str(info.value)
+
+
 def test_revision_reaches_the_hub_loader(monkeypatch) -> None:
     """A training checkpoint of a hub model (`revision`) is asked of the loader itself; with
     none given the loader gets no revision argument at all (its own default)."""
@@ -110,7 +128,7 @@ def test_revision_reaches_the_hub_loader(monkeypatch) -> None:
         calls.append(kwargs)
         raise OSError("offline")
 
-    monkeypatch.setattr(models.TransformerBridge, "boot_transformers", staticmethod(boot))
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(boot))
     for revision in ("step3000", None):
         with pytest.raises(models.ModelLoadError, match="EleutherAI/pythia-70m"):
             models.load("EleutherAI/pythia-70m", device="cpu", revision=revision)
@@ -175,7 +193,7 @@ def test_revision_survives_save_and_load_checkpoint(monkeypatch, tmp_path) -> No
         del model.interp_spec
         return model
 
-    monkeypatch.setattr(models.TransformerBridge, "boot_transformers", staticmethod(boot))
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(boot))
     model = models.load("EleutherAI/pythia-70m", device="cpu", revision="step3000")
     models.save(model, tmp_path / "ckpt")
     meta = json.loads((tmp_path / "ckpt" / models.SPEC_FILE).read_text())

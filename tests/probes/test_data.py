@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from interp import models
 from probes import fit_probes
@@ -13,7 +14,7 @@ from probes.data import IGNORE, residual_hooks, sequence_dataset, token_dataset
 
 
 @pytest.fixture(scope="module")
-def model() -> models.TransformerBridge:
+def model() -> TransformerBridge:
     spec = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=20, n_ctx=10, seed=0)
     return models.build(spec, device="cpu")
 

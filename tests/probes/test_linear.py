@@ -262,6 +262,18 @@ def test_seed_sweep_interval_contains_mean_and_narrows_with_less_noise(tmp_path:
     assert loaded.to_frame().shape[0] == N_LAYERS
 
 
+def test_seed_sweep_interval_stays_in_the_score_range() -> None:
+    """Two seeds near accuracy 1: the t interval of their mean runs past 1 (and for a
+    weak probe below 0); the sweep cuts it to [0, 1]."""
+    features, labels, _ = _planted_classification(signal=2.5)
+    sweep = fit_probes_over_seeds(features, labels, seeds=(0, 2))  # 0.992 and 1.0
+    _, low, high = confidence_interval(sweep.scores)
+    assert float(high[PLANTED_LAYER]) > 1.0  # the uncut interval leaves the range here
+    assert bool((sweep.high <= 1.0).all() and (sweep.low >= 0.0).all())
+    torch.testing.assert_close(sweep.high, high.clamp(max=1.0))
+    torch.testing.assert_close(sweep.low, low.clamp(min=0.0))
+
+
 def test_confidence_interval_matches_t_formula() -> None:
     scores = torch.tensor([[0.8], [0.9], [1.0]])
     mean, low, high = confidence_interval(scores)
