@@ -225,7 +225,14 @@ def render_spectrum(runs: list[GrokkingRun], seeds: list[int]) -> None:
     st.plotly_chart(frequency_spectrum(
         norms, keys, title=f"Fourier norms of W_E at epoch {epoch} (p = {run.p})"
     ))
+    if any(keys.values()):
+        stars = "stars mark the final model's key frequencies."
+    elif run.info.summary:
+        stars = "no stars: no frequency of the final model passed the key-frequency rule."
+    else:
+        stars = "no stars: the run has no summary yet, so no final key frequencies."
+
     st.caption(
         "Norm of each frequency k of the embedding of 0..p-1 (cos and sin together), as in "
-        "figure 3a of Nanda et al. 2023; stars mark the final model's key frequencies."
+        f"figure 3a of Nanda et al. 2023; {stars}"
     )

@@ -53,7 +53,7 @@ def render_heads_page(runs_dir: Path) -> None:
 def render_heatmaps(data: HeadsRunData) -> None:
     """A layer x head heatmap of each chosen score."""
     st.subheader("Scores")
-    available = data.score_columns
+    available = [c for c in data.score_columns if data.roles[c].notna().any()]
     chosen = st.multiselect(
         "Scores",
         available,
@@ -66,6 +66,12 @@ def render_heatmaps(data: HeadsRunData) -> None:
             column.plotly_chart(
                 head_heatmap(data.roles, score), key=f"heads_heatmap_{data.ref}_{score}"
             )
+    empty = [c for c in data.score_columns if c not in available]
+    if empty:
+        st.caption(
+            f"No head has a score for {', '.join(empty)} in this run (e.g. a model without "
+            "special tokens has no special-token score), so they are not offered."
+        )
 
 
 def role_names(roles: pd.Series) -> list[str]:

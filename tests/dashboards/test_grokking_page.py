@@ -349,3 +349,26 @@ def test_the_page_and_its_figures_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_spectrum_caption_says_why_a_run_without_a_summary_has_no_stars(
+    good_run: Run, tmp_path: Path
+) -> None:
+    """A run stopped before its end has checkpoints but no summary (no final key
+    frequencies): the caption does not promise stars."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(good_run.path, runs / "grok_tiny" / good_run.path.name)
+    (runs / "grok_tiny" / good_run.path.name / "summary.json").unlink()
+    app = _open_page(runs)
+    captions = " ".join(c.value for c in app.caption)
+    assert "no stars: the run has no summary yet" in captions
+    app = _open_page(good_run.path.parents[1])
+    captions = " ".join(c.value for c in app.caption)
+    summary = RunInfo("grok_tiny", good_run.path.name, good_run.path, "done", kind="grokking",
+                      summary=good_run.summary)
+    if any(final_key_frequencies(summary).values()):
+        assert "stars mark the final model's key frequencies" in captions
+    else:  # 40 epochs at p = 7 may leave no frequency above the rule
+        assert "no frequency of the final model passed the key-frequency rule" in captions

@@ -133,6 +133,18 @@ def test_score_choice_and_role_filter(store: RunStore, good: Run) -> None:
     )
 
 
+def test_scores_no_head_has_are_not_offered(store: RunStore, good: Run) -> None:
+    roles = good.load_table("head_roles")
+    numeric = roles.select_dtypes("number").drop(columns=["layer", "head"], errors="ignore")
+    empty = [c for c in numeric.columns if roles[c].isna().all()]
+    assert empty  # a native model has no special tokens: special_token is NaN for every head
+    app = _open(store.root)
+    options = app.multiselect(key=f"heads_scores_{GOOD}").options
+    assert options and not set(empty) & set(options)
+    captions = " ".join(c.value for c in app.caption)
+    assert all(name in captions for name in empty) and "not offered" in captions
+
+
 def test_failed_damaged_and_old_runs_show_why_and_the_good_run_still_draws(
     store: RunStore,
 ) -> None:
