@@ -56,12 +56,30 @@ _COVERS = (
 )
 
 
+_BERT_STYLE = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra"})
+"""Hugging Face `model_type`s of BERT-style encoders, refused naming why."""
+
+
+def _why_not(model: TransformerBridge) -> str | None:
+    """Why edge patching is inexact on `model`, for architectures known to be out of reach."""
+    original = getattr(model, "original_model", None)
+    model_type = getattr(getattr(original, "config", None), "model_type", None)
+    if model_type not in _BERT_STYLE:
+        return None
+    return (
+        f"this model is a {type(original).__name__}, a BERT-style encoder: its LayerNorm after "
+        "each attention and MLP (post-LayerNorm) rescales the residual stream, which is then "
+        "no sum of source outputs, and its attention is bidirectional; activation, "
+        "attribution and path patching run on it"
+    )
+
+
 def _architecture(model: TransformerBridge) -> Architecture:
     models.refuse_attached_hooks(model, "edge patching, EAP and ACDC", "remove them first")
     try:
         arch = functional.architecture_of(model)
     except ValueError as error:
-        raise ValueError(f"{_COVERS}: {error}") from None
+        raise ValueError(f"{_COVERS}; {_why_not(model) or error}") from None
     beyond = {
         "a norm after each attention and MLP, which mixes the heads' outputs": arch.post_norms,
         "soft-capped attention scores": arch.attn_softcap is not None,

@@ -442,9 +442,38 @@ def resolve_model_and_task(
     store: RunStore,
     device: str | torch.device | None = "auto",
     base_dir: Path | None = None,
+    reads_next_token: bool = True,
 ) -> tuple[TransformerBridge, Task]:
     """The model a config names and its task, built with the model's tokenizer (the text
-    tasks need one; the native ones ignore it)."""
+    tasks need one; the native ones ignore it).
+
+    With `reads_next_token` (the kinds that read the task's logits from a model as it
+    is: patching, circuits), a pretrained model with bidirectional attention (a masked
+    language model such as MiniLM) is refused before any work: see
+    `check_next_token_model`. Training (`reads_next_token=False`) teaches it the readout.
+    """
     model = resolve_model(model_ref, store, device, base_dir)
     task = make_task(task_config, tokenizer=getattr(model, "tokenizer", None))
+    if reads_next_token and not isinstance(model_ref, models.ModelSpec | CheckpointRef):
+        check_next_token_model(model, task.name)
     return model, task
+
+
+def check_next_token_model(model: TransformerBridge, task_name: str) -> None:
+    """A one-line ValueError when `model` attends both ways (`cfg.attention_dir`).
+
+    Every task of `interp.tasks` reads the next token's logits at the end of a prompt. A
+    pretrained masked language model predicts the token *at* each position from both
+    sides, so its logits there say nothing about the task, and the right-padding of a
+    batch of prompts (no attention mask) reaches every real position. A bidirectional
+    model trained on the task here (a native spec or a `{run: X}` checkpoint) learned
+    that readout, and is not checked."""
+    if getattr(model.cfg, "attention_dir", "causal") == "causal":
+        return
+    source = getattr(model, "interp_source", None) or type(model).__name__
+    raise ValueError(
+        f"task {task_name!r} reads the next token's logits at the end of each prompt, but "
+        f"{source} attends both ways (a masked language model: it predicts the token at "
+        "each position, and padding reaches every position); use a causal model, or train "
+        "this one on the task first (kind train) and name that run"
+    )

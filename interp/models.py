@@ -15,8 +15,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
-from collections.abc import Mapping
+import re
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -221,10 +224,32 @@ def load(
     the model, so `save` and `load_checkpoint` boot the same revision. A local folder has
     no revisions: giving one with a folder raises ValueError.
 
+    Weights the model class has but the checkpoint lacks (all-MiniLM-L6-v2 ships a bare
+    `BertModel`, booted as `BertForMaskedLM`: its masked-LM head is not in the checkpoint)
+    are initialised by Hugging Face from a generator seeded with 0, so every load gives
+    the same model (the caller's random state is left as it was). Their names are kept
+    in `model.interp_untrained` (empty when the checkpoint has every weight), and a
+    one-line `UserWarning` names them: logits read through an untrained head, and every
+    metric on them, measure nothing the checkpoint learned.
+
     A folder written by `save` is recognised and loaded with `load_checkpoint`. When the
     weights cannot be had (offline, missing, unsupported architecture) this raises a
     `ModelLoadError` with one line saying so, not the hub client's traceback.
     """
+    model = _boot(name_or_path, device, dtype, revision)
+    untrained: tuple[str, ...] = getattr(model, "interp_untrained", ())
+    if untrained:
+        warnings.warn(_untrained_message(model, untrained), UserWarning, stacklevel=2)
+    return model
+
+
+def _boot(
+    name_or_path: str | os.PathLike[str],
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    revision: str | None,
+) -> TransformerBridge:
+    """`load` without its warning about weights the checkpoint lacks."""
     path = Path(name_or_path).expanduser()
     looks_local = path.exists() or str(name_or_path).startswith((".", "/", "~"))
     if looks_local and revision is not None:
@@ -244,13 +269,80 @@ def load(
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        with _quiet():
+        with _quiet(), _seeded_initialisation(), _weights_not_in_checkpoint() as untrained:
             model = TransformerBridge.boot_transformers(source, **kwargs)
     except Exception as error:  # the hub client raises many types; we report one line
         raise ModelLoadError(_load_failure_message(source, looks_local, error)) from error
     model.interp_source = source  # type: ignore[attr-defined]
     model.interp_revision = revision  # type: ignore[attr-defined]
+    model.interp_untrained = tuple(sorted(untrained))  # type: ignore[attr-defined]
     return model
+
+
+@contextlib.contextmanager
+def _seeded_initialisation(seed: int = 0) -> Iterator[None]:
+    """Seed the CPU generator (where Hugging Face initialises weights missing from a
+    checkpoint) for the block, then restore the caller's state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+_REPORT_ROW = re.compile(r"^\s*([\w.{}, -]+?)\s*\|\s*(?:MISSING|MISMATCH)\b", re.MULTILINE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _ReportRows(logging.Handler):
+    """Collects the weight names that transformers' load report marks MISSING or MISMATCH
+    (newly initialised)."""
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.names = names
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = _ANSI.sub("", record.getMessage())
+        if "LOAD REPORT" in text:
+            self.names.update(_REPORT_ROW.findall(text))
+
+
+@contextlib.contextmanager
+def _weights_not_in_checkpoint() -> Iterator[set[str]]:
+    """The names of the weights Hugging Face initialises because the checkpoint lacks them,
+    read from its load report (which TransformerLens silences by raising the level of the
+    `transformers` logger: lowered here for transformers' model loader only, its report
+    kept from the terminal)."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    names: set[str] = set()
+    handler = _ReportRows(names)
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield names
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _untrained_message(model: TransformerBridge, untrained: tuple[str, ...]) -> str:
+    source = getattr(model, "interp_source", "the model")
+    more = len(untrained) - 4
+    shown = ", ".join(untrained[:4]) + (f" and {more} more" if more > 0 else "")
+    prefix = getattr(model.original_model, "base_model_prefix", "")
+    in_head = bool(prefix) and not any(name.startswith(f"{prefix}.") for name in untrained)
+    what = (
+        "its output head is untrained, so the logits, and every metric read from them, "
+        "measure a random head (the activations inside the model are the checkpoint's)"
+        if in_head
+        else "what computes through them is untrained"
+    )
+    return (
+        f"{source}: {len(untrained)} weights are not in the checkpoint and were initialised "
+        f"at random (seed 0): {shown}; {what}"
+    )
 
 
 def _load_failure_message(source: str, local: bool, error: BaseException) -> str:
@@ -306,10 +398,9 @@ def load_checkpoint(
         meta = json.loads(spec_path.read_text())
     except json.JSONDecodeError as error:
         raise ModelLoadError(f"{str(spec_path)!r} is not valid JSON: {error}") from error
-    if meta.get("source") == "hf":
-        model = load(
-            meta["name_or_path"], device=device, dtype=dtype, revision=meta.get("revision")
-        )
+    if meta.get("source") == "hf":  # every weight, a head trained since included, is saved
+        model = _boot(meta["name_or_path"], device, dtype, meta.get("revision"))
+        model.interp_untrained = ()  # type: ignore[attr-defined]
     else:
         model = build(ModelSpec.model_validate(meta["spec"]), device=device, dtype=dtype)
     weights_path = directory / WEIGHTS_FILE

@@ -234,7 +234,8 @@ def run_train(config: TrainConfig, run: Run, context: RunContext) -> dict[str, A
     """The `train` kind: build or load the model, train it, save it as `artifacts/model`."""
     torch.manual_seed(config.seed)
     model, task = resolve_model_and_task(
-        config.model, config.task, context.store, config.device, context.config_dir
+        config.model, config.task, context.store, config.device, context.config_dir,
+        reads_next_token=False,
     )
     result = train(model, task, config.train, config.seed, run=run, progress=context.progress)
     models.save(model, run.artifacts_dir / "model")

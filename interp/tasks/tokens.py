@@ -41,12 +41,17 @@ def single_token_id(tokenizer: Any, text: str) -> int | None:
 
 
 def bos_ids(tokenizer: Any, prepend_bos: bool) -> list[int]:
-    """`[bos]` (or `[cls]` for BERT-style tokenizers) when asked for, else `[]`."""
+    """`[bos]` (or `[cls]` for BERT-style tokenizers) when asked for, else `[]`.
+
+    A BOS token that the vocabulary lacks (its id is the unknown token's) is no BOS:
+    TransformerLens gives BERT tokenizers `<|endoftext|>` as BOS, which they read as
+    `[UNK]`; `[CLS]` is taken then."""
     if not prepend_bos:
         return []
+    unknown = getattr(tokenizer, "unk_token_id", None)
     for attribute in ("bos_token_id", "cls_token_id"):
         token = getattr(tokenizer, attribute, None)
-        if token is not None:
+        if token is not None and (unknown is None or int(token) != int(unknown)):
             return [int(token)]
     raise ValueError("prepend_bos=True but the tokenizer has neither a BOS nor a CLS token")
 

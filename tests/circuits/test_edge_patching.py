@@ -6,6 +6,8 @@ import pytest
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from circuits.acdc import acdc
+from circuits.eap import edge_attribution
 from circuits.edge_patching import EdgePatcher
 from circuits.patching import patch
 from circuits.path_patching import path_patch
@@ -130,6 +132,20 @@ def test_batched_circuits_equal_one_at_a_time(model, batch) -> None:
 def test_bad_inputs_raise_one_line(minilm, model, batch) -> None:
     with pytest.raises(ValueError, match="covers pre-LayerNorm models.*this model is a Bert"):
         EdgePatcher(minilm)
+    # EAP and ACDC refuse MiniLM in the same line, saying what makes edge patching inexact
+    expected = (
+        "covers pre-LayerNorm models.*; this model is a BertForMaskedLM, a BERT-style encoder: "
+        r"its LayerNorm after each attention and MLP \(post-LayerNorm\) rescales the residual "
+        "stream.*bidirectional; activation, attribution and path patching run on it$"
+    )
+    for refused in (
+        lambda: EdgePatcher(minilm),
+        lambda: edge_attribution(minilm, batch, METRIC, method="eap-ig", steps=2),
+        lambda: acdc(minilm, batch, 0.1, progress=False),
+    ):
+        with pytest.raises(ValueError, match=expected) as info:
+            refused()
+        assert "\n" not in str(info.value)
     patcher = EdgePatcher(model)
     with pytest.raises(ValueError, match=r"masks must be \[n_circuits, \d+\]"):
         patcher.dense(torch.ones(3))

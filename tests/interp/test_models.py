@@ -163,6 +163,45 @@ def test_pretrained_save_round_trip(minilm, tmp_path) -> None:
     loaded = models.load_checkpoint(tmp_path / "m", device="cpu")
     ids = minilm.tokenizer(["hello world"], return_tensors="pt")["input_ids"]
     assert torch.equal(minilm(ids), loaded(ids))
+    assert loaded.interp_untrained == ()  # the saved weights include the head
+
+
+MINILM_HEAD = (  # all-MiniLM-L6-v2 ships a bare BertModel: BertForMaskedLM's head is missing
+    "cls.predictions.bias",
+    "cls.predictions.decoder.bias",
+    "cls.predictions.transform.LayerNorm.bias",
+    "cls.predictions.transform.LayerNorm.weight",
+    "cls.predictions.transform.dense.bias",
+    "cls.predictions.transform.dense.weight",
+)
+
+
+def test_weights_missing_from_the_checkpoint_are_seeded_and_named(minilm_path) -> None:
+    """MiniLM's masked-LM head is initialised by Hugging Face at every load: the same
+    weights whatever the caller's random state (which is left as it was), and a one-line
+    warning naming them, since logits read through that head measure nothing learned."""
+    ids = torch.tensor([[101, 1996, 4937, 2938, 2006, 1996, 13523, 102]])  # the cat sat ...
+    loaded = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        state = torch.get_rng_state()
+        with pytest.warns(UserWarning) as caught:
+            loaded.append(models.load(minilm_path, device="cpu"))
+        assert torch.equal(torch.get_rng_state(), state)
+        (message,) = [str(w.message) for w in caught if "checkpoint" in str(w.message)]
+        assert "\n" not in message
+        assert message.startswith(f"{minilm_path}: 6 weights are not in the checkpoint")
+        assert "cls.predictions.bias" in message and "output head is untrained" in message
+    a, b = loaded
+    assert a.interp_untrained == b.interp_untrained == MINILM_HEAD
+    dense = "cls.predictions.transform.dense._original_component.weight"
+    assert torch.equal(a.original_model.get_parameter(dense), b.original_model.get_parameter(dense))
+    with torch.no_grad():
+        assert torch.equal(a(ids), b(ids))
+
+
+def test_a_complete_checkpoint_loads_without_untrained_weights(gpt2) -> None:
+    assert gpt2.interp_untrained == ()
 
 
 def test_bad_specs_and_devices_are_one_line() -> None:

@@ -29,6 +29,7 @@ from interp.tasks import (
 from interp.tasks.base import TaskBatch
 from interp.tasks.data_files import load_task_data
 from interp.tasks.ioi import abba_template
+from interp.tasks.tokens import bos_ids
 
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]"]
 
@@ -276,6 +277,17 @@ def test_ioi_on_minilm_tokenizer(minilm_tokenizer: Any) -> None:
     check_ioi_rows(task, minilm_tokenizer)
     kinds = set(task.examples()["template_type"])
     assert kinds == {"ABBA", "BABA"}
+
+
+def test_prompts_on_a_bridge_s_bert_tokenizer_start_with_cls(minilm: Any) -> None:
+    """TransformerLens gives the bridge's BERT tokenizer `<|endoftext|>` as BOS, which
+    WordPiece reads as [UNK]: prompts start with [CLS], as BERT was trained on."""
+    tokenizer = minilm.tokenizer
+    assert tokenizer.bos_token_id == tokenizer.unk_token_id  # what the bridge sets up
+    batch = make_task({"name": "ioi", "n_examples": 4}, tokenizer=tokenizer).batch()
+    assert batch.clean[:, 0].tolist() == batch.corrupted[:, 0].tolist() == [101] * 4  # [CLS]
+    assert bos_ids(tokenizer, True) == [tokenizer.cls_token_id] == [101]
+    assert bos_ids(tokenizer, False) == []
 
 
 def ioi_tokenizer(names: list[str]) -> PreTrainedTokenizerFast:
