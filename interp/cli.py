@@ -79,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run", help="experiment/run_id, a run_id, or a run folder")
     add_runs_dir(show)
 
+    compare = commands.add_parser(
+        "compare", help="configs and summaries of runs side by side (rows that differ)"
+    )
+    compare.add_argument(
+        "runs", nargs="+", help="runs (experiment/run_id, a run_id, or a run folder), or one "
+        "experiment name for all of its runs",
+    )
+    compare.add_argument("--all", action="store_true", help="also the rows equal in every run")
+    add_runs_dir(compare)
+
     commands.add_parser("kinds", help="list the experiment kinds installed")
 
     dashboard = commands.add_parser("dashboard", help="open the Streamlit dashboard")
@@ -241,6 +251,33 @@ def _load_run(store: RunStore, ref: str) -> Run:
         raise CommandError(_one_line(error)) from error
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """`RunStore.compare` printed: one column per run, one row per manifest field, config
+    key and summary key; by default only the rows where the runs differ."""
+    from interp.runs import RunStore
+
+    store = RunStore(args.runs_dir)
+    refs = list(args.runs)
+    if len(refs) == 1 and "/" not in refs[0] and (store.root / refs[0]).is_dir():
+        refs = [info.ref for info in store.runs(refs[0]) if info.status != "corrupt"]
+    try:
+        frame = store.compare(refs, only_differences=not args.all)
+    except ValueError as error:
+        raise CommandError(_one_line(error)) from error
+    if not len(frame):
+        print(f"the {len(refs)} runs agree on every config and summary key (--all shows them)")
+        return 0
+    print(frame.map(_cell).to_string())
+    return 0
+
+
+def _cell(value: Any, width: int = 40) -> str:
+    """A table cell on one line, cut to `width` characters."""
+    text = "-" if value is None else json.dumps(value, default=str) if isinstance(
+        value, list | dict) else str(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def cmd_kinds(args: argparse.Namespace) -> int:
     from interp.experiments import load_kinds
 
@@ -283,6 +320,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "list": cmd_list,
     "show": cmd_show,
+    "compare": cmd_compare,
     "kinds": cmd_kinds,
     "dashboard": cmd_dashboard,
 }

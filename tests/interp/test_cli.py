@@ -75,6 +75,25 @@ def test_list_show_and_kinds(config: Path, tmp_path: Path, capsys) -> None:
     assert "train" in out and "suite" in out
 
 
+def test_compare_prints_the_rows_where_runs_differ(config: Path, tmp_path: Path, capsys) -> None:
+    argv = ["run", str(config), "--runs-dir", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    assert main([*argv, "--set", "train.steps=3"]) == 0
+    a, b = (info.ref for info in RunStore(tmp_path).runs("tiny"))
+    capsys.readouterr()
+    assert main(["compare", a, b, "--runs-dir", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["config.train.steps"] == ["6", "3"] and rows["summary.steps"] == ["6", "3"]
+    assert "config.model.d_model" not in rows and "kind" not in rows  # equal: left out
+    expected = RunStore(tmp_path).compare([a, b], only_differences=True)
+    assert sorted(rows) == sorted(expected.index)
+    assert main(["compare", "tiny", "--all", "--runs-dir", str(tmp_path)]) == 0  # experiment
+    out = capsys.readouterr().out
+    assert "config.model.d_model" in out and a in out and b in out
+    assert main(["compare", a, "nope/none", "--runs-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_list_and_show_import_neither_torch_nor_transformer_lens(
     config: Path, tmp_path: Path
 ) -> None:
