@@ -94,7 +94,7 @@ def test_compare_prints_the_rows_where_runs_differ(config: Path, tmp_path: Path,
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_list_and_show_import_neither_torch_nor_transformer_lens(
+def test_list_show_and_compare_import_neither_torch_nor_transformer_lens(
     config: Path, tmp_path: Path
 ) -> None:
     """Browsing the run store takes half a second, not the five that importing torch and
@@ -106,6 +106,7 @@ def test_list_and_show_import_neither_torch_nor_transformer_lens(
         from interp.cli import main
         assert main(["list", "--runs-dir", {str(tmp_path)!r}]) == 0
         assert main(["show", {ref!r}, "--runs-dir", {str(tmp_path)!r}]) == 0
+        assert main(["compare", {ref!r}, "--runs-dir", {str(tmp_path)!r}]) == 0
         heavy = sorted(m for m in ("torch", "transformer_lens") if m in sys.modules)
         assert not heavy, heavy
     """)
