@@ -454,13 +454,16 @@ def resolve_model_and_task(
     """
     model = resolve_model(model_ref, store, device, base_dir)
     task = make_task(task_config, tokenizer=getattr(model, "tokenizer", None))
-    if reads_next_token and not isinstance(model_ref, models.ModelSpec | CheckpointRef):
-        check_next_token_model(model, task.name)
+    if reads_next_token:
+        check_next_token_model(model, task.name, model_ref)
     return model, task
 
 
-def check_next_token_model(model: TransformerBridge, task_name: str) -> None:
-    """A one-line ValueError when `model` attends both ways (`cfg.attention_dir`).
+def check_next_token_model(
+    model: TransformerBridge, task_name: str, ref: ModelRef | None = None
+) -> None:
+    """A one-line ValueError when `model`, pretrained (`ref` is neither a native spec nor
+    a `{run: X}` checkpoint), attends both ways (`cfg.attention_dir`).
 
     Every task of `interp.tasks` reads the next token's logits at the end of a prompt. A
     pretrained masked language model predicts the token *at* each position from both
@@ -468,6 +471,8 @@ def check_next_token_model(model: TransformerBridge, task_name: str) -> None:
     batch of prompts (no attention mask) reaches every real position. A bidirectional
     model trained on the task here (a native spec or a `{run: X}` checkpoint) learned
     that readout, and is not checked."""
+    if isinstance(ref, models.ModelSpec | CheckpointRef):
+        return
     if getattr(model.cfg, "attention_dir", "causal") == "causal":
         return
     source = getattr(model, "interp_source", None) or type(model).__name__

@@ -47,6 +47,7 @@ from interp.model_refs import (
     ModelRef,
     check_metric,
     check_model_and_task,
+    check_next_token_model,
     resolve_model,
 )
 from interp.runs import Run, RunStore
@@ -451,6 +452,7 @@ def run_probe(config: ProbeConfig, run: Run, context: RunContext) -> dict[str, A
         raise ValueError("interventions: this study has no task to score them on")
     hooks = config.hooks or default_hooks(model)
     if config.interventions is not None:  # fail before any work, not after it
+        check_next_token_model(model, config.study.name, config.model)
         for name in config.interventions.targets:
             data.target(name)
         hook = config.interventions.hook or hooks[-1]

