@@ -46,7 +46,7 @@ from circuits.patching.engine import PatchMetric
 from circuits.planted import PLANTED, planted
 from circuits.tracr_models import PROGRAMS, load_tracr, tracr_program
 from interp import models
-from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
+from interp.experiments import ExperimentConfig, ExperimentKind, RunContext, saves_no_model
 from interp.metrics import METRICS, mean_metric
 from interp.model_refs import (
     ModelRef,
@@ -304,4 +304,5 @@ CIRCUIT = ExperimentKind(
     config_model=CircuitConfig,
     run=run_circuit,
     description="circuit discovery (EAP, EAP-IG, ACDC) with faithfulness and ROC against truth",
+    model_artifacts=saves_no_model,
 )

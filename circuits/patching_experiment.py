@@ -25,7 +25,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from circuits.patching import TARGETS, PatchingResult, patch
 from circuits.patching.targets import ATTENTION_ONLY_MISSING, check_patchable
 from interp import models
-from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
+from interp.experiments import ExperimentConfig, ExperimentKind, RunContext, saves_no_model
 from interp.metrics import mean_metric
 from interp.model_refs import (
     ModelRef,
@@ -147,4 +147,5 @@ PATCHING = ExperimentKind(
     config_model=PatchingConfig,
     run=run_patching,
     description="activation patching of every index of chosen targets, saved per target",
+    model_artifacts=saves_no_model,
 )

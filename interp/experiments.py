@@ -88,6 +88,10 @@ class ExperimentKind:
         resume: Continues a stopped run of this kind from its last checkpoint (same
             signature as `run`; the run folder is the stopped run's), or None when the
             kind cannot resume.
+        model_artifacts: The artifact folders a run of this kind saves models in, from
+            its config as a dict (`()`: it saves none), so that a suite member's
+            `{run: X, artifact: A}` naming an earlier member is checked before anything
+            runs; None (the default) when unknown, which checks nothing.
     """
 
     name: str
@@ -95,6 +99,12 @@ class ExperimentKind:
     run: Runner
     description: str = ""
     resume: Runner | None = None
+    model_artifacts: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
+
+
+def saves_no_model(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """`ExperimentKind.model_artifacts` of a kind whose runs save no model."""
+    return ()
 
 
 class KindRegistry(Mapping[str, ExperimentKind]):

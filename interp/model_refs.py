@@ -297,6 +297,7 @@ def _checkpoint_facts(
 ) -> ModelFacts:
     pending = context.get(PENDING_KEY) or {}
     if "/" not in ref.run and ref.run in pending:
+        _check_member_saves(ref, pending[ref.run], label)
         origin = f"the model is the one suite member {ref.run!r} makes"
         model = pending[ref.run].get("model") if isinstance(pending[ref.run], Mapping) else None
         if isinstance(model, Mapping) and "run" in model and depth < 8:
@@ -317,6 +318,30 @@ def _checkpoint_facts(
         raise ValueError(f"{label}: {error}") from None
     origin = f"the model is the checkpoint of run {run.ref}"
     return ModelFacts(_saved_spec(run.artifacts_dir / ref.artifact), origin)
+
+
+def _check_member_saves(ref: CheckpointRef, member: Any, label: str) -> None:
+    """A one-line ValueError when the earlier suite member `ref` names will save no model
+    at `ref.artifact` (as its kind's `model_artifacts` says; an unknown kind checks
+    nothing)."""
+    from interp.experiments import KindLoadError, load_kinds
+
+    kinds = load_kinds()
+    name = member.get("kind") if isinstance(member, Mapping) else None
+    if not isinstance(name, str) or name not in kinds:
+        return
+    try:
+        saved = kinds[name].model_artifacts
+    except KindLoadError:
+        return
+    artifacts = saved(member) if saved is not None else None
+    if artifacts is None or ref.artifact in artifacts:
+        return
+    where = f"saves its models at {', '.join(artifacts)}" if artifacts else "saves no model"
+    raise ValueError(
+        f"{label}: suite member {ref.run!r} is a {name} run, which {where}, not at "
+        f"artifact {ref.artifact!r}"
+    )
 
 
 def _saved_spec(folder: Path) -> Mapping[str, Any] | None:

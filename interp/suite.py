@@ -27,6 +27,7 @@ from interp.experiments import (
     ExperimentConfig,
     ExperimentKind,
     RunContext,
+    saves_no_model,
 )
 from interp.runs import Run, RunStore
 
@@ -134,4 +135,5 @@ SUITE = ExperimentKind(
     config_model=SuiteConfig,
     run=run_suite,
     description="run several experiment configs in order (e.g. experiments/quickstart.yaml)",
+    model_artifacts=saves_no_model,
 )

@@ -248,4 +248,5 @@ TRAIN = ExperimentKind(
     config_model=TrainConfig,
     run=run_train,
     description="train a model on a task; saves artifacts/model for other experiments",
+    model_artifacts=lambda config: ("model",),
 )

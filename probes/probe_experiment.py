@@ -39,7 +39,7 @@ from torch import Tensor
 
 from interp import functional
 from interp.activations import collect
-from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
+from interp.experiments import ExperimentConfig, ExperimentKind, RunContext, saves_no_model
 from interp.heads.sentences import ENGLISH_SENTENCES
 from interp.metrics import METRICS, mean_metric
 from interp.model_refs import (
@@ -504,4 +504,5 @@ PROBE = ExperimentKind(
     config_model=ProbeConfig,
     run=run_probe,
     description="linear probes at every layer with controls, MDL and causal interventions",
+    model_artifacts=saves_no_model,
 )

@@ -398,4 +398,7 @@ GROKKING = ExperimentKind(
     run=run_grokking,
     resume=resume_grokking,
     description="train models on a op b = c mod p until they grok, with progress measures",
+    model_artifacts=lambda config: (
+        "model", *(f"models/seed_{s}" for s in config.get("seeds") or [config.get("seed", 0)])
+    ),
 )

@@ -45,7 +45,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor
 
-from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
+from interp.experiments import ExperimentConfig, ExperimentKind, RunContext, saves_no_model
 from interp.heads.ablation import ablation_importance
 from interp.heads.head_scores import HeadScores
 from interp.heads.patterns import (
@@ -426,4 +426,5 @@ HEADS = ExperimentKind(
     config_model=HeadsConfig,
     run=run_heads,
     description="per-head attention scores, composition, ablation, roles and groups",
+    model_artifacts=saves_no_model,
 )

@@ -265,6 +265,45 @@ def test_a_suite_member_may_name_an_earlier_member_only(tmp_path: Path, capsys) 
     assert RunStore(runs).runs() == []
 
 
+def test_a_suite_member_must_name_a_model_the_earlier_member_saves(
+    tmp_path: Path, capsys
+) -> None:
+    """A patching run saves no model, and a grokking run saves `model` and
+    `models/seed_<s>` only: a later member naming anything else stops the suite at
+    validation, before the first member runs."""
+    write(tmp_path / "tiny.yaml", TRAIN)
+    patching = {"kind": "patching", "device": "cpu", "model": {"run": "tiny"}, "task": TASK,
+                "targets": ["resid_pre"]}
+    write(tmp_path / "patch.yaml", patching)
+    write(tmp_path / "again.yaml", {**TRAIN, "model": {"run": "patch"}})
+    grok = {"kind": "grokking", "device": "cpu", "seeds": [0, 1], "epochs": 2,
+            "model": {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_mlp": 32},
+            "task": {"name": "modular", "p": 7, "frac_train": 0.5}}
+    write(tmp_path / "grok.yaml", grok)
+    probe = {"kind": "probe", "device": "cpu", "study": {"name": "modular", "task": grok["task"]}}
+    runs = tmp_path / "runs"
+    suite = tmp_path / "suite.yaml"
+    cases = [
+        ("tiny.yaml, patch.yaml, again.yaml",
+         "again.yaml: model: suite member 'patch' is a patching run, which saves no model, "
+         "not at artifact 'model'"),
+        ("grok.yaml, seed5.yaml",
+         "seed5.yaml: model: suite member 'grok' is a grokking run, which saves its models at "
+         "model, models/seed_0, models/seed_1, not at artifact 'models/seed_5'"),
+    ]
+    write(tmp_path / "seed5.yaml", {**probe, "model": {"run": "grok", "artifact": "models/seed_5"}})
+    for members, expected in cases:
+        suite.write_text(f"kind: suite\nexperiments: [{members}]\n")
+        capsys.readouterr()
+        assert main(["run", str(suite), "--runs-dir", str(runs), "--no-progress"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.endswith(expected), line
+    assert RunStore(runs).runs() == []
+    write(tmp_path / "seed1.yaml", {**probe, "model": {"run": "grok", "artifact": "models/seed_1"}})
+    suite.write_text("kind: suite\nexperiments: [grok.yaml, seed1.yaml]\n")
+    assert main(["validate", str(suite), "--runs-dir", str(runs)]) == 0
+
+
 def test_set_on_a_suite_says_where_member_overrides_go(tmp_path: Path) -> None:
     write(tmp_path / "tiny.yaml", TRAIN)
     suite = tmp_path / "suite.yaml"
