@@ -64,6 +64,10 @@ if TYPE_CHECKING:
 Method = Literal["eap", "eap-ig", "acdc"]
 
 
+TRACR_METRICS = "reverse: log-probability of the reversed token; frac_prevs: minus squared error"
+"""What each tracr program's own metric is (`circuits.tracr_models.TracrProgram.metric`)."""
+
+
 class Source(BaseModel):
     """Where the model, prompts and (maybe) the true circuit come from: exactly one of a
     planted model, a tracr program, or a model with a task."""
@@ -108,7 +112,13 @@ class CircuitConfig(ExperimentConfig):
     @model_validator(mode="after")
     def _model_fits_task(self, info: ValidationInfo) -> CircuitConfig:
         """A model source fits its task and the metric is the task's; a planted model's
-        metric is one of `interp.metrics.METRICS`. (A tracr program scores with its own.)"""
+        metric is one of `interp.metrics.METRICS`; a tracr program scores with its own, so
+        a metric named for one is refused rather than ignored."""
+        if self.source.tracr is not None and self.metric is not None:
+            raise ValueError(
+                f"metric: tracr program {self.source.tracr!r} scores with its own metric "
+                f"(circuits.tracr_models: {TRACR_METRICS}); leave metric unset"
+            )
         if self.source.model is not None:
             check_model_and_task(self.source.model, self.source.task, info, "source.model")
             check_metric(self.metric, self.source.task)

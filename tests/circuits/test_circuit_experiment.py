@@ -82,6 +82,14 @@ def test_source_must_name_exactly_one_thing(tmp_path: Path) -> None:
         load_config(config)
 
 
+def test_a_metric_named_for_a_tracr_program_is_refused_not_ignored(tmp_path: Path) -> None:
+    config = tmp_path / "tracr.yaml"
+    config.write_text("kind: circuit\nsource: {tracr: reverse}\n")
+    assert load_config(config)[1].metric is None  # the program's own metric
+    with pytest.raises(ConfigError, match="metric: tracr program 'reverse' scores with its own"):
+        load_config(config, ["metric=logit_diff"])
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
