@@ -160,6 +160,11 @@ class ShippedRuns:
             assert before.code == 0, f"{name} needs a run of {needed}, which failed:\n" + (
                 before.output
             )
+        self.outcomes[name] = self.run(name)
+        return self.outcomes[name]
+
+    def run(self, name: str) -> Outcome:
+        """One more run of `name` (the runs it references must be there already)."""
         raw = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
         suite = raw["kind"] == "suite"
         overrides = suite_overrides(name) if suite else SHRINK[name]
@@ -177,9 +182,7 @@ class ShippedRuns:
         if code != 0 and failed:  # the traceback is in the failed run's manifest
             manifest = json.loads((failed[-1].path / "manifest.json").read_text())
             output += manifest.get("traceback") or ""
-        outcome = Outcome(name, code, output, store.latest(name), store)
-        self.outcomes[name] = outcome
-        return outcome
+        return Outcome(name, code, output, store.latest(name), store)
 
 
 @pytest.fixture(scope="module")
@@ -351,3 +354,29 @@ def test_shipped_config_runs_to_completion(name: str, shipped_runs: ShippedRuns)
         needed = shipped_runs.outcomes[used["requested"]].run
         assert needed is not None and used["run"] == needed.ref, path  # the run made here
     CHECKS[raw["kind"]](run, run.config)
+
+
+RERUN = [
+    "circuit_induction_2l", "circuit_planted_induction", "grokking_cpu", "heads_induction",
+    "heads_minilm", "patching_induction", "probe_induction",
+]
+"""A config of every kind (run after every other config, which they might feed), run again."""
+
+
+@pytest.mark.parametrize("name", RERUN)
+def test_a_second_run_of_the_same_config_gives_the_same_summary(
+    name: str, shipped_runs: ShippedRuns
+) -> None:
+    """The same config gives the same numbers (ARCHITECTURE.md: randomness is explicit):
+    a second run of each, in the same store after the same inputs, writes the same
+    summary, to the last bit."""
+    raw = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
+    model = raw.get("model")
+    if isinstance(model, dict) and "package" in model:
+        pytest.importorskip(model["package"])
+    first = shipped_runs.get(name)
+    assert first.code == 0 and first.run is not None, first.output
+    again = shipped_runs.run(name)
+    assert again.code == 0 and again.run is not None, again.output
+    assert again.run.ref != first.run.ref
+    assert again.run.summary == first.run.summary
