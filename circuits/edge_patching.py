@@ -13,8 +13,10 @@ output bias `b_O` belongs to no head and is never ablated.
 
 The forward pass is `interp.functional`'s, with each head's q, k and v computed from its
 own input (so each input has its own LayerNorm), which makes the patching exact for the
-pre-LayerNorm models it covers (native models and pretrained GPT-2, GPT-NeoX, Llama,
-Mistral, Qwen2 and Qwen3, `functional.architecture_of`; with parallel attention and MLP, a
+pre-LayerNorm models it covers (native models and pretrained GPT-2, GPT-NeoX, GPT-J, OPT,
+GPT-Neo, Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma, `functional.architecture_of`; a
+model with sliding attention windows (Mistral 7B v0.1, GPT-Neo's local layers) for prompts
+no longer than its shortest window; with parallel attention and MLP, a
 block's MLP reads the sources before the block, as the graph's edges say; under grouped
 keys and values, each query head's key and value inputs are its own destinations, the
 shared projection computed once per head): with every edge in the circuit it
@@ -51,8 +53,8 @@ ABLATIONS: tuple[Ablation, ...] = ("resample", "mean", "zero")
 
 _COVERS = (
     "edge patching covers pre-LayerNorm models whose residual stream is a sum of source "
-    "outputs (native models, pretrained GPT-2, GPT-NeoX, GPT-J, OPT, Llama, Mistral, Qwen2, "
-    "Qwen3, Phi-3, Gemma)"
+    "outputs (native models, pretrained GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Llama, Mistral, "
+    "Qwen2, Qwen3, Phi-3, Gemma)"
 )
 
 
@@ -176,7 +178,9 @@ class EdgePatcher:
 
     Args:
         model: A native model from `interp.models.build` or a pretrained GPT-2, GPT-NeoX,
-            Llama, Mistral, Qwen2, Qwen3, Phi-3 or Gemma (`functional.architecture_of`).
+            GPT-J, OPT, GPT-Neo, Llama, Mistral, Qwen2, Qwen3, Phi-3 or Gemma
+            (`functional.architecture_of`; with a sliding attention window, for prompts no
+            longer than it).
         graph: Its `ComputationalGraph` (default: `ComputationalGraph.from_model(model)`).
     """
 

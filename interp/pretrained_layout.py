@@ -52,7 +52,14 @@ Pretrained architectures covered:
   with a ReLU MLP, learned positions read from row 2 of their table on (`pos_offset`:
   OPT's `OPTLearnedPositionalEmbedding` keeps two rows in front), the unembedding tied to
   the embedding. OPT-350m (post-LayerNorm blocks, `do_layer_norm_before=False`, and an
-  embedding narrower than the residual stream) is refused.
+  embedding narrower than the residual stream) is refused;
+- GPT-Neo (`GPTNeoForCausalLM`: gpt-neo-125m, -1.3B, -2.7B and the TinyStories-1M .. 33M
+  models): GPT-2's pre-LayerNorm blocks with learned positions and a GELU MLP, attention
+  scores not scaled (`attn_scale` 1: no 1 / sqrt(d_head)), no biases on q, k and v (the
+  output projection and the MLP have theirs), the unembedding tied to the embedding, and
+  the layers `attention_layers` calls "local" masking keys `window_size` (256) or more
+  positions back: query i sees keys i - window_size + 1 .. i, exactly the sliding windows
+  of `attention_windows`.
 
 Rotary frequencies are read from the model's own rotary module, so scaled ones are exact
 as the class computes them (Llama 3.1 and 3.2's "llama3", "linear", YaRN with its scaled
@@ -98,6 +105,7 @@ COVERED_PRETRAINED: tuple[str, ...] = (
     "Phi3ForCausalLM",
     "GPTJForCausalLM",
     "OPTForCausalLM",
+    "GPTNeoForCausalLM",
 )
 """Hugging Face model classes whose bridges `architecture_of` reads."""
 
@@ -161,6 +169,7 @@ def architecture_of(model: TransformerBridge) -> Architecture:
     gemma = name in _GEMMA
     reasons += _pretrained_differences(cfg, rotary, gemma) + _hf_config_differences(hf_config)
     reasons += _opt_differences(hf_config) if name == "OPTForCausalLM" else []
+    reasons += _gpt_neo_differences(hf_config) if name == "GPTNeoForCausalLM" else []
     rope, rope_reason = _rotary_of(original, hf_config, int(cfg.d_head), rotary)
     reasons += [rope_reason] if rope_reason else []
     if reasons:  # (a setting both configs carry is named once)
@@ -178,7 +187,9 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         **({"normalization": "RMS1P", "embed_scale": math.sqrt(int(cfg.d_model))} if gemma
            else {}),
         **(_post_norm_fields(hf_config) if post_normed else {}),
-        attention_windows=_attention_windows(hf_config, int(cfg.n_layers), int(cfg.n_ctx)),
+        **(_gpt_neo_fields(hf_config, int(cfg.n_ctx)) if name == "GPTNeoForCausalLM" else
+           dict(attention_windows=_attention_windows(hf_config, int(cfg.n_layers),
+                                                     int(cfg.n_ctx)))),
         pos_offset=_position_offset(original) if name == "OPTForCausalLM" else 0,
         **_biases(name, hf_config),
     )
@@ -207,6 +218,8 @@ def _biases(name: str, hf_config: Any) -> dict[str, bool]:
     if name == "OPTForCausalLM":
         bias = bool(getattr(hf_config, "enable_bias", True))
         return dict(qkv_bias=bias, out_bias=bias, mlp_bias=bias)
+    if name == "GPTNeoForCausalLM":
+        return dict(qkv_bias=False, out_bias=True, mlp_bias=True)
     attention = bool(getattr(hf_config, "attention_bias", True))
     return dict(qkv_bias=attention, out_bias=attention, mlp_bias=True)
 
@@ -234,6 +247,38 @@ def _position_offset(original: Any) -> int:
     module = next((m for m in original.modules() if type(m).__name__.endswith(
         "LearnedPositionalEmbedding")), None)
     return int(getattr(module, "offset", 2))
+
+
+def _gpt_neo_differences(hf_config: Any) -> list[str]:
+    """What a GPT-Neo config sets that the forward pass does not compute: a local window
+    of no key, and Flash Attention 2, whose kernel Hugging Face calls causal with no
+    window (its local layers then see every earlier key, unlike the eager attention)."""
+    window = getattr(hf_config, "window_size", None)
+    implementation = str(getattr(hf_config, "_attn_implementation", None) or "")
+    differs = {
+        f"window_size={window!r} (local layers that see no key)":
+            "local" in hf_config.attention_layers and not (isinstance(window, int)
+                                                           and window >= 1),
+        f"attn_implementation={implementation!r} (local layers without their window)":
+            implementation.startswith("flash_attention"),
+    }
+    return [name for name, present in differs.items() if present]
+
+
+def _gpt_neo_fields(hf_config: Any, n_ctx: int) -> dict[str, Any]:
+    """GPT-Neo's `Architecture` fields: scores not scaled (`GPTNeoSelfAttention._attn`
+    multiplies queries by keys and nothing else; TransformerLens's config says
+    `attn_scale=-1`, which would read as sqrt(d_head)), and a window of `window_size` keys
+    on the layers `attention_layers` calls "local". Hugging Face masks a local layer's
+    keys with `tril(causal, -window_size)` taken out of the causal mask, so query i keeps
+    keys j with i - window_size < j <= i: the `window_size` latest keys up to itself, what
+    `Architecture.attention_windows` means. A window no shorter than the context is no
+    window, as for the other classes."""
+    window = int(hf_config.window_size)
+    windows = tuple(window if kind == "local" and window < n_ctx else None
+                    for kind in hf_config.attention_layers)
+    return dict(attn_scale=1.0,
+                attention_windows=windows if any(w is not None for w in windows) else None)
 
 
 def _post_norm_fields(hf_config: Any) -> dict[str, Any]:

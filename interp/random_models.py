@@ -1,8 +1,8 @@
 """Randomly initialised models in Hugging Face's format, written to a local folder with no
 download: GPT-2 (`GPT2LMHeadModel`), GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's class),
 the Llama family (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`,
-`Qwen3ForCausalLM`), Gemma 1, 2 and 3, Phi-3, GPT-J, OPT and BLOOM, each of a shape you
-choose.
+`Qwen3ForCausalLM`), Gemma 1, 2 and 3, Phi-3, GPT-J, OPT, GPT-Neo (`GPTNeoForCausalLM`,
+TinyStories' class) and BLOOM, each of a shape you choose.
 `interp.models.load(folder)` boots them as it would the hub's gpt2, pythia-70m or
 Qwen2.5-0.5B, so tests, benchmarks and a first try of an analysis need no network. The
 Llama-shaped families' and BLOOM's bridges load a tokenizer from the folder: a word-level
@@ -37,6 +37,7 @@ FAMILIES: dict[str, str] = {
     "phi3": "Phi3ForCausalLM",
     "gptj": "GPTJForCausalLM",
     "opt": "OPTForCausalLM",
+    "gpt_neo": "GPTNeoForCausalLM",
     "bloom": "BloomForCausalLM",
 }
 """The families `write_model` writes -> their transformers model class. BLOOM lies outside
@@ -81,7 +82,11 @@ def write_model(
       soft-capped attention and logits in Gemma 2, per-head query and key norms in Gemma 3);
       "phi3": Llama's blocks with fused projections; "gptj": parallel attention and MLP,
       rotary embeddings on a quarter of each head; "opt": learned positions offset by 2,
-      ReLU MLP of width 4 d_model; "bloom": ALiBi, a LayerNorm on the embeddings, GELU MLP
+      ReLU MLP of width 4 d_model; "gpt_neo": GPT-2's blocks with unscaled attention
+      scores, no q/k/v biases, layers alternating global and local (from a global one),
+      the local ones seeing the `window_size` latest keys (default 3 / 8 of the context,
+      at least 1, so that the window matters on short prompts; the checkpoints' 256 of
+      2,048); "bloom": ALiBi, a LayerNorm on the embeddings, GELU MLP
       of width 4 d_model.
 
     `seed` draws the weights (std `initializer_range`), then noise of std `jitter` is
@@ -151,8 +156,17 @@ def _bloom_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,
                 pad_token_id=0)  # ALiBi: no position table, so no context length
 
 
+def _gpt_neo_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,
+                      n_ctx: int) -> dict[str, Any]:
+    kinds = [[["global", "local"], n_layers // 2]] + ([[["global"], 1]] if n_layers % 2 else [])
+    return dict(vocab_size=d_vocab, hidden_size=d_model, num_layers=n_layers,
+                num_heads=n_heads, max_position_embeddings=n_ctx, attention_types=kinds,
+                window_size=max(1, 3 * n_ctx // 8))
+
+
 _OTHER_SETTINGS = {"gpt2": _gpt2_settings, "neox": _neox_settings, "gptj": _gptj_settings,
-                   "opt": _opt_settings, "bloom": _bloom_settings}
+                   "opt": _opt_settings, "gpt_neo": _gpt_neo_settings,
+                   "bloom": _bloom_settings}
 
 
 def _llama_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int,

@@ -116,6 +116,22 @@ def opt(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def gpt_neo(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer GPT-Neo (GPT-2's blocks with unscaled attention scores and no q/k/v
+    biases): a global layer, then a local one whose queries see the 3 latest keys (the
+    checkpoints' 256 of 2,048 positions), short enough to change the tests' outputs."""
+    return _llama_like(tmp_path_factory, "gpt_neo", window_size=3)
+
+
+@pytest.fixture(scope="session")
+def gpt_neo_long_window(tmp_path_factory: pytest.TempPathFactory):
+    """The `gpt_neo` fixture's model with a local window of 6 keys: the circuits tests'
+    prompts of 6 positions fit in it (as prompts of up to 256 tokens fit in the
+    checkpoints'), so the edge-level engines run on it."""
+    return _llama_like(tmp_path_factory, "gpt_neo", window_size=6)
+
+
+@pytest.fixture(scope="session")
 def mistral_windowed(tmp_path_factory: pytest.TempPathFactory):
     """A random 2-layer Mistral whose queries see the 3 latest keys only (a sliding window
     shorter than the tests' 6 to 8 positions, as Mistral 7B v0.1's 4,096 of 32,768)."""

@@ -41,12 +41,12 @@ def _patching_cases() -> list[tuple[str, str, str, str]]:
     pretrained bridges (GPT-NeoX has no resid_mid). The hook engine runs denoising only."""
     cases = []
     for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
-                 "phi3", "gptj", "opt", "mistral_windowed"):
+                 "phi3", "gptj", "opt", "gpt_neo", "mistral_windowed"):
         for target in sorted(REFERENCES):
             if (kind, target) in {("neox", "resid_mid"), ("gptj", "resid_mid")}:
                 continue
-            if (kind, target) in {("gptj", "pattern"), ("opt", "pattern")}:  # hooks only observe
-                continue
+            if target == "pattern" and kind in ("gptj", "opt", "gpt_neo"):  # hooks only observe
+                continue  # (GPT-Neo's pattern: test_gpt_neo_pattern_patching_...)
             cases += [(kind, target, "incremental", direction)
                       for direction in ("denoise", "noise")]
             cases.append((kind, target, "hooks", "denoise"))
@@ -68,7 +68,7 @@ def test_patching_matches_transformer_lens(request, batch, kind, target, engine,
     expected = reference(model, batch, target, direction)
     if target in ("k", "v"):
         assert result.values.shape == (
-            (2, 4) if kind in ("gpt2", "neox", "gptj", "opt") else (2, 2)
+            (2, 4) if kind in ("gpt2", "neox", "gptj", "opt", "gpt_neo") else (2, 2)
         )
     assert result.values.std() > 1e-3  # the patches really change the metric
     torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
@@ -180,24 +180,87 @@ def test_edge_level_engines_refuse_what_they_do_not_compute(request, batch, kind
         acdc(model, batch, threshold=0.01, progress=False)
 
 
-def test_edge_level_engines_run_within_a_sliding_window(mistral_windowed, batch) -> None:
+@pytest.mark.parametrize("kind", ["mistral_windowed", "gpt_neo"])
+def test_edge_level_engines_run_within_a_sliding_window(request, batch, kind) -> None:
     """A sliding window changes nothing for prompts no longer than it (Mistral 7B v0.1:
-    4,096 keys), so edge patching, EAP and ACDC run there, exactly (every edge kept gives
-    the bridge's logits); longer prompts are refused in one line."""
+    4,096 keys; GPT-Neo's local layers: 256), so edge patching, EAP and ACDC run there,
+    exactly (every edge kept gives the bridge's logits); longer prompts are refused in one
+    line."""
+    model = request.getfixturevalue(kind)
     message = ("these prompts have 6 positions, more than this model's sliding attention "
                "window of 3")
     with pytest.raises(ValueError, match=message):
-        edge_attribution(mistral_windowed, batch, METRIC)
+        edge_attribution(model, batch, METRIC)
     with pytest.raises(ValueError, match=message):
-        acdc(mistral_windowed, batch, threshold=0.01, progress=False)
+        acdc(model, batch, threshold=0.01, progress=False)
     short = TaskBatch(clean=batch.clean[:, :3], corrupted=batch.corrupted[:, :3],
                       answer=batch.answer, wrong=batch.wrong, position=torch.full((3,), 2))
-    patcher = EdgePatcher(mistral_windowed)
+    patcher = EdgePatcher(model)
     with pytest.raises(ValueError, match="more than this model's sliding attention window"):
         patcher.source_outputs(batch.clean)
     ablated = patcher.ablated_outputs(short.clean, short.corrupted, "resample")
     with torch.no_grad():
         logits = patcher.run(short.clean, patcher.dense(torch.ones(1, patcher.n_edges)), ablated)
-        torch.testing.assert_close(logits[0], mistral_windowed(short.clean), atol=1e-5, rtol=0)
-    assert edge_attribution(mistral_windowed, short, METRIC).scores.abs().max() > 1e-3
-    assert int(acdc(mistral_windowed, short, threshold=0.01, progress=False).kept.sum()) > 0
+        torch.testing.assert_close(logits[0], model(short.clean), atol=1e-5, rtol=0)
+    assert edge_attribution(model, short, METRIC).scores.abs().max() > 1e-3
+    assert int(acdc(model, short, threshold=0.01, progress=False).kept.sum()) > 0
+
+
+def _gpt_neo_pattern_reference(model, batch, direction: str) -> torch.Tensor:
+    """Pattern patching through Hugging Face's own GPT-Neo attention, where the bridge's
+    hook_pattern only observes: each head's softmaxed pattern in `GPTNeoSelfAttention._attn`
+    replaced by the source run's, and the head's output mixed from it, one run per head."""
+    source, base = ((batch.clean, batch.corrupted) if direction == "denoise"
+                    else (batch.corrupted, batch.clean))
+    attentions = [block.attn.original_component for block in model.blocks]  # Hugging Face's
+    patterns: dict[int, torch.Tensor] = {}
+
+    def wrapped(layer: int, head: int | None):
+        plain = type(attentions[layer])._attn.__get__(attentions[layer])
+
+        def attn(query, key, value, attention_mask=None):
+            output, weights = plain(query, key, value, attention_mask)
+            if head is None:
+                patterns[layer] = weights
+                return output, weights
+            weights = weights.clone()
+            weights[:, head] = patterns[layer][:, head]
+            return torch.matmul(weights, value), weights
+
+        return attn
+
+    values = torch.zeros(len(attentions), model.cfg.n_heads)
+    with torch.no_grad():
+        try:
+            for layer, attention in enumerate(attentions):  # record the source's patterns
+                attention._attn = wrapped(layer, None)
+            model.original_model(source)
+            for attention in attentions:
+                del attention._attn
+            for layer, attention in enumerate(attentions):
+                for head in range(model.cfg.n_heads):
+                    attention._attn = wrapped(layer, head)
+                    values[layer, head] = METRIC(model.original_model(base).logits, batch=batch)
+                    del attention._attn
+        finally:
+            for attention in attentions:
+                attention.__dict__.pop("_attn", None)
+    return values
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_gpt_neo_pattern_patching_equals_patching_hugging_faces_attention(
+    gpt_neo, batch, direction
+) -> None:
+    """GPT-Neo's bridge (a plain `AttentionBridge` around Hugging Face's attention) hands
+    hook_pattern the pattern after using it, so TransformerLens's pattern patching there
+    changes nothing and the hook engine refuses; the incremental engine computes the
+    pattern itself (unscaled scores, the local layer's 3-key window) and patches it: equal
+    to replacing each head's pattern inside Hugging Face's attention."""
+    assert not pattern_hook_takes_effect(gpt_neo)
+    with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this model"):
+        patch(gpt_neo, batch, "pattern", METRIC, progress=False, engine="hooks")
+    ours = patch(gpt_neo, batch, "pattern", METRIC, direction=direction, progress=False)
+    expected = _gpt_neo_pattern_reference(gpt_neo, batch, direction)
+    assert ours.values.std() > 1e-3
+    torch.testing.assert_close(ours.values, expected, atol=1e-4, rtol=0)

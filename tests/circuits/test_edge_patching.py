@@ -40,7 +40,7 @@ def reference_logits(model, tokens) -> torch.Tensor:
 @pytest.mark.parametrize(
     "which",
     ["model", "attn_only", "rotary", "gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3",
-     "gptj", "opt"],
+     "gptj", "opt", "gpt_neo_long_window"],
 )
 def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_run(
     request, batch, which
@@ -60,7 +60,8 @@ def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_r
 
 
 @pytest.mark.parametrize(
-    "which", ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3"]
+    "which",
+    ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3", "gpt_neo_long_window"],
 )
 def test_cutting_every_edge_out_of_a_head_is_activation_patching_its_output(
     request, batch, which

@@ -74,6 +74,11 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
     "opt": dict(normalization="LN", act_fn="relu", rotary=False, pos_offset=2,
                 parallel_attn_mlp=False, gated_mlp=False, kv_heads=4, qkv_bias=True,
                 out_bias=True, mlp_bias=True),
+    # GPT-Neo: GPT-2's blocks, scores not divided by sqrt(d_head), no q/k/v biases, a
+    # global layer then a local one seeing the 3 latest keys
+    "gpt_neo": dict(normalization="LN", act_fn="gelu_new", rotary=False, pos_offset=0,
+                    parallel_attn_mlp=False, gated_mlp=False, kv_heads=4, attn_scale=1.0,
+                    qkv_bias=False, out_bias=True, mlp_bias=True, attention_windows=(None, 3)),
     # Mistral 7B v0.1's sliding window, here 3 keys, on every layer
     "mistral_windowed": dict(normalization="RMS", attention_windows=(3, 3), post_norms=False,
                              attn_softcap=None, logit_softcap=None),
@@ -93,7 +98,7 @@ def test_forward_and_its_cache_equal_the_bridge(request, kind: str) -> None:
         theirs, bridge_cache = model.run_with_cache(TOKENS)
     assert theirs.std() > 0.5  # not a degenerate model
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    if kind in ("gemma2", "gemma3", "mistral_windowed"):  # what they add changes the logits
+    if kind in ("gemma2", "gemma3", "mistral_windowed", "gpt_neo"):  # what they add counts
         plain = dataclasses.replace(arch, attention_windows=None, attn_softcap=None,
                                     logit_softcap=None, rotary_local_inv_freq=None,
                                     rotary_local_layers=())
@@ -144,7 +149,8 @@ def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path
                                          "MistralForCausalLM, Qwen2ForCausalLM, "
                                          "Qwen3ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, "
                                          "Gemma3ForCausalLM, Phi3ForCausalLM, "
-                                         "GPTJForCausalLM, OPTForCausalLM; "
+                                         "GPTJForCausalLM, OPTForCausalLM, "
+                                         "GPTNeoForCausalLM; "
                                          "this model is a BertForMaskedLM"):
         architecture_of(minilm)
     assert not covers(minilm)
@@ -210,6 +216,44 @@ def test_attention_windows_are_placed_as_the_config_says(tmp_path: Path) -> None
     assert architecture_of(models.load(qwen2, device="cpu")).attention_windows == (None, 3)
     wide = write_llama(tmp_path / "wide", "mistral", sliding_window=8)
     assert architecture_of(models.load(wide, device="cpu")).attention_windows is None
+
+
+def test_gpt_neo_scores_are_unscaled_and_its_local_layers_windowed(gpt_neo) -> None:
+    """GPT-Neo divides its scores by nothing, and its local layer keeps the 3 latest keys
+    (Hugging Face: the causal mask less `tril(causal, -window_size)`): dividing by
+    sqrt(d_head), or seeing every earlier key there, each gives other logits than the
+    bridge's, and a query that is 3 keys long or shorter sees no difference."""
+    arch = architecture_of(gpt_neo)
+    live = functional.live_params(gpt_neo)
+    with torch.no_grad():
+        theirs = gpt_neo(TOKENS)
+        for changed in (dict(attn_scale=8**0.5), dict(attention_windows=None)):
+            other = functional.forward(live, TOKENS, dataclasses.replace(arch, **changed))
+            assert (other - theirs).abs().max() > 0.1, changed
+        unwindowed = functional.forward(live, TOKENS, dataclasses.replace(
+            arch, attention_windows=None))
+    torch.testing.assert_close(unwindowed[:, :3], theirs[:, :3], atol=1e-5, rtol=1e-5)
+    assert (unwindowed[:, 3] - theirs[:, 3]).abs().max() > 1e-3  # query 3 loses key 0
+
+
+def test_gpt_neo_settings_outside_the_forward_pass_are_refused(tmp_path: Path) -> None:
+    """A local window of no key; Flash Attention 2, which Hugging Face runs causal with
+    no window on GPT-Neo's local layers. A window as long as the context is no window."""
+    from interp.random_models import write_model
+
+    wide = models.load(write_model(tmp_path / "wide", "gpt_neo", **SHAPE, window_size=8),
+                       device="cpu")
+    assert architecture_of(wide).attention_windows is None
+    empty = models.load(write_model(tmp_path / "empty", "gpt_neo", **SHAPE, window_size=0),
+                        device="cpu")
+    with pytest.raises(ValueError, match=r"does not support this GPTNeoForCausalLM: "
+                                         r"window_size=0 \(local layers that see no key\)$"):
+        architecture_of(empty)
+    wide.original_model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match=r"this GPTNeoForCausalLM: attn_implementation="
+                                         r"'flash_attention_2' \(local layers without their "
+                                         r"window\)$"):
+        architecture_of(wide)
 
 
 SCALED_ROPE = {  # original contexts shorter than the test models' 8 positions: all scaled

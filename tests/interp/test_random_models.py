@@ -28,7 +28,7 @@ def test_each_family_boots_with_the_shape_asked_for(tmp_path: Path, family: str)
     arch = architecture_of(model)
     assert (arch.n_layers, arch.n_heads, arch.d_model, arch.d_vocab, arch.n_ctx) == (1, 4, 32,
                                                                                       12, 6)
-    assert arch.kv_heads == (4 if family in ("gpt2", "neox", "gptj", "opt") else 2)
+    assert arch.kv_heads == (4 if family in ("gpt2", "neox", "gptj", "opt", "gpt_neo") else 2)
 
 
 def test_key_heads_and_seed_are_honoured(tmp_path: Path) -> None:
@@ -65,3 +65,12 @@ def test_jitter_moves_the_constant_norms_and_biases(tmp_path: Path) -> None:
         assert bool((constant == constant[0]).all())
         moved = noisy.state_dict()[name] - constant
         assert 0.05 < float(moved.std()) < 0.2
+
+
+def test_gpt_neo_alternates_global_and_local_layers(tmp_path: Path) -> None:
+    """From a global layer on, as the checkpoints; local layers see 3 / 8 of the context
+    by default (the checkpoints' 256 of 2,048 would be no window in a short test model)."""
+    model = models.load(write_model(tmp_path, "gpt_neo", **dict(SHAPE, n_layers=3, n_ctx=8)),
+                        device="cpu")
+    assert model.original_model.config.attention_layers == ["global", "local", "global"]
+    assert architecture_of(model).attention_windows == (None, 3, None)
