@@ -48,12 +48,8 @@ from circuits.tracr_models import PROGRAMS, load_tracr, tracr_program
 from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext, saves_no_model
 from interp.metrics import METRICS, mean_metric
-from interp.model_refs import (
-    ModelRef,
-    check_metric,
-    check_model_and_task,
-    resolve_model_and_task,
-)
+from interp.model_checks import check_metric, check_model_and_task
+from interp.model_refs import ModelRef, resolve_model_and_task
 from interp.runs import Run
 from interp.tasks import AnyTaskConfig
 from interp.tasks.base import TaskBatch

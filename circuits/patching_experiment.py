@@ -27,12 +27,8 @@ from circuits.patching.targets import ATTENTION_ONLY_MISSING, check_patchable
 from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext, saves_no_model
 from interp.metrics import mean_metric
-from interp.model_refs import (
-    ModelRef,
-    check_metric,
-    check_model_and_task,
-    resolve_model_and_task,
-)
+from interp.model_checks import check_metric, check_model_and_task
+from interp.model_refs import ModelRef, resolve_model_and_task
 from interp.runs import Run
 from interp.tasks import AnyTaskConfig
 from interp.tasks.base import TaskBatch

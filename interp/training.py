@@ -21,12 +21,8 @@ from tqdm.auto import tqdm
 from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext
 from interp.metrics import accuracy, logits_at
-from interp.model_refs import (
-    ModelRef,
-    check_model_and_task,
-    resolve_model_and_task,
-    task_misfit,
-)
+from interp.model_checks import check_model_and_task, task_misfit
+from interp.model_refs import ModelRef, resolve_model_and_task
 from interp.runs import Run
 from interp.tasks import AnyTaskConfig
 from interp.tasks.base import IGNORE_INDEX, Task, TaskBatch
@@ -80,7 +76,7 @@ class TrainConfig(ExperimentConfig):
 
     @model_validator(mode="after")
     def _model_fits_task(self, info: ValidationInfo) -> TrainConfig:
-        """The model fits the task (`interp.model_refs.check_model_and_task`, shared by
+        """The model fits the task (`interp.model_checks.check_model_and_task`, shared by
         every kind that pairs a model with a task)."""
         check_model_and_task(self.model, self.task, info)
         return self

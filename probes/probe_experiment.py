@@ -42,11 +42,10 @@ from interp.activations import collect
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext, saves_no_model
 from interp.heads.sentences import ENGLISH_SENTENCES
 from interp.metrics import METRICS, mean_metric
+from interp.model_checks import check_metric, check_model_and_task
 from interp.model_refs import (
     CheckpointRef,
     ModelRef,
-    check_metric,
-    check_model_and_task,
     check_next_token_model,
     resolve_model,
 )

@@ -65,13 +65,8 @@ from interp.heads.weights import (
     head_weights,
 )
 from interp.metrics import mean_metric
-from interp.model_refs import (
-    ModelRef,
-    check_metric,
-    check_model_and_task,
-    check_next_token_model,
-    resolve_model,
-)
+from interp.model_checks import check_metric, check_model_and_task
+from interp.model_refs import ModelRef, check_next_token_model, resolve_model
 from interp.runs import Run, RunStore
 from interp.tasks import AnyTaskConfig, make_task
 

@@ -68,7 +68,7 @@ def test_induction_2l_config_learns_induction() -> None:
 
 
 def test_train_config_checks_native_tasks_and_lets_their_errors_through(monkeypatch) -> None:
-    import interp.model_refs
+    import interp.model_checks
     from interp.config import ConfigError, validate_config
 
     model = dict(n_layers=1, d_model=8, n_heads=2, d_vocab=12, n_ctx=8)
@@ -81,7 +81,7 @@ def test_train_config_checks_native_tasks_and_lets_their_errors_through(monkeypa
         built.append(config.name)
         raise ValueError("a bug while building the task")
 
-    monkeypatch.setattr(interp.model_refs, "make_task", broken_make_task)
+    monkeypatch.setattr(interp.model_checks, "make_task", broken_make_task)
     with pytest.raises(ConfigError, match="a bug while building the task"):
         validate_config(native, "native.yaml")
     validate_config(text, "text.yaml")  # a text task is not built without a tokenizer
