@@ -14,7 +14,7 @@ output bias `b_O` belongs to no head and is never ablated.
 The forward pass is `interp.functional`'s, with each head's q, k and v computed from its
 own input (so each input has its own LayerNorm), which makes the patching exact for the
 pre-LayerNorm models it covers (native models and pretrained GPT-2, GPT-NeoX, GPT-J, OPT,
-GPT-Neo, Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma, `functional.architecture_of`; a
+GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma, `functional.architecture_of`; a
 model with sliding attention windows (Mistral 7B v0.1, GPT-Neo's local layers) for prompts
 no longer than its shortest window; with parallel attention and MLP, a
 block's MLP reads the sources before the block, as the graph's edges say; under grouped
@@ -53,8 +53,8 @@ ABLATIONS: tuple[Ablation, ...] = ("resample", "mean", "zero")
 
 _COVERS = (
     "edge patching covers pre-LayerNorm models whose residual stream is a sum of source "
-    "outputs (native models, pretrained GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Llama, Mistral, "
-    "Qwen2, Qwen3, Phi-3, Gemma)"
+    "outputs (native models, pretrained GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, Llama, "
+    "Mistral, Qwen2, Qwen3, Phi-3, Gemma)"
 )
 
 
@@ -178,7 +178,7 @@ class EdgePatcher:
 
     Args:
         model: A native model from `interp.models.build` or a pretrained GPT-2, GPT-NeoX,
-            GPT-J, OPT, GPT-Neo, Llama, Mistral, Qwen2, Qwen3, Phi-3 or Gemma
+            GPT-J, OPT, GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3 or Gemma
             (`functional.architecture_of`; with a sliding attention window, for prompts no
             longer than it).
         graph: Its `ComputationalGraph` (default: `ComputationalGraph.from_model(model)`).

@@ -19,7 +19,7 @@ circuit; a test
 
 Accepting the removal writes the recomputed tensors into the state (`commit`). The
 arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm models: native,
-GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma; scores
+GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma; scores
 divided by the model's own `attn_scale` (GPT-Neo: 1); rotary queries and keys are rotated
 by their positions as they are projected, grouped key and value weights are repeated per
 head, and with parallel attention and MLP a block's MLP reads the block's input), so

@@ -1,6 +1,6 @@
 """A pure-function forward pass of the native models that `interp.models.build` makes, and
-of pretrained GPT-2, GPT-NeoX (Pythia), GPT-J, OPT, GPT-Neo, Llama, Mistral, Qwen2, Qwen3,
-Phi-3 and Gemma 1-3.
+of pretrained GPT-2, GPT-NeoX (Pythia), GPT-J, OPT, GPT-Neo, Phi, Llama, Mistral, Qwen2,
+Qwen3, Phi-3 and Gemma 1-3.
 
 `forward(params, tokens, spec)` computes the same logits as the bridge that `build(spec)`
 returns, from a plain dict of tensors in the layout of `live_params` (the bridge's

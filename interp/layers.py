@@ -408,10 +408,10 @@ def block_mlp(
     record: Callable[[str, Tensor], Tensor] | None = None,
 ) -> Float[Tensor, "*lead pos d_model"]:
     """The MLP of block `layer` on its input `x` (`resid_mid`, or the block's input in
-    parallel blocks): its norm `ln2` (GPT-J's shared `ln1`), then `mlp` (then, Gemma 2 and
-    3, the norm `ln2_post`)."""
+    parallel blocks): its norm `ln2` (GPT-J's and Phi's shared `ln1`), then `mlp` (then,
+    Gemma 2 and 3, the norm `ln2_post`)."""
     block = f"blocks.{layer}"
-    norm = "ln1" if arch.shared_norm else "ln2"  # GPT-J: the attention's norm serves both
+    norm = "ln1" if arch.shared_norm else "ln2"  # GPT-J, Phi: the attention's norm serves both
     normed = normalize(params, f"{block}.{norm}", x, arch.normalization, arch.eps)
     out = mlp(params, f"{block}.mlp", normed, arch, record)
     if arch.post_norms:

@@ -86,9 +86,9 @@ class Architecture:
     attn_scale: float
     causal: bool = True
     parallel_attn_mlp: bool = False
-    """GPT-J / GPT-NeoX blocks: `resid + attn(ln1(resid)) + mlp(ln2(resid))`."""
+    """GPT-J / GPT-NeoX / Phi blocks: `resid + attn(ln1(resid)) + mlp(ln2(resid))`."""
     shared_norm: bool = False
-    """GPT-J: one norm (`ln1`) before both the attention and the (parallel) MLP; no `ln2`."""
+    """GPT-J, Phi: one norm (`ln1`) before both the attention and the (parallel) MLP; no `ln2`."""
     rotary_adjacent_pairs: bool = True
     """Rotary layout: dimensions 2i and 2i+1 rotate together (TransformerLens's native
     models), or i and i + rotary_dim / 2 (GPT-NeoX's and Llama's "rotate half")."""

@@ -59,7 +59,14 @@ Pretrained architectures covered:
   output projection and the MLP have theirs), the unembedding tied to the embedding, and
   the layers `attention_layers` calls "local" masking keys `window_size` (256) or more
   positions back: query i sees keys i - window_size + 1 .. i, exactly the sliding windows
-  of `attention_windows`.
+  of `attention_windows`;
+- Phi (`PhiForCausalLM`: phi-1, phi-1_5, phi-2): GPT-J's parallel attention and MLP behind
+  one shared LayerNorm (`shared_norm`), rotary embeddings on the first
+  `partial_rotary_factor` of each head in GPT-NeoX's rotate-half layout, biases on q, k,
+  v, the output projection and the GELU MLP, a final LayerNorm, and an unembedding with
+  a bias of its own (not tied to the embedding). `qk_layernorm` (LayerNorms with biases
+  on each head's queries and keys, which `qk_norm`'s weight-only norms cannot express) is
+  refused.
 
 Rotary frequencies are read from the model's own rotary module, so scaled ones are exact
 as the class computes them (Llama 3.1 and 3.2's "llama3", "linear", YaRN with its scaled
@@ -106,6 +113,7 @@ COVERED_PRETRAINED: tuple[str, ...] = (
     "GPTJForCausalLM",
     "OPTForCausalLM",
     "GPTNeoForCausalLM",
+    "PhiForCausalLM",
 )
 """Hugging Face model classes whose bridges `architecture_of` reads."""
 
@@ -121,7 +129,7 @@ _LLAMA_LIKE = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qw
 (Qwen3: with per-head query and key norms; Gemma: norms scaled by 1 + weight, embeddings
 by sqrt(d_model))."""
 
-_ROTARY = {"GPTNeoXForCausalLM", "GPTJForCausalLM"} | _LLAMA_LIKE
+_ROTARY = {"GPTNeoXForCausalLM", "GPTJForCausalLM", "PhiForCausalLM"} | _LLAMA_LIKE
 """Covered classes with rotary position embeddings (in the rotate-half layout)."""
 
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "silu": "silu",
@@ -170,6 +178,7 @@ def architecture_of(model: TransformerBridge) -> Architecture:
     reasons += _pretrained_differences(cfg, rotary, gemma) + _hf_config_differences(hf_config)
     reasons += _opt_differences(hf_config) if name == "OPTForCausalLM" else []
     reasons += _gpt_neo_differences(hf_config) if name == "GPTNeoForCausalLM" else []
+    reasons += _phi_differences(hf_config) if name == "PhiForCausalLM" else []
     rope, rope_reason = _rotary_of(original, hf_config, int(cfg.d_head), rotary)
     reasons += [rope_reason] if rope_reason else []
     if reasons:  # (a setting both configs carry is named once)
@@ -180,7 +189,7 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         act_fn=_ACTIVATIONS[str(cfg.act_fn)],
         **rope,
         rotary_adjacent_pairs=name == "GPTJForCausalLM",  # GPT-J rotates pairs (2i, 2i+1)
-        shared_norm=name == "GPTJForCausalLM",
+        shared_norm=name in ("GPTJForCausalLM", "PhiForCausalLM"),  # one LayerNorm a block
         n_kv_heads=cfg.n_key_value_heads if cfg.n_key_value_heads != cfg.n_heads else None,
         gated_mlp=bool(cfg.gated_mlp),
         qk_norm=name in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"),
@@ -220,6 +229,8 @@ def _biases(name: str, hf_config: Any) -> dict[str, bool]:
         return dict(qkv_bias=bias, out_bias=bias, mlp_bias=bias)
     if name == "GPTNeoForCausalLM":
         return dict(qkv_bias=False, out_bias=True, mlp_bias=True)
+    if name == "PhiForCausalLM":  # PhiAttention's q/k/v_proj and dense, PhiMLP's fc1 and fc2
+        return dict(qkv_bias=True, out_bias=True, mlp_bias=True)
     attention = bool(getattr(hf_config, "attention_bias", True))
     return dict(qkv_bias=attention, out_bias=attention, mlp_bias=True)
 
@@ -279,6 +290,15 @@ def _gpt_neo_fields(hf_config: Any, n_ctx: int) -> dict[str, Any]:
                     for kind in hf_config.attention_layers)
     return dict(attn_scale=1.0,
                 attention_windows=windows if any(w is not None for w in windows) else None)
+
+
+def _phi_differences(hf_config: Any) -> list[str]:
+    """What a Phi config sets that the forward pass does not compute: `qk_layernorm`,
+    `nn.LayerNorm`s (weight and bias) on each head's queries and keys, where
+    `Architecture.qk_norm` has weight-only norms."""
+    if getattr(hf_config, "qk_layernorm", False):
+        return ["qk_layernorm=True (per-head LayerNorms with biases on queries and keys)"]
+    return []
 
 
 def _post_norm_fields(hf_config: Any) -> dict[str, Any]:

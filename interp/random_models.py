@@ -2,7 +2,8 @@
 download: GPT-2 (`GPT2LMHeadModel`), GPT-NeoX (`GPTNeoXForCausalLM`, Pythia's class),
 the Llama family (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`,
 `Qwen3ForCausalLM`), Gemma 1, 2 and 3, Phi-3, GPT-J, OPT, GPT-Neo (`GPTNeoForCausalLM`,
-TinyStories' class) and BLOOM, each of a shape you choose.
+TinyStories' class), Phi (`PhiForCausalLM`, phi-1 .. phi-2's class) and BLOOM, each of a
+shape you choose.
 `interp.models.load(folder)` boots them as it would the hub's gpt2, pythia-70m or
 Qwen2.5-0.5B, so tests, benchmarks and a first try of an analysis need no network. The
 Llama-shaped families' and BLOOM's bridges load a tokenizer from the folder: a word-level
@@ -38,6 +39,7 @@ FAMILIES: dict[str, str] = {
     "gptj": "GPTJForCausalLM",
     "opt": "OPTForCausalLM",
     "gpt_neo": "GPTNeoForCausalLM",
+    "phi": "PhiForCausalLM",
     "bloom": "BloomForCausalLM",
 }
 """The families `write_model` writes -> their transformers model class. BLOOM lies outside
@@ -86,7 +88,10 @@ def write_model(
       scores, no q/k/v biases, layers alternating global and local (from a global one),
       the local ones seeing the `window_size` latest keys (default 3 / 8 of the context,
       at least 1, so that the window matters on short prompts; the checkpoints' 256 of
-      2,048); "bloom": ALiBi, a LayerNorm on the embeddings, GELU MLP
+      2,048); "phi": GPT-J's parallel blocks behind one shared LayerNorm with rotary
+      embeddings on half of each head in the rotate-half layout (phi-1's and phi-1_5's
+      `partial_rotary_factor`), biases everywhere, a GELU MLP of width 4 d_model and an
+      untied unembedding with a bias; "bloom": ALiBi, a LayerNorm on the embeddings, GELU MLP
       of width 4 d_model.
 
     `seed` draws the weights (std `initializer_range`), then noise of std `jitter` is
@@ -164,8 +169,16 @@ def _gpt_neo_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,
                 window_size=max(1, 3 * n_ctx // 8))
 
 
+def _phi_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,
+                  n_ctx: int) -> dict[str, Any]:
+    return dict(vocab_size=d_vocab, hidden_size=d_model, num_hidden_layers=n_layers,
+                num_attention_heads=n_heads, intermediate_size=4 * d_model,
+                max_position_embeddings=n_ctx, partial_rotary_factor=0.5,
+                tie_word_embeddings=False)
+
+
 _OTHER_SETTINGS = {"gpt2": _gpt2_settings, "neox": _neox_settings, "gptj": _gptj_settings,
-                   "opt": _opt_settings, "gpt_neo": _gpt_neo_settings,
+                   "opt": _opt_settings, "gpt_neo": _gpt_neo_settings, "phi": _phi_settings,
                    "bloom": _bloom_settings}
 
 

@@ -132,6 +132,14 @@ def gpt_neo_long_window(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def phi(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer Phi (phi-1 .. phi-2's class: parallel attention and MLP behind one
+    shared LayerNorm, rotary embeddings on 4 of each head's 8 dimensions in the rotate-half
+    layout, biases on q, k, v, the output projection, the MLP and the unembedding)."""
+    return _llama_like(tmp_path_factory, "phi")
+
+
+@pytest.fixture(scope="session")
 def mistral_windowed(tmp_path_factory: pytest.TempPathFactory):
     """A random 2-layer Mistral whose queries see the 3 latest keys only (a sliding window
     shorter than the tests' 6 to 8 positions, as Mistral 7B v0.1's 4,096 of 32,768)."""

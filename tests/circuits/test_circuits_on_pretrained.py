@@ -1,6 +1,7 @@
 """The fast engines on pretrained bridges (random ones written locally,
 `tests/pretrained_models.py`): activation patching by both engines against
-TransformerLens's own functions on each bridge (GPT-2, GPT-NeoX, Llama, Qwen2); on GPT-2,
+TransformerLens's own functions on each bridge (GPT-2, GPT-NeoX, Llama, Qwen2, Phi, ...);
+on GPT-2,
 pattern patching, EAP and ACDC against the same weights in a native model, and the
 hook-based analyses likewise. Edge patching against the model and activation patching,
 EAP against the derivative of edge patching and incremental ACDC against full passes on
@@ -41,9 +42,9 @@ def _patching_cases() -> list[tuple[str, str, str, str]]:
     pretrained bridges (GPT-NeoX has no resid_mid). The hook engine runs denoising only."""
     cases = []
     for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
-                 "phi3", "gptj", "opt", "gpt_neo", "mistral_windowed"):
+                 "phi3", "gptj", "opt", "gpt_neo", "phi", "mistral_windowed"):
         for target in sorted(REFERENCES):
-            if (kind, target) in {("neox", "resid_mid"), ("gptj", "resid_mid")}:
+            if target == "resid_mid" and kind in ("neox", "gptj", "phi"):  # parallel blocks
                 continue
             if target == "pattern" and kind in ("gptj", "opt", "gpt_neo"):  # hooks only observe
                 continue  # (GPT-Neo's pattern: test_gpt_neo_pattern_patching_...)
@@ -68,10 +69,17 @@ def test_patching_matches_transformer_lens(request, batch, kind, target, engine,
     expected = reference(model, batch, target, direction)
     if target in ("k", "v"):
         assert result.values.shape == (
-            (2, 4) if kind in ("gpt2", "neox", "gptj", "opt", "gpt_neo") else (2, 2)
+            (2, 4) if kind in ("gpt2", "neox", "gptj", "opt", "gpt_neo", "phi") else (2, 2)
         )
     assert result.values.std() > 1e-3  # the patches really change the metric
     torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
+
+
+def test_phi_bridge_uses_the_pattern_its_hook_returns(phi) -> None:
+    """Phi's bridge computes its attention around hook_pattern (a
+    `PositionEmbeddingsAttentionBridge`, unlike GPT-J's and GPT-Neo's observing hooks), so
+    its pattern cases above check both engines against TransformerLens directly."""
+    assert pattern_hook_takes_effect(phi)
 
 
 def test_pattern_patching_equals_that_of_the_native_twin(gpt2, twin, batch) -> None:

@@ -40,7 +40,7 @@ def reference_logits(model, tokens) -> torch.Tensor:
 @pytest.mark.parametrize(
     "which",
     ["model", "attn_only", "rotary", "gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3",
-     "gptj", "opt", "gpt_neo_long_window"],
+     "gptj", "opt", "gpt_neo_long_window", "phi"],
 )
 def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_run(
     request, batch, which
@@ -61,18 +61,19 @@ def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_r
 
 @pytest.mark.parametrize(
     "which",
-    ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3", "gpt_neo_long_window"],
+    ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3", "gpt_neo_long_window",
+     "phi"],
 )
 def test_cutting_every_edge_out_of_a_head_is_activation_patching_its_output(
     request, batch, which
 ) -> None:
     """Noising a head's output, and the corrupted run when the embedding is cut; in
-    GPT-NeoX's parallel blocks the MLP reads its block's input, not its heads."""
+    GPT-NeoX's and Phi's parallel blocks the MLP reads its block's input, not its heads."""
     model = request.getfixturevalue(which)
     patcher = EdgePatcher(model)
     same_block = any(e.source.layer == e.destination.layer and e.destination.kind == "mlp"
                      for e in patcher.graph.edges)
-    assert same_block != (which == "neox")
+    assert same_block != (which in ("neox", "phi"))
     noised = patch(model, batch, "z", METRIC, direction="noise", progress=False).values
     for layer, head in [(0, 1), (1, 3)]:
         source = f"L{layer}H{head}"

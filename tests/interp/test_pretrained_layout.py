@@ -79,6 +79,12 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
     "gpt_neo": dict(normalization="LN", act_fn="gelu_new", rotary=False, pos_offset=0,
                     parallel_attn_mlp=False, gated_mlp=False, kv_heads=4, attn_scale=1.0,
                     qkv_bias=False, out_bias=True, mlp_bias=True, attention_windows=(None, 3)),
+    # Phi: GPT-J's parallel blocks behind one shared LayerNorm, but rotary on 4 of 8
+    # dimensions in the rotate-half layout and biases on q, k, v, dense, fc1 and fc2
+    "phi": dict(normalization="LN", act_fn="gelu_new", parallel_attn_mlp=True,
+                shared_norm=True, rotary=True, rotary_dim=4, rotary_adjacent_pairs=False,
+                rotary_base=1e4, kv_heads=4, qkv_bias=True, out_bias=True, mlp_bias=True,
+                gated_mlp=False, qk_norm=False, attn_scale=8**0.5),
     # Mistral 7B v0.1's sliding window, here 3 keys, on every layer
     "mistral_windowed": dict(normalization="RMS", attention_windows=(3, 3), post_norms=False,
                              attn_softcap=None, logit_softcap=None),
@@ -150,7 +156,7 @@ def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path
                                          "Qwen3ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, "
                                          "Gemma3ForCausalLM, Phi3ForCausalLM, "
                                          "GPTJForCausalLM, OPTForCausalLM, "
-                                         "GPTNeoForCausalLM; "
+                                         "GPTNeoForCausalLM, PhiForCausalLM; "
                                          "this model is a BertForMaskedLM"):
         architecture_of(minilm)
     assert not covers(minilm)
@@ -254,6 +260,37 @@ def test_gpt_neo_settings_outside_the_forward_pass_are_refused(tmp_path: Path) -
                                          r"'flash_attention_2' \(local layers without their "
                                          r"window\)$"):
         architecture_of(wide)
+
+
+def test_phi_rotates_half_its_rotary_dimensions_and_adds_the_unembedding_bias(phi) -> None:
+    """Phi rotates dimensions i and i + 2 of its 4 rotary ones (GPT-NeoX's rotate-half, not
+    GPT-J's adjacent pairs) and adds `lm_head`'s bias to the logits: the other layout, or
+    the bias left out, each gives other logits than the bridge's."""
+    arch = architecture_of(phi)
+    live = functional.live_params(phi)
+    with torch.no_grad():
+        theirs = phi(TOKENS)
+        paired = functional.forward(live, TOKENS, dataclasses.replace(
+            arch, rotary_adjacent_pairs=True))
+        unbiased = functional.forward(dict(live, **{"unembed.bias": torch.zeros(20)}),
+                                      TOKENS, arch)
+    assert (paired - theirs).abs().max() > 0.1
+    torch.testing.assert_close(unbiased + phi.original_model.lm_head.bias, theirs,
+                               atol=1e-5, rtol=1e-5)
+    assert phi.original_model.lm_head.bias.abs().max() > 0.1
+
+
+def test_phi_query_and_key_layernorms_are_refused(tmp_path: Path) -> None:
+    """`qk_layernorm` puts LayerNorms with biases on each head's queries and keys, which
+    `Architecture.qk_norm` (weight-only norms) cannot express."""
+    from interp.random_models import write_model
+
+    model = models.load(write_model(tmp_path, "phi", **SHAPE), device="cpu")
+    model.original_model.config.qk_layernorm = True
+    with pytest.raises(ValueError, match=r"does not support this PhiForCausalLM: qk_layernorm="
+                                         r"True \(per-head LayerNorms with biases on queries "
+                                         r"and keys\)$"):
+        architecture_of(model)
 
 
 SCALED_ROPE = {  # original contexts shorter than the test models' 8 positions: all scaled

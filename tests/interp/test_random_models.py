@@ -28,7 +28,9 @@ def test_each_family_boots_with_the_shape_asked_for(tmp_path: Path, family: str)
     arch = architecture_of(model)
     assert (arch.n_layers, arch.n_heads, arch.d_model, arch.d_vocab, arch.n_ctx) == (1, 4, 32,
                                                                                       12, 6)
-    assert arch.kv_heads == (4 if family in ("gpt2", "neox", "gptj", "opt", "gpt_neo") else 2)
+    assert arch.kv_heads == (
+        4 if family in ("gpt2", "neox", "gptj", "opt", "gpt_neo", "phi") else 2
+    )
 
 
 def test_key_heads_and_seed_are_honoured(tmp_path: Path) -> None:
