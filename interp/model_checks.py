@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationInfo
 
 from interp import models
-from interp.experiments import PENDING_KEY, STORE_KEY
+from interp.experiments import PENDING_KEY, STORE_KEY, KindLoadError, load_kinds
 from interp.model_refs import CheckpointRef, checkpoint_run
 from interp.tasks import TASKS, make_task
 from interp.tasks.base import Task
@@ -82,8 +82,6 @@ def _check_member_saves(ref: CheckpointRef, member: Any, label: str) -> None:
     """A one-line ValueError when the earlier suite member `ref` names will save no model
     at `ref.artifact` (as its kind's `model_artifacts` says; an unknown kind checks
     nothing)."""
-    from interp.experiments import KindLoadError, load_kinds
-
     kinds = load_kinds()
     name = member.get("kind") if isinstance(member, Mapping) else None
     if not isinstance(name, str) or name not in kinds:
