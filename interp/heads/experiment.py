@@ -289,9 +289,16 @@ def top_heads_by_role(frame: pd.DataFrame, thresholds: RoleThresholds) -> dict[s
     return out
 
 
-def induction_circuit(frame: pd.DataFrame, composition: HeadComposition) -> dict[str, Any] | None:
+def induction_circuit(
+    frame: pd.DataFrame, composition: HeadComposition, induction_threshold: float
+) -> dict[str, Any] | None:
     """The top induction head above layer 0 and the earlier head with the strongest
-    K-composition into it (Elhage et al. 2021: the previous-token head)."""
+    K-composition into it (Elhage et al. 2021: the previous-token head).
+
+    The pair is reported on any model, trained or not; `passes` says whether the head's
+    induction score reaches `induction_threshold` and `above_baseline` whether the
+    composition beats the mean over random matrices of the same shapes, so a summary of an
+    untrained model does not read as a found circuit."""
     later = frame[(frame["layer"] > 0) & frame["induction"].notna()]
     if later.empty:
         return None
@@ -301,13 +308,23 @@ def induction_circuit(frame: pd.DataFrame, composition: HeadComposition) -> dict
     flat = int(into.flatten().argmax())
     source_layer, source_head = divmod(flat, into.shape[1])
     source = frame[(frame["layer"] == source_layer) & (frame["head"] == source_head)].iloc[0]
+    induction = float(top["induction"])
+    k_score = float(into.flatten()[flat])
+    baseline = float(composition.baseline_mean.get("K", float("nan")))
     return {
-        "induction_head": {"layer": layer, "head": head, "induction": _number(top["induction"])},
+        "induction_head": {
+            "layer": layer,
+            "head": head,
+            "induction": _number(induction),
+            "threshold": induction_threshold,
+            "passes": bool(induction >= induction_threshold),
+        },
         "k_composition_from": {
             "layer": source_layer,
             "head": source_head,
-            "score": _number(into.flatten()[flat]),
-            "baseline": _number(composition.baseline_mean.get("K", float("nan"))),
+            "score": _number(k_score),
+            "baseline": _number(baseline),
+            "above_baseline": bool(k_score > baseline),  # False when the baseline is NaN
             "previous_token": _number(source["previous_token"]),
             "roles": str(source["roles"]),
         },
@@ -412,7 +429,9 @@ def run_heads(config: HeadsConfig, run: Run, context: RunContext) -> dict[str, A
     run.save_table("head_roles", frame)
     summary["top_heads"] = top_heads_by_role(frame, thresholds)
     if composition is not None and scores.n_layers > 1:
-        summary["induction_circuit"] = induction_circuit(frame, composition)
+        summary["induction_circuit"] = induction_circuit(
+            frame, composition, thresholds.for_role("induction")
+        )
     return summary
 
 

@@ -92,6 +92,11 @@ def test_heads_kind_saves_what_the_library_computes(tmp_path: Path) -> None:
     assert circuit["induction_head"]["layer"] == 1
     k_into = expected.scores["K"][0, :, 1, circuit["induction_head"]["head"]]
     assert circuit["k_composition_from"]["head"] == int(k_into.argmax())
+    head = circuit["induction_head"]
+    assert head["threshold"] == 0.5  # the default induction threshold
+    assert head["passes"] == (head["induction"] >= 0.5)
+    k_from = circuit["k_composition_from"]
+    assert k_from["above_baseline"] == (k_from["score"] > composition.baseline_mean["K"])
 
 
 def test_config_errors_are_one_line(tmp_path: Path) -> None:
