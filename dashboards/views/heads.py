@@ -7,6 +7,7 @@ Reads only what the run saved (`dashboards.loaders_heads`); never runs a model.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -45,9 +46,79 @@ def render_heads_page(runs_dir: Path) -> None:
     columns[0].metric("layers x heads", f"{n_layers} x {n_heads}")
     columns[1].metric("probe", str(data.summary.get("probe", "?")))
     columns[2].metric("probe sequences", data.summary.get("n_sequences", "?"))
+    render_summary(data.summary)
     render_heatmaps(data)
     render_roles(data)
     render_patterns(data)
+
+
+def top_heads_frame(summary: dict[str, Any]) -> pd.DataFrame:
+    """One row per role of the summary's `top_heads`: the top head, its score, the role's
+    threshold and how many heads pass it."""
+    rows = [
+        {
+            "role": role,
+            "top head": f"L{top.get('layer')}H{top.get('head')}",
+            "score": top.get("score"),
+            "threshold": top.get("threshold"),
+            "heads passing": top.get("n_heads"),
+        }
+        for role, top in summary.get("top_heads", {}).items()
+        if isinstance(top, dict)
+    ]
+    return pd.DataFrame(rows, columns=["role", "top head", "score", "threshold", "heads passing"])
+
+
+def _number(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, int | float) else "?"
+
+
+def induction_circuit_text(summary: dict[str, Any]) -> tuple[str, bool] | None:
+    """The summary's induction circuit (Elhage et al. 2021) in one sentence, and whether
+    it holds: the top induction head passes its threshold and the earlier head's
+    K-composition into it beats the random baseline. None when the run has none (one
+    layer, or no weights to compose)."""
+    circuit = summary.get("induction_circuit")
+    if not isinstance(circuit, dict):
+        return None
+    head, source = circuit.get("induction_head", {}), circuit.get("k_composition_from", {})
+    head_name = f"L{head.get('layer')}H{head.get('head')}"
+    source_name = f"L{source.get('layer')}H{source.get('head')}"
+    text = (
+        f"{source_name} (previous-token score {_number(source.get('previous_token'))}) "
+        f"K-composes into {head_name} (induction score {_number(head.get('induction'))}, "
+        f"threshold {_number(head.get('threshold'))}) at {_number(source.get('score'))}, "
+        f"against {_number(source.get('baseline'))} for random weights."
+    )
+    holds = head.get("passes") is True and source.get("above_baseline") is True
+    if not holds:
+        why = []
+        if head.get("passes") is False:
+            why.append(f"{head_name} is below the induction threshold")
+        if source.get("above_baseline") is False:
+            why.append("the composition is no stronger than random weights'")
+        if not why:  # a run saved before the summary said
+            why.append("this run's summary predates the check")
+        text += " Not an induction circuit: " + "; ".join(why) + "."
+    return text, holds
+
+
+def render_summary(summary: dict[str, Any]) -> None:
+    """The top head of each role, and the induction circuit the summary names."""
+    st.subheader("Summary")
+    table = top_heads_frame(summary)
+    if not table.empty:
+        st.dataframe(
+            table,
+            hide_index=True,
+            column_config={
+                c: st.column_config.NumberColumn(c, format="%.3f") for c in ("score", "threshold")
+            },
+        )
+    circuit = induction_circuit_text(summary)
+    if circuit is not None:
+        text, holds = circuit
+        (st.success if holds else st.info)(f"Induction circuit: {text}")
 
 
 def render_heatmaps(data: HeadsRunData) -> None:

@@ -16,6 +16,7 @@ from page_testing import assert_renders_without_torch, copy_run, figures_by_titl
 from streamlit.testing.v1 import AppTest
 
 from dashboards.figures.heads import attention_pattern, head_heatmap, score_matrix
+from dashboards.views.heads import induction_circuit_text, top_heads_frame
 from interp import models
 from interp.cli import main
 from interp.runs import Run, RunStore
@@ -96,6 +97,24 @@ def test_page_draws_heatmaps_roles_and_a_pattern(store: RunStore, good: Run) -> 
     top = good.summary["top_heads"]["induction"]
     title, _ = _pattern(app)
     assert title == f"L{top['layer']}H{top['head']} on example 0"
+
+
+def test_summary_shows_top_heads_and_the_induction_circuit(store: RunStore, good: Run) -> None:
+    app = _open(store.root)
+    summary = good.summary
+    (table,) = [d.value for d in app.dataframe if "top head" in d.value.columns]
+    assert list(table["role"]) == list(summary["top_heads"])
+    for role, name, score in zip(table["role"], table["top head"], table["score"], strict=True):
+        top = summary["top_heads"][role]
+        assert name == f"L{top['layer']}H{top['head']}" and score == pytest.approx(top["score"])
+    circuit = summary["induction_circuit"]
+    text, holds = induction_circuit_text(summary)
+    assert holds == (circuit["induction_head"]["passes"]
+                     and circuit["k_composition_from"]["above_baseline"])
+    shown = [e.value for e in (app.success if holds else app.info)]
+    assert f"Induction circuit: {text}" in shown
+    head = circuit["induction_head"]
+    assert f"into L{head['layer']}H{head['head']}" in text
 
 
 def test_pattern_viewer_draws_the_chosen_head(store: RunStore, good: Run) -> None:
@@ -215,3 +234,47 @@ def test_attention_pattern_labels_both_axes_with_tokens() -> None:
         attention_pattern(pattern, ["a", "b"])
     with pytest.raises(ValueError, match="square"):
         attention_pattern(np.ones((2, 3)), ["a", "b"])
+
+
+SUMMARY = {
+    "top_heads": {
+        "induction": {"layer": 1, "head": 2, "score": 0.74, "n_heads": 4, "threshold": 0.5},
+        "previous_token": {"layer": 0, "head": 2, "score": 0.71, "n_heads": 1,
+                           "threshold": 0.4},
+    },
+    "induction_circuit": {
+        "induction_head": {"layer": 1, "head": 2, "induction": 0.74, "threshold": 0.5,
+                           "passes": True},
+        "k_composition_from": {"layer": 0, "head": 2, "score": 0.23, "baseline": 0.124,
+                               "above_baseline": True, "previous_token": 0.71,
+                               "roles": "previous_token"},
+    },
+}
+
+
+def test_top_heads_frame_has_a_row_per_role() -> None:
+    table = top_heads_frame(SUMMARY)
+    assert list(table["role"]) == ["induction", "previous_token"]
+    assert list(table["top head"]) == ["L1H2", "L0H2"]
+    assert list(table["heads passing"]) == [4, 1] and list(table["threshold"]) == [0.5, 0.4]
+    assert top_heads_frame({}).empty
+
+
+def test_induction_circuit_text_says_when_it_is_not_one() -> None:
+    text, holds = induction_circuit_text(SUMMARY)
+    assert holds and text.startswith("L0H2 (previous-token score 0.71) K-composes into L1H2")
+    assert "Not an induction circuit" not in text
+
+    weak = json.loads(json.dumps(SUMMARY))
+    weak["induction_circuit"]["induction_head"].update(induction=0.04, passes=False)
+    weak["induction_circuit"]["k_composition_from"].update(score=0.1, above_baseline=False)
+    text, holds = induction_circuit_text(weak)
+    assert not holds
+    assert "L1H2 is below the induction threshold" in text and "random weights'" in text
+
+    old = json.loads(json.dumps(SUMMARY))  # saved before `passes` / `above_baseline`
+    del old["induction_circuit"]["induction_head"]["passes"]
+    del old["induction_circuit"]["k_composition_from"]["above_baseline"]
+    text, holds = induction_circuit_text(old)
+    assert not holds and "predates" in text
+    assert induction_circuit_text({"top_heads": {}}) is None
