@@ -140,7 +140,11 @@ class ComputationalGraph:
 
     @classmethod
     def from_model(cls, model: TransformerBridge) -> ComputationalGraph:
-        """The graph of any `TransformerBridge`, read from its config."""
+        """The graph of any `TransformerBridge`, read from its config: its layer and head
+        counts and whether attention and MLP run in parallel. It is the nominal layout; on
+        a model whose residual stream is no sum of these sources (post-LayerNorm BERT, the
+        norms after attention and MLP of Gemma 2 and 3) edge patching, EAP and ACDC refuse
+        in one line (`circuits.edge_patching`), so its edges are for display there."""
         cfg = model.cfg
         return cls(
             n_layers=int(cfg.n_layers),
