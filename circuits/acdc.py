@@ -54,7 +54,7 @@ from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.evaluate import circuit_damages
 from circuits.graph import ComputationalGraph, Node
 from circuits.patching.engine import PatchMetric
-from circuits.pruning_state import PruningState
+from circuits.pruning_state import PruningState, not_covered
 from circuits.pruning_trials import Trial, chain_of_trials, one_stage
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
@@ -267,14 +267,14 @@ def acdc(
     objective: str | PatchMetric = "kl",
     ablation: Ablation = "resample",
     progress: bool = True,
-    incremental: bool = True,
+    incremental: bool | None = None,
     speculation: int | None = None,
 ) -> ACDCResult:
     """Prune the computational graph of `model` on `batch` with ACDC.
 
     Args:
         model: A pre-LayerNorm model that `functional.architecture_of` covers (native,
-            GPT-2, GPT-NeoX, the Llama family, Gemma; see `circuits.edge_patching`).
+            GPT-2, GPT-NeoX, the Llama family, Gemma 1-3; see `circuits.edge_patching`).
         batch: Clean prompts (the circuit's input) and corrupted ones (resample ablation).
         threshold: tau: an edge is removed when removing it raises the damage by less.
         objective: `"kl"` (KL from the full model at `batch.position`) or a task metric
@@ -287,7 +287,10 @@ def acdc(
             the logits at `batch.position` only, as every metric of `interp.metrics`
             does). False runs every test as a full
             edge-patched forward pass from the embedding (the plain ACDC loop; the same
-            circuit, for comparison).
+            circuit, for comparison). None (the default): incremental, except on models
+            the pruning state does not hold (Gemma 2 and 3, whose norm after the attention
+            ties each head's output to its block's: `pruning_state.not_covered`), which
+            take full passes.
         speculation: How many edges to test in one batched computation, trial j assuming
             the decisions on the j - 1 before it (see the module's docstring): the same
             circuit and scores, in fewer but larger computations,
@@ -309,8 +312,10 @@ def acdc(
         raise ValueError(f"speculation must be an int >= 1, got {speculation!r}")
     patcher = EdgePatcher(model)
     patcher.check_batch(batch)
+    if incremental is None:
+        incremental = not_covered(patcher.arch) is None
     if not isinstance(incremental, bool):
-        raise ValueError(f"incremental must be a bool, got {incremental!r}")
+        raise ValueError(f"incremental must be a bool or None, got {incremental!r}")
     if speculation is None:
         speculation = GPU_SPECULATION if incremental and patcher.device.type == "cuda" else 1
     graph = patcher.graph

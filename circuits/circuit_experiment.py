@@ -268,8 +268,10 @@ def _run_acdc(
     progress: bool,
 ) -> dict[str, Any]:
     objective = "kl" if config.acdc_objective == "kl" else bench.metric
-    # incremental tests compute the logits at batch.position only
-    incremental = config.acdc_objective == "kl" or bench.metric_reads_one_position
+    # incremental tests compute the logits at batch.position only (None: acdc decides
+    # by the model, full passes where the pruning state does not hold it)
+    reads_one = config.acdc_objective == "kl" or bench.metric_reads_one_position
+    incremental = None if reads_one else False
     results: list[ACDCResult] = []
     rows = []
     for i, threshold in enumerate(config.acdc_thresholds):

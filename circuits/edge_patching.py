@@ -14,13 +14,24 @@ output bias `b_O` belongs to no head and is never ablated.
 The forward pass is `interp.functional`'s, with each head's q, k and v computed from its
 own input (so each input has its own LayerNorm), which makes the patching exact for the
 pre-LayerNorm models it covers (native models and pretrained GPT-2, GPT-NeoX, GPT-J, OPT,
-GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma, `functional.architecture_of`; a
-model with sliding attention windows (Mistral 7B v0.1, GPT-Neo's local layers) for prompts
-no longer than its shortest window; with parallel attention and MLP, a
-block's MLP reads the sources before the block, as the graph's edges say; under grouped
-keys and values, each query head's key and value inputs are its own destinations, the
-shared projection computed once per head): with every edge in the circuit it
-gives the model's logits (to float rounding), with none it gives the ablated run's.
+GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma 1-3, `functional.architecture_of`,
+with each layer's sliding attention window, rotary frequencies and soft-capped scores;
+with parallel attention and MLP, a block's MLP reads the sources before the block, as the
+graph's edges say; under grouped keys and values, each query head's key and value inputs
+are its own destinations, the shared projection computed once per head): with every edge
+in the circuit it gives the model's logits (to float rounding), with none it gives the
+ablated run's.
+
+Gemma 2 and 3 normalise the attention's output before adding it to the residual stream
+(`ln1_post`), so the heads' outputs are not added as they are. There a head's output, as
+a source, is its share of the normalised block output (`functional.normalized_parts`: its
+output divided by the scale of the whole block's output in the same run, then weighted),
+and the output bias's share belongs to no head and is never ablated; the shares add up to
+what the block adds, so the residual stream is again a sum of source outputs and the two
+properties above hold. As in the model, a head's share moves when another head of its
+block changes (the scale is the block's): an edge into one head of a block changes the
+outputs of all of them, which is what the model computes. An MLP's norm after it
+(`ln2_post`) is part of its output.
 Post-LayerNorm models (BERT) have no such decomposition of the residual stream; they are
 refused. Circuits are
 batched: C masks run as one forward pass of C copies of the batch. Edge attribution
@@ -54,7 +65,7 @@ ABLATIONS: tuple[Ablation, ...] = ("resample", "mean", "zero")
 _COVERS = (
     "edge patching covers pre-LayerNorm models whose residual stream is a sum of source "
     "outputs (native models, pretrained GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, Llama, "
-    "Mistral, Qwen2, Qwen3, Phi-3, Gemma)"
+    "Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3)"
 )
 
 
@@ -79,18 +90,9 @@ def _why_not(model: TransformerBridge) -> str | None:
 def _architecture(model: TransformerBridge) -> Architecture:
     models.refuse_attached_hooks(model, "edge patching, EAP and ACDC", "remove them first")
     try:
-        arch = functional.architecture_of(model)
+        return functional.architecture_of(model)
     except ValueError as error:
         raise ValueError(f"{_COVERS}; {_why_not(model) or error}") from None
-    beyond = {
-        "a norm after each attention and MLP, which mixes the heads' outputs": arch.post_norms,
-        "soft-capped attention scores": arch.attn_softcap is not None,
-        "rotary frequencies per layer type": arch.rotary_local_inv_freq is not None,
-    }
-    named = [what for what, present in beyond.items() if present]
-    if named:
-        raise ValueError(f"{_COVERS}; this model has {', '.join(named)}")
-    return arch
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,10 @@ class _Stream(ABC):
         `sizes` consecutive rows, `[C, B, P, n, d]` each."""
 
     @abstractmethod
-    def add_heads(self, per_head: Tensor, bias: Tensor) -> None: ...
+    def add_heads(self, per_head: Tensor, bias: Tensor) -> None:
+        """Add a block's heads' outputs `[circuit, batch, pos, head, d_model]` and the bias
+        that belongs to none of them (`[d_model]`, or `[circuit, batch, pos, d_model]`
+        under a norm after the attention)."""
 
     @abstractmethod
     def add_mlp(self, out: Tensor) -> None: ...
@@ -144,7 +149,9 @@ class _Mixed(_Stream):
         return (mixed,) if len(sizes) == 1 else mixed.split(tuple(sizes), dim=3)
 
     def add_heads(self, per_head: Tensor, bias: Tensor) -> None:
-        self.bias = self.bias + bias  # the heads' outputs are read from `outputs`
+        # the heads' outputs are read from `outputs`; a bias per position (Gemma 2 and 3:
+        # its share of the normalised block output) is added to every destination's input
+        self.bias = self.bias + (bias.unsqueeze(-2) if bias.dim() > 1 else bias)
 
     def add_mlp(self, out: Tensor) -> None:
         pass  # read from `outputs`
@@ -178,9 +185,8 @@ class EdgePatcher:
 
     Args:
         model: A native model from `interp.models.build` or a pretrained GPT-2, GPT-NeoX,
-            GPT-J, OPT, GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3 or Gemma
-            (`functional.architecture_of`; with a sliding attention window, for prompts no
-            longer than it).
+            GPT-J, OPT, GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3 or Gemma 1-3
+            (`functional.architecture_of`).
         graph: Its `ComputationalGraph` (default: `ComputationalGraph.from_model(model)`).
     """
 
@@ -217,10 +223,6 @@ class EdgePatcher:
         # Parallel attention and MLP: the MLP reads the block's input, as its heads do (an
         # attention-only block has no MLP to read it)
         self._parallel_mlp = self.arch.parallel_attn_mlp and self.arch.d_mlp is not None
-        self._window = min((w for w in self.arch.attention_windows or () if w is not None),
-                           default=None)
-        """The shortest sliding attention window (Mistral 7B v0.1's 4,096 keys), or None:
-        the passes here attend to every earlier key, which is exact for prompts no longer."""
 
     @property
     def n_edges(self) -> int:
@@ -228,18 +230,8 @@ class EdgePatcher:
 
     def check_batch(self, batch: object) -> None:
         """A one-line ValueError unless `batch` is a `TaskBatch` this model can run
-        (`TaskBatch.check_fits`), within the model's sliding attention window."""
-        self._check_positions(TaskBatch.checked(batch, self._model).clean.shape[1])
-
-    def _check_positions(self, n_pos: int) -> None:
-        """A one-line ValueError where prompts of `n_pos` positions are longer than the
-        model's sliding attention window (the passes here would attend past it)."""
-        if self._window is not None and n_pos > self._window:
-            raise ValueError(
-                f"these prompts have {n_pos} positions, more than this model's sliding "
-                f"attention window of {self._window}: edge patching attends to every earlier "
-                f"key, exact for prompts of at most {self._window} positions"
-            )
+        (`TaskBatch.check_fits`)."""
+        TaskBatch.checked(batch, self._model)
 
     # -- masks -----------------------------------------------------------------------
 
@@ -355,9 +347,9 @@ class EdgePatcher:
                 head_inputs, mlp_input = read(groups.heads_and_mlp[layer], heads, mlp)
             else:
                 (head_inputs,), mlp_input = read(heads), None
-            per_head = self._heads(layer, head_inputs, positions)
+            per_head, bias = self._heads(layer, head_inputs, positions)
             outputs += [per_head[:, :, :, head] for head in range(arch.n_heads)]
-            stream.add_heads(per_head, params[f"blocks.{layer}.attn.o.bias"])
+            stream.add_heads(per_head, bias)
             if arch.d_mlp is not None:
                 if mlp_input is None:
                     (mlp_input,) = read([groups.mlps[layer]])
@@ -405,32 +397,37 @@ class EdgePatcher:
 
     def _heads(
         self, layer: int, inputs: Float[Tensor, "circuit batch pos n d_model"], positions: Tensor
-    ) -> Float[Tensor, "circuit batch pos head d_model"]:
+    ) -> tuple[Float[Tensor, "circuit batch pos head d_model"], Tensor]:
         """Each head's output (through its own `W_O`, no bias) from its own q, k and v
-        inputs (`n = 3 * n_heads`, head-major)."""
+        inputs (`n = 3 * n_heads`, head-major), and the output bias (`[d_model]`). Under a
+        norm after the attention (Gemma 2 and 3), each head's share of the normalised
+        output and the bias's share (`[circuit, batch, pos, d_model]`; module docstring)."""
         arch, block = self.arch, f"blocks.{layer}"
         n_circuits, batch = inputs.shape[:2]
         x = inputs.unflatten(3, (arch.n_heads, 3))
         normed = self._norm(f"{block}.ln1", x).flatten(0, 1)  # [CB, P, H, 3, d]
         q, k, v = (self._project(block, part, normed[:, :, :, i]) for i, part in enumerate("qkv"))
-        z, _ = functional.mix_heads(q, k, v, positions, arch, self._rope(len(positions)),
-                                    fused=True, qk_norm=functional.qk_norm_of(
-                                        self.params, f"{block}.attn", arch))
+        rope = functional.rope_of(arch, layer, len(positions), self.device)
+        z, _ = functional.mix_heads(q, k, v, positions, arch, rope, fused=True,
+                                    qk_norm=functional.qk_norm_of(self.params, f"{block}.attn",
+                                                                  arch),
+                                    window=arch.window(layer))
         per_head = torch.einsum("bphe,hde->bphd", z, self._w_out(block))
-        return per_head.unflatten(0, (n_circuits, batch))
-
-    def _rope(self, n_pos: int) -> tuple[Tensor, Tensor] | None:
-        """Rotary cos and sin of `n_pos` positions (None where the model has none)."""
-        return functional.rotary_tables(self.arch, n_pos, self.device) if self.arch.rotary else None
+        bias = self.params[f"{block}.attn.o.bias"]
+        if arch.post_norms:
+            per_head, bias = functional.normalized_parts(
+                self.params, f"{block}.ln1_post", per_head, bias.expand(*per_head.shape[:-2], -1),
+                arch.normalization, arch.eps,
+            )
+            bias = bias.unflatten(0, (n_circuits, batch))
+        return per_head.unflatten(0, (n_circuits, batch)), bias
 
     def _mlp(self, layer: int, x: Float[Tensor, "circuit batch pos d_model"]) -> Tensor:
         return functional.block_mlp(self.params, layer, x, self.arch)
 
     def embed(self, tokens: Tensor) -> Float[Tensor, "batch pos d_model"]:
         """The embedding source's output: token plus position embeddings (rotary models:
-        the token embeddings alone). Every pass starts here, so prompts longer than the
-        model's sliding attention window are refused here too."""
-        self._check_positions(tokens.shape[1])
+        the token embeddings alone)."""
         return functional.embed(self.params, tokens, self.arch)
 
     def _norm(self, prefix: str, x: Tensor) -> Tensor:

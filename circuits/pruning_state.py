@@ -20,10 +20,14 @@ circuit; a test
 Accepting the removal writes the recomputed tensors into the state (`commit`). The
 arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm models: native,
 GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma; scores
-divided by the model's own `attn_scale` (GPT-Neo: 1); rotary queries and keys are rotated
-by their positions as they are projected, grouped key and value weights are repeated per
-head, and with parallel attention and MLP a block's MLP reads the block's input), so
-the damage equals that of a full edge-patched pass to float rounding.
+divided by the model's own `attn_scale` (GPT-Neo: 1), soft-capped where the model says,
+masked to each layer's sliding window; rotary queries and keys are rotated by their
+positions, with each layer's frequencies, as they are projected, grouped key and value
+weights are repeated per head, and with parallel attention and MLP a block's MLP reads the
+block's input), so the damage equals that of a full edge-patched pass to float rounding.
+Gemma 2 and 3 are not held here (`not_covered`): the norm after their attention makes
+every head's output depend on the whole block's, so a test would recompute whole blocks;
+`acdc` runs full edge-patched passes there.
 
 Speculation (`trials`): several edges e1..eS into one destination, or into q / k / v
 inputs of one block's heads, are tested as one batch, trial j being the current circuit
@@ -124,6 +128,16 @@ class _Change:
         return self._at_reads[0]
 
 
+def not_covered(arch: functional.Architecture) -> str | None:
+    """Why the pruning state cannot hold a circuit of a model of `arch` (None: it can)."""
+    if arch.post_norms:
+        return (
+            "incremental ACDC holds each head's output apart from its block's, which a norm "
+            "after the attention (Gemma 2 and 3) does not allow"
+        )
+    return None
+
+
 class PruningState:
     """A circuit (initially the full model) held as activations, for ACDC.
 
@@ -147,6 +161,9 @@ class PruningState:
     ):
         if objective != "kl" and not callable(objective):
             raise ValueError(f"objective must be 'kl' or a metric function, got {objective!r}")
+        why = not_covered(patcher.arch)
+        if why is not None:
+            raise ValueError(f"{why}; run acdc with incremental=False")
         self.patcher, self.arch, self.params = patcher, patcher.arch, patcher.params
         self.objective = objective
         self.batch = batch = batch.to(patcher.device)
@@ -222,16 +239,17 @@ class PruningState:
     def _constants(self) -> None:
         """What every test reads unchanged: per block, the q / k / v weights `[head, d_model,
         d_head]` and biases `[head, 1, 1, d_head]`, `W_O` as `[head, d_head, d_model]`, and
-        the causal mask as an additive `[query, key]` tensor (0 or -inf; None without a
-        causal mask); rotary models' cos and sin at every row and at the read positions."""
+        the causal mask (with the block's sliding window) as an additive `[query, key]`
+        tensor (0 or -inf; None without a causal mask); rotary models' cos and sin of each
+        block at every row and at the read positions (None without rotary)."""
         arch, params = self.arch, self.params
-        self.rope: tuple[Tensor, Tensor] | None = None
-        self.rope_at_reads: tuple[Tensor, Tensor] | None = None
-        if arch.rotary:
-            self.rope = cos, sin = functional.rotary_tables(
-                arch, len(self.positions), self.patcher.device
-            )
-            self.rope_at_reads = (cos[self.reads], sin[self.reads])
+        self.rope: list[tuple[Tensor, Tensor] | None] = []
+        self.rope_at_reads: list[tuple[Tensor, Tensor] | None] = []
+        for layer in range(arch.n_layers):
+            rope = functional.rope_of(arch, layer, len(self.positions), self.patcher.device)
+            self.rope.append(rope)
+            self.rope_at_reads.append(None if rope is None else (rope[0][self.reads],
+                                                                 rope[1][self.reads]))
         self.w_in: list[dict[str, Tensor]] = []
         self.b_in: list[dict[str, Tensor]] = []
         self.w_out: list[Tensor] = []
@@ -254,6 +272,9 @@ class PruningState:
                 continue
             queries = self.reads if layer == self.last else self.positions
             future = self.positions[None, :] > queries[:, None]
+            window = arch.window(layer)
+            if window is not None:  # keys i - window < j <= i only
+                future |= self.positions[None, :] <= queries[:, None] - window
             mask = torch.zeros(future.shape, dtype=params["embed.weight"].dtype)
             self.future.append(mask.to(future.device).masked_fill(future, float("-inf")))
 
@@ -376,11 +397,11 @@ class PruningState:
             prefix = f"blocks.{layer}.attn.{part}_norm"
             projected = functional.normalize(self.params, prefix, projected,
                                              self.arch.normalization, self.arch.eps)
-        if self.rope is None or part == "v":
+        if self.rope[layer] is None or part == "v":
             return projected
         # queries and keys rotated by their positions (the last block's queries: the reads)
         at_reads = layer == self.last and part == "q"
-        rope = self.rope_at_reads if at_reads else self.rope
+        rope = self.rope_at_reads[layer] if at_reads else self.rope[layer]
         return functional.apply_rotary(projected, rope, self.arch)  # type: ignore[arg-type]
 
     def _attend(
@@ -391,6 +412,9 @@ class PruningState:
         queries at the read positions in the last block, at every position before it."""
         q, k, v = proj["q"], proj["k"], proj["v"]
         scores = _matmul(q, k.transpose(-2, -1)).div_(self.arch.attn_scale)
+        cap = self.arch.attn_softcap
+        if cap is not None:  # Gemma 2
+            scores = torch.tanh(scores / cap) * cap
         future = self.future[layer]
         if future is not None:  # + -inf where masked: masked_fill's values, one kernel
             scores += future

@@ -12,10 +12,11 @@ says which models are covered and why others are not). It composes with `torch.f
 axis (`stack_params`, `batched_forward`), so S seeds of one model train as one batched
 computation. After training, `load_params(model, params)` puts the weights back into a
 bridge, which then gives the same logits. The pieces of a block live in `interp.layers`;
-the public ones (`embed`, `normalize`, `linear`, `head_projection`, `mix_heads`,
-`causal_bias`, `rotary_tables`, `apply_rotary`, `attention_output`, `mlp`, `block_mlp`,
-`unembed`) are re-exported here, so that other engines, such as incremental activation
-patching, can rerun part of a forward pass with exactly the same arithmetic.
+the public ones (`embed`, `normalize`, `normalized_parts`, `linear`, `head_projection`,
+`mix_heads`, `causal_bias`, `rotary_tables`, `rope_of`, `apply_rotary`, `attention_output`,
+`mlp`, `block_mlp`, `unembed`) are re-exported here, so that other engines, such as
+incremental activation patching, can rerun part of a forward pass with exactly the same
+arithmetic.
 
 The math mirrors TransformerLens's `NativeModel` and its bridge (pre-norm blocks of causal
 multi-head attention, Vaswani et al. 2017, "Attention Is All You Need", and an MLP):
@@ -55,6 +56,7 @@ from interp.layers import (
     mix_heads,
     mlp,
     normalize,
+    normalized_parts,
     qk_norm_of,
     recorder,
     rope_of,
@@ -102,6 +104,7 @@ __all__ = [
     "mix_heads",
     "mlp",
     "normalize",
+    "normalized_parts",
     "param_shapes",
     "params_of",
     "qk_norm_of",

@@ -86,6 +86,44 @@ def normalize(
     return x.to(dtype)
 
 
+def normalized_parts(
+    params: Mapping[str, Tensor],
+    prefix: str,
+    parts: Float[Tensor, "*lead part d"],
+    rest: Float[Tensor, "*lead d"],
+    kind: str | None,
+    eps: float,
+) -> tuple[Float[Tensor, "*lead part d"], Float[Tensor, "*lead d"]]:
+    """`normalize(params, prefix, parts.sum(-2) + rest, kind, eps)` split into a share per
+    part and one for `rest` (which takes the norm's bias), summing to it to float rounding.
+
+    A norm divides its whole input by one scale per position, read from the whole input
+    (after centring, for LayerNorm, which is linear), then weights it; so each part's
+    share is the part (centred) divided by the sum's scale and weighted. Gemma 2 and 3 put
+    such a norm after the attention (`ln1_post`): its heads' outputs are the parts and the
+    output bias is `rest`, and a head's share depends on every head of its block through
+    the scale, as it does in the model. Computed in float32, as `normalize` does."""
+    if kind is None:
+        return parts, rest
+    dtype = parts.dtype
+    parts, rest = parts.float(), rest.float()
+    if kind in ("LN", "LNPRE"):
+        parts = parts - parts.mean(-1, keepdim=True)
+        rest = rest - rest.mean(-1, keepdim=True)
+    square = (parts.sum(-2) + rest).pow(2).mean(-1, keepdim=True) + eps
+    inverse = torch.rsqrt(square) if kind in ("RMS", "RMS1P") else 1.0 / square.sqrt()
+    parts, rest = parts * inverse.unsqueeze(-2), rest * inverse
+    if kind == "RMS1P":  # Gemma: the weight is an offset from 1
+        weight: Tensor | None = 1.0 + params[f"{prefix}.weight"].float()
+    else:
+        weight = params[f"{prefix}.weight"].float() if kind in NORMS_WITH_WEIGHT else None
+    if weight is not None:
+        parts, rest = parts * weight, rest * weight
+    if kind in NORMS_WITH_BIAS:
+        rest = rest + params[f"{prefix}.bias"].float()
+    return parts.to(dtype), rest.to(dtype)
+
+
 def linear(
     x: Float[Tensor, "*lead d_in"], weight: Float[Tensor, "d_out d_in"], bias: Tensor | None
 ) -> Float[Tensor, "*lead d_out"]:

@@ -124,14 +124,6 @@ def gpt_neo(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def gpt_neo_long_window(tmp_path_factory: pytest.TempPathFactory):
-    """The `gpt_neo` fixture's model with a local window of 6 keys: the circuits tests'
-    prompts of 6 positions fit in it (as prompts of up to 256 tokens fit in the
-    checkpoints'), so the edge-level engines run on it."""
-    return _llama_like(tmp_path_factory, "gpt_neo", window_size=6)
-
-
-@pytest.fixture(scope="session")
 def phi(tmp_path_factory: pytest.TempPathFactory):
     """A random 2-layer Phi (phi-1 .. phi-2's class: parallel attention and MLP behind one
     shared LayerNorm, rotary embeddings on 4 of each head's 8 dimensions in the rotate-half

@@ -72,8 +72,8 @@ def test_incremental_acdc_finds_the_same_circuit_as_the_plain_loop(
 @pytest.mark.parametrize(("kind", "speculation"), [("rotary", 4), ("neox", 1), ("neox", 8),
                                                    ("llama", 8), ("qwen2", 1), ("qwen3", 8),
                                                    ("gemma", 1), ("phi3", 4), ("gptj", 8),
-                                                   ("opt", 1), ("gpt_neo_long_window", 8),
-                                                   ("phi", 4)])
+                                                   ("opt", 1), ("gpt_neo", 8), ("phi", 4),
+                                                   ("mistral_windowed", 4)])
 def test_incremental_acdc_equals_the_plain_loop_on_each_architecture(
     request, batch, kind: str, speculation: int
 ) -> None:

@@ -25,7 +25,6 @@ from circuits.patching.targets import pattern_hook_takes_effect
 from circuits.path_patching import path_patch_senders
 from interp import models
 from interp.random_models import FAMILIES, write_model
-from interp.tasks.base import TaskBatch
 
 HOOKED_ONLY = ("bloom",)
 """Families of `interp.random_models` outside the fast engines: ALiBi and a LayerNorm on
@@ -169,49 +168,48 @@ def test_hook_engine_matches_transformer_lens_on_other_bridges(hooked_only, batc
 
 
 @pytest.mark.parametrize("kind", ["gemma2", "gemma3"])
-def test_edge_level_engines_refuse_what_they_do_not_compute(request, batch, kind) -> None:
-    """Gemma 2's and 3's norm after the attention mixes their heads' outputs, so the
-    residual stream is no sum of source outputs; soft caps and per-layer-type rotary
-    frequencies are not in the pruning state's attention: edge patching, EAP and ACDC
-    refuse in one line, naming what."""
+def test_edge_level_engines_on_gemma_2_and_3(request, batch, kind) -> None:
+    """Gemma 2's and 3's norm after the attention: edge patching splits it into each
+    head's share (`functional.normalized_parts`), so every edge kept gives the bridge's
+    logits (with soft caps, per-layer rotary frequencies and a 3-key window on prompts of
+    6); EAP runs; ACDC takes full edge-patched passes by default, and refuses incremental
+    tests in one line (a head's share depends on its whole block)."""
     model = request.getfixturevalue(kind)
-    named = {
-        "gemma2": "a norm after each attention and MLP, which mixes the heads' outputs, "
-                  "soft-capped attention scores",
-        "gemma3": "a norm after each attention and MLP, which mixes the heads' outputs, "
-                  "rotary frequencies per layer type",
-    }[kind]
-    message = f"edge patching covers .*; this model has {named}$"
+    patcher = EdgePatcher(model)
+    ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, "resample")
+    masks = torch.stack([torch.ones(patcher.n_edges), torch.zeros(patcher.n_edges)])
+    with torch.no_grad():
+        logits = patcher.run(batch.clean, patcher.dense(masks), ablated)
+        torch.testing.assert_close(logits[0], model(batch.clean), atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits[1], model(batch.corrupted), atol=1e-5, rtol=0)
+    assert edge_attribution(model, batch, METRIC).scores.abs().max() > 1e-3
+    result = acdc(model, batch, threshold=0.01, progress=False)
+    assert 0 < int(result.kept.sum()) < len(result.graph)
+    plain = acdc(model, batch, threshold=0.01, progress=False, incremental=False)
+    assert torch.equal(result.kept, plain.kept) and result.n_tests == plain.n_tests
+    message = ("^incremental ACDC holds each head's output apart from its block's, which a "
+               "norm after the attention \\(Gemma 2 and 3\\) does not allow; run acdc with "
+               "incremental=False$")
     with pytest.raises(ValueError, match=message):
-        edge_attribution(model, batch, METRIC)
-    with pytest.raises(ValueError, match=message):
-        acdc(model, batch, threshold=0.01, progress=False)
+        acdc(model, batch, threshold=0.01, progress=False, incremental=True)
 
 
 @pytest.mark.parametrize("kind", ["mistral_windowed", "gpt_neo"])
-def test_edge_level_engines_run_within_a_sliding_window(request, batch, kind) -> None:
-    """A sliding window changes nothing for prompts no longer than it (Mistral 7B v0.1:
-    4,096 keys; GPT-Neo's local layers: 256), so edge patching, EAP and ACDC run there,
-    exactly (every edge kept gives the bridge's logits); longer prompts are refused in one
-    line."""
+def test_edge_level_engines_mask_each_layers_sliding_window(request, batch, kind) -> None:
+    """A sliding window of 3 keys (Mistral 7B v0.1: 4,096; GPT-Neo's local layers: 256)
+    on prompts of 6 positions: every edge kept gives the bridge's logits, and incremental
+    ACDC, whose attention masks the window too, finds the plain loop's circuit."""
     model = request.getfixturevalue(kind)
-    message = ("these prompts have 6 positions, more than this model's sliding attention "
-               "window of 3")
-    with pytest.raises(ValueError, match=message):
-        edge_attribution(model, batch, METRIC)
-    with pytest.raises(ValueError, match=message):
-        acdc(model, batch, threshold=0.01, progress=False)
-    short = TaskBatch(clean=batch.clean[:, :3], corrupted=batch.corrupted[:, :3],
-                      answer=batch.answer, wrong=batch.wrong, position=torch.full((3,), 2))
     patcher = EdgePatcher(model)
-    with pytest.raises(ValueError, match="more than this model's sliding attention window"):
-        patcher.source_outputs(batch.clean)
-    ablated = patcher.ablated_outputs(short.clean, short.corrupted, "resample")
     with torch.no_grad():
-        logits = patcher.run(short.clean, patcher.dense(torch.ones(1, patcher.n_edges)), ablated)
-        torch.testing.assert_close(logits[0], model(short.clean), atol=1e-5, rtol=0)
-    assert edge_attribution(model, short, METRIC).scores.abs().max() > 1e-3
-    assert int(acdc(model, short, threshold=0.01, progress=False).kept.sum()) > 0
+        logits = patcher.run(batch.clean, patcher.dense(torch.ones(1, patcher.n_edges)), None)
+        torch.testing.assert_close(logits[0], model(batch.clean), atol=1e-5, rtol=0)
+    assert edge_attribution(model, batch, METRIC).scores.abs().max() > 1e-3
+    fast = acdc(model, batch, threshold=0.01, progress=False, speculation=4)
+    plain = acdc(model, batch, threshold=0.01, progress=False, incremental=False)
+    assert 0 < int(fast.kept.sum()) < len(fast.graph)
+    assert torch.equal(fast.kept, plain.kept) and fast.n_tests == plain.n_tests
+    torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
 
 
 def _gpt_neo_pattern_reference(model, batch, direction: str) -> torch.Tensor:

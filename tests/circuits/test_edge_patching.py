@@ -40,7 +40,7 @@ def reference_logits(model, tokens) -> torch.Tensor:
 @pytest.mark.parametrize(
     "which",
     ["model", "attn_only", "rotary", "gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3",
-     "gptj", "opt", "gpt_neo_long_window", "phi"],
+     "gptj", "opt", "gpt_neo", "phi", "mistral_windowed", "gemma2", "gemma3"],
 )
 def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_run(
     request, batch, which
@@ -61,14 +61,17 @@ def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_r
 
 @pytest.mark.parametrize(
     "which",
-    ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3", "gpt_neo_long_window",
-     "phi"],
+    ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3", "gpt_neo", "phi",
+     "mistral_windowed"],
 )
 def test_cutting_every_edge_out_of_a_head_is_activation_patching_its_output(
     request, batch, which
 ) -> None:
     """Noising a head's output, and the corrupted run when the embedding is cut; in
-    GPT-NeoX's and Phi's parallel blocks the MLP reads its block's input, not its heads."""
+    GPT-NeoX's and Phi's parallel blocks the MLP reads its block's input, not its heads.
+    (Not under Gemma 2's and 3's norm after the attention: there a head's edges carry its
+    share of the block's output, whose scale the other heads' clean outputs still set,
+    while patching its output rescales them all; test_gemma_cutting_a_whole_block_...)"""
     model = request.getfixturevalue(which)
     patcher = EdgePatcher(model)
     same_block = any(e.source.layer == e.destination.layer and e.destination.kind == "mlp"
@@ -84,6 +87,44 @@ def test_cutting_every_edge_out_of_a_head_is_activation_patching_its_output(
     corrupted = METRIC(reference_logits(model, batch.corrupted), batch)
     value = patcher.evaluate(batch, keep_all_but(patcher, embed_cut), METRIC)[0]
     assert value.item() == pytest.approx(corrupted.item(), abs=1e-5)
+
+
+def _with_output_of(model, module: torch.nn.Module, source: torch.Tensor,
+                    tokens: torch.Tensor) -> torch.Tensor:
+    """The model's logits on `tokens` with `module`'s output replaced by its output on
+    `source` (forward hooks on the Hugging Face module)."""
+    saved: list[torch.Tensor] = []
+    for tokens_in, hook in ((source, lambda m, i, out: saved.append(out)),
+                            (tokens, lambda m, i, out: saved[0])):
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                logits = model(tokens_in)
+        finally:
+            handle.remove()
+    return logits
+
+
+@pytest.mark.parametrize("which", ["gemma2", "gemma3"])
+def test_gemma_cutting_a_whole_blocks_heads_is_patching_its_normalised_output(
+    request, batch, which
+) -> None:
+    """Under Gemma 2's and 3's norm after the attention, a head's edges carry its share of
+    the normalised block output: cutting every edge out of every head of a block gives
+    the run where that norm's output (Hugging Face's `post_attention_layernorm`) is the
+    corrupted run's, at every position (Gemma's attention has no output bias)."""
+    model = request.getfixturevalue(which)
+    patcher = EdgePatcher(model)
+    layers = model.original_model.model.layers
+    for layer in range(len(layers)):
+        norm = layers[layer].post_attention_layernorm
+        heads = {f"L{layer}H{h}" for h in range(model.cfg.n_heads)}
+        removed = {e.name for e in patcher.graph.edges if e.source.name in heads}
+        value = patcher.evaluate(batch, keep_all_but(patcher, removed), METRIC)[0]
+        expected = METRIC(_with_output_of(model, norm, batch.corrupted, batch.clean), batch)
+        clean = METRIC(reference_logits(model, batch.clean), batch)
+        assert abs(expected.item() - clean.item()) > 1e-3  # the block matters
+        assert value.item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 @pytest.mark.parametrize("receiver", ["L1H2.v", "L1H0.k", "L1H3.q", "logits"])

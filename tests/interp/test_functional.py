@@ -386,3 +386,22 @@ def test_linear_under_vmap_equals_f_linear_and_accumulates_weight_grads_without_
     reference = torch.autograd.grad(sum(e.square().sum() for e in expected), [weight, bias])
     torch.testing.assert_close(weight.grad, reference[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(bias.grad, reference[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["LN", "LNPRE", "RMS", "RMS1P", None])
+def test_normalized_parts_sum_to_the_norm_of_their_sum(kind) -> None:
+    """Each part's share of a norm (`normalized_parts`, the heads' outputs under Gemma 2's
+    norm after attention) adds up to the norm of the whole input; a share is not the norm
+    of its part alone (the scale is the sum's)."""
+    generator = torch.Generator().manual_seed(0)
+    parts = torch.randn(2, 3, 4, 8, generator=generator)  # [batch, pos, part, d]
+    rest = torch.randn(8, generator=generator).expand(2, 3, 8)
+    params = {"n.weight": torch.randn(8, generator=generator),
+              "n.bias": torch.randn(8, generator=generator)}
+    shares, rest_share = functional.normalized_parts(params, "n", parts, rest, kind, 1e-5)
+    whole = functional.normalize(params, "n", parts.sum(-2) + rest, kind, 1e-5)
+    assert shares.shape == parts.shape and rest_share.shape == rest.shape
+    torch.testing.assert_close(shares.sum(-2) + rest_share, whole, atol=1e-5, rtol=1e-5)
+    if kind is not None:
+        alone = functional.normalize(params, "n", parts[:, :, 0], kind, 1e-5)
+        assert not torch.allclose(shares[:, :, 0], alone, atol=1e-3)
