@@ -6,14 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from pretrained_models import write_llama
 
-from circuits.acdc import ACDCResult
+from circuits.acdc import ACDCResult, acdc
 from circuits.eap import EdgeScores, edge_attribution
 from circuits.planted import planted
+from interp import models
 from interp.cli import main
 from interp.config import ConfigError, load_config
 from interp.metrics import logit_diff, mean_metric
 from interp.runs import RunStore
+from interp.tasks import make_task
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,3 +122,26 @@ def test_a_model_source_must_fit_its_task_and_name_a_known_metric(tmp_path: Path
         load_config(config, ["source.task.d_vocab=64", "metric=nope"])
     with pytest.raises(ConfigError, match=r"bad.yaml: metric: unknown metric 'nope'; choose"):
         load_config(config, ["source={planted: induction}", "metric=nope"])
+
+
+def test_circuit_kind_on_a_pretrained_gemma_2_folder(tmp_path: Path) -> None:
+    """A model source booted from a local Gemma 2 folder (norms after attention, soft caps,
+    a 3-key window): EAP runs, and ACDC, whose incremental tests do not hold Gemma 2, takes
+    full edge-patched passes (the plain loop's circuit)."""
+    folder = write_llama(tmp_path / "gemma2", "gemma2", sliding_window=3,
+                         attn_logit_softcapping=2.0, final_logit_softcapping=5.0)
+    task = {"name": "induction", "d_vocab": 20, "half_len": 3, "n_examples": 4}
+    config = tmp_path / "gemma2_circuit.yaml"
+    config.write_text(
+        f"kind: circuit\ndevice: cpu\nsource:\n  model: {folder}\n  task: {task}\n"
+        "methods: [eap, acdc]\nacdc_thresholds: [0.01]\n"
+    )
+    runs = tmp_path / "runs"
+    assert main(["run", str(config), "--runs-dir", str(runs), "--no-progress"]) == 0
+    run = RunStore(runs).latest("gemma2_circuit")
+    saved = ACDCResult.load(run, name="acdc_0")
+    model = models.load(str(folder), device="cpu").eval()
+    batch = make_task(task).batch()
+    plain = acdc(model, batch, 0.01, progress=False, incremental=False)
+    assert saved.edges == plain.edges and 0 < len(saved.edges) < len(plain.graph)
+    assert EdgeScores.load(run, name="edge_scores_eap").scores.abs().max() > 1e-3
