@@ -8,7 +8,10 @@ incoming edge (sources from the latest to the earliest): the edge is ablated
 (`circuits.edge_patching`: resample, mean or zero) and the damage is measured; if the
 damage grows by less than the threshold tau, the edge stays removed. A destination whose
 component no longer feeds anything kept (all its outgoing edges removed) loses its
-incoming edges without a test, as ACDC does for nodes cut off from the output.
+incoming edges without a test, as ACDC does for nodes cut off from the output; under a
+norm after the attention (Gemma 2 and 3) a head's output scales its block-mates' shares
+of the normalised output (`circuits.edge_patching`), so a head's incoming edges go untested
+only once no head of its block feeds anything kept.
 
 Damage is the KL divergence of the circuit's next-token distribution at `batch.position`
 from the full model's (ACDC's default), or, given a task metric, |m(circuit) - m(full)|.
@@ -246,6 +249,16 @@ def _guessed_kept(
     return guesses
 
 
+def _reach(node: Node, post_norms: bool) -> str:
+    """The component whose outgoing edges decide whether `node` can still matter: its own
+    (ACDC drops the incoming edges of a component that feeds nothing kept, untested), or,
+    for a head under a norm after the attention (Gemma 2 and 3), its whole block's heads,
+    whose shares of the normalised output its output scales."""
+    if post_norms and node.kind == "head":
+        return f"L{node.layer}H*"
+    return node.component
+
+
 def _stage_groups(destinations: Sequence[Node]) -> list[list[Node]]:
     """Destinations in reverse topological order (ACDC's), consecutive ones that one batch
     may test together grouped (`one_stage`): the q, k and v inputs of one block's heads
@@ -288,9 +301,8 @@ def acdc(
             does). False runs every test as a full
             edge-patched forward pass from the embedding (the plain ACDC loop; the same
             circuit, for comparison). None (the default): incremental, except on models
-            the pruning state does not hold (Gemma 2 and 3, whose norm after the attention
-            ties each head's output to its block's: `pruning_state.not_covered`), which
-            take full passes.
+            the pruning state does not hold (a bias under a norm after the attention:
+            `pruning_state.not_covered`), which take full passes.
         speculation: How many edges to test in one batched computation, trial j assuming
             the decisions on the j - 1 before it (see the module's docstring): the same
             circuit and scores, in fewer but larger computations,
@@ -313,7 +325,7 @@ def acdc(
     patcher = EdgePatcher(model)
     patcher.check_batch(batch)
     if incremental is None:
-        incremental = not_covered(patcher.arch) is None
+        incremental = not_covered(patcher.arch, patcher.params) is None
     if not isinstance(incremental, bool):
         raise ValueError(f"incremental must be a bool or None, got {incremental!r}")
     if speculation is None:
@@ -330,14 +342,14 @@ def acdc(
     outgoing: dict[str, list[int]] = {}
     for i, edge in enumerate(graph.edges):
         incoming.setdefault(edge.destination.name, []).append(i)
-        outgoing.setdefault(edge.source.component, []).append(i)
+        outgoing.setdefault(_reach(edge.source, patcher.arch.post_norms), []).append(i)
     n_tests = n_trials = 0
     bar = tqdm(total=len(graph.destinations), disable=not progress, desc="ACDC")
     for group in _stage_groups(graph.destinations):
         order: list[int] = []  # the group's edges in ACDC's order
         for destination in group:
             edges = incoming[destination.name]
-            feeds = outgoing.get(destination.component, [])
+            feeds = outgoing.get(_reach(destination, patcher.arch.post_norms), [])
             # (what a head of the group feeds lies in later stages: decided already)
             if destination.kind != "logits" and not kept[feeds].any():
                 kept[edges] = False

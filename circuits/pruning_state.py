@@ -25,9 +25,12 @@ masked to each layer's sliding window; rotary queries and keys are rotated by th
 positions, with each layer's frequencies, as they are projected, grouped key and value
 weights are repeated per head, and with parallel attention and MLP a block's MLP reads the
 block's input), so the damage equals that of a full edge-patched pass to float rounding.
-Gemma 2 and 3 are not held here (`not_covered`): the norm after their attention makes
-every head's output depend on the whole block's, so a test would recompute whole blocks;
-`acdc` runs full edge-patched passes there.
+Under a norm after the attention (Gemma 2 and 3) a head's output is its share of the
+normalised block output (`functional.normalized_parts`), whose scale the whole block sets:
+the state holds each head's output before the norm too, and a block whose heads a test
+recomputes gives new shares to all of its heads, which the test then carries along their
+kept edges. The output bias's share is not a source and is carried by no edge, so this
+needs it to be zero (no output bias, a norm without bias, as in Gemma; `not_covered`).
 
 Speculation (`trials`): several edges e1..eS into one destination, or into q / k / v
 inputs of one block's heads, are tested as one batch, trial j being the current circuit
@@ -128,12 +131,19 @@ class _Change:
         return self._at_reads[0]
 
 
-def not_covered(arch: functional.Architecture) -> str | None:
-    """Why the pruning state cannot hold a circuit of a model of `arch` (None: it can)."""
-    if arch.post_norms:
+def not_covered(arch: functional.Architecture, params: functional.Params) -> str | None:
+    """Why the pruning state cannot hold a circuit of a model of `arch` with `params`
+    (None: it can): under a norm after the attention, an output bias or a norm bias, whose
+    share of the block output would move with every test of the block."""
+    if not arch.post_norms:
+        return None
+    biased = arch.normalization == "LN" or any(
+        bool(params[f"blocks.{layer}.attn.o.bias"].any()) for layer in range(arch.n_layers)
+    )
+    if biased:
         return (
-            "incremental ACDC holds each head's output apart from its block's, which a norm "
-            "after the attention (Gemma 2 and 3) does not allow"
+            "incremental ACDC carries no bias through a norm after the attention, and this "
+            "model's attention output or that norm has one"
         )
     return None
 
@@ -161,7 +171,7 @@ class PruningState:
     ):
         if objective != "kl" and not callable(objective):
             raise ValueError(f"objective must be 'kl' or a metric function, got {objective!r}")
-        why = not_covered(patcher.arch)
+        why = not_covered(patcher.arch, patcher.params)
         if why is not None:
             raise ValueError(f"{why}; run acdc with incremental=False")
         self.patcher, self.arch, self.params = patcher, patcher.arch, patcher.params
@@ -318,6 +328,7 @@ class PruningState:
         self.ablated = [ablated[:, :, 0]]
         self.head_in: list[dict[str, Tensor]] = []
         self.proj: list[dict[str, Tensor]] = []
+        self.head_raw: list[dict[str, Tensor]] = []  # before a norm after the attention
         self.head_out: list[dict[str, Tensor]] = []
         self.mlp_in: list[dict[str, Tensor]] = []
         self.mlp_out: list[dict[str, Tensor]] = []
@@ -329,9 +340,11 @@ class PruningState:
                 x = self._at(resid, False, at_reads and part == "q")
                 inputs[part] = x.expand(n_heads, *x.shape)
                 proj[part] = self._project(layer, part, inputs[part], every_head)
-            out = self._attend(layer, every_head, proj)
+            raw = self._attend(layer, every_head, proj)
+            out = self._shares(layer, raw[None])[0]
             self.head_in.append(inputs)
             self.proj.append(proj)
+            self.head_raw.append({"out": raw})
             self.head_out.append({"out": out})
             source = int(self.head_sources[layer][0])
             self.ablated += [
@@ -421,6 +434,21 @@ class PruningState:
         z = _matmul(F.softmax(scores, dim=-1), v)
         out = _matmul(z.flatten(-3, -2), self.w_out[layer][heads])  # batch and row
         return out.unflatten(-2, z.shape[-3:-1])
+
+    def _shares(
+        self, layer: int, raw: Float[Tensor, "trial head batch row d_model"]
+    ) -> Float[Tensor, "trial head batch row d_model"]:
+        """Every head's output from its output before the block's norm after the attention
+        (`ln1_post`, Gemma 2 and 3): its share of the normalised block output (the bias's
+        share is zero, `not_covered`); `raw` itself without such a norm."""
+        if not self.arch.post_norms:
+            return raw
+        parts = raw.movedim(1, -2)  # [trial, batch, row, head, d_model]
+        shares, _ = functional.normalized_parts(
+            self.params, f"blocks.{layer}.ln1_post", parts, parts.new_zeros(()).expand(
+                *parts.shape[:-2], parts.shape[-1]), self.arch.normalization, self.arch.eps,
+        )
+        return shares.movedim(-2, 1)
 
     def _mlp(self, layer: int, x: Tensor) -> Tensor:
         return functional.block_mlp(self.params, layer, x, self.arch)
@@ -672,6 +700,13 @@ class PruningState:
             writes.append((self.head_in[layer], part, index, new_in))
             writes.append((self.proj[layer], part, index, proj[part]))
         out = self._attend(layer, index, proj)
+        if self.arch.post_norms:  # the block's scale moves: every head gets a new share
+            writes.append((self.head_raw[layer], "out", index, out))
+            raw = out
+            if len(heads) < n_heads:  # the other heads' outputs before the norm, as held
+                raw = self.head_raw[layer]["out"].expand(len(out), -1, -1, -1, -1).clone()
+                raw[:, index] = out
+            out, index, heads = self._shares(layer, raw), slice(None), np.arange(n_heads)
         writes.append((self.head_out[layer], "out", index, out))
         delta = out - self.head_out[layer]["out"][index]
         return _Change(self.head_sources[layer][heads], delta, at_reads)

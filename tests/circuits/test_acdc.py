@@ -73,7 +73,8 @@ def test_incremental_acdc_finds_the_same_circuit_as_the_plain_loop(
                                                    ("llama", 8), ("qwen2", 1), ("qwen3", 8),
                                                    ("gemma", 1), ("phi3", 4), ("gptj", 8),
                                                    ("opt", 1), ("gpt_neo", 8), ("phi", 4),
-                                                   ("mistral_windowed", 4)])
+                                                   ("mistral_windowed", 4), ("gemma2", 4),
+                                                   ("gemma3", 1)])
 def test_incremental_acdc_equals_the_plain_loop_on_each_architecture(
     request, batch, kind: str, speculation: int
 ) -> None:
@@ -89,6 +90,21 @@ def test_incremental_acdc_equals_the_plain_loop_on_each_architecture(
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
     kl = circuit_kl(EdgePatcher(model), batch, fast.kept.float()[None])
     assert fast.damage == pytest.approx(kl.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["model", "llama", "gemma2", "gemma3"])
+def test_edges_dropped_untested_could_not_matter(request, batch, kind: str) -> None:
+    """ACDC removes the incoming edges of a component that feeds nothing kept without
+    testing them: restoring them must leave the circuit's output as it is. Under Gemma 2's
+    and 3's norm after the attention a head feeding nothing still scales its block-mates'
+    outputs, so its edges are dropped only once its whole block feeds nothing."""
+    model = request.getfixturevalue(kind)
+    result = acdc(model, batch, 0.03, progress=False, incremental=False)
+    untested = ~result.kept & result.scores.isnan()
+    assert untested.any() and result.kept.any()  # the check below has something to check
+    masks = torch.stack([result.kept, result.kept | untested]).float()
+    kl = circuit_kl(EdgePatcher(model), batch, masks)
+    assert kl[1].item() == pytest.approx(kl[0].item(), abs=1e-7)
 
 
 def test_plain_loop_edits_its_masks_on_the_models_device(model, batch) -> None:

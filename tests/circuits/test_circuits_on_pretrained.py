@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from patching_reference import METRIC, REFERENCES, hook_counts, reference
-from pretrained_models import NOISY, SHAPE, native_twin
+from pretrained_models import NOISY, SHAPE, native_twin, write_llama
 
 from circuits.acdc import acdc
 from circuits.attribution import attribute
@@ -172,8 +172,8 @@ def test_edge_level_engines_on_gemma_2_and_3(request, batch, kind) -> None:
     """Gemma 2's and 3's norm after the attention: edge patching splits it into each
     head's share (`functional.normalized_parts`), so every edge kept gives the bridge's
     logits (with soft caps, per-layer rotary frequencies and a 3-key window on prompts of
-    6); EAP runs; ACDC takes full edge-patched passes by default, and refuses incremental
-    tests in one line (a head's share depends on its whole block)."""
+    6); EAP runs; incremental ACDC, which recomputes a tested head's block's shares, finds
+    the plain loop's circuit."""
     model = request.getfixturevalue(kind)
     patcher = EdgePatcher(model)
     ablated = patcher.ablated_outputs(batch.clean, batch.corrupted, "resample")
@@ -183,15 +183,34 @@ def test_edge_level_engines_on_gemma_2_and_3(request, batch, kind) -> None:
         torch.testing.assert_close(logits[0], model(batch.clean), atol=1e-5, rtol=0)
         torch.testing.assert_close(logits[1], model(batch.corrupted), atol=1e-5, rtol=0)
     assert edge_attribution(model, batch, METRIC).scores.abs().max() > 1e-3
-    result = acdc(model, batch, threshold=0.01, progress=False)
-    assert 0 < int(result.kept.sum()) < len(result.graph)
+    fast = acdc(model, batch, threshold=0.01, progress=False, speculation=4)
     plain = acdc(model, batch, threshold=0.01, progress=False, incremental=False)
-    assert torch.equal(result.kept, plain.kept) and result.n_tests == plain.n_tests
-    message = ("^incremental ACDC holds each head's output apart from its block's, which a "
-               "norm after the attention \\(Gemma 2 and 3\\) does not allow; run acdc with "
+    assert 0 < int(fast.kept.sum()) < len(fast.graph)
+    assert torch.equal(fast.kept, plain.kept) and fast.n_tests == plain.n_tests
+    torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_acdc_under_a_norm_after_a_biased_attention_takes_full_passes(
+    tmp_path_factory, batch
+) -> None:
+    """A Gemma 2 with attention biases: the bias's share of the normalised output moves
+    with every test of its block and no edge carries it, so incremental ACDC refuses in
+    one line and the default takes full edge-patched passes (which stay exact)."""
+    folder = write_llama(tmp_path_factory.mktemp("gemma2_bias"), "gemma2", attention_bias=True)
+    model = models.load(folder, device="cpu").eval()
+    patcher = EdgePatcher(model)
+    assert patcher.params["blocks.0.attn.o.bias"].abs().max() > 0.1
+    with torch.no_grad():
+        logits = patcher.run(batch.clean, patcher.dense(torch.ones(1, patcher.n_edges)), None)
+    torch.testing.assert_close(logits[0], model(batch.clean), atol=1e-5, rtol=0)
+    message = ("^incremental ACDC carries no bias through a norm after the attention, and "
+               "this model's attention output or that norm has one; run acdc with "
                "incremental=False$")
     with pytest.raises(ValueError, match=message):
         acdc(model, batch, threshold=0.01, progress=False, incremental=True)
+    default = acdc(model, batch, threshold=0.01, progress=False)
+    plain = acdc(model, batch, threshold=0.01, progress=False, incremental=False)
+    assert torch.equal(default.kept, plain.kept) and int(default.kept.sum()) > 0
 
 
 @pytest.mark.parametrize("kind", ["mistral_windowed", "gpt_neo"])
