@@ -65,7 +65,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
@@ -77,6 +76,7 @@ from circuits.patching.engine import (
     nan_metric_error,
     refuse_metric_reading_elsewhere,
 )
+from circuits.pruning_pieces import BlockPieces
 from circuits.pruning_trials import Heads, Seed, Trial, chain_of_trials, one_stage, seed_rows
 from interp import functional
 from interp.metrics import KLReference
@@ -86,28 +86,6 @@ METRIC_BUFFER = 2**27
 """Most logits (elements, 512 MiB of float32) that a metric objective reads at once: the
 trials of a speculative batch go to one vectorised metric call in one `[trial, batch, pos,
 vocab]` buffer, in groups of trials that keep it under this size."""
-
-
-def _matmul(
-    a: Float[Tensor, "*trial *batch m k"], b: Float[Tensor, "*batch k n"]
-) -> Float[Tensor, "*trial *batch m n"]:
-    """`torch.matmul(a, b)`, called as the `bmm` it ends in (the same kernel, without its
-    dozen reshaping dispatches) when the batch dimensions match and `a` has no trial
-    dimension, or a single trial (or `b` has the single trial)."""
-    if a.dim() == b.dim() == 3 and a.shape[0] == b.shape[0]:
-        return torch.bmm(a, b)
-    if b.dim() == a.dim() + 1 and b.shape[0] == 1:  # the single trial is b's
-        return _matmul(a, b[0])[None]
-    n_trial = a.dim() - b.dim()
-    if (
-        b.dim() >= 3
-        and n_trial in (0, 1)
-        and (n_trial == 0 or a.shape[0] == 1)
-        and a.shape[n_trial:-2] == b.shape[:-2]
-    ):
-        product = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
-        return product.view(*a.shape[:-1], b.shape[-1])
-    return torch.matmul(a, b)
 
 
 @dataclass(frozen=True)
@@ -199,10 +177,10 @@ class PruningState:
         clean = batch.clean[:, :n_rows]
         corrupted = batch.corrupted[:, :n_rows]
         with torch.inference_mode():
-            self._constants()
+            self.pieces = BlockPieces(patcher, self.positions, self.reads, row_of_example)
             ablated = patcher.ablated_outputs(clean, corrupted, ablation)
             self._build(clean, ablated)
-            self.full_logits = self._read(self.logit_in["logits"])
+            self.full_logits = self.pieces.read(self.logit_in["logits"])
             if objective == "kl":  # KL's reference side, the same in every test
                 self._reference = KLReference.of(self.full_logits)
             else:
@@ -245,48 +223,6 @@ class PruningState:
         ]
         self.mlp_source = [sources.get(f"mlp{layer}") for layer in range(self.arch.n_layers)]
         self.logits_destination = destinations["logits"]
-
-    def _constants(self) -> None:
-        """What every test reads unchanged: per block, the q / k / v weights `[head, d_model,
-        d_head]` and biases `[head, 1, 1, d_head]`, `W_O` as `[head, d_head, d_model]`, and
-        the causal mask (with the block's sliding window) as an additive `[query, key]`
-        tensor (0 or -inf; None without a causal mask); rotary models' cos and sin of each
-        block at every row and at the read positions (None without rotary)."""
-        arch, params = self.arch, self.params
-        self.rope: list[tuple[Tensor, Tensor] | None] = []
-        self.rope_at_reads: list[tuple[Tensor, Tensor] | None] = []
-        for layer in range(arch.n_layers):
-            rope = functional.rope_of(arch, layer, len(self.positions), self.patcher.device)
-            self.rope.append(rope)
-            self.rope_at_reads.append(None if rope is None else (rope[0][self.reads],
-                                                                 rope[1][self.reads]))
-        self.w_in: list[dict[str, Tensor]] = []
-        self.b_in: list[dict[str, Tensor]] = []
-        self.w_out: list[Tensor] = []
-        self.future: list[Tensor | None] = []
-        for layer in range(arch.n_layers):
-            block = f"blocks.{layer}.attn"
-            self.w_in.append({
-                part: params[f"{block}.{part}.weight"]
-                .view(arch.n_heads, arch.d_head, -1)
-                .transpose(-1, -2)
-                for part in HEAD_INPUTS
-            })
-            self.b_in.append({
-                part: params[f"{block}.{part}.bias"].view(arch.n_heads, 1, 1, arch.d_head)
-                for part in HEAD_INPUTS
-            })
-            self.w_out.append(self.patcher._w_out(f"blocks.{layer}").transpose(-1, -2))
-            if not arch.causal:
-                self.future.append(None)
-                continue
-            queries = self.reads if layer == self.last else self.positions
-            future = self.positions[None, :] > queries[:, None]
-            window = arch.window(layer)
-            if window is not None:  # keys i - window < j <= i only
-                future |= self.positions[None, :] <= queries[:, None] - window
-            mask = torch.zeros(future.shape, dtype=params["embed.weight"].dtype)
-            self.future.append(mask.to(future.device).masked_fill(future, float("-inf")))
 
     def _heads(self, heads: np.ndarray) -> Heads:
         """Heads `heads` (sorted) as a slice when they are consecutive, else as an index
@@ -339,9 +275,9 @@ class PruningState:
             for part in HEAD_INPUTS:
                 x = self._at(resid, False, at_reads and part == "q")
                 inputs[part] = x.expand(n_heads, *x.shape)
-                proj[part] = self._project(layer, part, inputs[part], every_head)
-            raw = self._attend(layer, every_head, proj)
-            out = self._shares(layer, raw[None])[0]
+                proj[part] = self.pieces.project(layer, part, inputs[part], every_head)
+            raw = self.pieces.attend(layer, every_head, proj)
+            out = self.pieces.shares(layer, raw[None])[0]
             self.head_in.append(inputs)
             self.proj.append(proj)
             self.head_raw.append({"out": raw})
@@ -354,7 +290,7 @@ class PruningState:
             resid = resid + params[f"blocks.{layer}.attn.o.bias"]
             if self.has_mlp:
                 mlp_in = block_in if arch.parallel_attn_mlp else resid
-                mlp_out = self._mlp(layer, mlp_in)
+                mlp_out = self.pieces.mlp(layer, mlp_in)
                 self.mlp_in.append({"in": mlp_in})
                 self.mlp_out.append({"out": mlp_out})
                 self.ablated.append(self._at(ablated[:, :, source + n_heads], False, at_reads))
@@ -387,82 +323,6 @@ class PruningState:
         if destination.kind == "logits":
             return True
         return destination.layer == self.last and destination.input in (None, "q")
-
-    # -- pieces of the forward pass --------------------------------------------------------
-
-    def _project(
-        self,
-        layer: int,
-        part: str,
-        x: Float[Tensor, "*trial head batch row d_model"],
-        heads: Heads,
-    ) -> Float[Tensor, "*trial head batch row d_head"]:
-        """Heads `heads`' `part` (q, k or v) from their own inputs."""
-        normed = self.patcher._norm(f"blocks.{layer}.ln1", x)
-        weight = self.w_in[layer][part][heads]
-        if normed.dim() == 4 or normed.shape[0] == 1:  # one bmm over heads, batch and row flat
-            flat = normed.reshape(weight.shape[0], -1, normed.shape[-1])
-            projected = torch.bmm(flat, weight).view(*x.shape[:-1], weight.shape[-1])
-        else:
-            projected = _matmul(normed.flatten(-3, -2), weight).unflatten(-2, x.shape[-3:-1])
-        projected = projected + self.b_in[layer][part][heads]
-        if self.arch.qk_norm and part != "v":  # Qwen3: per-head RMSNorm before the rotary
-            prefix = f"blocks.{layer}.attn.{part}_norm"
-            projected = functional.normalize(self.params, prefix, projected,
-                                             self.arch.normalization, self.arch.eps)
-        if self.rope[layer] is None or part == "v":
-            return projected
-        # queries and keys rotated by their positions (the last block's queries: the reads)
-        at_reads = layer == self.last and part == "q"
-        rope = self.rope_at_reads[layer] if at_reads else self.rope[layer]
-        return functional.apply_rotary(projected, rope, self.arch)  # type: ignore[arg-type]
-
-    def _attend(
-        self, layer: int, heads: Heads, proj: dict[str, Tensor]
-    ) -> Float[Tensor, "*trial head batch row d_model"]:
-        """Heads `heads`' outputs (through their own `W_O`) from their q, k and v (each
-        `[head, batch, row, d_head]`, or with a leading dimension of trials, broadcast);
-        queries at the read positions in the last block, at every position before it."""
-        q, k, v = proj["q"], proj["k"], proj["v"]
-        scores = _matmul(q, k.transpose(-2, -1)).div_(self.arch.attn_scale)
-        cap = self.arch.attn_softcap
-        if cap is not None:  # Gemma 2
-            scores = torch.tanh(scores / cap) * cap
-        future = self.future[layer]
-        if future is not None:  # + -inf where masked: masked_fill's values, one kernel
-            scores += future
-        z = _matmul(F.softmax(scores, dim=-1), v)
-        out = _matmul(z.flatten(-3, -2), self.w_out[layer][heads])  # batch and row
-        return out.unflatten(-2, z.shape[-3:-1])
-
-    def _shares(
-        self, layer: int, raw: Float[Tensor, "trial head batch row d_model"]
-    ) -> Float[Tensor, "trial head batch row d_model"]:
-        """Every head's output from its output before the block's norm after the attention
-        (`ln1_post`, Gemma 2 and 3): its share of the normalised block output (the bias's
-        share is zero, `not_covered`); `raw` itself without such a norm."""
-        if not self.arch.post_norms:
-            return raw
-        parts = raw.movedim(1, -2)  # [trial, batch, row, head, d_model]
-        shares, _ = functional.normalized_parts(
-            self.params, f"blocks.{layer}.ln1_post", parts, parts.new_zeros(()).expand(
-                *parts.shape[:-2], parts.shape[-1]), self.arch.normalization, self.arch.eps,
-        )
-        return shares.movedim(-2, 1)
-
-    def _mlp(self, layer: int, x: Tensor) -> Tensor:
-        return functional.block_mlp(self.params, layer, x, self.arch)
-
-    def _read(
-        self, logit_in: Float[Tensor, "*trial batch read d_model"]
-    ) -> Float[Tensor, "*trial batch vocab"]:
-        """Each example's logits at its own read position (the row taken before the
-        unembedding, so that only those rows are unembedded)."""
-        if len(self.reads) == 1:
-            rows = logit_in[..., 0, :]
-        else:
-            rows = logit_in[..., self.examples, self.row_of_example, :]
-        return functional.unembed(self.params, rows, self.arch)
 
     # -- damage ------------------------------------------------------------------------
 
@@ -696,17 +556,17 @@ class PruningState:
             if new_in is None:
                 proj[part] = self.proj[layer][part][index]
                 continue
-            proj[part] = self._project(layer, part, new_in, index)
+            proj[part] = self.pieces.project(layer, part, new_in, index)
             writes.append((self.head_in[layer], part, index, new_in))
             writes.append((self.proj[layer], part, index, proj[part]))
-        out = self._attend(layer, index, proj)
+        out = self.pieces.attend(layer, index, proj)
         if self.arch.post_norms:  # the block's scale moves: every head gets a new share
             writes.append((self.head_raw[layer], "out", index, out))
             raw = out
             if len(heads) < n_heads:  # the other heads' outputs before the norm, as held
                 raw = self.head_raw[layer]["out"].expand(len(out), -1, -1, -1, -1).clone()
                 raw[:, index] = out
-            out, index, heads = self._shares(layer, raw), slice(None), np.arange(n_heads)
+            out, index, heads = self.pieces.shares(layer, raw), slice(None), np.arange(n_heads)
         writes.append((self.head_out[layer], "out", index, out))
         delta = out - self.head_out[layer]["out"][index]
         return _Change(self.head_sources[layer][heads], delta, at_reads)
@@ -726,7 +586,7 @@ class PruningState:
             )
         if new_in is None:
             return None
-        out = self._mlp(layer, new_in[:, 0])
+        out = self.pieces.mlp(layer, new_in[:, 0])
         writes.append((self.mlp_in[layer], "in", None, new_in[:, 0]))
         writes.append((self.mlp_out[layer], "out", None, out))
         delta = (out - self.mlp_out[layer]["out"])[:, None]
@@ -745,4 +605,4 @@ class PruningState:
         if new_in is None:
             return [self.damage] * n_trials
         writes.append((self.logit_in, "logits", None, new_in[:, 0]))
-        return self._damages(self._read(new_in[:, 0]))
+        return self._damages(self.pieces.read(new_in[:, 0]))
