@@ -33,6 +33,10 @@ path.)
    line gives both trial counts. It is for GPUs, where a small test costs its kernel
    launches: on a CPU the arithmetic is the cost, so expect less than 1x there (fewer
    Python calls, more and larger trials computed).
+5. ACDC (KL, resample) on a random Hugging Face Gemma 2 (`Gemma2ForCausalLM`, booted from
+   a local folder: norms after attention and MLP, soft caps, a sliding window shorter than
+   the prompts on every other layer), ours (incremental: a tested head's whole block gets
+   new shares of its normalised output) against full edge-patched passes; same circuit.
 
 After each comparison a line starting with `# ` counts the aten ops and host syncs one
 more call of each side dispatches (`interp.dispatch_count`; "not views" are about the
@@ -350,6 +354,37 @@ def acdc_lines(
     ).lines()
 
 
+def gemma2_acdc_lines(quick: bool, device: torch.device, mismatches: list[str]) -> Iterator[str]:
+    """Incremental ACDC against full edge-patched passes on a random Gemma 2 (section 5 of
+    the module docstring); a line starting with "MISMATCH" where the circuits differ."""
+    shape = dict(n_layers=2, n_heads=4, d_model=64) if quick else dict(n_layers=2, n_heads=8,
+                                                                        d_model=256)
+    n_examples, n_pos, d_vocab = (4, 8, 100) if quick else (8, 24, 1000)
+    model = random_pretrained("gemma2", device, **shape, d_vocab=d_vocab, n_ctx=n_pos)
+    batch = random_batch(n_examples, n_pos, d_vocab, seed=0).to(device)
+    threshold = 0.002
+
+    def run(incremental: bool) -> torch.Tensor:
+        result = acdc(model, batch, threshold, progress=False, incremental=incremental,
+                      speculation=1)
+        return result.kept.float()
+
+    graph = ComputationalGraph.from_model(model)
+    ours_run, ours_out = first_output(lambda: run(True))
+    reference_run, reference_out = first_output(lambda: run(False))
+    kept = int(run(True).sum())
+    what = (f"ACDC (KL, tau {threshold}) on Gemma 2 (HF) {shape['n_layers']}L "
+            f"{shape['n_heads']}h d{shape['d_model']} ({len(graph)} edges, {kept} kept), "
+            f"{n_examples}x{n_pos} tokens, ours vs every test a full forward pass")
+    yield from compare(what, ours_run, reference_run, device=device,
+                       repeats=1 if quick else 3, count_ops=True).lines()
+    detail = circuit_difference(graph, ours_out[0], reference_out[0])
+    if detail is not None:
+        line = f"MISMATCH: {what}: {detail}"
+        mismatches.append(line)
+        yield line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print each comparison's lines as soon as it is measured, then the load average.
     Exit status 1 if ACDC runs kept different circuits (the "MISMATCH" lines) or a section
@@ -366,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             help="edges ACDC tests per batched computation, compared with 1 (default 16)",
         )
         parser.add_argument("--native-only", action="store_true",
-                            help="skip the EAP line on a Hugging Face GPT-2")
+                            help="skip the lines on Hugging Face models (GPT-2, Gemma 2)")
 
     args = parse_args(__doc__.splitlines()[0], argv, speculation_option)
     quick, device = args.quick, args.device
@@ -380,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections.append(
         ("ACDC", lambda: acdc_lines(quick, device, args.options["speculation"], mismatches))
     )
+    if not args.options["native_only"]:
+        sections.append(("ACDC, Gemma 2 (HF)",
+                         lambda: gemma2_acdc_lines(quick, device, mismatches)))
     failed = []
     for name, section in sections:
         try:

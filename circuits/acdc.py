@@ -325,7 +325,7 @@ def acdc(
     patcher = EdgePatcher(model)
     patcher.check_batch(batch)
     if incremental is None:
-        incremental = not_covered(patcher.arch, patcher.params) is None
+        incremental = not_covered(patcher) is None
     if not isinstance(incremental, bool):
         raise ValueError(f"incremental must be a bool or None, got {incremental!r}")
     if speculation is None:

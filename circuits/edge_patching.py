@@ -40,6 +40,7 @@ patching (`circuits.eap`) takes gradients at the destination inputs of a run.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -227,6 +228,17 @@ class EdgePatcher:
     @property
     def n_edges(self) -> int:
         return len(self.graph.edges)
+
+    @functools.cached_property
+    def bias_under_post_norm(self) -> bool:
+        """Whether a norm after the attention (Gemma 2 and 3) normalises a bias too (an
+        output bias, or the norm's own), whose share of the block output belongs to no
+        head (read once: one host sync)."""
+        arch = self.arch
+        if not arch.post_norms:
+            return False
+        biases = [self.params[f"blocks.{layer}.attn.o.bias"] for layer in range(arch.n_layers)]
+        return arch.normalization == "LN" or bool(torch.stack(biases).any())
 
     def check_batch(self, batch: object) -> None:
         """A one-line ValueError unless `batch` is a `TaskBatch` this model can run

@@ -78,7 +78,6 @@ from circuits.patching.engine import (
 )
 from circuits.pruning_pieces import BlockPieces
 from circuits.pruning_trials import Heads, Seed, Trial, chain_of_trials, one_stage, seed_rows
-from interp import functional
 from interp.metrics import KLReference
 from interp.tasks.base import TaskBatch
 
@@ -109,16 +108,11 @@ class _Change:
         return self._at_reads[0]
 
 
-def not_covered(arch: functional.Architecture, params: functional.Params) -> str | None:
-    """Why the pruning state cannot hold a circuit of a model of `arch` with `params`
-    (None: it can): under a norm after the attention, an output bias or a norm bias, whose
-    share of the block output would move with every test of the block."""
-    if not arch.post_norms:
-        return None
-    biased = arch.normalization == "LN" or any(
-        bool(params[f"blocks.{layer}.attn.o.bias"].any()) for layer in range(arch.n_layers)
-    )
-    if biased:
+def not_covered(patcher: EdgePatcher) -> str | None:
+    """Why the pruning state cannot hold a circuit of `patcher`'s model (None: it can):
+    under a norm after the attention, an output bias or a norm bias, whose share of the
+    block output would move with every test of the block."""
+    if patcher.bias_under_post_norm:
         return (
             "incremental ACDC carries no bias through a norm after the attention, and this "
             "model's attention output or that norm has one"
@@ -149,7 +143,7 @@ class PruningState:
     ):
         if objective != "kl" and not callable(objective):
             raise ValueError(f"objective must be 'kl' or a metric function, got {objective!r}")
-        why = not_covered(patcher.arch, patcher.params)
+        why = not_covered(patcher)
         if why is not None:
             raise ValueError(f"{why}; run acdc with incremental=False")
         self.patcher, self.arch, self.params = patcher, patcher.arch, patcher.params

@@ -12,12 +12,12 @@ from quick_run import LINE, REPO, run_quick, split_dispatch
 @pytest.mark.slow
 def test_quick_circuits_benchmark_prints_eap_and_acdc_lines() -> None:
     lines, counted = split_dispatch(run_quick("circuit_discovery.py"))
-    assert len(lines) == 6, lines
+    assert len(lines) == 7, lines
     # Each comparison is followed by its op counts; speculation tests edges in batches, so
     # it dispatches fewer ops than one test at a time.
-    assert len(counted) == 5, counted
+    assert len(counted) == 6, counted
     assert float(counted[4]["fewer"]) > 1.0, counted[4].string
-    eap, eap_gpt2, acdc, hooked, speculative = (LINE.match(line) for line in lines[:5])
+    eap, eap_gpt2, acdc, hooked, speculative, gemma2 = (LINE.match(line) for line in lines[:6])
     assert eap and eap["what"].startswith("EAP over all 110 edges, native 2L"), lines
     assert eap_gpt2 and eap_gpt2["what"].startswith("EAP over all 110 edges, GPT-2 (HF) 2L")
     assert eap["diff"] == eap_gpt2["diff"] == "-", lines  # scores vs gradients: no diff
@@ -27,7 +27,9 @@ def test_quick_circuits_benchmark_prints_eap_and_acdc_lines() -> None:
     assert hooked["diff"] == "0", lines  # the hook-based loop keeps the same edges
     assert speculative and "speculation 16 (" in speculative["what"], lines
     assert speculative["diff"] == "0", lines  # speculative batches keep the same edges
-    assert lines[5].startswith("# load average "), lines
+    assert gemma2 and gemma2["what"].startswith("ACDC (KL, tau 0.002) on Gemma 2 (HF) 2L"), lines
+    assert gemma2["diff"] == "0", lines  # incremental and full passes keep the same edges
+    assert lines[6].startswith("# load average "), lines
 
 
 def test_circuit_difference_names_the_edges_one_side_kept(monkeypatch) -> None:
