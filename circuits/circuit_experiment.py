@@ -109,7 +109,9 @@ class CircuitConfig(ExperimentConfig):
     def _model_fits_task(self, info: ValidationInfo) -> CircuitConfig:
         """A model source fits its task and the metric is the task's; a planted model's
         metric is one of `interp.metrics.METRICS`; a tracr program scores with its own, so
-        a metric named for one is refused rather than ignored."""
+        a metric named for one is refused rather than ignored. ACDC needs a threshold."""
+        if "acdc" in self.methods and not self.acdc_thresholds:
+            raise ValueError("acdc_thresholds: ACDC is among the methods but no threshold is given")
         if self.source.tracr is not None and self.metric is not None:
             raise ValueError(
                 f"metric: tracr program {self.source.tracr!r} scores with its own metric "

@@ -93,9 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     dashboard = commands.add_parser("dashboard", help="open the Streamlit dashboard")
     add_runs_dir(dashboard)
-    dashboard.add_argument("--port", type=int, default=8501)
+    dashboard.add_argument("--port", type=_port, default=8501, help="port to serve on (8501)")
     dashboard.add_argument("--host", default="localhost", help="address to bind (localhost)")
     return parser
+
+
+def _port(text: str) -> int:
+    """A `--port` value: an int in 1..65535 (else argparse's one-line usage error)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1..65535)")
+    return port
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -181,8 +192,11 @@ def _short_error(error: Any, width: int = 60) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     """Print a run's manifest, summary and config, each on its own: a part that cannot be
     read is marked unreadable (one line) and the others are still shown. Exit 1 only when
-    no part could be read (or there is no such run)."""
+    no part could be read (or there is no such run); a summary that is not there yet (a
+    run still running) counts as read only beside a readable manifest or config, so a
+    folder that is no run at all is not shown as one."""
     from interp.runs import CorruptRun, RunStore
+    from interp.runs.layout import SUMMARY_FILE
     from interp.runs.records import read_config, read_manifest, read_summary
 
     store = RunStore(args.runs_dir)
@@ -205,6 +219,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             for line in _inputs_lines(read[name]):
                 print(line)
         print(f"{name}:", json.dumps(read[name], indent=2, default=str))
+    if not read.keys() - {"summary"} and not (folder / SUMMARY_FILE).is_file():
+        read.clear()  # the summary read as {} only because there is none
     if not read:
         raise CommandError(f"run {args.run} is corrupt: none of its files can be read")
     return 0

@@ -106,12 +106,13 @@ def validation_message(
 
 
 def _override_note(key: str, overrides: Sequence[str]) -> str:
-    """` (from --set ...)` for the last override that set `key` or a key within it."""
+    """` (from --set ...)` for the last override that set `key`, a key within it, or the
+    mapping or list holding it (`--set train.betas=[0.9]` for `train.betas.1`)."""
     if not key:
         return ""
     for text in reversed(overrides):
         name = text.partition("=")[0].strip()
-        if name == key or name.startswith(f"{key}."):
+        if name == key or name.startswith(f"{key}.") or key.startswith(f"{name}."):
             return f" (from --set {text})"
     return ""
 

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from interp.runs import Run, RunStore
+from interp.validation import Seed
 
 ENTRY_POINT_GROUP = "interp.experiments"
 
@@ -39,7 +40,8 @@ class ExperimentConfig(BaseModel):
 
     Attributes:
         kind: Which experiment kind runs the config.
-        name: The experiment's name in the run store (default: the config file's stem).
+        name: The experiment's name in the run store (default: the config file's stem):
+            letters, digits, '_', '-' and '.', not starting with '.' (as the store takes).
         seed: Seed of everything random in the run.
         device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
         description: What the experiment does, in a sentence.
@@ -49,8 +51,8 @@ class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: str
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")
-    seed: int = 0
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
+    seed: Seed = 0
     device: str = "auto"
     description: str = ""
     reproduces: str = ""

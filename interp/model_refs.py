@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -127,6 +128,26 @@ def _model_ref_form(value: Any) -> Any:
     )
 
 
+def _local_folder_exists(value: str, info: ValidationInfo) -> str:
+    """In a config (validated with a context), a `model:` name that is a path (starting
+    with '/', '.' or '~'; a hub name never does) must exist: relative to the config's
+    folder or the working directory, where `resolve_model` looks. Without this a missing
+    folder fails only once the run has started."""
+    if info.context is None or not value.startswith(("/", ".", "~")):
+        return value
+    path = Path(value).expanduser()
+    config_dir = info.context.get("config_dir")
+    places = [path] if path.is_absolute() or config_dir is None else [Path(config_dir) / path, path]
+    if not any(place.exists() for place in places):
+        where = (
+            f" in the config's folder {str(config_dir)!r} or the working directory"
+            if len(places) > 1
+            else ""
+        )
+        raise ValueError(f"no such model folder{where}")  # the message adds (got VALUE)
+    return value
+
+
 def _model_ref_tag(value: Any) -> str | None:
     """Which form of `ModelRef` a value is: by type, or for a mapping by its keys."""
     if isinstance(value, str):
@@ -144,7 +165,7 @@ ModelRef = Annotated[
     Annotated[models.ModelSpec, Tag("spec")]
     | Annotated[CheckpointRef, Tag("checkpoint")]
     | Annotated[PackageModelRef, Tag("package_folder")]
-    | Annotated[str, Tag("name")],
+    | Annotated[str, AfterValidator(_local_folder_exists), Tag("name")],
     Discriminator(_model_ref_tag),
     BeforeValidator(_model_ref_form),
 ]
@@ -160,8 +181,9 @@ names the problem in the form meant."""
 
 def checkpoint_run(ref: CheckpointRef, store: RunStore) -> Run:
     """The run a checkpoint reference names: `experiment/run_id`, or the newest finished
-    run of an experiment. A one-line `ModelLoadError` when there is none or it lacks the
-    artifact."""
+    run of an experiment. A one-line `ModelLoadError` when there is none, or it lacks the
+    artifact, or the artifact is not a model `interp.models.load_checkpoint` can read
+    (`interp.models.read_checkpoint_meta`)."""
     try:
         run = store.load(ref.run) if "/" in ref.run else store.latest(ref.run)
     except ValueError as error:  # no such run id, an ambiguous one, a corrupt folder
@@ -179,6 +201,12 @@ def checkpoint_run(ref: CheckpointRef, store: RunStore) -> Run:
             f"artifact {ref.artifact!r} of run {run.ref} is not a saved model "
             f"(no {models.SPEC_FILE})"
         )
+    try:  # a damaged checkpoint is refused here, before a run that would load it starts
+        models.read_checkpoint_meta(folder)
+    except models.ModelLoadError as error:
+        raise models.ModelLoadError(
+            f"artifact {ref.artifact!r} of run {run.ref} cannot be loaded: {error}"
+        ) from None
     return run
 
 

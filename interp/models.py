@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from interp.atomic_io import atomic_write_json, atomic_write_with
 from interp.model_errors import ModelLoadError
-from interp.validation import parse_config
+from interp.validation import Seed, parse_config
 
 if TYPE_CHECKING:  # TransformerLens takes seconds to import: only where a model is made
     from transformer_lens.config import TransformerBridgeConfig
@@ -81,7 +82,7 @@ class ModelSpec(BaseModel):
     attn_only: bool = False
     positional_embedding: Literal["standard", "rotary"] = "standard"
     attention: Literal["causal", "bidirectional"] = "causal"
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> ModelSpec:
@@ -155,6 +156,15 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return resolved
 
 
+def check_dtype(dtype: object) -> None:
+    """A one-line ValueError unless `dtype` is None or a floating `torch.dtype` (what a
+    model's weights can be)."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(
+            f"dtype must be a floating torch.dtype (e.g. torch.float16) or None, not {dtype!r}"
+        )
+
+
 def build(
     spec: ModelSpec | Mapping[str, Any],
     device: str | torch.device | None = "auto",
@@ -166,6 +176,7 @@ def build(
 
     if not isinstance(spec, ModelSpec):
         spec = parse_config(ModelSpec, spec)
+    check_dtype(dtype)
     with _quiet():
         model = TransformerBridge.boot_native(
             spec.to_bridge_config(), device=resolve_device(device), dtype=dtype
@@ -250,6 +261,7 @@ def _boot(
     revision: str | None,
 ) -> TransformerBridge:
     """`load` without its warning about weights the checkpoint lacks."""
+    check_dtype(dtype)
     path = Path(name_or_path).expanduser()
     looks_local = path.exists() or str(name_or_path).startswith((".", "/", "~"))
     if looks_local and revision is not None:
@@ -391,30 +403,73 @@ def load_checkpoint(
 ) -> TransformerBridge:
     """Load a model written by `save`. A round trip gives identical logits."""
     directory = Path(directory)
-    spec_path = directory / SPEC_FILE
-    if not spec_path.is_file():
-        raise ModelLoadError(f"{str(directory)!r} is not a saved model (no {SPEC_FILE})")
-    try:
-        meta = json.loads(spec_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelLoadError(f"{str(spec_path)!r} is not valid JSON: {error}") from error
-    if meta.get("source") == "hf":  # every weight, a head trained since included, is saved
+    meta = read_checkpoint_meta(directory)
+    if meta["source"] == "hf":  # every weight, a head trained since included, is saved
         model = _boot(meta["name_or_path"], device, dtype, meta.get("revision"))
         model.interp_untrained = ()  # type: ignore[attr-defined]
     else:
-        model = build(ModelSpec.model_validate(meta["spec"]), device=device, dtype=dtype)
+        model = build(meta["spec"], device=device, dtype=dtype)
     weights_path = directory / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise ModelLoadError(f"{str(directory)!r} has a spec but no {WEIGHTS_FILE}")
-    state = load_file(str(weights_path), device=str(next(model.parameters()).device))
+    try:
+        state = load_file(str(weights_path), device=str(next(model.parameters()).device))
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(
+            f"{str(weights_path)!r} is not a readable safetensors file: {_first_line(error)}"
+        ) from error
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise ModelLoadError(
             f"weights in {str(weights_path)!r} do not fit the saved spec: "
-            f"{str(error).splitlines()[0]}"
+            f"{_state_dict_problem(error)}"
         ) from error
     return model
+
+
+def read_checkpoint_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a folder written by `save` was made from, checked without building anything:
+    `{"source": "native", "spec": ModelSpec}` or `{"source": "hf", "name_or_path": str,
+    ...}`. A one-line `ModelLoadError` when the folder is not a saved model, its
+    `model_spec.json` is not what `save` writes, or its weights file is missing."""
+    directory = Path(directory)
+    spec_path = directory / SPEC_FILE
+    if not spec_path.is_file():
+        raise ModelLoadError(f"{str(directory)!r} is not a saved model (no {SPEC_FILE})")
+    try:
+        meta = json.loads(spec_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{str(spec_path)!r} is not valid JSON: {error}") from error
+    source = meta.get("source") if isinstance(meta, dict) else None
+    if source == "hf":
+        if not isinstance(meta.get("name_or_path"), str) or not meta["name_or_path"]:
+            raise ModelLoadError(f"{str(spec_path)!r} names no model (no 'name_or_path')")
+    elif source == "native":
+        try:
+            meta = {**meta, "spec": parse_config(ModelSpec, meta.get("spec"))}
+        except ValueError as error:
+            raise ModelLoadError(f"{str(spec_path)!r} holds no valid spec: {error}") from None
+    else:
+        raise ModelLoadError(
+            f"{str(spec_path)!r} is not a saved model's description (a JSON object with "
+            "source 'native' and a spec, or source 'hf' and a name_or_path)"
+        )
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise ModelLoadError(f"{str(directory)!r} has a spec but no {WEIGHTS_FILE}")
+    return meta
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _state_dict_problem(error: RuntimeError) -> str:
+    """The first problem `load_state_dict` names (its first line only says that there are
+    some: "Error(s) in loading state_dict for ...:")."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return lines[1]
+    return lines[0] if lines else type(error).__name__
 
 
 @contextlib.contextmanager

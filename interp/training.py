@@ -26,6 +26,7 @@ from interp.model_refs import ModelRef, resolve_model_and_task
 from interp.runs import Run
 from interp.tasks import AnyTaskConfig
 from interp.tasks.base import IGNORE_INDEX, Task, TaskBatch
+from interp.validation import Beta
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -39,7 +40,7 @@ class TrainSettings(BaseModel):
         batch_size: Examples per step; None trains full-batch.
         lr: Peak learning rate of AdamW.
         weight_decay: AdamW's decoupled weight decay.
-        betas: AdamW's betas.
+        betas: AdamW's betas, each in [0, 1).
         warmup_steps: Linear warm-up from 0 to `lr`.
         grad_clip: Clip the gradient norm to this value; None for no clipping.
         eval_every: Steps between evaluations (and log lines).
@@ -53,9 +54,9 @@ class TrainSettings(BaseModel):
 
     steps: int = Field(default=1000, ge=1)
     batch_size: int | None = Field(default=64, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     warmup_steps: int = Field(default=0, ge=0)
     grad_clip: float | None = Field(default=None, gt=0)
     eval_every: int = Field(default=100, ge=1)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import pydantic
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**63)]
+"""A seed of a config: any int a 64-bit generator takes (`torch.manual_seed` overflows
+past it, deep inside a run, with no word of which seed)."""
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
+"""One of Adam's betas, in [0, 1) (what `torch.optim.AdamW` accepts)."""
 
 
 def describe_validation_error(error: pydantic.ValidationError) -> str:

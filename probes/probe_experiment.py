@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from torch import Tensor
 
 from interp import functional
@@ -54,6 +61,7 @@ from interp.tasks import make_task
 from interp.tasks.base import TaskBatch
 from interp.tasks.induction import InductionConfig
 from interp.tasks.modular import ModularArithmetic, ModularConfig
+from interp.validation import Seed
 from probes.causal import Intervention, LeaceEraser, activation_patterns, intervention_effect
 from probes.controls import online_codelength, randomly_initialised, selectivity
 from probes.data import IGNORE
@@ -111,9 +119,26 @@ class ProbeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     backend: Literal["torch", "sklearn"] = "torch"
     l2: float = Field(default=1e-3, ge=0)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     epochs: int = Field(default=200, ge=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        """A repeated seed repeats a split, which narrows the interval over seeds for
+        nothing."""
+        _refuse_repeats(seeds)
+        return seeds
+
+
+def _refuse_repeats(values: list[Any], key: str = "") -> None:
+    """A one-line ValueError naming the values `values` repeats (`key`: the config key,
+    named first where the error's location does not already name it)."""
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        where = f"{key}: " if key else ""
+        raise ValueError(f"{where}{values} repeats {', '.join(repeated)}; give each once")
 
 
 class ControlSettings(BaseModel):
@@ -159,7 +184,7 @@ class ProbeConfig(ExperimentConfig):
     kind: Literal["probe"] = "probe"
     model: ModelRef
     study: Study
-    hooks: list[str] | None = None
+    hooks: list[str] | None = Field(default=None, min_length=1)
     checkpoints: list[Snapshot] = Field(default_factory=list)
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     controls: ControlSettings = Field(default_factory=ControlSettings)
@@ -175,6 +200,8 @@ class ProbeConfig(ExperimentConfig):
         facts = check_model_and_task(self.model, task, info)
         n_layers = (facts.spec or {}).get("n_layers")
         _check_hook_names(self.hooks or [], n_layers if isinstance(n_layers, int) else None)
+        _refuse_repeats(self.hooks or [], "hooks")
+        _check_snapshots(self.checkpoints, self.model)
         settings = self.interventions
         if settings is None:
             return self
@@ -212,6 +239,21 @@ def _check_hook_names(hooks: list[str], n_layers: int | None) -> None:
             )
         if n_layers is not None and match.group(1) is not None and int(match.group(1)) >= n_layers:
             raise ValueError(f"hooks: {name!r} is past the model's {n_layers} blocks")
+
+
+def _check_snapshots(snapshots: list[Snapshot], model: ModelRef) -> None:
+    """A one-line ValueError unless the snapshots come from the model's run and each has a
+    label of its own (the variants' rows and artifacts are keyed by it)."""
+    if snapshots and not isinstance(model, CheckpointRef):
+        raise ValueError("checkpoints: need `model: {run: ...}` (a run that saved snapshots)")
+    labels = [snapshot.label for snapshot in snapshots]
+    _refuse_repeats(labels, "checkpoints labels")
+    reserved = sorted({FINAL, RANDOM_INIT} & set(labels))
+    if reserved:
+        raise ValueError(
+            f"checkpoints: label {reserved[0]!r} is the name of a variant every run has; "
+            "choose another"
+        )
 
 
 def _default_hook_names(n_layers: int) -> list[str]:

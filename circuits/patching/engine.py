@@ -60,7 +60,17 @@ def model_device(model: TransformerBridge) -> torch.device:
 
 
 def scalar_metric(metric: PatchMetric, logits: Tensor, batch: TaskBatch) -> Tensor:
-    """The metric as a 0-d tensor that keeps its graph; a `[batch]` result is averaged."""
+    """The metric as a 0-d tensor that keeps its graph; a `[batch]` result is averaged.
+    A metric that is not a function (a metric's name, None) is a one-line ValueError."""
+    if not callable(metric):
+        hint = (
+            f" (for a name, interp.metrics.mean_metric(interp.metrics.METRICS[{metric!r}]))"
+            if isinstance(metric, str)
+            else ""
+        )
+        raise ValueError(
+            f"metric must be a function (logits, batch) -> scalar, got {metric!r}{hint}"
+        )
     value = torch.as_tensor(metric(logits, batch))
     if value.ndim == 1 and value.shape[0] == len(batch):
         value = value.mean()

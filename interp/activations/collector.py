@@ -109,8 +109,11 @@ def collect(
         shape the hook has under `model.run_with_cache` (less the position axis if
         `positions` selects one per example).
     """
-    if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    sizes = (batch_size, shard_size)
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+        raise ValueError(
+            f"batch_size and shard_size must be ints >= 1, got {batch_size!r}, {shard_size!r}"
+        )
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float16), not {dtype}")
     extra = dict(forward_kwargs or {})

@@ -52,6 +52,7 @@ from interp.grokking.summary import summarise
 from interp.grokking.trainer import GrokfastSettings, OptimSettings, StackedTrainer
 from interp.runs import Run
 from interp.tasks.modular import ModularArithmetic, ModularConfig
+from interp.validation import Seed
 
 STATE_ARTIFACT = "checkpoints/state"
 SNAPSHOT_ARTIFACT = "checkpoints/epoch_{epoch:06d}"
@@ -86,7 +87,7 @@ class GrokkingConfig(ExperimentConfig):
     kind: Literal["grokking"] = "grokking"
     model: models.ModelSpec
     task: ModularConfig
-    seeds: list[int] | None = Field(default=None, min_length=1)
+    seeds: list[Seed] | None = Field(default=None, min_length=1)
     epochs: int = Field(default=40_000, ge=1)
     optim: OptimSettings = Field(default_factory=OptimSettings)
     grokfast: GrokfastSettings = Field(default_factory=GrokfastSettings)

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from interp import functional, models
 from interp.tasks.base import TaskBatch
+from interp.validation import Beta
 
 
 class OptimSettings(BaseModel):
@@ -51,10 +52,10 @@ class OptimSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = Field(default=1e-8, gt=0)
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    betas: tuple[Beta, Beta] = (0.9, 0.98)
+    eps: float = Field(default=1e-8, gt=0, allow_inf_nan=False)
     warmup_epochs: int = Field(default=10, ge=0)
 
 

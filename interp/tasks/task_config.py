@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from interp.validation import describe_validation_error, parse_config
+from interp.validation import Seed, describe_validation_error, parse_config
 
 __all__ = ["ConfigT", "TaskConfig", "describe_validation_error", "parse_config", "resolve_config"]
 
@@ -26,7 +26,7 @@ class TaskConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    seed: int = 0
+    seed: Seed = 0
     """Every random choice of the task comes from this seed."""
 
 

@@ -123,3 +123,24 @@ def test_eap_runs_inside_inference_mode(model, batch) -> None:
     with torch.inference_mode():
         inside = edge_attribution(model, batch, METRIC).scores
     torch.testing.assert_close(inside, outside)
+
+
+METRIC_TAKERS: dict[str, Callable] = {
+    "patch, incremental": lambda m, b, f: patch(m, b, "z", f, progress=False),
+    "patch, hooks": lambda m, b, f: patch(m, b, "z", f, progress=False, engine="hooks"),
+    "attribute": lambda m, b, f: attribute(m, b, "z", f),
+    "path_patch": lambda m, b, f: path_patch(m, b, ["L0H1"], ["logits"], f),
+    "path_patch_senders": lambda m, b, f: path_patch_senders(m, b, ["logits"], f),
+    "edge_attribution": lambda m, b, f: edge_attribution(m, b, f),
+    "EdgePatcher.evaluate": lambda m, b, f: EdgePatcher(m).evaluate(b, every_edge(m), f),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(METRIC_TAKERS))
+def test_a_metric_that_is_not_a_function_is_refused_in_one_line(model, batch, entry) -> None:
+    """A metric's name (what a config holds) or None, where a function is wanted: one line
+    saying so, not "'str' object is not callable" from inside the engine."""
+    with pytest.raises(ValueError, match=r"metric must be a function .* got 'logit_diff' \(for a"):
+        METRIC_TAKERS[entry](model, batch, "logit_diff")
+    with pytest.raises(ValueError, match=r"metric must be a function .* got None$"):
+        METRIC_TAKERS[entry](model, batch, None)

@@ -109,6 +109,14 @@ def test_thresholds_and_sizes_are_checked_item_by_item(tmp_path: Path, line, mes
     assert "\n" not in str(error.value)
 
 
+def test_acdc_without_thresholds_is_refused_not_run_empty(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("kind: circuit\nsource: {planted: induction}\nacdc_thresholds: []\n")
+    with pytest.raises(ConfigError, match="bad.yaml: acdc_thresholds: ACDC is among the methods"):
+        load_config(config)
+    assert load_config(config, ["methods=[eap]"])[1].acdc_thresholds == []
+
+
 def test_a_model_source_must_fit_its_task_and_name_a_known_metric(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(
@@ -126,8 +134,7 @@ def test_a_model_source_must_fit_its_task_and_name_a_known_metric(tmp_path: Path
 
 def test_circuit_kind_on_a_pretrained_gemma_2_folder(tmp_path: Path) -> None:
     """A model source booted from a local Gemma 2 folder (norms after attention, soft caps,
-    a 3-key window): EAP runs, and ACDC, whose incremental tests do not hold Gemma 2, takes
-    full edge-patched passes (the plain loop's circuit)."""
+    a 3-key window): EAP runs, and ACDC's incremental tests keep the plain loop's circuit."""
     folder = write_llama(tmp_path / "gemma2", "gemma2", sliding_window=3,
                          attn_logit_softcapping=2.0, final_logit_softcapping=5.0)
     task = {"name": "induction", "d_vocab": 20, "half_len": 3, "n_examples": 4}

@@ -164,6 +164,15 @@ def test_last_position_with_a_mask_is_each_examples_last_real_token(model, token
         )
 
 
+@pytest.mark.parametrize(
+    "sizes", [{"batch_size": 0}, {"batch_size": 2.5}, {"batch_size": "8"}, {"shard_size": 0}]
+)
+def test_bad_batch_and_shard_sizes_are_one_line(model, tokens, sizes) -> None:
+    """Not "'float' object cannot be interpreted as an integer" from the batching."""
+    with pytest.raises(ValueError, match="batch_size and shard_size must be ints >= 1"):
+        collect(model, tokens, ["hook_embed"], progress=False, **sizes)
+
+
 def test_bad_positions_raise(model, tokens):
     with pytest.raises(ValueError, match="positions must lie in"):
         collect(model, tokens, ["hook_embed"], positions=N_POS, progress=False)

@@ -222,6 +222,26 @@ def test_corrupt_runs_and_self_including_suites_are_one_line(tmp_path: Path, cap
     assert len(err) == 1 and "a suite includes itself" in err[0]
 
 
+def test_show_of_a_folder_that_is_no_run_is_an_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "runs" / "exp" / "stray").mkdir(parents=True)  # no manifest, config, summary
+    for ref in ("exp/stray", "stray", str(tmp_path)):
+        assert main(["show", ref, "--runs-dir", str(tmp_path / "runs")]) == 1, ref
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: run {ref} is corrupt: none of its files can be read"]
+    store = RunStore(tmp_path / "runs")
+    run = store.create("exp", "train", {"seed": 3})  # running: no summary yet, still shown
+    assert main(["show", run.ref, "--runs-dir", str(store.root)]) == 0
+    assert "summary: {}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "-5", "http"])
+def test_a_dashboard_port_out_of_range_is_a_usage_error(port: str, capsys) -> None:
+    with pytest.raises(SystemExit) as info:  # not streamlit's OverflowError traceback
+        main(["dashboard", "--port", port])
+    assert info.value.code == 2
+    assert "argument --port: " in capsys.readouterr().err
+
+
 def test_dashboard_finds_its_app_without_importing_dashboards(
     tmp_path: Path, capsys, monkeypatch
 ) -> None:

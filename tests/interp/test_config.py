@@ -48,6 +48,15 @@ def test_overrides_set_nested_keys_with_yaml_values(tmp_path) -> None:
         ("train.lr=-1", "train.lr: "),
         ("model.d_model=15", "not divisible by n_heads"),
         ("kind=nonsense", "kind: unknown kind 'nonsense'"),
+        # each of these validated, then failed only once its run folder existed
+        ("name=..", "name: String should match pattern"),  # the store takes no '.' first
+        ("seed=99999999999999999999", "seed: Input should be less than 9223372036854775808"),
+        ("model.seed=-99999999999999999999", "model.seed: Input should be greater than"),
+        ("task.seed=99999999999999999999", "task.seed: Input should be less than"),
+        ("train.betas=[1.5, 0.9]", "train.betas.0: Input should be less than 1"),
+        ("train.betas=[0.9, -0.1]", "train.betas.1: Input should be greater than or equal to 0"),
+        ("train.lr=.inf", "train.lr: Input should be a finite number"),
+        ("train.weight_decay=.inf", "train.weight_decay: Input should be a finite number"),
     ],
 )
 def test_invalid_values_give_one_line_naming_file_and_key(tmp_path, override, expected) -> None:
@@ -64,6 +73,9 @@ def test_an_error_names_the_override_that_set_its_key(tmp_path) -> None:
         load_config(path, ["seed=3", "train.steps=many"])
     with pytest.raises(ConfigError, match=r"colour: unknown key \(from --set colour\.x=1\)$"):
         load_config(path, ["colour.x=1"])
+    note = r"\(from --set train\.betas=\[0\.9\]\)$"  # the key is inside the list it set
+    with pytest.raises(ConfigError, match=r"train\.betas\.1: missing required key " + note):
+        load_config(path, ["train.betas=[0.9]"])
     with pytest.raises(ConfigError) as info:  # the same problem written in the file itself
         load_config(write(tmp_path, TINY_TRAIN + "colour: red\n"), ["seed=3"])
     assert "--set" not in str(info.value)

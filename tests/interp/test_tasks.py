@@ -235,6 +235,8 @@ def test_induction_validation_and_determinism() -> None:
         Induction(d_vocab=10, half_len=16)
     with pytest.raises(ValueError, match="half_len"):
         InductionConfig(half_len=1)
+    with pytest.raises(ValueError, match="seed: Input should be less than"):  # not torch's
+        make_task({"name": "induction", "seed": 2**64})  # "Overflow when unpacking long long"
     a = Induction(n_examples=16, seed=4)
     assert_same_batch(a.batch(), Induction(n_examples=16, seed=4).batch())
     assert not torch.equal(a.batch().clean, Induction(n_examples=16, seed=5).batch().clean)

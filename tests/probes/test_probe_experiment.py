@@ -236,6 +236,49 @@ def test_probed_hook_names_are_checked_at_validation(
     load_config(path)
 
 
+SMALL_MODEL = (
+    "model: {n_layers: 1, d_model: 16, n_heads: 2, d_vocab: 13, d_vocab_out: 11, n_ctx: 4}"
+)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # each of these ran before: repeated splits narrowing the interval over seeds, the
+        # default hooks instead of none, one hook probed twice, snapshot rows and artifacts
+        # under one label, or a run folder made only to fail on a model of no run
+        ("probe: {seeds: [1, 2, 1]}", "probe.seeds: [1, 2, 1] repeats 1; give each once"),
+        ("hooks: []", "hooks: List should have at least 1 item"),
+        (
+            "hooks: [hook_embed, hook_embed]",
+            "hooks: ['hook_embed', 'hook_embed'] repeats hook_embed; give each once",
+        ),
+        (
+            "checkpoints: [{label: early, artifact: checkpoints/epoch_000010}]",
+            "checkpoints: need `model: {run: ...}` (a run that saved snapshots)",
+        ),
+        (
+            "model: {run: grok}\ncheckpoints: [{label: a, artifact: x}, {label: a, artifact: y}]",
+            "checkpoints labels: ['a', 'a'] repeats a; give each once",
+        ),
+        (
+            "model: {run: grok}\ncheckpoints: [{label: final, artifact: x}]",
+            "checkpoints: label 'final' is the name of a variant every run has",
+        ),
+    ],
+)
+def test_probe_config_refuses_repeats_and_snapshots_of_no_run(
+    tmp_path: Path, extra: str, expected: str
+) -> None:
+    study = "study: {name: modular, task: {name: modular, p: 11, frac_train: 0.5}}"
+    model = "" if "model:" in extra else SMALL_MODEL
+    path = tmp_path / "bad.yaml"
+    path.write_text("\n".join(["kind: probe", "device: cpu", study, model, extra, ""]))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)  # no run store: a {run: X} model is resolved when it runs
+    assert str(error.value).startswith(f"{path}: {expected}"), str(error.value)
+
+
 def test_interventions_need_a_study_with_a_task(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("kind: probe\nmodel: gpt2\nstudy: {name: token_properties}\n"

@@ -137,6 +137,22 @@ def test_a_state_of_another_number_of_models_is_refused_unchanged() -> None:
         three.load_state_dict({})
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("betas", (1.0, 0.98), "less than 1"),
+        ("betas", (0.9, -0.5), "greater than or equal to 0"),
+        ("lr", float("inf"), "finite number"),
+        ("eps", float("nan"), "finite number"),
+    ],
+)
+def test_optim_settings_torch_would_refuse_mid_run_are_refused_up_front(
+    field: str, value, needle: str
+) -> None:
+    with pytest.raises(ValueError, match=needle):  # AdamW raises only when it is built
+        OptimSettings(**{field: value})
+
+
 def test_model_spec_carries_each_models_own_seed() -> None:
     train, test = ModularArithmetic(p=11, frac_train=0.5, seed=0).train_test()
     trainer = StackedTrainer(SPEC.model_copy(update={"seed": 9}), [4, 7], train, test,
