@@ -15,7 +15,7 @@ to the clean one (integrated gradients, Sundararajan et al. 2017), which tracks 
 effect of an ablation better where the model is far from linear.
 
 Both run on `circuits.edge_patching.EdgePatcher` (pre-LayerNorm models: native, GPT-2,
-GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma), so each
+GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, BLOOM, Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma), so each
 head's q, k and v input has its own gradient.
 """
 

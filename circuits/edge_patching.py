@@ -14,8 +14,9 @@ output bias `b_O` belongs to no head and is never ablated.
 The forward pass is `interp.functional`'s, with each head's q, k and v computed from its
 own input (so each input has its own LayerNorm), which makes the patching exact for the
 pre-LayerNorm models it covers (native models and pretrained GPT-2, GPT-NeoX, GPT-J, OPT,
-GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma 1-3, `functional.architecture_of`,
-with each layer's sliding attention window, rotary frequencies and soft-capped scores;
+GPT-Neo, Phi, BLOOM, Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma 1-3,
+`functional.architecture_of`, with each layer's sliding attention window, rotary
+frequencies, ALiBi biases (BLOOM) and soft-capped scores;
 with parallel attention and MLP, a block's MLP reads the sources before the block, as the
 graph's edges say; under grouped keys and values, each query head's key and value inputs
 are its own destinations, the shared projection computed once per head): with every edge
@@ -65,8 +66,8 @@ ABLATIONS: tuple[Ablation, ...] = ("resample", "mean", "zero")
 
 _COVERS = (
     "edge patching covers pre-LayerNorm models whose residual stream is a sum of source "
-    "outputs (native models, pretrained GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, Llama, "
-    "Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3)"
+    "outputs (native models, pretrained GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, BLOOM, "
+    "Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3)"
 )
 
 
@@ -186,7 +187,7 @@ class EdgePatcher:
 
     Args:
         model: A native model from `interp.models.build` or a pretrained GPT-2, GPT-NeoX,
-            GPT-J, OPT, GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3 or Gemma 1-3
+            GPT-J, OPT, GPT-Neo, Phi, BLOOM, Llama, Mistral, Qwen2, Qwen3, Phi-3 or Gemma 1-3
             (`functional.architecture_of`).
         graph: Its `ComputationalGraph` (default: `ComputationalGraph.from_model(model)`).
     """

@@ -58,7 +58,8 @@ class BlockPieces:
         d_head, d_model]`, and the causal mask (with the block's sliding window) as an
         additive `[query, key]` tensor (0 or -inf; None without a causal mask); rotary
         models' cos and sin of each block at every row and at the read positions (None
-        without rotary)."""
+        without rotary); ALiBi's bias of each head (BLOOM), `[head, 1, 1, key]` (the
+        same for every query row, the read positions' too; None without ALiBi)."""
         self.patcher, self.arch, self.params = patcher, patcher.arch, patcher.params
         self.positions, self.reads, self.row_of_example = positions, reads, row_of_example
         self.examples = torch.arange(len(row_of_example), device=positions.device)
@@ -75,6 +76,9 @@ class BlockPieces:
         self.b_in: list[dict[str, Tensor]] = []
         self.w_out: list[Tensor] = []
         self.future: list[Tensor | None] = []
+        alibi = functional.alibi_bias(arch, len(self.positions), self.patcher.device,
+                                      params["embed.weight"].dtype)
+        self.alibi = None if alibi is None else alibi[:, :, None]  # [head, 1, 1, key]
         for layer in range(arch.n_layers):
             block = f"blocks.{layer}.attn"
             self.w_in.append({
@@ -137,6 +141,8 @@ class BlockPieces:
         cap = self.arch.attn_softcap
         if cap is not None:  # Gemma 2
             scores = torch.tanh(scores / cap) * cap
+        if self.alibi is not None:  # BLOOM: slope_h * key position, as `mix_heads` adds it
+            scores += self.alibi[heads]
         future = self.future[layer]
         if future is not None:  # + -inf where masked: masked_fill's values, one kernel
             scores += future

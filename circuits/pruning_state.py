@@ -19,10 +19,11 @@ circuit; a test
 
 Accepting the removal writes the recomputed tensors into the state (`commit`). The
 arithmetic is the edge-patched forward pass of `EdgePatcher` (pre-LayerNorm models: native,
-GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma; scores
-divided by the model's own `attn_scale` (GPT-Neo: 1), soft-capped where the model says,
-masked to each layer's sliding window; rotary queries and keys are rotated by their
-positions, with each layer's frequencies, as they are projected, grouped key and value
+GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, BLOOM, Llama, Mistral, Qwen2, Qwen3, Phi-3,
+Gemma; scores divided by the model's own `attn_scale` (GPT-Neo: 1), soft-capped where the
+model says, plus each head's ALiBi bias (BLOOM), masked to each layer's sliding window;
+rotary queries and keys are rotated by their positions, with each layer's frequencies, as
+they are projected, grouped key and value
 weights are repeated per head, and with parallel attention and MLP a block's MLP reads the
 block's input), so the damage equals that of a full edge-patched pass to float rounding.
 Under a norm after the attention (Gemma 2 and 3) a head's output is its share of the

@@ -1,6 +1,6 @@
 """A pure-function forward pass of the native models that `interp.models.build` makes, and
-of pretrained GPT-2, GPT-NeoX (Pythia), GPT-J, OPT, GPT-Neo, Phi, Llama, Mistral, Qwen2,
-Qwen3, Phi-3 and Gemma 1-3.
+of pretrained GPT-2, GPT-NeoX (Pythia), GPT-J, OPT, GPT-Neo, Phi, BLOOM, Llama, Mistral,
+Qwen2, Qwen3, Phi-3 and Gemma 1-3.
 
 `forward(params, tokens, spec)` computes the same logits as the bridge that `build(spec)`
 returns, from a plain dict of tensors in the layout of `live_params` (the bridge's
@@ -13,15 +13,15 @@ axis (`stack_params`, `batched_forward`), so S seeds of one model train as one b
 computation. After training, `load_params(model, params)` puts the weights back into a
 bridge, which then gives the same logits. The pieces of a block live in `interp.layers`;
 the public ones (`embed`, `normalize`, `normalized_parts`, `linear`, `head_projection`,
-`mix_heads`, `causal_bias`, `rotary_tables`, `rope_of`, `apply_rotary`, `attention_output`,
-`mlp`, `block_mlp`, `unembed`) are re-exported here, so that other engines, such as
-incremental activation patching, can rerun part of a forward pass with exactly the same
-arithmetic.
+`mix_heads`, `causal_bias`, `alibi_bias`, `rotary_tables`, `rope_of`, `apply_rotary`,
+`attention_output`, `mlp`, `block_mlp`, `unembed`) are re-exported here, so that other
+engines, such as incremental activation patching, can rerun part of a forward pass with
+exactly the same arithmetic.
 
 The math mirrors TransformerLens's `NativeModel` and its bridge (pre-norm blocks of causal
 multi-head attention, Vaswani et al. 2017, "Attention Is All You Need", and an MLP):
 
-    resid = W_E[tokens] + W_pos[:pos]                  (rotary models: no W_pos)
+    resid = W_E[tokens] + W_pos[:pos]    (rotary models, ALiBi: no W_pos; BLOOM: LN(W_E[tokens]))
     resid += attn(norm(resid)); resid += mlp(norm(resid))   for each block
     (parallel blocks, GPT-NeoX: resid += attn(norm1(resid)) + mlp(norm2(resid)))
     (Llama's gated MLP: mlp(x) = W_out (act(W_gate x) * W_in x); grouped-query attention:
@@ -44,6 +44,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.layers import (
+    alibi_bias,
     apply_rotary,
     attention,
     attention_of,
@@ -85,6 +86,7 @@ __all__ = [
     "TRAINABLE_EXCLUDED",
     "Architecture",
     "Params",
+    "alibi_bias",
     "architecture",
     "architecture_of",
     "apply_rotary",
@@ -348,8 +350,9 @@ def _row_offsets(seq: int, d_vocab: int, device: torch.device) -> Int[Tensor, " 
 
 def _check_token_tables(arch: Architecture, cache: dict[str, Tensor] | None) -> None:
     """Raise a one-line ValueError where `token_tables=True` cannot apply."""
-    if arch.rotary:
-        raise ValueError("token_tables needs absolute position embeddings; this model is rotary")
+    if not arch.learned_positions or arch.embed_norm:
+        kind = "rotary" if arch.rotary else "ALiBi" if arch.alibi_slopes else "embedding-normed"
+        raise ValueError(f"token_tables needs absolute position embeddings; this model is {kind}")
     if not arch.per_head_layout:
         raise ValueError("token_tables needs every q, k and v bias and one key head per head")
     if cache is not None:

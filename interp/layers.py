@@ -27,6 +27,7 @@ __all__ = [
     "attention",
     "attention_of",
     "attention_output",
+    "alibi_bias",
     "block_mlp",
     "causal_bias",
     "embed",
@@ -236,7 +237,8 @@ def mix_heads(
     prefix of an attention whose queries and keys are RMS-normalised per head before the
     rotary embedding (Qwen3; `qk_norm_of`), or None. `window`: the layer's sliding window
     (`arch.window(layer)`): a query sees only the `window` latest keys up to itself.
-    Scores are soft-capped where the model says (`arch.attn_softcap`, Gemma 2).
+    Scores are soft-capped where the model says (`arch.attn_softcap`, Gemma 2), and take
+    each head's ALiBi bias (`alibi_bias`, BLOOM), which depends on the key alone.
 
     `fused=True`, for callers that do not read the pattern: one
     `F.scaled_dot_product_attention` kernel (the causal mask an additive table kept per
@@ -262,12 +264,18 @@ def mix_heads(
             queries = apply_rotary(queries, query_rope, arch)
             keys = apply_rotary(keys, rope, arch)
         masked = causal and query_positions is not None
+        alibi = (None if arch.alibi_slopes is None  # (no hash of `arch` per call without)
+                 else alibi_bias(arch, keys.shape[2], keys.device, queries.dtype))
         if fused and arch.attn_softcap is None:  # the kernel cannot soft-cap its scores
             bias = (
                 causal_bias(keys.shape[2], keys.device, queries.dtype, window)[query_positions]
                 if masked
                 else None
             )
+            if alibi is not None:  # per head: [head, query, key], broadcast over the batch
+                n_queries = queries.shape[2]
+                bias = (alibi.expand(-1, n_queries, -1).contiguous() if bias is None  # (no
+                        else alibi + bias)  # stride-0 query axis for the kernels to refuse)
             z = F.scaled_dot_product_attention(  # grouped keys and values read in place
                 queries, keys, values, attn_mask=bias, scale=1.0 / arch.attn_scale,
                 enable_gqa=keys.shape[1] != n_heads,
@@ -277,6 +285,8 @@ def mix_heads(
         scores = torch.matmul(queries, keys.transpose(-2, -1)) / arch.attn_scale
         if arch.attn_softcap is not None:
             scores = torch.tanh(scores / arch.attn_softcap) * arch.attn_softcap
+        if alibi is not None:
+            scores = scores + alibi
         if masked:
             key_positions = torch.arange(keys.shape[2], device=keys.device)
             mask = key_positions[None, :] > query_positions[:, None]
@@ -323,6 +333,23 @@ def causal_bias(
         return torch.zeros(n_keys, n_keys, device=device, dtype=dtype).masked_fill_(
             hidden, float("-inf")
         )
+
+
+@functools.lru_cache(maxsize=32)
+def alibi_bias(
+    arch: Architecture, n_keys: int, device: torch.device, dtype: torch.dtype
+) -> Float[Tensor, "head 1 key"] | None:
+    """ALiBi's additive bias of keys 0 .. `n_keys` - 1, `slope_h * j` per head h
+    (`arch.alibi_slopes`), the same for every query (a per-query offset would not change
+    a softmax), made as Hugging Face's BLOOM makes it (float32 products, then the model's
+    dtype); None without ALiBi. Kept per size, device and dtype, made outside inference
+    mode, so that autograd may save it."""
+    if arch.alibi_slopes is None:
+        return None
+    with torch.inference_mode(False), torch.no_grad():
+        slopes = torch.tensor(arch.alibi_slopes, dtype=torch.float32)
+        bias = slopes[:, None, None] * torch.arange(n_keys)
+        return bias.to(device=device, dtype=dtype)
 
 
 def attention_output(
@@ -474,6 +501,8 @@ def _activation(name: str, x: Tensor, inplace: bool = False) -> Tensor:
         return F.gelu(x, approximate=approximate)
     if name == "silu":
         return F.silu(x, inplace=inplace)
+    if name == "bloom_gelu":  # BLOOM's `bloom_gelu_forward`, op by op (its own constant)
+        return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
     if name == "solu_ln":
         return x * F.softmax(x, dim=-1)
     raise ValueError(f"interp.functional does not support act_fn={name!r}")
@@ -486,15 +515,18 @@ def embed(
     record: Callable[[str, Tensor], Tensor] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
     """The residual stream entering the first block: the tokens' embeddings (times
-    `arch.embed_scale`) plus, without rotary embeddings, the learned position embeddings
-    (rows `arch.pos_offset` on: OPT's start at row 2; `record` sees `hook_embed`, scaled as
-    the bridge's, and `hook_pos_embed`)."""
+    `arch.embed_scale`; BLOOM: through the LayerNorm `embed_ln`) plus, with learned
+    positions (neither rotary embeddings nor ALiBi), the position embeddings (rows
+    `arch.pos_offset` on: OPT's start at row 2; `record` sees `hook_embed`, scaled and
+    normalised as the bridge's, and `hook_pos_embed`)."""
     record = record or recorder(None)
     resid = F.embedding(tokens, params["embed.weight"])
     if arch.embed_scale != 1.0:  # Gemma: in the embeddings' dtype, as Hugging Face's
         resid = resid * torch.tensor(arch.embed_scale, dtype=resid.dtype)
+    if arch.embed_norm:  # BLOOM's word_embeddings_layernorm
+        resid = normalize(params, "embed_ln", resid, arch.normalization, arch.eps)
     resid = record("hook_embed", resid)
-    if arch.rotary:
+    if not arch.learned_positions:
         return resid
     batch, seq = tokens.shape
     offset = arch.pos_offset

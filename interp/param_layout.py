@@ -16,6 +16,7 @@ Parameter layout (nn.Linear's [out, in] weights; H heads of width d_head, K key 
 heads, K = H without grouping):
 
     embed.weight [d_vocab, d_model]            pos_embed.weight [n_ctx + pos_offset, d_model]
+    embed_ln.weight / .bias [d_model]          (BLOOM's LayerNorm on the embeddings)
     blocks.{l}.ln1.weight / .bias [d_model]    blocks.{l}.ln2.* (not attn_only)
     blocks.{l}.attn.q.weight [H*d_head, d_model], .bias [H*d_head]
     blocks.{l}.attn.{k,v}.weight [K*d_head, d_model], .bias [K*d_head]
@@ -136,6 +137,21 @@ class Architecture:
     """Sliding-window attention (Mistral, the local layers of Gemma 2 and 3), per layer:
     query i sees keys i - window + 1 .. i (None: every earlier key); None: no window
     anywhere."""
+    embed_norm: bool = False
+    """BLOOM: a LayerNorm (`embed_ln`, the model's `normalization` and `eps`) on the token
+    embeddings before the first block; `hook_embed` holds them normalised, as the bridge's
+    does."""
+    alibi_slopes: tuple[float, ...] | None = None
+    """ALiBi (Press et al. 2022, BLOOM): head h adds `alibi_slopes[h] * j` to its score of
+    key j before the softmax, in place of position embeddings (a per-query constant, which
+    the softmax ignores, is left out, as Hugging Face's `build_alibi_tensor` leaves it);
+    None: no such bias."""
+
+    @property
+    def learned_positions(self) -> bool:
+        """Whether the model adds learned position embeddings (`pos_embed`): neither rotary
+        embeddings nor ALiBi."""
+        return not self.rotary and self.alibi_slopes is None
 
     def window(self, layer: int) -> int | None:
         """The attention window of `layer`, or None where it sees every earlier key."""
@@ -228,7 +244,9 @@ def arch_param_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
     """`param_shapes` of an already resolved `Architecture`."""
     d, hd, kv = arch.d_model, arch.n_heads * arch.d_head, arch.kv_heads * arch.d_head
     shapes: dict[str, tuple[int, ...]] = {"embed.weight": (arch.d_vocab, d)}
-    if not arch.rotary:
+    if arch.embed_norm:
+        shapes.update(_norm_shapes("embed_ln", d, arch.normalization))
+    if arch.learned_positions:
         shapes["pos_embed.weight"] = (arch.n_ctx + arch.pos_offset, d)
     for layer in range(arch.n_layers):
         block = f"blocks.{layer}"

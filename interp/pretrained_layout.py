@@ -66,7 +66,18 @@ Pretrained architectures covered:
   v, the output projection and the GELU MLP, a final LayerNorm, and an unembedding with
   a bias of its own (not tied to the embedding). `qk_layernorm` (LayerNorms with biases
   on each head's queries and keys, which `qk_norm`'s weight-only norms cannot express) is
-  refused.
+  refused;
+- BLOOM (`BloomForCausalLM`: bloom-560m .. bloom-7b1, bloomz): pre-LayerNorm blocks with
+  biases everywhere and a tanh-GELU MLP (`bloom_gelu_forward`, its own constant), a
+  LayerNorm on the token embeddings (`embed_norm`: `embed_ln`, whose output `hook_embed`
+  holds, as the bridge's does), no position embeddings but ALiBi (`alibi_slopes`: head h
+  adds `slope_h * j` to its score of key j; the slopes of Hugging Face's
+  `_get_alibi_slopes`, geometric, with its rule for head counts that are no power of 2),
+  scores `q.k / sqrt(d_head)`, a final LayerNorm, the unembedding tied to the embedding.
+  The bridge's `attn.q`, `attn.k` and `attn.v` are the fused `query_key_value` split per
+  head (its rows are laid out `[head, 3, d_head]`), and its attention runs on them, so they
+  are read as they are. `apply_residual_connection_post_layernorm` (the residual taken
+  after the norm) is refused.
 
 Rotary frequencies are read from the model's own rotary module, so scaled ones are exact
 as the class computes them (Llama 3.1 and 3.2's "llama3", "linear", YaRN with its scaled
@@ -114,6 +125,7 @@ COVERED_PRETRAINED: tuple[str, ...] = (
     "OPTForCausalLM",
     "GPTNeoForCausalLM",
     "PhiForCausalLM",
+    "BloomForCausalLM",
 )
 """Hugging Face model classes whose bridges `architecture_of` reads."""
 
@@ -175,7 +187,10 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         allowed |= {"attn_scores_soft_cap", "output_logits_soft_cap"}
     reasons = unsupported_features(cfg, allowed)
     gemma = name in _GEMMA
-    reasons += _pretrained_differences(cfg, rotary, gemma) + _hf_config_differences(hf_config)
+    bloom = name == "BloomForCausalLM"
+    positions = "rotary" if rotary else "alibi" if bloom else "standard"
+    reasons += _pretrained_differences(cfg, positions, gemma) + _hf_config_differences(hf_config)
+    reasons += _bloom_differences(hf_config) if bloom else []
     reasons += _opt_differences(hf_config) if name == "OPTForCausalLM" else []
     reasons += _gpt_neo_differences(hf_config) if name == "GPTNeoForCausalLM" else []
     reasons += _phi_differences(hf_config) if name == "PhiForCausalLM" else []
@@ -186,7 +201,7 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         raise ValueError(f"interp.functional does not support this {name}: {named}")
     arch = architecture_from_cfg(
         cfg,
-        act_fn=_ACTIVATIONS[str(cfg.act_fn)],
+        act_fn="bloom_gelu" if bloom else _ACTIVATIONS[str(cfg.act_fn)],
         **rope,
         rotary_adjacent_pairs=name == "GPTJForCausalLM",  # GPT-J rotates pairs (2i, 2i+1)
         shared_norm=name in ("GPTJForCausalLM", "PhiForCausalLM"),  # one LayerNorm a block
@@ -200,6 +215,8 @@ def architecture_of(model: TransformerBridge) -> Architecture:
            dict(attention_windows=_attention_windows(hf_config, int(cfg.n_layers),
                                                      int(cfg.n_ctx)))),
         pos_offset=_position_offset(original) if name == "OPTForCausalLM" else 0,
+        **(dict(embed_norm=True, alibi_slopes=_alibi_slopes(int(cfg.n_heads))) if bloom
+           else {}),
         **_biases(name, hf_config),
     )
     try:
@@ -229,7 +246,7 @@ def _biases(name: str, hf_config: Any) -> dict[str, bool]:
         return dict(qkv_bias=bias, out_bias=bias, mlp_bias=bias)
     if name == "GPTNeoForCausalLM":
         return dict(qkv_bias=False, out_bias=True, mlp_bias=True)
-    if name == "PhiForCausalLM":  # PhiAttention's q/k/v_proj and dense, PhiMLP's fc1 and fc2
+    if name in ("PhiForCausalLM", "BloomForCausalLM"):  # every nn.Linear with its bias
         return dict(qkv_bias=True, out_bias=True, mlp_bias=True)
     attention = bool(getattr(hf_config, "attention_bias", True))
     return dict(qkv_bias=attention, out_bias=attention, mlp_bias=True)
@@ -301,6 +318,31 @@ def _phi_differences(hf_config: Any) -> list[str]:
     return []
 
 
+def _bloom_differences(hf_config: Any) -> list[str]:
+    """What a BLOOM config sets that the forward pass does not compute:
+    `apply_residual_connection_post_layernorm`, whose blocks add the attention's and the
+    MLP's outputs to their normalised inputs (post-LayerNorm residuals)."""
+    if getattr(hf_config, "apply_residual_connection_post_layernorm", False):
+        return ["apply_residual_connection_post_layernorm=True (post-LayerNorm residuals)"]
+    return []
+
+
+def _alibi_slopes(n_heads: int) -> tuple[float, ...]:
+    """ALiBi's slope of each head, as Hugging Face's BLOOM computes them
+    (`_get_alibi_slopes`, in float32): for a power of 2, `b^1 .. b^n` with `b = 2^(-8/n)`;
+    otherwise those of the largest power of 2 below, then the odd powers of the next
+    power of 2's base for the remaining heads."""
+    closest = 2 ** math.floor(math.log2(n_heads))
+    base = torch.tensor(2 ** (-(2 ** -(math.log2(closest) - 3))), dtype=torch.float32)
+    slopes = torch.pow(base, torch.arange(1, 1 + closest, dtype=torch.int32))
+    if closest != n_heads:
+        extra = torch.tensor(2 ** (-(2 ** -(math.log2(2 * closest) - 3))), dtype=torch.float32)
+        remaining = min(closest, n_heads - closest)
+        odd = torch.arange(1, 1 + 2 * remaining, 2, dtype=torch.int32)
+        slopes = torch.cat([slopes, torch.pow(extra, odd)])
+    return tuple(slopes.tolist())
+
+
 def _post_norm_fields(hf_config: Any) -> dict[str, Any]:
     """Gemma 2's and 3's `Architecture` fields: norms after attention and MLP, scores
     scaled by `query_pre_attn_scalar ** -0.5` and soft-capped, logits soft-capped (Gemma 2;
@@ -342,13 +384,14 @@ def covers(model: TransformerBridge) -> bool:
     return True
 
 
-def _pretrained_differences(cfg: Any, rotary: bool, gemma: bool) -> list[str]:
+def _pretrained_differences(cfg: Any, positions: str, gemma: bool) -> list[str]:
     """Settings of a pretrained model's TransformerLens config that the forward pass does
-    not compute (`rotary`: the class is one of `_ROTARY`; `gemma`: a Gemma, whose norms'
-    offset weights are computed)."""
+    not compute (`positions`: the class's position embeddings, "rotary" for `_ROTARY`,
+    "alibi" for BLOOM, else "standard"; `gemma`: a Gemma, whose norms' offset weights are
+    computed)."""
     differs = {
         f"positional_embedding_type={cfg.positional_embedding_type!r}":
-            cfg.positional_embedding_type != ("rotary" if rotary else "standard"),
+            cfg.positional_embedding_type != positions,
         f"attention_dir={cfg.attention_dir!r}": cfg.attention_dir != "causal",
         "post_embedding_ln": bool(cfg.post_embedding_ln),
         "use_normalization_before_and_after": bool(cfg.use_normalization_before_and_after),

@@ -42,10 +42,8 @@ FAMILIES: dict[str, str] = {
     "phi": "PhiForCausalLM",
     "bloom": "BloomForCausalLM",
 }
-"""The families `write_model` writes -> their transformers model class. BLOOM lies outside
-what `interp.functional` computes (`interp.pretrained_layout.COVERED_PRETRAINED`: ALiBi, a
-LayerNorm on the embeddings): it exercises the hook-based paths, which run on every
-bridge."""
+"""The families `write_model` writes -> their transformers model class (every one of them
+in `interp.pretrained_layout.COVERED_PRETRAINED`)."""
 
 _LLAMA_SHAPED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"}
 """Families whose configs take Llama's field names."""
@@ -92,7 +90,8 @@ def write_model(
       embeddings on half of each head in the rotate-half layout (phi-1's and phi-1_5's
       `partial_rotary_factor`), biases everywhere, a GELU MLP of width 4 d_model and an
       untied unembedding with a bias; "bloom": ALiBi, a LayerNorm on the embeddings, GELU MLP
-      of width 4 d_model.
+      of width 4 d_model (its config's `seq_length` is `n_ctx`, the context its bridge
+      reports: ALiBi itself has no table that bounds it).
 
     `seed` draws the weights (std `initializer_range`), then noise of std `jitter` is
     added to every parameter; `config`: other fields of the class's config
@@ -158,7 +157,7 @@ def _opt_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,
 def _bloom_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,
                     n_ctx: int) -> dict[str, Any]:
     return dict(vocab_size=d_vocab, hidden_size=d_model, n_layer=n_layers, n_head=n_heads,
-                pad_token_id=0)  # ALiBi: no position table, so no context length
+                pad_token_id=0, seq_length=n_ctx)  # (read by TransformerLens as n_ctx)
 
 
 def _gpt_neo_settings(n_layers: int, n_heads: int, d_model: int, d_vocab: int,

@@ -132,6 +132,14 @@ def phi(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def bloom(tmp_path_factory: pytest.TempPathFactory):
+    """A random 2-layer BLOOM (ALiBi instead of position embeddings, a LayerNorm on the
+    embeddings, biases everywhere, a tanh-GELU MLP, the unembedding tied to the
+    embedding; its fused query_key_value split per head into the bridge's q, k and v)."""
+    return _llama_like(tmp_path_factory, "bloom")
+
+
+@pytest.fixture(scope="session")
 def mistral_windowed(tmp_path_factory: pytest.TempPathFactory):
     """A random 2-layer Mistral whose queries see the 3 latest keys only (a sliding window
     shorter than the tests' 6 to 8 positions, as Mistral 7B v0.1's 4,096 of 32,768)."""

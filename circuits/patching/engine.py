@@ -10,7 +10,7 @@ Instead of one forward pass per index (TransformerLens's `patching.py`), a chunk
 indices is folded into the batch: the base tokens are repeated K times (K*B examples), one
 hook per layer writes into copy k the source activation at copy k's index, and the metric
 is read on each copy's B examples. On native models and the pretrained classes that
-`interp.functional` covers (GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, Llama, Mistral,
+`interp.functional` covers (GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, BLOOM, Llama, Mistral,
 Qwen2, Qwen3, Phi-3, Gemma 1-3) the incremental engine (`circuits.patching.incremental`) also
 skips what a patch cannot change: earlier layers, earlier positions, and every position but
 the one the metric reads.

@@ -18,7 +18,7 @@ engine reruns:
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
 those of the hook engine (and of TransformerLens) to float rounding. It covers the causal
 models that `interp.functional` computes (`supports(model)`): native models of
-`interp.models.build` and pretrained GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, Llama,
+`interp.models.build` and pretrained GPT-2, GPT-NeoX, GPT-J, OPT, GPT-Neo, Phi, BLOOM, Llama,
 Mistral, Qwen2, Qwen3, Phi-3 and Gemma 1-3 (`functional.architecture_of`; rotary models rotate
 the cached, unrotated q and k of every position, grouped keys and values are repeated for the heads
 of their group, a parallel block's MLP output stays the base run's when only its attention
@@ -62,7 +62,7 @@ Params = dict[str, Tensor]
 def supports(model: TransformerBridge) -> bool:
     """Whether this engine reproduces `model` exactly: a causal model that
     `interp.functional` covers (native, or pretrained GPT-2, GPT-NeoX, Llama, Mistral,
-    Qwen2, Qwen3, Phi-3, Gemma 1-3, GPT-J, OPT, GPT-Neo, Phi)."""
+    Qwen2, Qwen3, Phi-3, Gemma 1-3, GPT-J, OPT, GPT-Neo, Phi, BLOOM)."""
     return covered_architecture(model)[0] is not None
 
 

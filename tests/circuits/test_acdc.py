@@ -73,6 +73,7 @@ def test_incremental_acdc_finds_the_same_circuit_as_the_plain_loop(
                                                    ("llama", 8), ("qwen2", 1), ("qwen3", 8),
                                                    ("gemma", 1), ("phi3", 4), ("gptj", 8),
                                                    ("opt", 1), ("gpt_neo", 8), ("phi", 4),
+                                                   ("bloom", 4), ("bloom", 1),
                                                    ("mistral_windowed", 4), ("gemma2", 4),
                                                    ("gemma3", 1)])
 def test_incremental_acdc_equals_the_plain_loop_on_each_architecture(

@@ -1,20 +1,18 @@
 """The fast engines on pretrained bridges (random ones written locally,
 `tests/pretrained_models.py`): activation patching by both engines against
-TransformerLens's own functions on each bridge (GPT-2, GPT-NeoX, Llama, Qwen2, Phi, ...);
+TransformerLens's own functions on each bridge (GPT-2, GPT-NeoX, Llama, Qwen2, Phi, BLOOM, ...);
 on GPT-2,
 pattern patching, EAP and ACDC against the same weights in a native model, and the
 hook-based analyses likewise. Edge patching against the model and activation patching,
 EAP against the derivative of edge patching and incremental ACDC against full passes on
-each architecture are in test_edge_patching.py, test_eap.py and test_acdc.py. On bridges
-the fast engines do not cover (BLOOM), the hook engine against
-TransformerLens's functions."""
+each architecture are in test_edge_patching.py, test_eap.py and test_acdc.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from patching_reference import METRIC, REFERENCES, hook_counts, reference
-from pretrained_models import NOISY, SHAPE, native_twin, write_llama
+from pretrained_models import native_twin, write_llama
 
 from circuits.acdc import acdc
 from circuits.attribution import attribute
@@ -24,11 +22,6 @@ from circuits.patching import incremental, patch
 from circuits.patching.targets import pattern_hook_takes_effect
 from circuits.path_patching import path_patch_senders
 from interp import models
-from interp.random_models import FAMILIES, write_model
-
-HOOKED_ONLY = ("bloom",)
-"""Families of `interp.random_models` outside the fast engines: ALiBi and a LayerNorm on
-the embeddings (BLOOM)."""
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def _patching_cases() -> list[tuple[str, str, str, str]]:
     pretrained bridges (GPT-NeoX has no resid_mid). The hook engine runs denoising only."""
     cases = []
     for kind in ("gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
-                 "phi3", "gptj", "opt", "gpt_neo", "phi", "mistral_windowed"):
+                 "phi3", "gptj", "opt", "gpt_neo", "phi", "bloom", "mistral_windowed"):
         for target in sorted(REFERENCES):
             if target == "resid_mid" and kind in ("neox", "gptj", "phi"):  # parallel blocks
                 continue
@@ -68,17 +61,19 @@ def test_patching_matches_transformer_lens(request, batch, kind, target, engine,
     expected = reference(model, batch, target, direction)
     if target in ("k", "v"):
         assert result.values.shape == (
-            (2, 4) if kind in ("gpt2", "neox", "gptj", "opt", "gpt_neo", "phi") else (2, 2)
+            (2, 4) if kind in ("gpt2", "neox", "gptj", "opt", "gpt_neo", "phi", "bloom")
+            else (2, 2)
         )
     assert result.values.std() > 1e-3  # the patches really change the metric
     torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0)
 
 
-def test_phi_bridge_uses_the_pattern_its_hook_returns(phi) -> None:
+def test_phi_and_bloom_bridges_use_the_pattern_their_hook_returns(phi, bloom) -> None:
     """Phi's bridge computes its attention around hook_pattern (a
-    `PositionEmbeddingsAttentionBridge`, unlike GPT-J's and GPT-Neo's observing hooks), so
-    its pattern cases above check both engines against TransformerLens directly."""
-    assert pattern_hook_takes_effect(phi)
+    `PositionEmbeddingsAttentionBridge`, unlike GPT-J's and GPT-Neo's observing hooks), and
+    so does BLOOM's (`BloomAttentionBridge`, ALiBi added to the scores before the hook), so
+    their pattern cases above check both engines against TransformerLens directly."""
+    assert pattern_hook_takes_effect(phi) and pattern_hook_takes_effect(bloom)
 
 
 def test_pattern_patching_equals_that_of_the_native_twin(gpt2, twin, batch) -> None:
@@ -124,47 +119,6 @@ def test_neox_has_no_resid_mid(neox, batch) -> None:
         with pytest.raises(ValueError, match="'resid_mid' does not exist in this model "
                                              r"\(its attention and MLP run in parallel\)"):
             patch(neox, batch, "resid_mid", METRIC, progress=False, engine=engine)
-
-
-@pytest.fixture(scope="module")
-def hooked_only(tmp_path_factory) -> dict:
-    """Each `HOOKED_ONLY` family's random model (`SHAPE`, noisy weights), booted once."""
-    booted = {}
-
-    def get(kind: str):
-        if kind not in booted:
-            folder = write_model(tmp_path_factory.mktemp(kind), kind, **SHAPE, **NOISY)
-            booted[kind] = models.load(folder, device="cpu").eval()
-        return booted[kind]
-
-    return get
-
-
-@pytest.mark.parametrize("kind", HOOKED_ONLY)
-def test_hook_engine_matches_transformer_lens_on_other_bridges(hooked_only, batch,
-                                                                kind) -> None:
-    """Any bridge: where the fast engines do not apply, engine="auto" takes the hooks and
-    equals TransformerLens's `get_act_patch_*` for every target the bridge exposes, leaving
-    its hooks as they were; pattern patching is refused where the bridge's attention used
-    the pattern before its hook fired (not BLOOM's: its bridge computes the attention
-    around the hook, so its pattern is patched and checked too)."""
-    model = hooked_only(kind)
-    assert type(model.original_model).__name__ == FAMILIES[kind]
-    assert not incremental.supports(model)
-    assert pattern_hook_takes_effect(model) == (kind == "bloom")
-    before = hook_counts(model)
-    for target in sorted(REFERENCES):
-        if target == "pattern" and not pattern_hook_takes_effect(model):
-            with pytest.raises(ValueError, match="target 'pattern' cannot be patched on this "
-                                                 "model: its attention .* uses the pattern"):
-                patch(model, batch, target, METRIC, progress=False)
-            continue
-        result = patch(model, batch, target, METRIC, max_batch=7, progress=False)
-        expected = reference(model, batch, target, "denoise")
-        assert result.values.std() > 1e-3, target
-        torch.testing.assert_close(result.values, expected.float(), atol=1e-4, rtol=0,
-                                   msg=target)
-    assert hook_counts(model) == before
 
 
 @pytest.mark.parametrize("kind", ["gemma2", "gemma3", "mistral_windowed", "gpt_neo"])

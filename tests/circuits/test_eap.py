@@ -44,7 +44,7 @@ def test_eap_is_exact_for_edges_into_the_logits_without_a_final_norm(batch, abla
 @pytest.mark.parametrize(
     "kind",
     ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3", "gptj", "opt",
-     "gpt_neo", "phi", "mistral_windowed", "gemma2", "gemma3"],
+     "gpt_neo", "phi", "bloom", "mistral_windowed", "gemma2", "gemma3"],
 )
 def test_eap_is_the_derivative_of_the_metric_along_each_edge_mask(request, batch, kind) -> None:
     """A central difference of edge patching along each edge's mask (the metric's

@@ -40,7 +40,7 @@ def reference_logits(model, tokens) -> torch.Tensor:
 @pytest.mark.parametrize(
     "which",
     ["model", "attn_only", "rotary", "gpt2", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3",
-     "gptj", "opt", "gpt_neo", "phi", "mistral_windowed", "gemma2", "gemma3"],
+     "gptj", "opt", "gpt_neo", "phi", "bloom", "mistral_windowed", "gemma2", "gemma3"],
 )
 def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_run(
     request, batch, which
@@ -62,7 +62,7 @@ def test_full_circuit_is_the_model_and_empty_resample_circuit_is_the_corrupted_r
 @pytest.mark.parametrize(
     "which",
     ["model", "rotary", "neox", "llama", "qwen2", "qwen3", "gemma", "phi3", "gpt_neo", "phi",
-     "mistral_windowed"],
+     "bloom", "mistral_windowed"],
 )
 def test_cutting_every_edge_out_of_a_head_is_activation_patching_its_output(
     request, batch, which

@@ -85,6 +85,12 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
                 shared_norm=True, rotary=True, rotary_dim=4, rotary_adjacent_pairs=False,
                 rotary_base=1e4, kv_heads=4, qkv_bias=True, out_bias=True, mlp_bias=True,
                 gated_mlp=False, qk_norm=False, attn_scale=8**0.5),
+    # BLOOM: a LayerNorm on the embeddings (hook_embed after it), ALiBi (slopes 2^-2, 2^-4,
+    # 2^-6, 2^-8 for 4 heads) instead of position embeddings, biases everywhere, its GELU
+    "bloom": dict(normalization="LN", act_fn="bloom_gelu", rotary=False, embed_norm=True,
+                  alibi_slopes=(0.25, 0.0625, 0.015625, 0.00390625), learned_positions=False,
+                  parallel_attn_mlp=False, gated_mlp=False, kv_heads=4, qkv_bias=True,
+                  out_bias=True, mlp_bias=True, attn_scale=8**0.5, n_ctx=8),
     # Mistral 7B v0.1's sliding window, here 3 keys, on every layer
     "mistral_windowed": dict(normalization="RMS", attention_windows=(3, 3), post_norms=False,
                              attn_softcap=None, logit_softcap=None),
@@ -104,10 +110,11 @@ def test_forward_and_its_cache_equal_the_bridge(request, kind: str) -> None:
         theirs, bridge_cache = model.run_with_cache(TOKENS)
     assert theirs.std() > 0.5  # not a degenerate model
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    if kind in ("gemma2", "gemma3", "mistral_windowed", "gpt_neo"):  # what they add counts
-        plain = dataclasses.replace(arch, attention_windows=None, attn_softcap=None,
+    if kind in ("gemma2", "gemma3", "mistral_windowed", "gpt_neo", "bloom"):  # what they add
+        plain = dataclasses.replace(arch, attention_windows=None, attn_softcap=None,  # counts
                                     logit_softcap=None, rotary_local_inv_freq=None,
-                                    rotary_local_layers=())
+                                    rotary_local_layers=(),
+                                    alibi_slopes=arch.alibi_slopes and (0.0,) * arch.n_heads)
         ignored = functional.forward(functional.live_params(model), TOKENS, plain)
         assert (ignored - theirs).abs().max() > 0.1
     assert set(cache) <= set(bridge_cache.keys()), set(cache) - set(bridge_cache.keys())
@@ -156,7 +163,8 @@ def test_models_it_does_not_compute_are_refused_with_the_reason(minilm, tmp_path
                                          "Qwen3ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, "
                                          "Gemma3ForCausalLM, Phi3ForCausalLM, "
                                          "GPTJForCausalLM, OPTForCausalLM, "
-                                         "GPTNeoForCausalLM, PhiForCausalLM; "
+                                         "GPTNeoForCausalLM, PhiForCausalLM, "
+                                         "BloomForCausalLM; "
                                          "this model is a BertForMaskedLM"):
         architecture_of(minilm)
     assert not covers(minilm)
@@ -290,6 +298,46 @@ def test_phi_query_and_key_layernorms_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"does not support this PhiForCausalLM: qk_layernorm="
                                          r"True \(per-head LayerNorms with biases on queries "
                                          r"and keys\)$"):
+        architecture_of(model)
+
+
+def test_bloom_alibi_slopes_and_fused_attention_for_any_head_count(tmp_path: Path) -> None:
+    """BLOOM's ALiBi slopes are Hugging Face's for head counts that are no power of 2 (6:
+    the 4 of 4 heads, then the odd powers of 8 heads' base), and the forward pass, with
+    patterns or as fused kernels (the bias in the additive mask), at every position or at
+    the last alone, equals the bridge's; without its embedding LayerNorm it does not."""
+    from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
+
+    from interp.random_models import write_model
+
+    folder = write_model(tmp_path, "bloom", **dict(SHAPE, n_heads=6, d_model=48),
+                         initializer_range=0.2, jitter=0.2)
+    model = models.load(folder, device="cpu").eval()
+    arch = architecture_of(model)
+    assert arch.alibi_slopes == tuple(_get_alibi_slopes(6, torch.device("cpu")).tolist())
+    assert arch.alibi_slopes[4:] == (2.0**-1, 2.0**-3)
+    live = functional.live_params(model)
+    with torch.no_grad():
+        theirs = model(TOKENS)
+        for patterns in (True, False):
+            ours = functional.forward(live, TOKENS, arch, patterns=patterns)
+            torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+            last = functional.forward(live, TOKENS, arch, patterns=patterns,
+                                      final_position_only=True)
+            torch.testing.assert_close(last, theirs[:, -1:], atol=1e-5, rtol=1e-5)
+        unnormed = functional.forward(live, TOKENS, dataclasses.replace(arch, embed_norm=False),
+                                      validate=False)
+    assert (unnormed - theirs).abs().max() > 0.1
+
+
+def test_bloom_post_layernorm_residuals_are_refused(tmp_path: Path) -> None:
+    from interp.random_models import write_model
+
+    model = models.load(write_model(tmp_path, "bloom", **SHAPE), device="cpu")
+    model.original_model.config.apply_residual_connection_post_layernorm = True
+    with pytest.raises(ValueError, match=r"does not support this BloomForCausalLM: "
+                                         r"apply_residual_connection_post_layernorm=True "
+                                         r"\(post-LayerNorm residuals\)$"):
         architecture_of(model)
 
 

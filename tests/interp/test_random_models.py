@@ -29,7 +29,7 @@ def test_each_family_boots_with_the_shape_asked_for(tmp_path: Path, family: str)
     assert (arch.n_layers, arch.n_heads, arch.d_model, arch.d_vocab, arch.n_ctx) == (1, 4, 32,
                                                                                       12, 6)
     assert arch.kv_heads == (
-        4 if family in ("gpt2", "neox", "gptj", "opt", "gpt_neo", "phi") else 2
+        4 if family in ("gpt2", "neox", "gptj", "opt", "gpt_neo", "phi", "bloom") else 2
     )
 
 
