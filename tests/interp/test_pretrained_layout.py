@@ -288,16 +288,26 @@ def test_phi_rotates_half_its_rotary_dimensions_and_adds_the_unembedding_bias(ph
     assert phi.original_model.lm_head.bias.abs().max() > 0.1
 
 
-def test_phi_query_and_key_layernorms_are_refused(tmp_path: Path) -> None:
-    """`qk_layernorm` puts LayerNorms with biases on each head's queries and keys, which
-    `Architecture.qk_norm` (weight-only norms) cannot express."""
+@pytest.mark.parametrize(
+    ("family", "setting", "message"),
+    [
+        # per-head LayerNorms with biases on queries and keys, which `Architecture.qk_norm`
+        # (weight-only norms) cannot express
+        ("phi", "qk_layernorm", r"PhiForCausalLM: qk_layernorm=True \(per-head LayerNorms "
+                                r"with biases on queries and keys\)$"),
+        ("bloom", "apply_residual_connection_post_layernorm",
+         r"BloomForCausalLM: apply_residual_connection_post_layernorm=True \(post-LayerNorm "
+         r"residuals\)$"),
+    ],
+)
+def test_settings_outside_the_forward_pass_are_refused(
+    tmp_path: Path, family: str, setting: str, message: str
+) -> None:
     from interp.random_models import write_model
 
-    model = models.load(write_model(tmp_path, "phi", **SHAPE), device="cpu")
-    model.original_model.config.qk_layernorm = True
-    with pytest.raises(ValueError, match=r"does not support this PhiForCausalLM: qk_layernorm="
-                                         r"True \(per-head LayerNorms with biases on queries "
-                                         r"and keys\)$"):
+    model = models.load(write_model(tmp_path, family, **SHAPE), device="cpu")
+    setattr(model.original_model.config, setting, True)
+    with pytest.raises(ValueError, match=f"does not support this {message}"):
         architecture_of(model)
 
 
@@ -328,17 +338,6 @@ def test_bloom_alibi_slopes_and_fused_attention_for_any_head_count(tmp_path: Pat
         unnormed = functional.forward(live, TOKENS, dataclasses.replace(arch, embed_norm=False),
                                       validate=False)
     assert (unnormed - theirs).abs().max() > 0.1
-
-
-def test_bloom_post_layernorm_residuals_are_refused(tmp_path: Path) -> None:
-    from interp.random_models import write_model
-
-    model = models.load(write_model(tmp_path, "bloom", **SHAPE), device="cpu")
-    model.original_model.config.apply_residual_connection_post_layernorm = True
-    with pytest.raises(ValueError, match=r"does not support this BloomForCausalLM: "
-                                         r"apply_residual_connection_post_layernorm=True "
-                                         r"\(post-LayerNorm residuals\)$"):
-        architecture_of(model)
 
 
 SCALED_ROPE = {  # original contexts shorter than the test models' 8 positions: all scaled
