@@ -100,7 +100,7 @@ REFERENCES: dict[str, Reference] = {
 AXES = {"resid_pre": "[layer, pos]", "z": "[layer, head]"}
 
 
-FAMILIES = ("native", "gpt2", "neox", "llama", "gemma2", "gpt_neo", "phi")
+FAMILIES = ("native", "gpt2", "neox", "llama", "gemma2", "gpt_neo", "phi", "bloom")
 """The model families of the benchmark: native, or random Hugging Face checkpoints."""
 
 
@@ -109,18 +109,19 @@ class ModelShape:
     """One model of the benchmark: native, or a random Hugging Face GPT-2, GPT-NeoX, Llama
     (two query heads per key and value head), Gemma 2 (norms after attention and MLP,
     soft caps), GPT-Neo (unscaled scores, local layers with a window of 3/8 of the
-    positions) or Phi (parallel attention and MLP behind one LayerNorm, partial rotary)
-    booted from a folder."""
+    positions), Phi (parallel attention and MLP behind one LayerNorm, partial rotary) or
+    BLOOM (ALiBi, a LayerNorm on the embeddings) booted from a folder."""
 
     n_layers: int
     n_heads: int
     d_model: int
-    family: Literal["native", "gpt2", "neox", "llama", "gemma2", "gpt_neo", "phi"] = "native"
+    family: Literal["native", "gpt2", "neox", "llama", "gemma2", "gpt_neo", "phi",
+                    "bloom"] = "native"
 
     def label(self) -> str:
         family = {"native": "native", "gpt2": "GPT-2 (HF)", "neox": "GPT-NeoX (HF)",
                   "llama": "Llama (HF)", "gemma2": "Gemma 2 (HF)", "gpt_neo": "GPT-Neo (HF)",
-                  "phi": "Phi (HF)"}
+                  "phi": "Phi (HF)", "bloom": "BLOOM (HF)"}
         return f"{family[self.family]} {self.n_layers}L {self.n_heads}h d{self.d_model}"
 
     def build(self, sizes: Sizes, device: torch.device) -> TransformerBridge:
@@ -166,6 +167,7 @@ FULL = Sizes(
         ModelShape(4, 8, 256, "gemma2"),
         ModelShape(4, 8, 256, "gpt_neo"),
         ModelShape(4, 8, 256, "phi"),
+        ModelShape(4, 8, 256, "bloom"),
     ),
     d_vocab=1000,
     n_examples=32,
@@ -182,6 +184,7 @@ QUICK = Sizes(
         ModelShape(2, 4, 64, "gemma2"),
         ModelShape(2, 4, 64, "gpt_neo"),
         ModelShape(2, 4, 64, "phi"),
+        ModelShape(2, 4, 64, "bloom"),
     ),
     d_vocab=1000,
     n_examples=4,

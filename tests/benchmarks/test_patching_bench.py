@@ -11,17 +11,17 @@ from quick_run import LINE, run_quick, split_dispatch
 @pytest.mark.slow
 def test_quick_patching_benchmark_matches_transformer_lens() -> None:
     lines, counted = split_dispatch(run_quick("patching.py"))
-    # 4 per model (native, GPT-2, GPT-NeoX, Llama, Gemma 2, GPT-Neo, Phi), the load line
-    assert len(lines) == 29, lines
-    assert len(counted) == 28, counted
+    # 4 per model (native, GPT-2, GPT-NeoX, Llama, Gemma 2, GPT-Neo, Phi, BLOOM), the load line
+    assert len(lines) == 33, lines
+    assert len(counted) == 32, counted
     # One forward pass per index (TransformerLens) against one pass per chunk of indices.
-    assert all(float(counted[i]["fewer"]) > 1.0 for i in range(0, 28, 2)), counted
-    matches = [LINE.match(line) for line in lines[:28]]
+    assert all(float(counted[i]["fewer"]) > 1.0 for i in range(0, 32, 2)), counted
+    matches = [LINE.match(line) for line in lines[:32]]
     assert all(matches), lines
     whats = [match["what"] for match in matches]
     families = ("native", "GPT-2 (HF)", "GPT-NeoX (HF)", "Llama (HF)", "Gemma 2 (HF)",
-                "GPT-Neo (HF)", "Phi (HF)")
-    for first, family in zip(range(0, 28, 4), families, strict=True):
+                "GPT-Neo (HF)", "Phi (HF)", "BLOOM (HF)")
+    for first, family in zip(range(0, 32, 4), families, strict=True):
         assert all(
             what.startswith(f"{family} 2L 4h d64, 4x8 tokens") for what in whats[first:first + 4]
         ), whats
@@ -38,7 +38,7 @@ def test_quick_patching_benchmark_matches_transformer_lens() -> None:
             assert found and -1.0 <= float(found[1]) <= 1.0, match["what"]
         # a head's output enters the rest of the model linearly: first order tracks it
         assert float(re.search(r"correlation (\S+)$", matches[first + 3]["what"])[1]) > 0.5
-    assert lines[28].startswith("# load average "), lines
+    assert lines[32].startswith("# load average "), lines
 
 
 @pytest.mark.slow
