@@ -163,16 +163,14 @@ class PruningState:
         n_pos = batch.clean.shape[1]
         n_rows = int(batch.position.max()) + 1 if self.arch.causal else n_pos
         self.reads, row_of_example = torch.unique(batch.position, sorted=True, return_inverse=True)
-        self.row_of_example = row_of_example
-        self.examples = torch.arange(len(batch), device=device)
-        self.positions = torch.arange(n_rows, device=device)
         self._indices: dict[bytes, Tensor] = {}
         self._mixes: dict[tuple, Tensor] = {}
         self._deltas: dict[tuple[int, bool], Tensor] = {}
         clean = batch.clean[:, :n_rows]
         corrupted = batch.corrupted[:, :n_rows]
         with torch.inference_mode():
-            self.pieces = BlockPieces(patcher, self.positions, self.reads, row_of_example)
+            positions = torch.arange(n_rows, device=device)
+            self.pieces = BlockPieces(patcher, positions, self.reads, row_of_example)
             ablated = patcher.ablated_outputs(clean, corrupted, ablation)
             self._build(clean, ablated)
             self.full_logits = self.pieces.read(self.logit_in["logits"])
@@ -346,7 +344,7 @@ class PruningState:
             shape = (n_trials, *batch.clean.shape, read.shape[-1])
             self._buffer = read.new_full(shape, float("nan"))
         logits = self._buffer[:n_trials]
-        logits[:, self.examples, batch.position] = read
+        logits[:, self.pieces.examples, batch.position] = read
         return logits
 
     def damage_of(self, read: Float[Tensor, "batch vocab"]) -> float:
