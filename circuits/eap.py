@@ -37,6 +37,7 @@ from circuits.graph import ComputationalGraph
 from circuits.patching.engine import PatchMetric, scalar_metric
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
+from interp.validation import check_positive_int
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -198,8 +199,7 @@ def edge_attribution(
     """
     if method not in ("eap", "eap-ig"):
         raise ValueError(f"method must be 'eap' or 'eap-ig', got {method!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_positive_int("steps", steps)
     patcher = EdgePatcher(model)
     patcher.check_batch(batch)
     batch = batch.to(patcher.device).for_autograd()

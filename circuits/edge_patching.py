@@ -56,6 +56,7 @@ from circuits.patching.engine import CopyMetric, PatchMetric
 from interp import functional, models
 from interp.functional import Architecture
 from interp.tasks.base import TaskBatch
+from interp.validation import check_positive_int
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -75,7 +76,7 @@ _BERT_STYLE = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "distilb
 """Hugging Face `model_type`s of BERT-style encoders, refused naming why."""
 
 
-def _why_not(model: TransformerBridge) -> str | None:
+def why_not_a_sum(model: TransformerBridge) -> str | None:
     """Why edge patching is inexact on `model`, for architectures known to be out of reach."""
     original = getattr(model, "original_model", None)
     model_type = getattr(getattr(original, "config", None), "model_type", None)
@@ -94,7 +95,7 @@ def _architecture(model: TransformerBridge) -> Architecture:
     try:
         return functional.architecture_of(model)
     except ValueError as error:
-        raise ValueError(f"{_COVERS}; {_why_not(model) or error}") from None
+        raise ValueError(f"{_COVERS}; {why_not_a_sum(model) or error}") from None
 
 
 @dataclass(frozen=True)
@@ -392,8 +393,7 @@ class EdgePatcher:
     ) -> Float[Tensor, " circuit"]:
         """The metric of each circuit (row of `masks`, `[n_circuits, n_edges]`, 1 = kept) on
         the clean prompts of `batch`, `max_circuits` per forward pass."""
-        if isinstance(max_circuits, bool) or not isinstance(max_circuits, int) or max_circuits < 1:
-            raise ValueError(f"max_circuits must be a positive int, got {max_circuits!r}")
+        check_positive_int("max_circuits", max_circuits)
         self.check_batch(batch)
         batch = batch.to(self.device)
         masks = self.graph.check_masks(masks, device=self.device)

@@ -7,12 +7,18 @@
     direction: denoise
     metric: logit_diff
     normalise: true
+    direct_effects: true                # also the direct logit attribution and logit lens
 
 Each target's result is saved as `artifacts/patching_<target>.safetensors` (+ `.json`) and
 as a long table `artifacts/patching_<target>.parquet` for the dashboard, and the prompts
 patched (token ids and token strings, clean and corrupted) as `artifacts/prompts.json`; the
 summary holds the metric on the clean and corrupted prompts and, per target, the index with
-the largest effect.
+the largest effect. With `direct_effects` (the default) the run also saves, for the clean
+prompts, each component's direct logit attribution (`circuits.logit_attribution`:
+`artifacts/logit_attribution.*`) and the logit lens (`interp.logit_lens`:
+`artifacts/logit_lens.*`), and the summary names the components with the largest direct
+effect; a model those cannot read (one `interp.functional` does not cover) is noted in the
+summary instead.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from circuits.logit_attribution import direct_logit_attribution
 from circuits.patching import TARGETS, PatchingResult, patch
 from circuits.patching.targets import ATTENTION_ONLY_MISSING, check_patchable
 from interp import models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext, saves_no_model
+from interp.logit_lens import logit_lens
 from interp.metrics import mean_metric
 from interp.model_checks import check_metric, check_model_and_task
 from interp.model_refs import ModelRef, resolve_model_and_task
@@ -47,6 +55,7 @@ class PatchingConfig(ExperimentConfig):
     metric: str | None = None
     normalise: bool = True
     max_batch: int = Field(default=256, ge=1)
+    direct_effects: bool = True
 
     @field_validator("targets")
     @classmethod
@@ -135,7 +144,27 @@ def run_patching(config: PatchingConfig, run: Run, context: RunContext) -> dict[
         summary["metric_clean"] = result.metric_clean
         summary["metric_corrupted"] = result.metric_corrupted
         summary[f"strongest_{target}"] = strongest_index(result)
+    if config.direct_effects:
+        summary.update(save_direct_effects(model, batch, run))
     return summary
+
+
+def save_direct_effects(model: Any, batch: TaskBatch, run: Run) -> dict[str, Any]:
+    """Save the direct logit attribution and the logit lens of the clean prompts; the
+    summary's entries: the five components with the largest mean |direct effect| on the
+    logit difference, or why neither could be computed."""
+    try:
+        attribution = direct_logit_attribution(model, batch)
+        lens = logit_lens(model, batch)
+    except ValueError as error:
+        return {"direct_effects": f"not computed: {error}"}
+    attribution.save(run)
+    run.save_table("logit_attribution", attribution.to_frame())
+    lens.save(run)
+    run.save_table("logit_lens", lens.to_frame())
+    return {"direct_effects": [
+        {"component": name, "logit_diff": value} for name, value in attribution.top(5)
+    ]}
 
 
 PATCHING = ExperimentKind(

@@ -87,6 +87,7 @@ from circuits.path_nodes import (
 )
 from interp.metrics import normalise as normalise_metric
 from interp.tasks.base import TaskBatch
+from interp.validation import check_positive_int
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -411,8 +412,7 @@ def path_patch_senders(
         `method="path"` and `target="path->" + "+".join(receivers)`.
     """
     _check_common(model, batch, direction, freeze_mlps)
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    check_positive_int("max_batch", max_batch)
     receiver_nodes = _parse_receivers(receivers, model)
     parallel = parallel_blocks(model)
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)

@@ -45,3 +45,9 @@ def parse_config(config_class: type[ModelT], data: ModelT | Mapping[str, Any]) -
     except pydantic.ValidationError as error:
         title = config_class.__name__
         raise ValueError(f"invalid {title}: {describe_validation_error(error)}") from None
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """A one-line ValueError unless `value` is an int >= 1 (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")

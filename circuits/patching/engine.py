@@ -43,6 +43,7 @@ from interp import models
 from interp.functional import Architecture
 from interp.metrics import normalise as normalise_metric
 from interp.tasks.base import TaskBatch
+from interp.validation import check_positive_int
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -436,8 +437,7 @@ def patch(
     batch = TaskBatch.checked(batch, model)
     if not isinstance(normalise, bool):
         raise ValueError(f"normalise must be a bool, got {normalise!r}")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    check_positive_int("max_batch", max_batch)
     chosen, arch = _resolve_engine(engine, model)
     if chosen == "hooks":  # the incremental engine computes the pattern itself
         check_patchable(space, model)

@@ -19,6 +19,7 @@ from torch import Tensor
 from circuits.graph import ComputationalGraph
 from interp import functional, models
 from interp.tasks.base import TaskBatch
+from interp.validation import check_positive_int
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -206,5 +207,4 @@ def _distinct(generator: torch.Generator, pool: Sequence[int], k: int) -> list[i
 
 
 def _check_examples(n_examples: int) -> None:
-    if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
-        raise ValueError(f"n_examples must be a positive int, got {n_examples!r}")
+    check_positive_int("n_examples", n_examples)

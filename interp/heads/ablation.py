@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from interp.heads.patterns import _as_int, eval_mode
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
+from interp.validation import check_positive_int
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -252,8 +253,7 @@ def ablation_importance(
     if mode not in ABLATION_MODES:
         raise ValueError(f"mode must be one of {ABLATION_MODES}, got {mode!r}")
     batch = TaskBatch.checked(batch, model)
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    check_positive_int("max_batch", max_batch)
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     chosen = _check_heads(heads, n_layers, n_heads)
     missing = [_z_hook(layer) for layer, _ in chosen if _z_hook(layer) not in model.hook_dict]

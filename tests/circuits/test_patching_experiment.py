@@ -6,14 +6,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from circuits.logit_attribution import LogitAttribution, direct_logit_attribution
 from circuits.patching import PatchingResult, patch
-from circuits.patching_experiment import strongest_index
+from circuits.patching_experiment import save_direct_effects, strongest_index
 from interp import models
 from interp.cli import main
 from interp.config import load_config
+from interp.logit_lens import LogitLens, logit_lens
 from interp.metrics import logit_diff, mean_metric
 from interp.runs import RunStore
 from interp.tasks import Induction
+from interp.tasks.induction import InductionConfig
 
 TRAIN = """
 kind: train
@@ -58,6 +61,19 @@ def test_patching_kind_saves_what_patch_computes_on_the_checkpoint(tmp_path: Pat
     strongest = run.summary["strongest_z"]
     effects = direct.values - direct.metric_corrupted  # not normalised, denoising
     assert abs(strongest["effect"]) == pytest.approx(float(effects.abs().max()))
+
+    # direct effects of the clean prompts, as the library computes them on the checkpoint
+    batch = Induction(config.task).batch()
+    attribution = direct_logit_attribution(model, batch)
+    saved_attribution = LogitAttribution.load(run)
+    torch.testing.assert_close(saved_attribution.values, attribution.values)
+    assert run.summary["direct_effects"][0] == {
+        "component": attribution.top(1)[0][0], "logit_diff": attribution.top(1)[0][1]
+    }
+    assert len(run.load_table("logit_attribution")) == len(attribution.components)
+    torch.testing.assert_close(LogitLens.load(run).logit_diff,
+                               logit_lens(model, batch).logit_diff)
+    assert list(run.load_table("logit_lens")["stage"]) == ["0_pre", "1_pre", "final_post"]
 
 
 @pytest.mark.parametrize(("direction", "normalised", "expected"), [
@@ -150,3 +166,17 @@ def test_a_masked_language_model_is_refused_for_next_token_tasks(
     assert "task 'ioi' reads the next token's logits" in error and "attends both ways" in error
     (info,) = RunStore(runs).runs(f"minilm_{kind}")
     assert info.status == "failed" and not list((info.path / "artifacts").glob("*"))
+
+
+def test_direct_effects_of_a_model_they_cannot_read_are_noted_not_written(
+    tmp_path: Path, minilm
+) -> None:
+    """MiniLM (post-LayerNorm) has no sum of parts to attribute: the summary says why and
+    no artifact is written (the patching kind itself refuses MiniLM for next-token tasks,
+    so this path is reached through `save_direct_effects` alone)."""
+    run = RunStore(tmp_path / "runs").create("exp", "patching", {})
+    batch = Induction(InductionConfig(d_vocab=12, half_len=4, n_examples=2)).batch()
+    note = save_direct_effects(minilm, batch, run)
+    assert note["direct_effects"].startswith("not computed: ")
+    assert "BERT-style encoder" in note["direct_effects"]
+    assert not list(run.artifacts_dir.glob("logit_*"))

@@ -1,0 +1,247 @@
+"""Direct logit attribution: what each component of a model adds to the logits directly.
+
+The residual stream the unembedding reads is a sum of parts: the embedding, each head's
+output, each MLP's output (the sources of `circuits.graph`), and what belongs to no source
+(the attention output biases). The final norm divides the whole stream by one scale per
+position; with that scale held at its value in the run the logits are linear in the parts,
+so each part's direct contribution to the logit of a token is its share of the normalised
+stream (`functional.normalized_parts`) dotted with that token's unembedding row (Elhage et
+al. 2021, "A Mathematical Framework for Transformer Circuits", the direct path; Wang et al.
+2022, "Interpretability in the Wild", section 3.1, finds the name movers this way). The
+contributions of every part, plus the unembedding's own (the final norm's bias and `b_U`),
+add up to the model's logit (before Gemma 2's final soft cap, which is not linear).
+
+Only direct effects are read: a head that acts through later components (the
+previous-token head of an induction circuit) shows ~0 here however much it matters;
+activation and path patching (`circuits.patching`, `circuits.path_patching`) measure
+those. Heads are split as in edge patching: under Gemma 2 and 3's norm after the attention,
+a head's share of the normalised block output.
+
+Covers the models edge patching covers (`circuits.edge_patching`); post-LayerNorm encoders
+(BERT) have no such sum and are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuits.edge_patching import why_not_a_sum
+from circuits.graph import ComputationalGraph, Node
+from interp import functional, models
+from interp.functional import Architecture
+from interp.runs import Run
+from interp.tasks.base import TaskBatch
+from interp.validation import check_positive_int
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+Readout = Literal["logit_diff", "answer", "wrong"]
+READOUTS: tuple[Readout, ...] = ("logit_diff", "answer", "wrong")
+
+BIAS = "bias"
+"""The component that holds the attention output biases (no head's)."""
+UNEMBED = "unembed"
+"""The component that holds the final norm's bias and the unembedding bias `b_U`."""
+
+
+@dataclass(frozen=True)
+class LogitAttribution:
+    """Each component's direct contribution to a logit readout, per example.
+
+    Attributes:
+        values: `[example, component]`; a row sums to `total` of that example.
+        components: Names of the columns: `"embed"`, `"L{l}H{h}"` per head, `"mlp{l}"`
+            per MLP (in forward order, as `ComputationalGraph.sources`), then `"bias"`
+            and `"unembed"`.
+        total: The model's readout per example, `[example]` (logits before a soft cap).
+        readout: `"logit_diff"` (logit of the answer minus the wrong token's),
+            `"answer"` or `"wrong"` (that token's logit alone).
+        n_layers, n_heads: The model's shape, for `heads()`.
+    """
+
+    values: Float[Tensor, "example component"]
+    components: tuple[str, ...]
+    total: Float[Tensor, " example"]
+    readout: str
+    n_layers: int
+    n_heads: int
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 2 or self.values.shape[1] != len(self.components):
+            raise ValueError(
+                f"LogitAttribution: values {tuple(self.values.shape)} do not fit "
+                f"{len(self.components)} components"
+            )
+        if self.total.shape != self.values.shape[:1]:
+            raise ValueError("LogitAttribution: total must have one value per example")
+
+    def mean(self) -> Float[Tensor, " component"]:
+        """Each component's contribution, averaged over the examples."""
+        return self.values.mean(dim=0)
+
+    def heads(self) -> Float[Tensor, "layer head"]:
+        """The heads' mean contributions as a `[layer, head]` grid."""
+        means = dict(zip(self.components, self.mean().tolist(), strict=True))
+        grid = [
+            [means[Node("head", layer, head).name] for head in range(self.n_heads)]
+            for layer in range(self.n_layers)
+        ]
+        return torch.tensor(grid)
+
+    def top(self, k: int = 10) -> list[tuple[str, float]]:
+        """The `k` components with the largest mean |contribution|, largest first."""
+        means = self.mean()
+        order = means.abs().argsort(descending=True)[:k]
+        return [(self.components[int(i)], float(means[i])) for i in order]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per component: `component`, `kind` (embed, head, mlp, bias, unembed),
+        `layer` and `head` (-1 where none), the `mean` and `std` over examples."""
+        rows = []
+        for name, mean, std in zip(
+            self.components, self.mean().tolist(), self.values.std(dim=0, correction=0).tolist(),
+            strict=True,
+        ):
+            kind, layer, head = _parse(name)
+            rows.append({"component": name, "kind": kind, "layer": layer, "head": head,
+                         "mean": mean, "std": std})
+        return pd.DataFrame(rows)
+
+    def save(self, run: Run | str | os.PathLike[str], name: str = "logit_attribution") -> None:
+        """`artifacts/<name>.safetensors` (values, total) and `<name>.json` (the rest)."""
+        run = Run.open(run)
+        run.save_tensors(name, {"values": self.values, "total": self.total})
+        run.save_json(name, {"components": list(self.components), "readout": self.readout,
+                             "n_layers": self.n_layers, "n_heads": self.n_heads})
+
+    @classmethod
+    def load(
+        cls, run: Run | str | os.PathLike[str], name: str = "logit_attribution"
+    ) -> LogitAttribution:
+        run = Run.open(run)
+        tensors, meta = run.load_tensors(name), run.load_json(name)
+        return cls(tensors["values"], tuple(meta["components"]), tensors["total"],
+                   meta["readout"], int(meta["n_layers"]), int(meta["n_heads"]))
+
+
+def _parse(name: str) -> tuple[str, int, int]:
+    """(kind, layer, head) of a component's name; -1 where it has none."""
+    if name.startswith("L") and "H" in name:
+        layer, head = name[1:].split("H")
+        return "head", int(layer), int(head)
+    if name.startswith("mlp"):
+        return "mlp", int(name[3:]), -1
+    return name, -1, -1
+
+
+def direct_logit_attribution(
+    model: TransformerBridge,
+    batch: TaskBatch,
+    *,
+    readout: Readout = "logit_diff",
+    max_batch: int = 32,
+    progress: bool = False,
+) -> LogitAttribution:
+    """Each component's direct contribution to the readout at `batch.position` of each
+    clean prompt (module docstring).
+
+    Args:
+        model: A model whose residual stream is a sum of parts: those edge patching
+            covers (`circuits.edge_patching`).
+        batch: The prompts (`clean`), the read positions, `answer` and `wrong` tokens.
+        readout: `"logit_diff"` (answer minus wrong), `"answer"` or `"wrong"`.
+        max_batch: Examples per forward pass.
+        progress: Show a progress bar over the chunks.
+    """
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    check_positive_int("max_batch", max_batch)
+    models.refuse_attached_hooks(model, "direct logit attribution", "remove them first")
+    try:
+        arch = functional.architecture_of(model)
+    except ValueError as error:
+        raise ValueError(
+            "direct logit attribution needs a residual stream that is a sum of parts; "
+            f"{why_not_a_sum(model) or error}"
+        ) from None
+    TaskBatch.checked(batch, model)
+    params = functional.live_params(model)
+    batch = batch.to(params["embed.weight"].device)
+    directions, offsets = _readout_rows(params, batch, readout)
+    names = [node.name for node in ComputationalGraph.from_model(model).sources] + [BIAS]
+    chunks = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(batch), max_batch), desc="direct logit attribution",
+                          disable=not progress):
+            rows = slice(start, start + max_batch)
+            parts = _parts_at(params, arch, batch.clean[rows], batch.position[rows])
+            shares, norm_bias = functional.normalized_parts(
+                params, "ln_final", parts, torch.zeros_like(parts[:, 0]),
+                arch.normalization, arch.eps,
+            )
+            direction = directions[rows].to(shares.dtype)
+            values = torch.einsum("bpd,bd->bp", shares, direction)
+            constant = (norm_bias * direction).sum(-1) + offsets[rows].to(shares.dtype)
+            chunks.append(torch.cat([values, constant.unsqueeze(1)], dim=1).float().cpu())
+    values = torch.cat(chunks)
+    return LogitAttribution(values, (*names, UNEMBED), values.sum(dim=1), readout,
+                            arch.n_layers, arch.n_heads)
+
+
+def _parts_at(
+    params: Mapping[str, Tensor], arch: Architecture, tokens: Tensor, positions: Tensor
+) -> Float[Tensor, "batch part d_model"]:
+    """The final residual stream at `positions` (one per example), in parts: the
+    embeddings, per block each head's output (through its `W_O`; under a norm after the
+    attention, its share of the normalised block output) and the MLP's, then the
+    attention biases (or their shares). One forward pass; the parts are read from it at
+    the read positions only."""
+    cache: dict[str, Tensor] = {}
+    functional.forward(params, tokens, arch, cache=cache, patterns=False)
+    at = torch.arange(len(tokens), device=tokens.device), positions
+    embed = cache["hook_embed"][at]
+    if "hook_pos_embed" in cache:
+        embed = embed + cache["hook_pos_embed"][at]
+    parts, rest = [embed], torch.zeros_like(embed)
+    for layer in range(arch.n_layers):
+        block = f"blocks.{layer}"
+        z = cache[f"{block}.attn.hook_z"][at]  # [b, head, d_head]
+        w_out = params[f"{block}.attn.o.weight"].view(arch.d_model, arch.n_heads, arch.d_head)
+        per_head = torch.einsum("bhe,dhe->bhd", z, w_out)
+        bias = params.get(f"{block}.attn.o.bias")
+        bias = torch.zeros_like(embed) if bias is None else bias.expand_as(embed)
+        if arch.post_norms:
+            per_head, bias = functional.normalized_parts(
+                params, f"{block}.ln1_post", per_head, bias, arch.normalization, arch.eps
+            )
+        parts += per_head.unbind(1)
+        rest = rest + bias
+        if arch.d_mlp is not None:
+            parts.append(cache[f"{block}.hook_mlp_out"][at])
+    return torch.stack([*parts, rest], dim=1)
+
+
+def _readout_rows(
+    params: Mapping[str, Tensor], batch: TaskBatch, readout: Readout
+) -> tuple[Float[Tensor, "example d_model"], Float[Tensor, " example"]]:
+    """The unembedding row whose dot product with the normalised stream is the readout,
+    per example, and the readout's share of `b_U`."""
+    weight, bias = params["unembed.weight"], params.get("unembed.bias")
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    answer, wrong = batch.answer, batch.wrong
+    if readout == "answer":
+        return weight[answer], bias[answer]
+    if readout == "wrong":
+        return weight[wrong], bias[wrong]
+    return weight[answer] - weight[wrong], bias[answer] - bias[wrong]
