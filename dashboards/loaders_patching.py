@@ -1,9 +1,12 @@
 """Cached reads of what a `patching` run saves (circuits/patching_experiment.py), for the
 Patching page: per target `artifacts/patching_<target>.safetensors` (the values) and
 `.json` (axes, labels, metric on the clean and corrupted runs, ...), written by
-`circuits.patching.PatchingResult.save`, and `artifacts/prompts.json` (the prompts).
+`circuits.patching.PatchingResult.save`, `artifacts/prompts.json` (the prompts), and the
+direct effects of the clean prompts, `artifacts/logit_attribution.*` and
+`artifacts/logit_lens.*` (tables saved by `Run.save_table`: parquet, or csv).
 
-The values are read with `safetensors.numpy`, so nothing here imports torch.
+The values are read with `safetensors.numpy` and the tables with pandas, so nothing here
+imports torch.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 from safetensors.numpy import load_file
 
+from dashboards.figures.direct_effects import ATTRIBUTION_COLUMNS, LENS_COLUMNS, check_table
 from dashboards.loaders import CACHE_TTL_S
 from interp.runs.errors import one_line
 
 PROMPTS_FILE = "prompts.json"
+ATTRIBUTION_TABLE = "logit_attribution"
+LENS_TABLE = "logit_lens"
 VALUES_KEY = "values"
 """The key of the values tensor in `patching_<target>.safetensors`."""
 
@@ -145,7 +152,33 @@ def patching_prompts(run_dir: str) -> dict[str, Any] | None:
     return prompts
 
 
+def _read_table(folder: Path, name: str, columns: tuple[str, ...]) -> pd.DataFrame | None:
+    """`<name>.parquet`, else `<name>.csv` (as `Run.load_table` reads them), None when
+    neither exists; ValueError when the one read is unreadable or lacks `columns`."""
+    for suffix, read in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+        path = folder / f"{name}{suffix}"
+        if not path.exists():
+            continue
+        try:
+            table = read(path)
+        except Exception as error:  # pyarrow and the csv parser raise their own types
+            raise ValueError(f"{path.name} is unreadable: {one_line(error)}") from None
+        return check_table(table, columns, path.name)
+    return None
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
+def direct_effects(run_dir: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The direct logit attribution table and the logit lens table of the clean prompts
+    (`circuits.patching_experiment.save_direct_effects`), each None when the run saved no
+    such table (older runs, a model those cannot read). ValueError when a table is
+    unreadable or lacks its columns (`ATTRIBUTION_COLUMNS`, `LENS_COLUMNS`)."""
+    folder = _artifacts(run_dir)
+    return (_read_table(folder, ATTRIBUTION_TABLE, ATTRIBUTION_COLUMNS),
+            _read_table(folder, LENS_TABLE, LENS_COLUMNS))
+
+
 def clear_caches() -> None:
     """Forget every cached read."""
-    for reader in (patching_targets, patching_result, patching_prompts):
+    for reader in (patching_targets, patching_result, patching_prompts, direct_effects):
         reader.clear()

@@ -1,9 +1,10 @@
 """The Patching page: the activation-patching results of a `patching` run as heatmaps
-(layer x position, layer x head, ...) with each value on hover, and the clean and
-corrupted prompts the run patched, token by token.
+(layer x position, layer x head, ...) with each value on hover, the direct effects of the
+clean prompts (direct logit attribution per head and per component, and the logit lens),
+and the clean and corrupted prompts the run patched, token by token.
 
-It reads what the run saved (`artifacts/patching_<target>.*`, `artifacts/prompts.json`,
-summary.json) and never runs a model.
+It reads what the run saved (`artifacts/patching_<target>.*`, `artifacts/logit_attribution.*`,
+`artifacts/logit_lens.*`, `artifacts/prompts.json`, summary.json) and never runs a model.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import loaders_patching as data
+from dashboards.figures.direct_effects import (
+    component_attribution_bars,
+    head_attribution_heatmap,
+    logit_lens_figure,
+)
 from dashboards.figures.patching import patching_heatmap, prompt_table
 from dashboards.run_picker import pick_run
 from interp.runs import RunInfo
@@ -47,6 +53,7 @@ def render_patching_page(runs_dir: Path) -> None:
     if info is None:
         return
     render_result(info)
+    render_direct_effects(info)
     render_prompts(info)
 
 
@@ -99,6 +106,72 @@ def result_caption(
             text += f", a change of {float(strongest['effect']):+.4g}"
         text += "."
     return text
+
+
+DIRECT_CAPTION = (
+    "Direct logit attribution on the clean prompts: what each component writes into the "
+    "residual stream that the unembedding reads at once, as a change of the logit "
+    "difference (answer - wrong, in logits), averaged over the examples. This is the direct "
+    "path only: a component that acts through later ones (an induction circuit's "
+    "previous-token head) shows ~0 here however much it matters; patching, above, measures "
+    "total effects."
+)
+LENS_CAPTION = (
+    "Logit lens: the residual stream before each block, read through the model's final norm "
+    "and unembedding as if it were the output (nostalgebraist 2020); the last stage is the "
+    "model's own output."
+)
+NOT_COMPUTED = "not computed: "
+
+
+def render_direct_effects(info: RunInfo) -> None:
+    """The direct logit attribution (per head, per component) and the logit lens of the
+    clean prompts, when the run saved them."""
+    st.subheader("Direct effects")
+    try:
+        attribution, lens = data.direct_effects(str(info.path))
+    except (ValueError, OSError) as error:
+        st.warning(f"`{info.ref}`: the direct effects cannot be read: {error}")
+        return
+    summary = info.summary.get("direct_effects")
+    if attribution is None and lens is None:
+        text = f"`{info.ref}` saved no direct effects (logit_attribution, logit_lens)."
+        if isinstance(summary, str) and summary.startswith(NOT_COMPUTED):
+            text += f" They were {summary}."
+        st.caption(text)
+        return
+    if attribution is None:
+        st.caption(f"`{info.ref}` saved no direct logit attribution (logit_attribution).")
+    else:
+        for draw in (head_attribution_heatmap, component_attribution_bars):
+            try:
+                st.plotly_chart(draw(attribution))
+            except ValueError as error:
+                st.warning(f"`{info.ref}`: the direct logit attribution cannot be drawn: {error}")
+        st.caption(DIRECT_CAPTION + top_components_text(summary))
+    if lens is None:
+        st.caption(f"`{info.ref}` saved no logit lens (logit_lens).")
+        return
+    try:
+        st.plotly_chart(logit_lens_figure(lens))
+    except ValueError as error:
+        st.warning(f"`{info.ref}`: the logit lens cannot be drawn: {error}")
+        return
+    st.caption(LENS_CAPTION)
+
+
+def top_components_text(summary: Any) -> str:
+    """" Largest direct effects: L0H0 +0.175, ..." from the summary's `direct_effects`
+    list ({"component", "logit_diff"} per entry, largest |effect| first); "" without one."""
+    if not isinstance(summary, list):
+        return ""
+    parts = [
+        f"{entry['component']} {float(entry['logit_diff']):+.3g}"
+        for entry in summary
+        if isinstance(entry, dict) and isinstance(entry.get("logit_diff"), int | float)
+        and "component" in entry
+    ]
+    return f" Largest direct effects: {', '.join(parts)}." if parts else ""
 
 
 def differing_style(table: pd.DataFrame) -> pd.DataFrame:

@@ -14,15 +14,23 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from page_testing import array, assert_renders_without_torch, chart_specs, open_page
+from page_testing import (
+    array,
+    assert_renders_without_torch,
+    chart_specs,
+    figures,
+    open_page,
+)
 from streamlit.testing.v1 import AppTest
 
+from circuits.logit_attribution import LogitAttribution
 from circuits.patching import PatchingResult
 from circuits.patching_experiment import PATCHING
 from dashboards.figures.patching import heatmap_grid, patching_heatmap, prompt_table
 from dashboards.loaders_patching import SavedPatching
 from dashboards.views.patching import result_caption
 from interp.config import load_config
+from interp.logit_lens import LogitLens
 from interp.runner import execute
 from interp.runs import Run, RunStore
 from interp.tasks import Induction
@@ -89,7 +97,8 @@ def _open_page(runs_dir: Path) -> AppTest:
 
 
 def _heatmap(app: AppTest) -> dict[str, Any]:
-    (spec,) = chart_specs(app)
+    """The target's heatmap: the page's first chart (the direct effects' three follow)."""
+    spec = chart_specs(app)[0]
     (trace,) = spec["data"]
     assert trace["type"] == "heatmap"
     return {"title": spec["layout"]["title"]["text"], **trace}
@@ -149,6 +158,32 @@ def test_head_targets_fold_heads_into_rows(
     np.testing.assert_allclose(grid[3], by_pos[1, :, 1], rtol=1e-6)
 
 
+def test_page_draws_the_direct_effects_the_run_saved(store: RunStore, good_run: Run) -> None:
+    app = _open_page(store.root)
+    app.selectbox(key="patching_run").set_value(good_run.ref).run()
+    assert not app.exception
+    assert "Direct effects" in [subheader.value for subheader in app.subheader]
+    target, heatmap, bars, lens_figure = figures(app)  # the target's, then the direct effects'
+    assert target.layout.title.text.startswith("resid_pre")
+    attribution = LogitAttribution.load(good_run)
+    np.testing.assert_allclose(
+        np.asarray(heatmap.data[0].z, dtype=float), attribution.heads().numpy(), rtol=1e-6
+    )
+    assert list(bars.data[0].x) == ["embed", "heads 0", "heads 1", "bias", "unembed"]  # attn-only
+    np.testing.assert_allclose(
+        bars.data[0].y[1:3], attribution.heads().numpy().sum(axis=1), rtol=1e-5, atol=1e-7
+    )
+    lens = LogitLens.load(good_run)
+    assert list(lens_figure.data[0].x) == list(lens.stages) == ["0_pre", "1_pre", "final_post"]
+    np.testing.assert_allclose(
+        lens_figure.data[0].y, lens.logit_diff.mean(dim=0).numpy(), rtol=1e-6
+    )
+    top_name, top_value = attribution.top(1)[0]
+    captions = " ".join(c.value for c in app.caption)
+    assert f"Largest direct effects: {top_name} {top_value:+.3g}," in captions
+    assert "direct path only" in captions and "nostalgebraist 2020" in captions
+
+
 def test_heatmap_is_white_where_a_patch_changes_nothing(
     store: RunStore, tmp_path: Path, one_torch_thread: Any
 ) -> None:
@@ -205,7 +240,7 @@ def test_broken_failed_and_corrupt_runs_show_their_message(
     assert len(app.dataframe) == 1  # the prompts still show
     app.selectbox(key=f"patching_target_{ref}").set_value("resid_pre").run()
     assert not [w for w in app.warning if "zz-corrupt" not in w.value]
-    assert len(app.get("plotly_chart")) == 1
+    assert len(app.get("plotly_chart")) == 1 + 3  # the target's, then the direct effects'
 
     app.selectbox(key="patching_run").set_value("tiny_patch/zz-failed").run()
     assert any("failed: RuntimeError: out of memory" in w.value for w in app.warning)
@@ -286,7 +321,7 @@ def test_drawing_the_page_never_imports_torch(store: RunStore) -> None:
 def test_the_page_and_its_figures_do_not_import_torch() -> None:
     code = (
         "import sys, dashboards.views.patching, dashboards.figures.patching, "
-        "dashboards.loaders_patching; "
+        "dashboards.figures.direct_effects, dashboards.loaders_patching; "
         "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
