@@ -67,6 +67,9 @@ class LogitAttribution:
         readout: `"logit_diff"` (logit of the answer minus the wrong token's),
             `"answer"` or `"wrong"` (that token's logit alone).
         n_layers, n_heads: The model's shape, for `heads()`.
+        neurons: With `neurons=True`, each MLP neuron's direct contribution, `[example,
+            layer, d_mlp]`: its activation times its output row read through the final
+            norm; a layer's neurons plus its MLP's output bias make its `"mlp{l}"` column.
     """
 
     values: Float[Tensor, "example component"]
@@ -75,6 +78,7 @@ class LogitAttribution:
     readout: str
     n_layers: int
     n_heads: int
+    neurons: Float[Tensor, "example layer neuron"] | None = None
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2 or self.values.shape[1] != len(self.components):
@@ -84,6 +88,19 @@ class LogitAttribution:
             )
         if self.total.shape != self.values.shape[:1]:
             raise ValueError("LogitAttribution: total must have one value per example")
+        if self.neurons is not None and (
+            self.neurons.ndim != 3 or self.neurons.shape[:2] != (len(self.total), self.n_layers)
+        ):
+            raise ValueError("LogitAttribution: neurons must be [example, layer, neuron]")
+
+    def top_neurons(self, k: int = 10) -> list[tuple[str, float]]:
+        """The `k` neurons (`"L{layer}N{neuron}"`) with the largest mean |contribution|."""
+        if self.neurons is None:
+            raise ValueError("no neuron attributions: run with neurons=True")
+        means = self.neurons.mean(dim=0).flatten()
+        order = means.abs().argsort(descending=True)[:k]
+        width = self.neurons.shape[2]
+        return [(f"L{int(i) // width}N{int(i) % width}", float(means[i])) for i in order]
 
     def mean(self) -> Float[Tensor, " component"]:
         """Each component's contribution, averaged over the examples."""
@@ -120,7 +137,10 @@ class LogitAttribution:
     def save(self, run: Run | str | os.PathLike[str], name: str = "logit_attribution") -> None:
         """`artifacts/<name>.safetensors` (values, total) and `<name>.json` (the rest)."""
         run = Run.open(run)
-        run.save_tensors(name, {"values": self.values, "total": self.total})
+        tensors = {"values": self.values, "total": self.total}
+        if self.neurons is not None:
+            tensors["neurons"] = self.neurons
+        run.save_tensors(name, tensors)
         run.save_json(name, {"components": list(self.components), "readout": self.readout,
                              "n_layers": self.n_layers, "n_heads": self.n_heads})
 
@@ -131,7 +151,8 @@ class LogitAttribution:
         run = Run.open(run)
         tensors, meta = run.load_tensors(name), run.load_json(name)
         return cls(tensors["values"], tuple(meta["components"]), tensors["total"],
-                   meta["readout"], int(meta["n_layers"]), int(meta["n_heads"]))
+                   meta["readout"], int(meta["n_layers"]), int(meta["n_heads"]),
+                   tensors.get("neurons"))
 
 
 def _parse(name: str) -> tuple[str, int, int]:
@@ -149,17 +170,20 @@ def direct_logit_attribution(
     batch: TaskBatch,
     *,
     readout: Readout = "logit_diff",
+    neurons: bool = False,
     max_batch: int = 32,
     progress: bool = False,
 ) -> LogitAttribution:
     """Each component's direct contribution to the readout at `batch.position` of each
-    clean prompt (module docstring).
+    clean prompt (module docstring); with `neurons`, each MLP neuron's too.
 
     Args:
         model: A model whose residual stream is a sum of parts: those edge patching
             covers (`circuits.edge_patching`).
         batch: The prompts (`clean`), the read positions, `answer` and `wrong` tokens.
         readout: `"logit_diff"` (answer minus wrong), `"answer"` or `"wrong"`.
+        neurons: Also attribute to each MLP neuron (`LogitAttribution.neurons`); not
+            under a norm after the MLP (Gemma 2 and 3), which mixes its neurons' outputs.
         max_batch: Examples per forward pass.
         progress: Show a progress bar over the chunks.
     """
@@ -174,17 +198,29 @@ def direct_logit_attribution(
             "direct logit attribution needs a residual stream that is a sum of parts; "
             f"{why_not_a_sum(model) or error}"
         ) from None
+    if neurons and (arch.d_mlp is None or arch.post_norms):
+        why = "it has no MLPs" if arch.d_mlp is None else "a norm after each MLP mixes them"
+        raise ValueError(f"neurons=True: this model's neurons have no direct effects of "
+                         f"their own ({why})")
     TaskBatch.checked(batch, model)
     params = functional.live_params(model)
     batch = batch.to(params["embed.weight"].device)
     directions, offsets = _readout_rows(params, batch, readout)
     names = [node.name for node in ComputationalGraph.from_model(model).sources] + [BIAS]
-    chunks = []
+    chunks, neuron_chunks = [], []
     with torch.inference_mode():
         for start in tqdm(range(0, len(batch), max_batch), desc="direct logit attribution",
                           disable=not progress):
             rows = slice(start, start + max_batch)
-            parts = _parts_at(params, arch, batch.clean[rows], batch.position[rows])
+            cache: dict[str, Tensor] = {}
+            tokens = batch.clean[rows]
+            functional.forward(params, tokens, arch, cache=cache, patterns=False)
+            at = torch.arange(len(tokens), device=tokens.device), batch.position[rows]
+            parts = _parts_at(params, arch, cache, at)
+            if neurons:
+                neuron_chunks.append(_neurons_at(
+                    params, arch, cache, at, parts.sum(dim=1), directions[rows]
+                ).float().cpu())
             shares, norm_bias = functional.normalized_parts(
                 params, "ln_final", parts, torch.zeros_like(parts[:, 0]),
                 arch.normalization, arch.eps,
@@ -195,20 +231,18 @@ def direct_logit_attribution(
             chunks.append(torch.cat([values, constant.unsqueeze(1)], dim=1).float().cpu())
     values = torch.cat(chunks)
     return LogitAttribution(values, (*names, UNEMBED), values.sum(dim=1), readout,
-                            arch.n_layers, arch.n_heads)
+                            arch.n_layers, arch.n_heads,
+                            torch.cat(neuron_chunks) if neurons else None)
 
 
 def _parts_at(
-    params: Mapping[str, Tensor], arch: Architecture, tokens: Tensor, positions: Tensor
+    params: Mapping[str, Tensor], arch: Architecture, cache: Mapping[str, Tensor],
+    at: tuple[Tensor, Tensor],
 ) -> Float[Tensor, "batch part d_model"]:
-    """The final residual stream at `positions` (one per example), in parts: the
-    embeddings, per block each head's output (through its `W_O`; under a norm after the
-    attention, its share of the normalised block output) and the MLP's, then the
-    attention biases (or their shares). One forward pass; the parts are read from it at
-    the read positions only."""
-    cache: dict[str, Tensor] = {}
-    functional.forward(params, tokens, arch, cache=cache, patterns=False)
-    at = torch.arange(len(tokens), device=tokens.device), positions
+    """The final residual stream at the read positions `at` (example, position), in
+    parts: the embeddings, per block each head's output (through its `W_O`; under a norm
+    after the attention, its share of the normalised block output) and the MLP's, then
+    the attention biases (or their shares); read from a forward pass's `cache`."""
     embed = cache["hook_embed"][at]
     if "hook_pos_embed" in cache:
         embed = embed + cache["hook_pos_embed"][at]
@@ -229,6 +263,37 @@ def _parts_at(
         if arch.d_mlp is not None:
             parts.append(cache[f"{block}.hook_mlp_out"][at])
     return torch.stack([*parts, rest], dim=1)
+
+
+def _neurons_at(
+    params: Mapping[str, Tensor], arch: Architecture, cache: Mapping[str, Tensor],
+    at: tuple[Tensor, Tensor], final: Float[Tensor, "batch d_model"],
+    direction: Float[Tensor, "batch d_model"],
+) -> Float[Tensor, "batch layer neuron"]:
+    """Each neuron's activation times its output row dotted with the readout `direction`
+    seen through the final norm at its scale in the run (`final`: the stream it reads):
+    for a norm x -> w * centre(x) / s, a part p adds `p . centre(w * direction) / s`."""
+    kind, weight = arch.normalization, None
+    read = direction.float()
+    if kind is not None:
+        stream = final.float()
+        if kind in ("LN", "LNPRE"):
+            stream = stream - stream.mean(-1, keepdim=True)
+        read = read / (stream.pow(2).mean(-1, keepdim=True) + arch.eps).sqrt()
+        if kind == "RMS1P":
+            weight = 1.0 + params["ln_final.weight"].float()
+        elif kind in ("LN", "RMS"):
+            weight = params["ln_final.weight"].float()
+        if weight is not None:
+            read = read * weight
+        if kind in ("LN", "LNPRE"):
+            read = read - read.mean(-1, keepdim=True)
+    per_layer = []
+    for layer in range(arch.n_layers):
+        post = cache[f"blocks.{layer}.mlp.hook_post"][at].float()  # [b, d_mlp]
+        w_out = params[f"blocks.{layer}.mlp.out.weight"].float()  # [d_model, d_mlp]
+        per_layer.append(post * (read @ w_out))
+    return torch.stack(per_layer, dim=1)
 
 
 def _readout_rows(

@@ -132,3 +132,40 @@ def test_bad_input_gets_one_line_errors(minilm, model, batch) -> None:
     with pytest.raises(ValueError, match="BERT-style encoder") as error:
         direct_logit_attribution(minilm, batch)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["biased", "llama", "gemma"])
+def test_neurons_add_up_to_their_mlp_and_equal_transformer_lens(request, batch, kind) -> None:
+    """A layer's neurons plus its output bias's share make its MLP's column (the bias's
+    share computed here by hand: b_out through the final norm at the run's scale); on the
+    native model each neuron equals `logit_attrs` of `stack_neuron_results`."""
+    model = request.getfixturevalue(kind)
+    result = direct_logit_attribution(model, batch, neurons=True)
+    assert result.neurons is not None and result.neurons.shape[:2] == (3, 2)
+    without_bias = direct_logit_attribution(model, batch)
+    torch.testing.assert_close(without_bias.values, result.values)
+    for layer in range(2):
+        column = result.values[:, result.components.index(f"mlp{layer}")]
+        if kind != "biased":  # no MLP biases (Llama, Gemma): the neurons are the column
+            torch.testing.assert_close(result.neurons[:, layer].sum(-1), column,
+                                       atol=1e-5, rtol=0)
+    assert result.top_neurons(1)[0][0].startswith("L")
+    if kind == "biased":
+        last = TaskBatch(batch.clean, batch.corrupted, batch.answer, batch.wrong,
+                         torch.full_like(batch.position, batch.clean.shape[1] - 1))
+        ours = direct_logit_attribution(model, last, neurons=True).neurons
+        _, cache = model.run_with_cache(last.clean)
+        stack = cache.stack_neuron_results(layer=-1, pos_slice=-1)
+        theirs = cache.logit_attrs(stack, tokens=last.answer, incorrect_tokens=last.wrong,
+                                   pos_slice=-1).detach().T.reshape(ours.shape)
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_neurons_are_refused_where_they_have_no_direct_effect_of_their_own(
+    gemma2, batch
+) -> None:
+    with pytest.raises(ValueError, match="a norm after each MLP mixes them"):
+        direct_logit_attribution(gemma2, batch, neurons=True)
+    planted = copy_suppress()
+    with pytest.raises(ValueError, match="it has no MLPs"):
+        direct_logit_attribution(planted.model, planted.batch, neurons=True)
