@@ -11,12 +11,12 @@ says which models are covered and why others are not). It composes with `torch.f
 `torch.func.grad` for gradients, `torch.func.vmap` over parameters stacked along a leading
 axis (`stack_params`, `batched_forward`), so S seeds of one model train as one batched
 computation. After training, `load_params(model, params)` puts the weights back into a
-bridge, which then gives the same logits. The pieces of a block live in `interp.layers`;
-the public ones (`embed`, `normalize`, `normalized_parts`, `linear`, `head_projection`,
-`mix_heads`, `causal_bias`, `alibi_bias`, `rotary_tables`, `rope_of`, `apply_rotary`,
-`attention_output`, `mlp`, `block_mlp`, `unembed`) are re-exported here, so that other
-engines, such as incremental activation patching, can rerun part of a forward pass with
-exactly the same arithmetic.
+bridge, which then gives the same logits. The pieces of a block live in `interp.layers`
+(rotary embeddings in `interp.rotary`); the public ones (`embed`, `normalize`,
+`normalized_parts`, `linear`, `head_projection`, `mix_heads`, `causal_bias`, `alibi_bias`,
+`rotary_tables`, `rope_of`, `apply_rotary`, `attention_output`, `mlp`, `block_mlp`,
+`unembed`) are re-exported here, so that other engines, such as incremental activation
+patching, can rerun part of a forward pass with exactly the same arithmetic.
 
 The math mirrors TransformerLens's `NativeModel` and its bridge (pre-norm blocks of causal
 multi-head attention, Vaswani et al. 2017, "Attention Is All You Need", and an MLP):
@@ -45,7 +45,6 @@ from torch import Tensor
 
 from interp.layers import (
     alibi_bias,
-    apply_rotary,
     attention,
     attention_of,
     attention_output,
@@ -60,8 +59,6 @@ from interp.layers import (
     normalized_parts,
     qk_norm_of,
     recorder,
-    rope_of,
-    rotary_tables,
     unembed,
 )
 from interp.models import ModelSpec
@@ -81,6 +78,7 @@ from interp.param_layout import (
     unstack_params,
 )
 from interp.pretrained_layout import architecture_of, covers
+from interp.rotary import apply_rotary, rope_of, rotary_tables
 
 __all__ = [
     "TRAINABLE_EXCLUDED",

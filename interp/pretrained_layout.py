@@ -86,15 +86,16 @@ cos and sin); types whose frequencies change with the sequence length ("dynamic"
 forward pass and the patching against TransformerLens's `get_act_patch_*` on
 random models of each class written to local folders. Other classes are refused by name
 (what they add is not computed here: BERT's and OPT-350m's post-LayerNorm, ...).
+
+This module is the entry point (`architecture_of`, `covers`); the readers of one family's
+fields and refusals live in `interp.pretrained_families`, the rotary ones in
+`interp.pretrained_rotary`.
 """
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any
-
-import torch
-from torch import Tensor
 
 from interp.models import spec_of
 from interp.param_layout import (
@@ -106,6 +107,18 @@ from interp.param_layout import (
     live_params,
     unsupported_features,
 )
+from interp.pretrained_families import (
+    alibi_slopes,
+    attention_windows,
+    bloom_differences,
+    gpt_neo_differences,
+    gpt_neo_fields,
+    opt_differences,
+    phi_differences,
+    position_offset,
+    post_norm_fields,
+)
+from interp.pretrained_rotary import rotary_of
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -190,11 +203,11 @@ def architecture_of(model: TransformerBridge) -> Architecture:
     bloom = name == "BloomForCausalLM"
     positions = "rotary" if rotary else "alibi" if bloom else "standard"
     reasons += _pretrained_differences(cfg, positions, gemma) + _hf_config_differences(hf_config)
-    reasons += _bloom_differences(hf_config) if bloom else []
-    reasons += _opt_differences(hf_config) if name == "OPTForCausalLM" else []
-    reasons += _gpt_neo_differences(hf_config) if name == "GPTNeoForCausalLM" else []
-    reasons += _phi_differences(hf_config) if name == "PhiForCausalLM" else []
-    rope, rope_reason = _rotary_of(original, hf_config, int(cfg.d_head), rotary)
+    reasons += bloom_differences(hf_config) if bloom else []
+    reasons += opt_differences(hf_config) if name == "OPTForCausalLM" else []
+    reasons += gpt_neo_differences(hf_config) if name == "GPTNeoForCausalLM" else []
+    reasons += phi_differences(hf_config) if name == "PhiForCausalLM" else []
+    rope, rope_reason = rotary_of(original, hf_config, int(cfg.d_head), rotary)
     reasons += [rope_reason] if rope_reason else []
     if reasons:  # (a setting both configs carry is named once)
         named = ", ".join(dict.fromkeys(reasons))
@@ -210,12 +223,12 @@ def architecture_of(model: TransformerBridge) -> Architecture:
         qk_norm=name in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"),
         **({"normalization": "RMS1P", "embed_scale": math.sqrt(int(cfg.d_model))} if gemma
            else {}),
-        **(_post_norm_fields(hf_config) if post_normed else {}),
-        **(_gpt_neo_fields(hf_config, int(cfg.n_ctx)) if name == "GPTNeoForCausalLM" else
-           dict(attention_windows=_attention_windows(hf_config, int(cfg.n_layers),
-                                                     int(cfg.n_ctx)))),
-        pos_offset=_position_offset(original) if name == "OPTForCausalLM" else 0,
-        **(dict(embed_norm=True, alibi_slopes=_alibi_slopes(int(cfg.n_heads))) if bloom
+        **(post_norm_fields(hf_config) if post_normed else {}),
+        **(gpt_neo_fields(hf_config, int(cfg.n_ctx)) if name == "GPTNeoForCausalLM" else
+           dict(attention_windows=attention_windows(hf_config, int(cfg.n_layers),
+                                                    int(cfg.n_ctx)))),
+        pos_offset=position_offset(original) if name == "OPTForCausalLM" else 0,
+        **(dict(embed_norm=True, alibi_slopes=alibi_slopes(int(cfg.n_heads))) if bloom
            else {}),
         **_biases(name, hf_config),
     )
@@ -252,129 +265,6 @@ def _biases(name: str, hf_config: Any) -> dict[str, bool]:
     return dict(qkv_bias=attention, out_bias=attention, mlp_bias=True)
 
 
-def _opt_differences(hf_config: Any) -> list[str]:
-    """What an OPT config sets that the forward pass does not compute: OPT-350m's
-    post-LayerNorm blocks and its projections between a narrower embedding and the
-    residual stream, a removed final norm, norms without weights."""
-    width = getattr(hf_config, "word_embed_proj_dim", None)
-    differs = {
-        "do_layer_norm_before=False (post-LayerNorm blocks)":
-            not getattr(hf_config, "do_layer_norm_before", True),
-        f"word_embed_proj_dim={width} (projections in and out of the residual stream)":
-            width is not None and width != getattr(hf_config, "hidden_size", width),
-        "_remove_final_layer_norm": bool(getattr(hf_config, "_remove_final_layer_norm", False)),
-        "layer_norm_elementwise_affine=False":
-            not getattr(hf_config, "layer_norm_elementwise_affine", True),
-    }
-    return [name for name, present in differs.items() if present]
-
-
-def _position_offset(original: Any) -> int:
-    """The rows in front of OPT's learned position table (`OPTLearnedPositionalEmbedding
-    .offset`, 2 in every OPT)."""
-    module = next((m for m in original.modules() if type(m).__name__.endswith(
-        "LearnedPositionalEmbedding")), None)
-    return int(getattr(module, "offset", 2))
-
-
-def _gpt_neo_differences(hf_config: Any) -> list[str]:
-    """What a GPT-Neo config sets that the forward pass does not compute: a local window
-    of no key, and Flash Attention 2, whose kernel Hugging Face calls causal with no
-    window (its local layers then see every earlier key, unlike the eager attention)."""
-    window = getattr(hf_config, "window_size", None)
-    implementation = str(getattr(hf_config, "_attn_implementation", None) or "")
-    differs = {
-        f"window_size={window!r} (local layers that see no key)":
-            "local" in hf_config.attention_layers and not (isinstance(window, int)
-                                                           and window >= 1),
-        f"attn_implementation={implementation!r} (local layers without their window)":
-            implementation.startswith("flash_attention"),
-    }
-    return [name for name, present in differs.items() if present]
-
-
-def _gpt_neo_fields(hf_config: Any, n_ctx: int) -> dict[str, Any]:
-    """GPT-Neo's `Architecture` fields: scores not scaled (`GPTNeoSelfAttention._attn`
-    multiplies queries by keys and nothing else; TransformerLens's config says
-    `attn_scale=-1`, which would read as sqrt(d_head)), and a window of `window_size` keys
-    on the layers `attention_layers` calls "local". Hugging Face masks a local layer's
-    keys with `tril(causal, -window_size)` taken out of the causal mask, so query i keeps
-    keys j with i - window_size < j <= i: the `window_size` latest keys up to itself, what
-    `Architecture.attention_windows` means. A window no shorter than the context is no
-    window, as for the other classes."""
-    window = int(hf_config.window_size)
-    windows = tuple(window if kind == "local" and window < n_ctx else None
-                    for kind in hf_config.attention_layers)
-    return dict(attn_scale=1.0,
-                attention_windows=windows if any(w is not None for w in windows) else None)
-
-
-def _phi_differences(hf_config: Any) -> list[str]:
-    """What a Phi config sets that the forward pass does not compute: `qk_layernorm`,
-    `nn.LayerNorm`s (weight and bias) on each head's queries and keys, where
-    `Architecture.qk_norm` has weight-only norms."""
-    if getattr(hf_config, "qk_layernorm", False):
-        return ["qk_layernorm=True (per-head LayerNorms with biases on queries and keys)"]
-    return []
-
-
-def _bloom_differences(hf_config: Any) -> list[str]:
-    """What a BLOOM config sets that the forward pass does not compute:
-    `apply_residual_connection_post_layernorm`, whose blocks add the attention's and the
-    MLP's outputs to their normalised inputs (post-LayerNorm residuals)."""
-    if getattr(hf_config, "apply_residual_connection_post_layernorm", False):
-        return ["apply_residual_connection_post_layernorm=True (post-LayerNorm residuals)"]
-    return []
-
-
-def _alibi_slopes(n_heads: int) -> tuple[float, ...]:
-    """ALiBi's slope of each head, as Hugging Face's BLOOM computes them
-    (`_get_alibi_slopes`, in float32): for a power of 2, `b^1 .. b^n` with `b = 2^(-8/n)`;
-    otherwise those of the largest power of 2 below, then the odd powers of the next
-    power of 2's base for the remaining heads."""
-    closest = 2 ** math.floor(math.log2(n_heads))
-    base = torch.tensor(2 ** (-(2 ** -(math.log2(closest) - 3))), dtype=torch.float32)
-    slopes = torch.pow(base, torch.arange(1, 1 + closest, dtype=torch.int32))
-    if closest != n_heads:
-        extra = torch.tensor(2 ** (-(2 ** -(math.log2(2 * closest) - 3))), dtype=torch.float32)
-        remaining = min(closest, n_heads - closest)
-        odd = torch.arange(1, 1 + 2 * remaining, 2, dtype=torch.int32)
-        slopes = torch.cat([slopes, torch.pow(extra, odd)])
-    return tuple(slopes.tolist())
-
-
-def _post_norm_fields(hf_config: Any) -> dict[str, Any]:
-    """Gemma 2's and 3's `Architecture` fields: norms after attention and MLP, scores
-    scaled by `query_pre_attn_scalar ** -0.5` and soft-capped, logits soft-capped (Gemma 2;
-    Gemma 3's configs have no caps)."""
-    def cap(value: Any) -> float | None:
-        return float(value) if value else None
-
-    return dict(
-        post_norms=True,
-        attn_scale=math.sqrt(float(hf_config.query_pre_attn_scalar)),
-        attn_softcap=cap(getattr(hf_config, "attn_logit_softcapping", None)),
-        logit_softcap=cap(getattr(hf_config, "final_logit_softcapping", None)),
-    )
-
-
-def _attention_windows(hf_config: Any, n_layers: int, n_ctx: int) -> tuple[int | None, ...] | None:
-    """Each layer's sliding attention window (`Architecture.attention_windows`), as the
-    config gives it: `sliding_window` on the layers `layer_types` calls
-    "sliding_attention" (Gemma 2's every other one; Qwen2's from `max_window_layers` on,
-    where `use_sliding_window`), on every layer where it has no `layer_types` (Mistral);
-    None for a window as long as the context, and None when no layer has one."""
-    window = getattr(hf_config, "sliding_window", None)
-    if window is None or getattr(hf_config, "use_sliding_window", True) is False:
-        return None
-    layer_types = getattr(hf_config, "layer_types", None) or ["sliding_attention"] * n_layers
-    windows = tuple(
-        int(window) if kind == "sliding_attention" and int(window) < n_ctx else None
-        for kind in layer_types
-    )
-    return windows if any(w is not None for w in windows) else None
-
-
 def covers(model: TransformerBridge) -> bool:
     """Whether `architecture_of(model)` succeeds."""
     try:
@@ -407,84 +297,6 @@ def _pretrained_differences(cfg: Any, positions: str, gemma: bool) -> list[str]:
         "mixture of experts": bool(cfg.num_experts),
     }
     return [name for name, present in differs.items() if present]
-
-
-_SEQUENCE_DEPENDENT_ROPE = ("dynamic", "longrope")
-"""Rope types whose frequencies change with the sequence length (Hugging Face recomputes
-them per call past the original context)."""
-
-
-def _rotary_of(
-    original: Any, hf_config: Any, d_head: int, rotary: bool
-) -> tuple[dict[str, Any], str | None]:
-    """The `Architecture` fields of a covered rotary model's embeddings, and the reason it
-    is refused, if any. The frequencies and the cos/sin scale are read from the model's
-    own rotary module (`inv_freq`, `attention_scaling`), so every rope type whose
-    frequencies are fixed is exact as the class computes it: "default", "linear",
-    "llama3" (Llama 3.1 and 3.2), "yarn"; `rope_parameters` (transformers 5) names the
-    type and `partial_rotary_factor` (GPT-NeoX's `rotary_pct`) the rotated width. Gemma 3
-    has parameters per layer type (`rope_parameters[layer_type]`, a module buffer
-    `<type>_inv_freq` each): its full-attention layers' are the model's frequencies, its
-    sliding layers' `rotary_local_inv_freq`."""
-    if not rotary:
-        return {}, None
-    if getattr(hf_config, "model_type", None) == "gptj":
-        return _gptj_rotary(hf_config, d_head)
-    rope = dict(getattr(hf_config, "rope_parameters", None) or {})
-    per_type = {key: dict(value) for key, value in rope.items() if isinstance(value, dict)}
-    types = list(getattr(hf_config, "layer_types", None) or [])
-    if per_type:  # Gemma 3: the global layers' parameters are the model's
-        main = "full_attention" if "full_attention" in types else types[0]
-        rope = per_type[main]
-    kinds = [params.get("rope_type", "default") for params in (per_type or {"": rope}).values()]
-    if any(kind in _SEQUENCE_DEPENDENT_ROPE for kind in kinds):
-        kind = next(kind for kind in kinds if kind in _SEQUENCE_DEPENDENT_ROPE)
-        return {}, f"rope_type={kind!r} (frequencies that change with the sequence length)"
-    factor = rope.get("partial_rotary_factor", getattr(hf_config, "rotary_pct", 1.0))
-    rotary_dim = int(d_head * float(factor))
-    if rotary_dim < 2 or rotary_dim % 2:
-        return {}, f"rotary width {rotary_dim} (not a positive even number)"
-    prefix = f"{main}_" if per_type else ""
-    module = next((m for m in original.modules()
-                   if isinstance(getattr(m, f"{prefix}inv_freq", None), Tensor)), None)
-    inv_freq = None if module is None else getattr(module, f"{prefix}inv_freq")
-    if inv_freq is None or inv_freq.numel() * 2 != rotary_dim:
-        return {}, "no rotary embedding module of the configured width"
-    fields = dict(
-        rotary_dim=rotary_dim,
-        rotary_base=float(rope.get("rope_theta", getattr(hf_config, "rotary_emb_base", 1e4))),
-        rotary_inv_freq=_frequencies(inv_freq),
-        rotary_scale=float(getattr(module, f"{prefix}attention_scaling", 1.0)),
-    )
-    local = [kind for kind in dict.fromkeys(types) if kind != main] if per_type else []
-    if len(local) > 1:
-        return {}, f"rotary parameters for {len(local) + 1} layer types"
-    if local:
-        scale = float(getattr(module, f"{local[0]}_attention_scaling", 1.0))
-        if scale != fields["rotary_scale"]:
-            return {}, "a rotary cos/sin scale per layer type"
-        fields.update(
-            rotary_local_inv_freq=_frequencies(getattr(module, f"{local[0]}_inv_freq")),
-            rotary_local_layers=tuple(i for i, kind in enumerate(types) if kind == local[0]),
-        )
-    return fields, None
-
-
-def _gptj_rotary(hf_config: Any, d_head: int) -> tuple[dict[str, Any], str | None]:
-    """GPT-J's rotary fields: the first `rotary_dim` dimensions of each head, base 10,000,
-    frequencies computed as its `create_sinusoidal_positions` does (the class keeps a
-    sin/cos table, no `inv_freq`)."""
-    rotary_dim = getattr(hf_config, "rotary_dim", None)
-    if not rotary_dim or rotary_dim > d_head or rotary_dim % 2:
-        return {}, f"rotary_dim={rotary_dim!r} (not a positive even width within a head)"
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64) / rotary_dim))
-    return dict(rotary_dim=int(rotary_dim), rotary_base=1e4,
-                rotary_inv_freq=_frequencies(inv_freq)), None
-
-
-def _frequencies(inv_freq: Tensor) -> tuple[float, ...]:
-    """A rotary module's inverse frequencies as a tuple of floats."""
-    return tuple(inv_freq.detach().float().cpu().tolist())
 
 
 def _hf_config_differences(hf_config: Any) -> list[str]:
