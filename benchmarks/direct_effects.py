@@ -3,8 +3,10 @@
     python benchmarks/direct_effects.py [--quick] [--device cpu|cuda|auto]
 
 On a native model of 4 layers x 8 heads x d_model 256 (GELU, LayerNorm, vocabulary 1000)
-and on a random Hugging Face GPT-2 of that shape booted from a local folder, 32 random
-sequences of 24 tokens, random answer and wrong tokens read at the last position:
+and on random Hugging Face GPT-2s of that shape booted from a local folder, one with that
+vocabulary and one with GPT-2's own 50,257 tokens (where the unembedding of every position,
+which ours skips, outweighs the blocks), 32 random sequences of 24 tokens, random answer
+and wrong tokens read at the last position:
 
 - direct logit attribution of every head, MLP and the embeddings to the logit difference
   (`circuits.logit_attribution.direct_logit_attribution`) against what a TransformerLens
@@ -48,7 +50,11 @@ QUICK = dict(n_layers=2, n_heads=4, d_model=64, batch=4, pos=8)
 VOCAB = 1000
 
 
+GPT2_VOCAB = 50257
+
+
 def task_batch(batch: int, pos: int, device: torch.device) -> TaskBatch:
+    """Random tokens of the smaller vocabulary (so that every model reads them)."""
     generator = torch.Generator().manual_seed(0)
     clean = torch.randint(0, VOCAB, (batch, pos), generator=generator)
     answer, wrong = torch.randint(0, VOCAB, (2, batch), generator=generator)
@@ -81,7 +87,8 @@ def lines_for(name: str, model: TransformerBridge, batch: TaskBatch, device: tor
               repeats: int) -> list[str]:
     heads = [i for i in range(1 + model.cfg.n_layers * (model.cfg.n_heads + 1))
              if i % (model.cfg.n_heads + 1) != 0]  # the heads' columns: not embed, not MLPs
-    shape = f"{model.cfg.n_layers}L {model.cfg.n_heads}h d{model.cfg.d_model}"
+    shape = (f"{model.cfg.n_layers}L {model.cfg.n_heads}h d{model.cfg.d_model} "
+             f"v{model.cfg.d_vocab}")
     where = f"{name} {shape}, {len(batch)}x{batch.clean.shape[1]} tokens"
     with torch.inference_mode():
         attribution = compare(
@@ -104,10 +111,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     batch = task_batch(size["batch"], size["pos"], args.device)
     native = models.build(dict(**shape, d_vocab=VOCAB, n_ctx=size["pos"], act_fn="gelu"),
                           device=args.device).eval()
-    gpt2 = random_pretrained("gpt2", args.device, **shape, d_vocab=VOCAB, n_ctx=size["pos"])
     repeats = 2 if args.quick else 5
-    for name, model in (("native", native), ("GPT-2 (HF)", gpt2)):
-        for line in lines_for(name, model, batch, args.device, repeats):
+    for line in lines_for("native", native, batch, args.device, repeats):
+        print(line, flush=True)
+    for vocab in (VOCAB, GPT2_VOCAB):
+        gpt2 = random_pretrained("gpt2", args.device, **shape, d_vocab=vocab, n_ctx=size["pos"])
+        for line in lines_for("GPT-2 (HF)", gpt2, batch, args.device, repeats):
             print(line, flush=True)
     print(load_line())
 

@@ -24,7 +24,7 @@ Covers the models edge patching covers (`circuits.edge_patching`); post-LayerNor
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -212,14 +212,12 @@ def direct_logit_attribution(
         for start in tqdm(range(0, len(batch), max_batch), desc="direct logit attribution",
                           disable=not progress):
             rows = slice(start, start + max_batch)
-            cache: dict[str, Tensor] = {}
-            tokens = batch.clean[rows]
-            functional.forward(params, tokens, arch, cache=cache, patterns=False)
-            at = torch.arange(len(tokens), device=tokens.device), batch.position[rows]
-            parts = _parts_at(params, arch, cache, at)
+            read = functional.activations_at(params, batch.clean[rows], arch,
+                                             batch.position[rows])
+            parts = _parts_at(params, arch, read)
             if neurons:
                 neuron_chunks.append(_neurons_at(
-                    params, arch, cache, at, parts.sum(dim=1), directions[rows]
+                    params, arch, read, parts.sum(dim=1), directions[rows]
                 ).float().cpu())
             shares, norm_bias = functional.normalized_parts(
                 params, "ln_final", parts, torch.zeros_like(parts[:, 0]),
@@ -236,20 +234,19 @@ def direct_logit_attribution(
 
 
 def _parts_at(
-    params: Mapping[str, Tensor], arch: Architecture, cache: Mapping[str, Tensor],
-    at: tuple[Tensor, Tensor],
+    params: Mapping[str, Tensor], arch: Architecture, read: Callable[[str], Tensor]
 ) -> Float[Tensor, "batch part d_model"]:
-    """The final residual stream at the read positions `at` (example, position), in
-    parts: the embeddings, per block each head's output (through its `W_O`; under a norm
-    after the attention, its share of the normalised block output) and the MLP's, then
-    the attention biases (or their shares); read from a forward pass's `cache`."""
-    embed = cache["hook_embed"][at]
-    if "hook_pos_embed" in cache:
-        embed = embed + cache["hook_pos_embed"][at]
+    """The final residual stream at each example's read position, in parts: the
+    embeddings, per block each head's output (through its `W_O`; under a norm after the
+    attention, its share of the normalised block output) and the MLP's, then the
+    attention biases (or their shares); `read` from `functional.activations_at`."""
+    embed = read("hook_embed")
+    if arch.learned_positions:
+        embed = embed + read("hook_pos_embed")
     parts, rest = [embed], torch.zeros_like(embed)
     for layer in range(arch.n_layers):
         block = f"blocks.{layer}"
-        z = cache[f"{block}.attn.hook_z"][at]  # [b, head, d_head]
+        z = read(f"{block}.attn.hook_z")  # [b, head, d_head]
         w_out = params[f"{block}.attn.o.weight"].view(arch.d_model, arch.n_heads, arch.d_head)
         per_head = torch.einsum("bhe,dhe->bhd", z, w_out)
         bias = params.get(f"{block}.attn.o.bias")
@@ -261,38 +258,37 @@ def _parts_at(
         parts += per_head.unbind(1)
         rest = rest + bias
         if arch.d_mlp is not None:
-            parts.append(cache[f"{block}.hook_mlp_out"][at])
+            parts.append(read(f"{block}.hook_mlp_out"))
     return torch.stack([*parts, rest], dim=1)
 
 
 def _neurons_at(
-    params: Mapping[str, Tensor], arch: Architecture, cache: Mapping[str, Tensor],
-    at: tuple[Tensor, Tensor], final: Float[Tensor, "batch d_model"],
-    direction: Float[Tensor, "batch d_model"],
+    params: Mapping[str, Tensor], arch: Architecture, read: Callable[[str], Tensor],
+    final: Float[Tensor, "batch d_model"], direction: Float[Tensor, "batch d_model"],
 ) -> Float[Tensor, "batch layer neuron"]:
     """Each neuron's activation times its output row dotted with the readout `direction`
     seen through the final norm at its scale in the run (`final`: the stream it reads):
     for a norm x -> w * centre(x) / s, a part p adds `p . centre(w * direction) / s`."""
     kind, weight = arch.normalization, None
-    read = direction.float()
+    seen = direction.float()
     if kind is not None:
         stream = final.float()
         if kind in ("LN", "LNPRE"):
             stream = stream - stream.mean(-1, keepdim=True)
-        read = read / (stream.pow(2).mean(-1, keepdim=True) + arch.eps).sqrt()
+        seen = seen / (stream.pow(2).mean(-1, keepdim=True) + arch.eps).sqrt()
         if kind == "RMS1P":
             weight = 1.0 + params["ln_final.weight"].float()
         elif kind in ("LN", "RMS"):
             weight = params["ln_final.weight"].float()
         if weight is not None:
-            read = read * weight
+            seen = seen * weight
         if kind in ("LN", "LNPRE"):
-            read = read - read.mean(-1, keepdim=True)
+            seen = seen - seen.mean(-1, keepdim=True)
     per_layer = []
     for layer in range(arch.n_layers):
-        post = cache[f"blocks.{layer}.mlp.hook_post"][at].float()  # [b, d_mlp]
+        post = read(f"blocks.{layer}.mlp.hook_post").float()  # [b, d_mlp]
         w_out = params[f"blocks.{layer}.mlp.out.weight"].float()  # [d_model, d_mlp]
-        per_layer.append(post * (read @ w_out))
+        per_layer.append(post * (seen @ w_out))
     return torch.stack(per_layer, dim=1)
 
 

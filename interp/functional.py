@@ -35,7 +35,7 @@ Parameter layout: `interp.param_layout` (keys and shapes, `params_of`, `load_par
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -89,6 +89,7 @@ __all__ = [
     "architecture_of",
     "apply_rotary",
     "attention_output",
+    "activations_at",
     "batched_forward",
     "block_mlp",
     "causal_bias",
@@ -186,6 +187,34 @@ def forward(
         params, tokens, arch, cache, last_query, logit_positions, fused=not patterns,
         token_tables=token_tables,
     )
+
+
+def activations_at(
+    params: Mapping[str, Tensor],
+    tokens: Int[Tensor, "batch pos"],
+    arch: Architecture,
+    positions: Int[Tensor, " batch"],
+) -> Callable[[str], Tensor]:
+    """One forward pass that computes the last layer and the unembedding only at the
+    positions some example reads (`last_layer_positions`), and a reader: `read(name)` is
+    the activation `name` (a `forward` cache name) of each example at its own position,
+    `[batch, ...]`. For analyses that read one position per example, such as direct logit
+    attribution and the logit lens: the logits of every other position (for a large
+    vocabulary, a third of a small model's work) are never computed. One host sync (the
+    distinct positions); attention runs fused (`patterns=False`)."""
+    cache: dict[str, Tensor] = {}
+    read_at = positions.unique(sorted=True)
+    forward(params, tokens, arch, cache=cache, patterns=False, last_layer_positions=read_at)
+    rows = torch.arange(len(tokens), device=tokens.device)
+    narrowed = torch.searchsorted(read_at, positions)
+    last = f"blocks.{arch.n_layers - 1}."
+    full_in_last = ("hook_resid_pre", "attn.hook_k", "attn.hook_v")
+
+    def read(name: str) -> Tensor:
+        only_read = name.startswith(last) and not name.endswith(full_in_last)
+        return cache[name][rows, narrowed if only_read else positions]
+
+    return read
 
 
 def batched_forward(

@@ -117,13 +117,11 @@ def logit_lens(
         for start in tqdm(range(0, len(batch), max_batch), desc="logit lens",
                           disable=not progress):
             rows = slice(start, start + max_batch)
-            cache: dict[str, Tensor] = {}
-            tokens = batch.clean[rows]
-            functional.forward(params, tokens, arch, cache=cache, patterns=False)
-            at = torch.arange(len(tokens), device=tokens.device), batch.position[rows]
+            read = functional.activations_at(params, batch.clean[rows], arch,
+                                             batch.position[rows])
             stream = torch.stack(
-                [cache[f"blocks.{layer}.hook_resid_pre"][at] for layer in range(arch.n_layers)]
-                + [cache[f"blocks.{last}.hook_resid_post"][at]]
+                [read(f"blocks.{layer}.hook_resid_pre") for layer in range(arch.n_layers)]
+                + [read(f"blocks.{last}.hook_resid_post")]
             )  # [stage, b, d_model]
             logits = functional.unembed(params, stream, arch).float()  # [stage, b, vocab]
             answer = logits.gather(-1, batch.answer[rows].expand(len(stages), -1)[..., None])

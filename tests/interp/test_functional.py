@@ -237,6 +237,24 @@ def test_last_layer_positions_compute_the_last_layer_there_only() -> None:
         functional.forward(params, tokens, spec, last_layer_positions=rows, logit_positions=rows)
 
 
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_activations_at_reads_every_cached_name_at_each_examples_position(n_layers) -> None:
+    """The last layer runs at the read positions only, yet every name reads as the full
+    forward's cache at each example's own position (repeated positions included)."""
+    spec = ModelSpec(n_layers=n_layers, d_model=32, n_heads=4, d_vocab=20, n_ctx=8)
+    params = functional.params_of(build(spec, device="cpu"))
+    tokens = torch.randint(0, 20, (4, 7), generator=torch.Generator().manual_seed(3))
+    positions = torch.tensor([6, 2, 6, 0])
+    full_cache: dict[str, torch.Tensor] = {}
+    functional.forward(params, tokens, spec, cache=full_cache)
+    read = functional.activations_at(params, tokens, functional.architecture(spec), positions)
+    names = [name for name in full_cache if "pattern" not in name]
+    assert f"blocks.{n_layers - 1}.attn.hook_z" in names and "hook_pos_embed" in names
+    for name in names:
+        torch.testing.assert_close(read(name), full_cache[name][torch.arange(4), positions],
+                                   rtol=0, atol=1e-5, msg=name)
+
+
 def test_batched_final_position_does_not_broadcast_weights_to_examples() -> None:
     """Under vmap, a linear layer on a strided slice of positions with a batched weight
     used to copy the weight once per example (`[S, batch, d_model, d_model]`)."""
