@@ -6,9 +6,10 @@ and unembedding, and asks how early the model's answer shows. Here it is read at
 position a task's metric reads (`TaskBatch.position`), per example, as three curves over
 depth: the logit difference between the answer and the wrong token, the answer's
 log-probability, and its rank among all tokens (0: the top token). The last stage is the
-model's own output. The stages are named as TransformerLens's `accumulated_resid` names
-them: `"{l}_pre"` for the stream entering block l, `"final_post"` for the last block's
-output.
+model's own output. With a tuned lens (`interp.tuned_lens`, Belrose et al. 2023) each
+block's input is read through its learned translator first. The stages are named as
+TransformerLens's `accumulated_resid` names them: `"{l}_pre"` for the stream entering
+block l, `"final_post"` for the last block's output.
 
 Runs on every model `interp.functional` covers (native models and the pretrained classes
 of `functional.architecture_of`), with its forward pass.
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from interp import functional, models
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
+from interp.tuned_lens import TunedLens
 from interp.validation import check_positive_int
 
 if TYPE_CHECKING:
@@ -90,7 +92,12 @@ class LogitLens:
 
 
 def logit_lens(
-    model: TransformerBridge, batch: TaskBatch, *, max_batch: int = 32, progress: bool = False
+    model: TransformerBridge,
+    batch: TaskBatch,
+    *,
+    lens: TunedLens | None = None,
+    max_batch: int = 32,
+    progress: bool = False,
 ) -> LogitLens:
     """The logit lens of `model` on the clean prompts of `batch`, read at `batch.position`
     against `batch.answer` and `batch.wrong` (module docstring).
@@ -98,6 +105,8 @@ def logit_lens(
     Args:
         model: A native model or a pretrained one that `functional.architecture_of` covers.
         batch: The prompts and what to read.
+        lens: A tuned lens (`interp.tuned_lens.train_tuned_lens`): each block's input is
+            read through its translator (the tuned lens of Belrose et al. 2023).
         max_batch: Examples per forward pass.
         progress: Show a progress bar over the chunks.
     """
@@ -108,6 +117,8 @@ def logit_lens(
     except ValueError as error:
         raise ValueError(f"the logit lens runs interp.functional's forward pass: {error}") from None
     TaskBatch.checked(batch, model)
+    if lens is not None:
+        lens.check_fits(arch)
     params = functional.live_params(model)
     batch = batch.to(params["embed.weight"].device)
     last = arch.n_layers - 1
@@ -123,6 +134,8 @@ def logit_lens(
                 [read(f"blocks.{layer}.hook_resid_pre") for layer in range(arch.n_layers)]
                 + [read(f"blocks.{last}.hook_resid_post")]
             )  # [stage, b, d_model]
+            if lens is not None:
+                stream = lens.translate(stream)
             logits = functional.unembed(params, stream, arch).float()  # [stage, b, vocab]
             answer = logits.gather(-1, batch.answer[rows].expand(len(stages), -1)[..., None])
             wrong = logits.gather(-1, batch.wrong[rows].expand(len(stages), -1)[..., None])
