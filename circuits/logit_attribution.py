@@ -32,12 +32,12 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from circuits.edge_patching import why_not_a_sum
 from circuits.graph import ComputationalGraph, Node
-from interp import functional, models
+from interp import functional
 from interp.functional import Architecture
+from interp.readout import functional_architecture, read_chunks
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
 from interp.validation import check_positive_int
@@ -190,14 +190,7 @@ def direct_logit_attribution(
     if readout not in READOUTS:
         raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
     check_positive_int("max_batch", max_batch)
-    models.refuse_attached_hooks(model, "direct logit attribution", "remove them first")
-    try:
-        arch = functional.architecture_of(model)
-    except ValueError as error:
-        raise ValueError(
-            "direct logit attribution needs a residual stream that is a sum of parts; "
-            f"{why_not_a_sum(model) or error}"
-        ) from None
+    arch = functional_architecture(model, "direct logit attribution", why_not_a_sum(model))
     if neurons and (arch.d_mlp is None or arch.post_norms):
         why = "it has no MLPs" if arch.d_mlp is None else "a norm after each MLP mixes them"
         raise ValueError(f"neurons=True: this model's neurons have no direct effects of "
@@ -208,25 +201,21 @@ def direct_logit_attribution(
     directions, offsets = _readout_rows(params, batch, readout)
     names = [node.name for node in ComputationalGraph.from_model(model).sources] + [BIAS]
     chunks, neuron_chunks = [], []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(batch), max_batch), desc="direct logit attribution",
-                          disable=not progress):
-            rows = slice(start, start + max_batch)
-            read = functional.activations_at(params, batch.clean[rows], arch,
-                                             batch.position[rows])
-            parts = _parts_at(params, arch, read)
-            if neurons:
-                neuron_chunks.append(_neurons_at(
-                    params, arch, read, parts.sum(dim=1), directions[rows]
-                ).float().cpu())
-            shares, norm_bias = functional.normalized_parts(
-                params, "ln_final", parts, torch.zeros_like(parts[:, 0]),
-                arch.normalization, arch.eps,
-            )
-            direction = directions[rows].to(shares.dtype)
-            values = torch.einsum("bpd,bd->bp", shares, direction)
-            constant = (norm_bias * direction).sum(-1) + offsets[rows].to(shares.dtype)
-            chunks.append(torch.cat([values, constant.unsqueeze(1)], dim=1).float().cpu())
+    for rows, read in read_chunks(params, arch, batch, max_batch, "direct logit attribution",
+                                  progress):
+        parts = _parts_at(params, arch, read)
+        if neurons:
+            neuron_chunks.append(_neurons_at(
+                params, arch, read, parts.sum(dim=1), directions[rows]
+            ).float().cpu())
+        shares, norm_bias = functional.normalized_parts(
+            params, "ln_final", parts, torch.zeros_like(parts[:, 0]),
+            arch.normalization, arch.eps,
+        )
+        direction = directions[rows].to(shares.dtype)
+        values = torch.einsum("bpd,bd->bp", shares, direction)
+        constant = (norm_bias * direction).sum(-1) + offsets[rows].to(shares.dtype)
+        chunks.append(torch.cat([values, constant.unsqueeze(1)], dim=1).float().cpu())
     values = torch.cat(chunks)
     return LogitAttribution(values, (*names, UNEMBED), values.sum(dim=1), readout,
                             arch.n_layers, arch.n_heads,

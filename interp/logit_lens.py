@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from interp import functional, models
+from interp import functional
+from interp.readout import functional_architecture, read_chunks
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
 from interp.tuned_lens import TunedLens
@@ -111,11 +111,7 @@ def logit_lens(
         progress: Show a progress bar over the chunks.
     """
     check_positive_int("max_batch", max_batch)
-    models.refuse_attached_hooks(model, "the logit lens", "remove them first")
-    try:
-        arch = functional.architecture_of(model)
-    except ValueError as error:
-        raise ValueError(f"the logit lens runs interp.functional's forward pass: {error}") from None
+    arch = functional_architecture(model, "the logit lens")
     TaskBatch.checked(batch, model)
     if lens is not None:
         lens.check_fits(arch)
@@ -124,23 +120,18 @@ def logit_lens(
     last = arch.n_layers - 1
     stages = (*(f"{layer}_pre" for layer in range(arch.n_layers)), "final_post")
     parts: list[tuple[Tensor, Tensor, Tensor]] = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(batch), max_batch), desc="logit lens",
-                          disable=not progress):
-            rows = slice(start, start + max_batch)
-            read = functional.activations_at(params, batch.clean[rows], arch,
-                                             batch.position[rows])
-            stream = torch.stack(
-                [read(f"blocks.{layer}.hook_resid_pre") for layer in range(arch.n_layers)]
-                + [read(f"blocks.{last}.hook_resid_post")]
-            )  # [stage, b, d_model]
-            if lens is not None:
-                stream = lens.translate(stream)
-            logits = functional.unembed(params, stream, arch).float()  # [stage, b, vocab]
-            answer = logits.gather(-1, batch.answer[rows].expand(len(stages), -1)[..., None])
-            wrong = logits.gather(-1, batch.wrong[rows].expand(len(stages), -1)[..., None])
-            logprob = answer - logits.logsumexp(-1, keepdim=True)
-            rank = (logits > answer).sum(-1)
-            parts.append(((answer - wrong)[..., 0].T, logprob[..., 0].T, rank.T))
+    for rows, read in read_chunks(params, arch, batch, max_batch, "logit lens", progress):
+        stream = torch.stack(
+            [read(f"blocks.{layer}.hook_resid_pre") for layer in range(arch.n_layers)]
+            + [read(f"blocks.{last}.hook_resid_post")]
+        )  # [stage, b, d_model]
+        if lens is not None:
+            stream = lens.translate(stream)
+        logits = functional.unembed(params, stream, arch).float()  # [stage, b, vocab]
+        answer = logits.gather(-1, batch.answer[rows].expand(len(stages), -1)[..., None])
+        wrong = logits.gather(-1, batch.wrong[rows].expand(len(stages), -1)[..., None])
+        logprob = answer - logits.logsumexp(-1, keepdim=True)
+        rank = (logits > answer).sum(-1)
+        parts.append(((answer - wrong)[..., 0].T, logprob[..., 0].T, rank.T))
     logit_diff, logprob, rank = (torch.cat(column).cpu() for column in zip(*parts, strict=True))
     return LogitLens(stages, logit_diff, logprob, rank)

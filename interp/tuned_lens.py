@@ -34,9 +34,10 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from tqdm.auto import trange
 
-from interp import functional, models
+from interp import functional
 from interp.atomic_io import atomic_write_bytes
 from interp.functional import Architecture
+from interp.readout import functional_architecture
 from interp.validation import check_positive_int
 
 if TYPE_CHECKING:
@@ -120,14 +121,6 @@ class TunedLens:
         return cls(tensors["weights"], tensors["biases"], tuple(tensors["losses"].tolist()))
 
 
-def _model_arch(model: TransformerBridge, what: str) -> Architecture:
-    models.refuse_attached_hooks(model, what, "remove them first")
-    try:
-        return functional.architecture_of(model)
-    except ValueError as error:
-        raise ValueError(f"{what} runs interp.functional's forward pass: {error}") from None
-
-
 def _checked_tokens(tokens: object, arch: Architecture) -> Tensor:
     if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
         raise ValueError("tokens must be an integer tensor [sequence, pos]")
@@ -172,7 +165,7 @@ def lens_divergence(
     read at each depth (`"0_pre"`, ..., `"final_post"`, the last 0), over every position
     of `tokens`: through the logit lens, or through `lens`'s translators."""
     check_positive_int("max_batch", max_batch)
-    arch = _model_arch(model, "lens_divergence")
+    arch = functional_architecture(model, "lens_divergence")
     tokens = _checked_tokens(tokens, arch)
     if lens is not None:
         lens.check_fits(arch)
@@ -219,7 +212,7 @@ def train_tuned_lens(
     check_positive_int("max_batch", max_batch)
     if not isinstance(lr, int | float) or isinstance(lr, bool) or not 0 < lr < float("inf"):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    arch = _model_arch(model, "train_tuned_lens")
+    arch = functional_architecture(model, "train_tuned_lens")
     tokens = _checked_tokens(tokens, arch)
     params = functional.live_params(model)
     device = params["embed.weight"].device
