@@ -153,6 +153,7 @@ def test_validate_imports_one_kind_and_no_transformer_lens(name: str, tmp_path: 
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.strip(), f"no output; stderr: {done.stderr[-2000:]}"  # seen once
     assert set(done.stdout.strip().splitlines()[-1].split(",")) == wanted
 
 
