@@ -95,9 +95,15 @@ def test_modular_interventions_score_the_held_out_pairs(grok_store: RunStore) ->
 
 
 def test_checkpoint_variant_differs_from_final(grok_store: RunStore) -> None:
+    """The epoch-20 snapshot is probed with its own weights: its scores differ from the
+    final model's. Compared on the regression targets (the Fourier features' R^2, which
+    two different models do not share), since a classification accuracy on 44 held-out
+    pairs can coincide (the operand `a`'s did, once: 25/44 at both)."""
     layers = grok_store.latest("tiny_probe_grok").load_table("probe_layers")
-    by_variant = layers[layers["target"] == "a"].groupby("variant")["mean"].apply(list)
-    assert by_variant["final"] != by_variant["epoch_20"]
+    fourier = layers[layers["target"].isin(["fourier_1", "fourier_3"])]
+    by_variant = fourier.groupby("variant")["mean"].apply(list)
+    assert len(by_variant["final"]) == 4  # two targets x two hooks
+    assert by_variant["final"] != pytest.approx(by_variant["epoch_20"], abs=1e-4)
 
 
 def test_token_level_study_with_selectivity(tmp_path: Path) -> None:
