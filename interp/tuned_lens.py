@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
@@ -128,6 +128,25 @@ def _checked_tokens(tokens: object, arch: Architecture) -> Tensor:
     return tokens
 
 
+def _checked_counted(counted: object, tokens: Tensor) -> Tensor:
+    """`counted` as a float `[sequence, pos]` weight (all ones when None)."""
+    if counted is None:
+        return torch.ones(tokens.shape, device=tokens.device)
+    if not isinstance(counted, Tensor) or counted.dtype != torch.bool:
+        raise ValueError("counted must be a bool tensor [sequence, pos] (True: counts)")
+    if counted.shape != tokens.shape:
+        raise ValueError(f"counted {tuple(counted.shape)} must match tokens {tuple(tokens.shape)}")
+    if not counted.any():
+        raise ValueError("counted marks no position")
+    return counted.to(tokens.device, torch.float32)
+
+
+def counted_through(positions: Int[Tensor, " sequence"], length: int) -> Tensor:
+    """`[sequence, length]` bool: the positions up to each sequence's `positions` entry
+    (a task's read position: what comes after it is padding)."""
+    return torch.arange(length, device=positions.device) <= positions[:, None]
+
+
 def residual_streams(
     params: functional.Params, tokens: Int[Tensor, "batch pos"], arch: Architecture
 ) -> Float[Tensor, "stage batch pos d_model"]:
@@ -140,18 +159,20 @@ def residual_streams(
 
 
 def _divergences(
-    params: functional.Params, arch: Architecture, stream: Tensor, lens: TunedLens | None
+    params: functional.Params, arch: Architecture, stream: Tensor, lens: TunedLens | None,
+    counted: Float[Tensor, "batch pos"],
 ) -> Iterator[Tensor]:
-    """KL(final || stage) per stage (mean over the leading positions), one stage at a
-    time, each from its own graph (a stage's logits are `[*lead, vocab]`)."""
+    """Summed KL(final || stage) over the counted positions (weights `counted`), per
+    stage, one stage at a time, each from its own graph (a stage's logits are `[batch,
+    pos, vocab]`)."""
     target = F.log_softmax(functional.unembed(params, stream[-1], arch).float(), dim=-1)
     for stage in range(stream.shape[0]):
         read_in = stream[stage]
         if lens is not None and stage < arch.n_layers:
             read_in = lens.translate_stage(stage, read_in)
         read = F.log_softmax(functional.unembed(params, read_in, arch).float(), dim=-1)
-        yield F.kl_div(read.flatten(0, -2), target.flatten(0, -2), log_target=True,
-                       reduction="batchmean")
+        per_position = (target.exp() * (target - read)).sum(-1)
+        yield (per_position * counted).sum()
 
 
 def lens_divergence(
@@ -159,11 +180,13 @@ def lens_divergence(
     tokens: Int[Tensor, "sequence pos"],
     lens: TunedLens | None = None,
     *,
+    counted: Bool[Tensor, "sequence pos"] | None = None,
     max_batch: int = 32,
 ) -> Float[Tensor, " stage"]:
     """Mean KL divergence (nats) from the model's output distribution to the distribution
     read at each depth (`"0_pre"`, ..., `"final_post"`, the last 0), over every position
-    of `tokens`: through the logit lens, or through `lens`'s translators."""
+    of `tokens` (or those `counted` marks; `counted_through` for right-padded prompts):
+    through the logit lens, or through `lens`'s translators."""
     check_positive_int("max_batch", max_batch)
     arch = functional_architecture(model, "lens_divergence")
     tokens = _checked_tokens(tokens, arch)
@@ -171,20 +194,22 @@ def lens_divergence(
         lens.check_fits(arch)
     params = functional.live_params(model)
     tokens = tokens.to(params["embed.weight"].device)
+    weights = _checked_counted(counted, tokens)
     total = torch.zeros(arch.n_layers + 1, dtype=torch.float64)
     with torch.inference_mode():
         for start in range(0, len(tokens), max_batch):
-            chunk = tokens[start:start + max_batch]
-            stream = residual_streams(params, chunk, arch)
-            kl = torch.stack(list(_divergences(params, arch, stream, lens)))
-            total += kl.double().cpu() * len(chunk)
-    return (total / len(tokens)).float()
+            rows = slice(start, start + max_batch)
+            stream = residual_streams(params, tokens[rows], arch)
+            kl = torch.stack(list(_divergences(params, arch, stream, lens, weights[rows])))
+            total += kl.double().cpu()
+    return (total / float(weights.sum())).float()
 
 
 def train_tuned_lens(
     model: TransformerBridge,
     tokens: Int[Tensor, "sequence pos"],
     *,
+    counted: Bool[Tensor, "sequence pos"] | None = None,
     steps: int = 250,
     lr: float = 1e-3,
     max_batch: int = 32,
@@ -200,7 +225,9 @@ def train_tuned_lens(
 
     Args:
         model: A model `interp.functional` covers.
-        tokens: Training sequences, `[sequence, pos]`, every position a real token.
+        tokens: Training sequences, `[sequence, pos]`.
+        counted: The positions that count (default: all; `counted_through` for
+            right-padded prompts).
         steps: Optimiser steps.
         lr: Adam's learning rate.
         max_batch: Sequences per step (all of them when fewer).
@@ -217,6 +244,7 @@ def train_tuned_lens(
     params = functional.live_params(model)
     device = params["embed.weight"].device
     tokens = tokens.to(device)
+    position_weights = _checked_counted(counted, tokens)
     with torch.no_grad():
         streams = torch.cat([residual_streams(params, tokens[start:start + max_batch], arch)
                              for start in range(0, len(tokens), max_batch)], dim=1)
@@ -233,11 +261,14 @@ def train_tuned_lens(
         lens = TunedLens(weights, biases)
         optimiser.zero_grad(set_to_none=True)
         total = 0.0
-        for stage, kl in enumerate(_divergences(params, arch, stream, lens)):
+        counted_here = position_weights[rows]
+        n_counted = counted_here.sum().clamp(min=1.0)
+        for stage, kl in enumerate(_divergences(params, arch, stream, lens, counted_here)):
             if stage == arch.n_layers:  # the model's output: nothing to fit
                 break
-            kl.backward()  # each stage's graph is freed before the next is built
-            total += float(kl.detach())
+            mean_kl = kl / n_counted
+            mean_kl.backward()  # each stage's graph is freed before the next is built
+            total += float(mean_kl.detach())
         optimiser.step()
         losses.append(total)
         if on_step is not None:

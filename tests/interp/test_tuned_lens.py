@@ -13,7 +13,7 @@ from interp.config import load_config
 from interp.logit_lens import logit_lens
 from interp.tasks import Induction
 from interp.tasks.base import TaskBatch
-from interp.tuned_lens import TunedLens, lens_divergence, train_tuned_lens
+from interp.tuned_lens import TunedLens, counted_through, lens_divergence, train_tuned_lens
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,24 @@ def test_on_the_trained_induction_model_the_tuned_lens_beats_the_logit_lens(
     logit = lens_divergence(induction_2l_model, held_out)
     tuned = lens_divergence(induction_2l_model, held_out, lens)
     assert (tuned[:-1] < 0.9 * logit[:-1]).all(), (logit, tuned)
+
+
+def test_counted_positions_leave_the_padding_out(linear_block) -> None:
+    """Under causal attention a prompt's positions do not see its right padding, so the
+    divergence over the positions up to each read position equals that of the prompts cut
+    there; the same mask keeps the padding out of training."""
+    generator = torch.Generator().manual_seed(5)
+    tokens = torch.randint(0, 24, (4, 4), generator=generator)
+    counted = counted_through(torch.tensor([1, 1, 1, 1]), 4)
+    assert counted.tolist()[0] == [True, True, False, False]
+    torch.testing.assert_close(lens_divergence(linear_block, tokens, counted=counted),
+                               lens_divergence(linear_block, tokens[:, :2]))
+    padded = train_tuned_lens(linear_block, tokens, counted=counted, steps=20, progress=False)
+    cut = train_tuned_lens(linear_block, tokens[:, :2], steps=20, progress=False)
+    torch.testing.assert_close(padded.weights, cut.weights)
+    with pytest.raises(ValueError, match="counted must be a bool tensor"):
+        lens_divergence(linear_block, tokens, counted=counted.float())
+    with pytest.raises(ValueError, match="must match tokens"):
+        lens_divergence(linear_block, tokens, counted=counted[:, :2])
+    with pytest.raises(ValueError, match="marks no position"):
+        lens_divergence(linear_block, tokens, counted=torch.zeros_like(counted))
