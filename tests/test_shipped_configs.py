@@ -59,6 +59,7 @@ SHRINK: dict[str, list[str]] = {
     ],
     "modular_small": ["device=cpu", "train.steps=20", "train.eval_every=10"],
     "patching_induction": ["device=cpu", "task.n_examples=8"],
+    "lens_induction": ["device=cpu", "task.n_examples=16", "steps=5", "log_every=2"],
     "probe_grokking": [
         "device=cpu", "probe.seeds=[0, 1]", "probe.epochs=20", "controls.mdl=false",
         "interventions.n_random=1",
@@ -235,6 +236,16 @@ def check_patching(run: Run, config: dict[str, Any]) -> None:
     assert len(prompts["clean"]) == config["task"]["n_examples"]
 
 
+def check_lens(run: Run, config: dict[str, Any]) -> None:
+    summary = run.summary
+    stages = ["0_pre", "1_pre", "final_post"]  # induction_2l has two blocks
+    for key in ("logit_lens_kl", "tuned_lens_kl", "logit_lens_top1", "tuned_lens_top1"):
+        assert list(summary[key]) == stages, key
+    assert list(run.load_table("lens_divergence")["stage"]) == stages
+    assert (run.artifacts_dir / "tuned_lens.safetensors").is_file()
+    assert run.metrics()["step"].tolist() == [2, 4, 5]  # every log_every steps, and the last
+
+
 def check_heads(run: Run, config: dict[str, Any]) -> None:
     summary = run.summary
     roles = run.load_table("head_roles")
@@ -313,6 +324,7 @@ CHECKS: dict[str, Callable[[Run, dict[str, Any]], None]] = {
     "train": check_train,
     "grokking": check_grokking,
     "patching": check_patching,
+    "lens": check_lens,
     "heads": check_heads,
     "circuit": check_circuit,
     "probe": check_probe,

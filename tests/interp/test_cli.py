@@ -118,6 +118,7 @@ KIND_MODULES = {
     "train": "interp.training", "suite": "interp.suite", "grokking": "interp.grokking.experiment",
     "patching": "circuits.patching_experiment", "heads": "interp.heads.experiment",
     "circuit": "circuits.circuit_experiment", "probe": "probes.probe_experiment",
+    "lens": "interp.lens_experiment",
 }
 
 
