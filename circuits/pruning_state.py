@@ -12,7 +12,7 @@ circuit; a test
    projection and its attention, or the MLP;
 2. carries the change of that output along the kept edges, stage by stage, recomputing only
    the heads and MLPs whose input changed (the projections of inputs that did not change
-   come from the state);
+   come from the state; `circuits.pruning_stages`);
 3. reads the logits at `batch.position` only: under causal attention the positions after
    the last one read are dropped from the start, and the last block computes its queries,
    its MLP and the logits at the read positions only.
@@ -62,7 +62,6 @@ vectorised call, `CopyMetric`, and may add syncs of its own).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -78,7 +77,8 @@ from circuits.patching.engine import (
     refuse_metric_reading_elsewhere,
 )
 from circuits.pruning_pieces import BlockPieces
-from circuits.pruning_trials import Heads, Seed, Trial, chain_of_trials, one_stage, seed_rows
+from circuits.pruning_stages import Change, heads_stage, logits_stage, mlp_stage
+from circuits.pruning_trials import Heads, Seed, Trial, chain_of_trials, one_stage
 from interp.metrics import KLReference
 from interp.tasks.base import TaskBatch
 
@@ -86,27 +86,6 @@ METRIC_BUFFER = 2**27
 """Most logits (elements, 512 MiB of float32) that a metric objective reads at once: the
 trials of a speculative batch go to one vectorised metric call in one `[trial, batch, pos,
 vocab]` buffer, in groups of trials that keep it under this size."""
-
-
-@dataclass(frozen=True)
-class _Change:
-    """New outputs of some sources in each of S trials: their indices and `output -
-    current` `[S, n, batch, rows, d_model]`, the rows being every position, or the read
-    positions (`at_reads`)."""
-
-    sources: np.ndarray
-    delta: Tensor
-    at_reads: bool
-    _at_reads: list[Tensor] = field(default_factory=list, repr=False, compare=False)
-
-    def rows(self, into_reads: bool, reads: Tensor) -> Tensor:
-        """`delta` in the rows of an input held at the read positions only (`into_reads`)
-        or at every position (taken at the read positions once, then reused)."""
-        if self.at_reads or not into_reads:
-            return self.delta
-        if not self._at_reads:
-            self._at_reads.append(self.delta[..., reads, :])
-        return self._at_reads[0]
 
 
 def not_covered(patcher: EdgePatcher) -> str | None:
@@ -217,7 +196,7 @@ class PruningState:
         self.mlp_source = [sources.get(f"mlp{layer}") for layer in range(self.arch.n_layers)]
         self.logits_destination = destinations["logits"]
 
-    def _heads(self, heads: np.ndarray) -> Heads:
+    def heads(self, heads: np.ndarray) -> Heads:
         """Heads `heads` (sorted) as a slice when they are consecutive, else as an index
         tensor on the device, made once per set of heads."""
         first, last = int(heads[0]), int(heads[-1])
@@ -228,7 +207,7 @@ class PruningState:
             self._indices[key] = torch.as_tensor(heads, device=self.patcher.device)
         return self._indices[key]
 
-    def _mix(self, weights: np.ndarray, like: Tensor, column: bool) -> Tensor:
+    def mix(self, weights: np.ndarray, like: Tensor, column: bool) -> Tensor:
         """The kept-edge weights `[destination, source]` on the device (made once per
         pattern); as `[1, destination, 1, 1, 1]` when `column` (one source)."""
         key = (weights.shape, weights.tobytes(), column)
@@ -349,9 +328,9 @@ class PruningState:
 
     def damage_of(self, read: Float[Tensor, "batch vocab"]) -> float:
         """KL from the full model at the read positions, or |m(circuit) - m(full)|."""
-        return self._damages(read[None])[0]
+        return self.damages(read[None])[0]
 
-    def _damages(self, read: Float[Tensor, "trial batch vocab"]) -> list[float]:
+    def damages(self, read: Float[Tensor, "trial batch vocab"]) -> list[float]:
         """`damage_of` each trial's logits, read back in one transfer."""
         if self.objective == "kl":  # interp.metrics.kl_divergence, the reference side kept
             # [trial, batch] -> the mean over the batch of each trial
@@ -395,7 +374,7 @@ class PruningState:
             )
         node = nodes[0]
         start = self.patcher.stage(node)
-        changes: list[_Change] = []
+        changes: list[Change] = []
         writes: list[tuple[dict, object, Tensor | None, Tensor]] = []
         with torch.inference_mode():
             deltas = tuple(
@@ -407,15 +386,15 @@ class PruningState:
                 layer, is_mlp = divmod(stage, 2)
                 planted = seed if stage == start else None
                 if not is_mlp:
-                    change = self._heads_stage(layer, changes, planted, writes)
+                    change = heads_stage(self, layer, changes, planted, writes)
                 elif self.has_mlp:
-                    change = self._mlp_stage(layer, changes, planted, writes)
+                    change = mlp_stage(self, layer, changes, planted, writes)
                 else:
                     continue
                 if change is not None:
                     changes.append(change)
             planted = seed if node.kind == "logits" else None
-            damages = self._logits_stage(changes, planted, writes, len(edges))
+            damages = logits_stage(self, changes, planted, writes, len(edges))
         return chain_of_trials(edges, assume_kept, damages, writes)
 
     def _removal(self, source: int, into_reads: bool) -> Float[Tensor, "batch row d_model"]:
@@ -460,142 +439,3 @@ class PruningState:
         activation changes)."""
         pairs = self.edge_pairs[edges]
         self.kept[pairs[:, 0], pairs[:, 1]] = False
-
-    # -- stages ------------------------------------------------------------------------
-
-    def _updated(
-        self,
-        current: Float[Tensor, "n batch row d_model"],
-        weights: list[np.ndarray],
-        changes: list[_Change],
-        into_reads: bool,
-    ) -> Float[Tensor, "trial n batch row d_model"] | None:
-        """The inputs of some destinations (currently `current`) after `changes`, carried
-        along the kept edges (`weights[i]`: kept `[destination, source]` of `changes[i]`'s
-        sources), in each trial; None when no kept edge carries any of them."""
-        total: Tensor | None = None
-        for change, kept in zip(changes, weights, strict=True):
-            if not kept.any():
-                continue
-            delta = change.rows(into_reads, self.reads)
-            if kept.all():  # every destination reads every source: broadcast
-                term = delta if delta.shape[1] == 1 else delta.sum(1, keepdim=True)
-            elif delta.shape[1] == 1:
-                term = delta * self._mix(kept, delta, column=True)
-            else:
-                term = torch.einsum("tn,snbrd->stbrd", self._mix(kept, delta, False), delta)
-            total = term if total is None else total + term
-        return None if total is None else current + total
-
-    def _kept_from(self, destinations: np.ndarray, changes: list[_Change]) -> list[np.ndarray]:
-        """Kept `[destination, source]` from each change's sources into `destinations`."""
-        rows = self.kept[destinations]
-        return [rows[:, change.sources] for change in changes]
-
-    def _planted(
-        self,
-        current: Float[Tensor, "n batch row d_model"],
-        seed: Seed,
-        rows: Sequence[int | None],
-    ) -> Float[Tensor, "trial n batch row d_model"]:
-        """`current` in each trial, with the input in row `rows[j]` changed by edge j's
-        change in trial j and, unless edge j is assumed kept, in every later trial (None:
-        edge j feeds none of these inputs); the changes added one at a time, in order, as
-        sequential tests add them (and faster on a CPU than `cumsum`). The seed's stage is
-        the first one recomputed, so nothing else has changed these inputs."""
-        deltas, kept = seed.deltas, seed.kept
-        if len(current) == 1 and None not in rows:  # one input, every edge into it
-            if len(deltas) == 1:
-                return (current + deltas[0])[None]
-            planted = current.new_empty((len(deltas), *current.shape[1:]))
-            trials = planted.unbind(0)  # views, in one call
-            removed = current[0]  # the input with the edges before trial j removed
-            for j, delta in enumerate(deltas):
-                torch.add(removed, delta, out=trials[j])
-                if not kept[j]:
-                    removed = trials[j]
-            return planted[:, None]
-        planted = current.expand(len(deltas), *current.shape).clone()
-        for j, (row, delta) in enumerate(zip(rows, deltas, strict=True)):
-            if row is not None:
-                (planted[j, row] if kept[j] else planted[j:, row]).add_(delta)
-        return planted
-
-    def _heads_stage(
-        self, layer: int, changes: list[_Change], seed: Seed | None, writes: list
-    ) -> _Change | None:
-        """Recompute the heads of `layer` whose q, k or v input changed."""
-        n_heads, at_reads = self.arch.n_heads, layer == self.last
-        kept = self._kept_from(self.head_rows[layer], changes)  # [part * head, source] each
-        touched = np.zeros(n_heads, dtype=bool)
-        for block in kept:
-            touched |= block.reshape(len(HEAD_INPUTS), n_heads, -1).any(axis=(0, 2))
-        if seed is not None:
-            touched[[node.head for node in seed.nodes]] = True
-        heads = np.flatnonzero(touched)
-        if heads.size == 0:
-            return None
-        index = self._heads(heads)
-        proj: dict[str, Tensor] = {}
-        for i, part in enumerate(HEAD_INPUTS):
-            into_reads = at_reads and part == "q"
-            current = self.head_in[layer][part][index]
-            rows = [] if seed is None else seed_rows(seed, part, heads)
-            if any(row is not None for row in rows):
-                new_in = self._planted(current, seed, rows)  # type: ignore[arg-type]
-            else:
-                held = heads + i * n_heads
-                new_in = self._updated(current, [b[held] for b in kept], changes, into_reads)
-            if new_in is None:
-                proj[part] = self.proj[layer][part][index]
-                continue
-            proj[part] = self.pieces.project(layer, part, new_in, index)
-            writes.append((self.head_in[layer], part, index, new_in))
-            writes.append((self.proj[layer], part, index, proj[part]))
-        out = self.pieces.attend(layer, index, proj)
-        if self.arch.post_norms:  # the block's scale moves: every head gets a new share
-            writes.append((self.head_raw[layer], "out", index, out))
-            raw = out
-            if len(heads) < n_heads:  # the other heads' outputs before the norm, as held
-                raw = self.head_raw[layer]["out"].expand(len(out), -1, -1, -1, -1).clone()
-                raw[:, index] = out
-            out, index, heads = self.pieces.shares(layer, raw), slice(None), np.arange(n_heads)
-        writes.append((self.head_out[layer], "out", index, out))
-        delta = out - self.head_out[layer]["out"][index]
-        return _Change(self.head_sources[layer][heads], delta, at_reads)
-
-    def _mlp_stage(
-        self, layer: int, changes: list[_Change], seed: Seed | None, writes: list
-    ) -> _Change | None:
-        """Recompute the MLP of `layer` if its input changed."""
-        at_reads = layer == self.last
-        current = self.mlp_in[layer]["in"][None]
-        if seed is not None:
-            new_in = self._planted(current, seed, [0] * len(seed.deltas))
-        else:
-            destination = np.array([self.mlp_destination[layer]])
-            new_in = self._updated(
-                current, self._kept_from(destination, changes), changes, at_reads
-            )
-        if new_in is None:
-            return None
-        out = self.pieces.mlp(layer, new_in[:, 0])
-        writes.append((self.mlp_in[layer], "in", None, new_in[:, 0]))
-        writes.append((self.mlp_out[layer], "out", None, out))
-        delta = (out - self.mlp_out[layer]["out"])[:, None]
-        return _Change(np.array([self.mlp_source[layer]]), delta, at_reads)
-
-    def _logits_stage(
-        self, changes: list[_Change], seed: Seed | None, writes: list, n_trials: int
-    ) -> list[float]:
-        """The damage of each trial's circuit, whose logit input these changes give."""
-        current = self.logit_in["logits"][None]
-        if seed is not None:
-            new_in = self._planted(current, seed, [0] * len(seed.deltas))
-        else:
-            destination = np.array([self.logits_destination])
-            new_in = self._updated(current, self._kept_from(destination, changes), changes, True)
-        if new_in is None:
-            return [self.damage] * n_trials
-        writes.append((self.logit_in, "logits", None, new_in[:, 0]))
-        return self._damages(self.pieces.read(new_in[:, 0]))
