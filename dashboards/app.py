@@ -46,6 +46,7 @@ def page_specs() -> list[PageSpec]:
     from dashboards.views.circuits import render_circuits_page
     from dashboards.views.grokking import render_grokking_page
     from dashboards.views.heads import render_heads_page
+    from dashboards.views.lens import render_lens_page
     from dashboards.views.patching import render_patching_page
     from dashboards.views.probes import render_probes_page
     from dashboards.views.runs import render_runs_page
@@ -57,6 +58,7 @@ def page_specs() -> list[PageSpec]:
         PageSpec("Circuits", "circuits", render_circuits_page, icon=":material/hub:"),
         PageSpec("Probes", "probes", render_probes_page, icon=":material/search:"),
         PageSpec("Heads", "heads", render_heads_page, icon=":material/visibility:"),
+        PageSpec("Lens", "lens", render_lens_page, icon=":material/layers:"),
     ]
 
 

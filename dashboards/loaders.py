@@ -8,11 +8,14 @@ lines show up on the next rerun. `clear_caches()` forgets everything (the Refres
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from dashboards.figures.direct_effects import check_table
 from interp.runs import RunStore
+from interp.runs.errors import one_line
 
 CACHE_TTL_S = 5
 """Seconds a cached read is reused before the store is read again."""
@@ -24,6 +27,7 @@ PAGE_LOADERS = (
     "dashboards.loaders_circuits",
     "dashboards.loaders_probes",
     "dashboards.loaders_heads",
+    "dashboards.loaders_lens",
 )
 """Modules with cached readers of their own; each has a `clear_caches()`."""
 
@@ -44,6 +48,23 @@ def run_metrics(runs_dir: str, ref: str) -> pd.DataFrame:
 def compare_runs(runs_dir: str, refs: tuple[str, ...], only_differences: bool) -> pd.DataFrame:
     """`RunStore.compare(refs)`: configs and summaries side by side, one column per run."""
     return RunStore(runs_dir).compare(refs, only_differences=only_differences)
+
+
+def read_table(folder: Path, name: str, columns: tuple[str, ...]) -> pd.DataFrame | None:
+    """`<folder>/<name>.parquet`, else `<name>.csv` (as `Run.load_table` reads them), None
+    when neither exists; a one-line ValueError when the one read is unreadable or lacks
+    `columns` (or those of them that hold numbers do not: `check_table`). Not cached: the
+    pages' cached readers call it."""
+    for suffix, read in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+        path = folder / f"{name}{suffix}"
+        if not path.exists():
+            continue
+        try:
+            table = read(path)
+        except Exception as error:  # pyarrow and the csv parser raise their own types
+            raise ValueError(f"{path.name} is unreadable: {one_line(error)}") from None
+        return check_table(table, columns, path.name)
+    return None
 
 
 def clear_caches() -> None:

@@ -22,8 +22,8 @@ import pandas as pd
 import streamlit as st
 from safetensors.numpy import load_file
 
-from dashboards.figures.direct_effects import ATTRIBUTION_COLUMNS, LENS_COLUMNS, check_table
-from dashboards.loaders import CACHE_TTL_S
+from dashboards.figures.direct_effects import ATTRIBUTION_COLUMNS, LENS_COLUMNS
+from dashboards.loaders import CACHE_TTL_S, read_table
 from interp.runs.errors import one_line
 
 PROMPTS_FILE = "prompts.json"
@@ -152,21 +152,6 @@ def patching_prompts(run_dir: str) -> dict[str, Any] | None:
     return prompts
 
 
-def _read_table(folder: Path, name: str, columns: tuple[str, ...]) -> pd.DataFrame | None:
-    """`<name>.parquet`, else `<name>.csv` (as `Run.load_table` reads them), None when
-    neither exists; ValueError when the one read is unreadable or lacks `columns`."""
-    for suffix, read in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
-        path = folder / f"{name}{suffix}"
-        if not path.exists():
-            continue
-        try:
-            table = read(path)
-        except Exception as error:  # pyarrow and the csv parser raise their own types
-            raise ValueError(f"{path.name} is unreadable: {one_line(error)}") from None
-        return check_table(table, columns, path.name)
-    return None
-
-
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
 def direct_effects(run_dir: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """The direct logit attribution table and the logit lens table of the clean prompts
@@ -174,8 +159,8 @@ def direct_effects(run_dir: str) -> tuple[pd.DataFrame | None, pd.DataFrame | No
     such table (older runs, a model those cannot read). ValueError when a table is
     unreadable or lacks its columns (`ATTRIBUTION_COLUMNS`, `LENS_COLUMNS`)."""
     folder = _artifacts(run_dir)
-    return (_read_table(folder, ATTRIBUTION_TABLE, ATTRIBUTION_COLUMNS),
-            _read_table(folder, LENS_TABLE, LENS_COLUMNS))
+    return (read_table(folder, ATTRIBUTION_TABLE, ATTRIBUTION_COLUMNS),
+            read_table(folder, LENS_TABLE, LENS_COLUMNS))
 
 
 def clear_caches() -> None:

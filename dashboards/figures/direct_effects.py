@@ -1,7 +1,8 @@
 """Figures of the direct effects a `patching` run saves for its clean prompts: the direct
 logit attribution (`circuits.logit_attribution`, `artifacts/logit_attribution.*`) as a
 layer x head heatmap and as bars per component, and the logit lens (`interp.logit_lens`,
-`artifacts/logit_lens.*`) as curves over depth.
+`artifacts/logit_lens.*`) as curves over depth (`readout_figure`, which the Lens page also
+draws with a tuned lens beside the logit lens).
 
 The attribution is each component's direct contribution to the logit difference (answer -
 wrong), in logits, averaged over the examples: the direct path only (Elhage et al. 2021,
@@ -12,7 +13,7 @@ model's final norm and unembedding (nostalgebraist 2020, "interpreting GPT: the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,13 @@ import plotly.graph_objects as go
 
 from dashboards.figures.patching import patching_heatmap
 
-__all__ = ["component_attribution_bars", "head_attribution_heatmap", "logit_lens_figure"]
+__all__ = [
+    "component_attribution_bars",
+    "head_attribution_heatmap",
+    "logit_lens_figure",
+    "ordered_stages",
+    "readout_figure",
+]
 
 ATTRIBUTION_COLUMNS = ("component", "kind", "layer", "head", "mean", "std")
 """The columns of `artifacts/logit_attribution.*` (`LogitAttribution.to_frame`)."""
@@ -32,6 +39,8 @@ TEXT_COLUMNS = ("component", "kind", "stage")
 VALUE_NAME = "direct effect"
 POSITIVE, NEGATIVE = "#2166ac", "#b2182b"
 """Bar colours, the ends of the heatmap's red-white-blue scale."""
+LENS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
+"""One colour per lens when `readout_figure` draws several."""
 
 
 def check_table(frame: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
@@ -132,6 +141,100 @@ def component_attribution_bars(frame: pd.DataFrame) -> go.Figure:
     return figure
 
 
+def ordered_stages(
+    frame: pd.DataFrame, columns: Sequence[str], what: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """A per-stage table (`columns`, among them "stage" and "depth") checked and sorted by
+    depth, and its stage names in that order; a one-line ValueError naming `what` when it
+    has no rows or a stage or depth appears twice."""
+    check_table(frame, columns, what)
+    if frame.empty:
+        raise ValueError(f"{what}: the table has no rows")
+    ordered = frame.sort_values("depth", kind="stable")
+    stages = [str(stage) for stage in ordered["stage"]]
+    if len(set(stages)) != len(stages):
+        raise ValueError(f"{what}: a stage appears more than once")
+    if ordered["depth"].duplicated().any():
+        raise ValueError(f"{what}: a depth appears more than once")
+    return ordered, stages
+
+
+def stage_axis(stages: Sequence[str]) -> dict[str, object]:
+    """A category x axis holding `stages` in the order given (depth order)."""
+    return {"type": "category", "categoryorder": "array", "categoryarray": list(stages),
+            "title": "stage"}
+
+
+def readout_figure(
+    readouts: Mapping[str, pd.DataFrame], what: str = "readout_figure", title: str | None = None
+) -> go.Figure:
+    """Lens readouts over depth: per lens, the mean logit difference (left axis) and the
+    fraction of examples whose answer is the top token (right axis, 0 to 1, dotted) at each
+    stage, one colour per lens when there are several.
+
+    Args:
+        readouts: Lens name -> its `logit_lens` table (`LENS_COLUMNS`), drawn in the order
+            of `depth`; every table must hold the same stages at the same depths. A lone
+            lens may be named "": its traces are then plain "logit diff" and "top-1".
+        what: The name ValueErrors start with.
+        title: Figure title.
+
+    Returns:
+        A figure with two `go.Scatter` traces per lens, "<lens> logit diff" (hover also
+        gives the answer's mean log-probability and rank) and "<lens> top-1" (on `y2`).
+    """
+    if not readouts:
+        raise ValueError(f"{what}: no readout to draw")
+    several = len(readouts) > 1
+    traces, axis = [], None
+    for index, (lens, frame) in enumerate(readouts.items()):
+        where = f"{what}: the {lens} table" if lens else what
+        ordered, stages = ordered_stages(frame, LENS_COLUMNS, where)
+        depths = ordered["depth"].tolist()
+        if axis is None:
+            axis = (stages, depths)
+        elif (stages, depths) != axis:
+            raise ValueError(
+                f"{what}: the {lens} table's stages {stages} at depths {depths} differ from "
+                f"the {next(iter(readouts))} table's {axis[0]} at {axis[1]}"
+            )
+        name = f"{lens} " if lens else ""
+        line = {"color": LENS_COLOURS[index % len(LENS_COLOURS)]} if several else {}
+        traces += [
+            go.Scatter(
+                x=stages, y=ordered["logit_diff"].to_numpy(dtype=np.float64),
+                name=f"{name}logit diff", legendgroup=lens or None, mode="lines+markers",
+                line=line,
+                customdata=ordered[["answer_logprob", "answer_rank"]].to_numpy(dtype=np.float64),
+                hovertemplate=(
+                    f"{name}stage %{{x}}<br>logit diff %{{y:.4g}}<br>answer log-prob "
+                    "%{customdata[0]:.4g}<br>answer rank %{customdata[1]:.3g}<extra></extra>"
+                ),
+            ),
+            go.Scatter(
+                x=stages, y=ordered["top1"].to_numpy(dtype=np.float64), name=f"{name}top-1",
+                legendgroup=lens or None, yaxis="y2", mode="lines+markers",
+                line={**line, "dash": "dot"},
+                hovertemplate=(
+                    f"{name}stage %{{x}}<br>answer is top-1 in %{{y:.0%}} of examples"
+                    "<extra></extra>"
+                ),
+            ),
+        ]
+    assert axis is not None
+    figure = go.Figure(traces)
+    figure.update_layout(
+        title=title,
+        xaxis=stage_axis(axis[0]),
+        yaxis={"title": "logit diff (answer - wrong)"},
+        yaxis2={"title": "top-1 fraction", "overlaying": "y", "side": "right",
+                "range": [0, 1.05]},
+        legend={"orientation": "h", "y": -0.2},
+        margin={"l": 40, "r": 40, "t": 50, "b": 40},
+    )
+    return figure
+
+
 def logit_lens_figure(frame: pd.DataFrame) -> go.Figure:
     """The logit lens over depth: the mean logit difference (left axis) and the fraction of
     examples whose answer is the top token (right axis, 0 to 1) at each stage.
@@ -141,40 +244,9 @@ def logit_lens_figure(frame: pd.DataFrame) -> go.Figure:
 
     Returns:
         A figure with two `go.Scatter` traces, "logit diff" (hover also gives the answer's
-        mean log-probability and rank) and "top-1".
+        mean log-probability and rank) and "top-1" (`readout_figure` of this one lens).
     """
-    what = "logit_lens_figure"
-    check_table(frame, LENS_COLUMNS, what)
-    if frame.empty:
-        raise ValueError(f"{what}: the table has no rows")
-    ordered = frame.sort_values("depth", kind="stable")
-    stages = [str(stage) for stage in ordered["stage"]]
-    if len(set(stages)) != len(stages):
-        raise ValueError(f"{what}: a stage appears more than once")
-    figure = go.Figure([
-        go.Scatter(
-            x=stages, y=ordered["logit_diff"].to_numpy(dtype=np.float64), name="logit diff",
-            mode="lines+markers",
-            customdata=ordered[["answer_logprob", "answer_rank"]].to_numpy(dtype=np.float64),
-            hovertemplate=(
-                "stage %{x}<br>logit diff %{y:.4g}<br>answer log-prob %{customdata[0]:.4g}"
-                "<br>answer rank %{customdata[1]:.3g}<extra></extra>"
-            ),
-        ),
-        go.Scatter(
-            x=stages, y=ordered["top1"].to_numpy(dtype=np.float64), name="top-1", yaxis="y2",
-            mode="lines+markers", line={"dash": "dot"},
-            hovertemplate="stage %{x}<br>answer is top-1 in %{y:.0%} of examples<extra></extra>",
-        ),
-    ])
-    figure.update_layout(
+    return readout_figure(
+        {"": frame}, what="logit_lens_figure",
         title="Logit lens: the residual stream before each block, read as the output",
-        xaxis={"type": "category", "categoryorder": "array", "categoryarray": stages,
-               "title": "stage"},
-        yaxis={"title": "logit diff (answer - wrong)"},
-        yaxis2={"title": "top-1 fraction", "overlaying": "y", "side": "right",
-                "range": [0, 1.05]},
-        legend={"orientation": "h", "y": -0.2},
-        margin={"l": 40, "r": 40, "t": 50, "b": 40},
     )
-    return figure

@@ -12,7 +12,7 @@ import pytest
 from page_testing import assert_renders_without_torch, figures
 from streamlit.testing.v1 import AppTest
 
-from dashboards.app import runs_dir_from
+from dashboards.app import page_specs, runs_dir_from
 from dashboards.figures import metric_curves
 from interp.runs import RunStore
 
@@ -170,12 +170,37 @@ def test_drawing_the_runs_page_never_imports_torch(runs_dir: Path) -> None:
     assert_renders_without_torch("runs", runs_dir)
 
 
-def test_importing_figures_does_not_import_torch() -> None:
+DASHBOARDS = APP.parent
+
+
+def dashboard_modules() -> list[str]:
+    """Every module of the app: the figures, the loaders, the views, the run picker."""
+    files = [*DASHBOARDS.glob("*.py"), *DASHBOARDS.glob("figures/*.py"),
+             *DASHBOARDS.glob("views/*.py")]
+    names = (".".join(path.relative_to(DASHBOARDS.parent).with_suffix("").parts)
+             for path in files)
+    return sorted(name.removesuffix(".__init__") for name in names)
+
+
+def test_importing_figures_loaders_and_views_does_not_import_torch() -> None:
+    modules = dashboard_modules()
+    for name in ("dashboards.figures.lens", "dashboards.loaders_lens", "dashboards.views.lens",
+                 "dashboards.figures.direct_effects", "dashboards.views.runs"):
+        assert name in modules
     code = (
-        "import dashboards.figures, dashboards.app, dashboards.views.runs, interp.runs, sys; "
-        "assert 'torch' not in sys.modules"
+        f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
+        "import interp.runs; assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_every_page_is_registered() -> None:
+    specs = page_specs()
+    assert [spec.url_path for spec in specs] == [
+        "runs", "grokking", "patching", "circuits", "probes", "heads", "lens",
+    ]
+    views = {f"dashboards.views.{path.stem}" for path in DASHBOARDS.glob("views/*.py")}
+    assert {spec.render.__module__ for spec in specs} == views - {"dashboards.views.__init__"}
 
 
 def test_metrics_of_a_multi_seed_run_are_drawn_one_seed_at_a_time(
