@@ -70,6 +70,10 @@ class LogitAttribution:
         neurons: With `neurons=True`, each MLP neuron's direct contribution, `[example,
             layer, d_mlp]`: its activation times its output row read through the final
             norm; a layer's neurons plus its MLP's output bias make its `"mlp{l}"` column.
+        sources: With `by_source=True`, each head's direct contribution split by the key
+            position it attends to, `[example, layer, head, pos]` (its attention weight
+            times that position's value through `W_O`; positions past the read one hold
+            0 under causal attention); a head's row sums to its column.
     """
 
     values: Float[Tensor, "example component"]
@@ -79,6 +83,7 @@ class LogitAttribution:
     n_layers: int
     n_heads: int
     neurons: Float[Tensor, "example layer neuron"] | None = None
+    sources: Float[Tensor, "example layer head pos"] | None = None
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2 or self.values.shape[1] != len(self.components):
@@ -92,6 +97,11 @@ class LogitAttribution:
             self.neurons.ndim != 3 or self.neurons.shape[:2] != (len(self.total), self.n_layers)
         ):
             raise ValueError("LogitAttribution: neurons must be [example, layer, neuron]")
+        if self.sources is not None and (
+            self.sources.ndim != 4
+            or self.sources.shape[:3] != (len(self.total), self.n_layers, self.n_heads)
+        ):
+            raise ValueError("LogitAttribution: sources must be [example, layer, head, pos]")
 
     def top_neurons(self, k: int = 10) -> list[tuple[str, float]]:
         """The `k` neurons (`"L{layer}N{neuron}"`) with the largest mean |contribution|."""
@@ -138,8 +148,9 @@ class LogitAttribution:
         """`artifacts/<name>.safetensors` (values, total) and `<name>.json` (the rest)."""
         run = Run.open(run)
         tensors = {"values": self.values, "total": self.total}
-        if self.neurons is not None:
-            tensors["neurons"] = self.neurons
+        for name_, extra in (("neurons", self.neurons), ("sources", self.sources)):
+            if extra is not None:
+                tensors[name_] = extra
         run.save_tensors(name, tensors)
         run.save_json(name, {"components": list(self.components), "readout": self.readout,
                              "n_layers": self.n_layers, "n_heads": self.n_heads})
@@ -152,7 +163,7 @@ class LogitAttribution:
         tensors, meta = run.load_tensors(name), run.load_json(name)
         return cls(tensors["values"], tuple(meta["components"]), tensors["total"],
                    meta["readout"], int(meta["n_layers"]), int(meta["n_heads"]),
-                   tensors.get("neurons"))
+                   tensors.get("neurons"), tensors.get("sources"))
 
 
 def _parse(name: str) -> tuple[str, int, int]:
@@ -171,11 +182,14 @@ def direct_logit_attribution(
     *,
     readout: Readout = "logit_diff",
     neurons: bool = False,
+    by_source: bool = False,
     max_batch: int = 32,
     progress: bool = False,
 ) -> LogitAttribution:
     """Each component's direct contribution to the readout at `batch.position` of each
-    clean prompt (module docstring); with `neurons`, each MLP neuron's too.
+    clean prompt (module docstring); with `neurons`, each MLP neuron's too; with
+    `by_source`, each head's split by the position it attends to (the name movers of Wang
+    et al. 2022 are found attending to the indirect object this way).
 
     Args:
         model: A model whose residual stream is a sum of parts: those edge patching
@@ -184,6 +198,8 @@ def direct_logit_attribution(
         readout: `"logit_diff"` (answer minus wrong), `"answer"` or `"wrong"`.
         neurons: Also attribute to each MLP neuron (`LogitAttribution.neurons`); not
             under a norm after the MLP (Gemma 2 and 3), which mixes its neurons' outputs.
+        by_source: Also split each head's contribution by key position
+            (`LogitAttribution.sources`; the forward pass then forms the patterns).
         max_batch: Examples per forward pass.
         progress: Show a progress bar over the chunks.
     """
@@ -200,14 +216,18 @@ def direct_logit_attribution(
     batch = batch.to(params["embed.weight"].device)
     directions, offsets = _readout_rows(params, batch, readout)
     names = [node.name for node in ComputationalGraph.from_model(model).sources] + [BIAS]
-    chunks, neuron_chunks = [], []
+    chunks: list[Tensor] = []
+    neuron_chunks: list[Tensor] = []
+    source_chunks: list[Tensor] = []
     for rows, read in read_chunks(params, arch, batch, max_batch, "direct logit attribution",
-                                  progress):
+                                  progress, patterns=by_source):
         parts = _parts_at(params, arch, read)
+        if neurons or by_source:
+            seen = _through_final_norm(params, arch, parts.sum(dim=1), directions[rows])
         if neurons:
-            neuron_chunks.append(_neurons_at(
-                params, arch, read, parts.sum(dim=1), directions[rows]
-            ).float().cpu())
+            neuron_chunks.append(_neurons_at(params, arch, read, seen).cpu())
+        if by_source:
+            source_chunks.append(_head_sources_at(params, arch, read, seen).cpu())
         shares, norm_bias = functional.normalized_parts(
             params, "ln_final", parts, torch.zeros_like(parts[:, 0]),
             arch.normalization, arch.eps,
@@ -219,7 +239,8 @@ def direct_logit_attribution(
     values = torch.cat(chunks)
     return LogitAttribution(values, (*names, UNEMBED), values.sum(dim=1), readout,
                             arch.n_layers, arch.n_heads,
-                            torch.cat(neuron_chunks) if neurons else None)
+                            torch.cat(neuron_chunks) if neurons else None,
+                            torch.cat(source_chunks) if by_source else None)
 
 
 def _parts_at(
@@ -251,33 +272,74 @@ def _parts_at(
     return torch.stack([*parts, rest], dim=1)
 
 
-def _neurons_at(
-    params: Mapping[str, Tensor], arch: Architecture, read: Callable[[str], Tensor],
-    final: Float[Tensor, "batch d_model"], direction: Float[Tensor, "batch d_model"],
-) -> Float[Tensor, "batch layer neuron"]:
-    """Each neuron's activation times its output row dotted with the readout `direction`
-    seen through the final norm at its scale in the run (`final`: the stream it reads):
-    for a norm x -> w * centre(x) / s, a part p adds `p . centre(w * direction) / s`."""
+def _through_final_norm(
+    params: Mapping[str, Tensor], arch: Architecture, final: Float[Tensor, "batch d_model"],
+    direction: Float[Tensor, "batch d_model"],
+) -> Float[Tensor, "batch d_model"]:
+    """The readout `direction` seen from before the final norm at its scale in the run
+    (`final`: the stream it reads): for a norm x -> w * centre(x) / s, a part p of the
+    stream adds `p . centre(w * direction) / s` to the readout (float32)."""
     kind, weight = arch.normalization, None
     seen = direction.float()
-    if kind is not None:
-        stream = final.float()
-        if kind in ("LN", "LNPRE"):
-            stream = stream - stream.mean(-1, keepdim=True)
-        seen = seen / (stream.pow(2).mean(-1, keepdim=True) + arch.eps).sqrt()
-        if kind == "RMS1P":
-            weight = 1.0 + params["ln_final.weight"].float()
-        elif kind in ("LN", "RMS"):
-            weight = params["ln_final.weight"].float()
-        if weight is not None:
-            seen = seen * weight
-        if kind in ("LN", "LNPRE"):
-            seen = seen - seen.mean(-1, keepdim=True)
+    if kind is None:
+        return seen
+    stream = final.float()
+    if kind in ("LN", "LNPRE"):
+        stream = stream - stream.mean(-1, keepdim=True)
+    seen = seen / (stream.pow(2).mean(-1, keepdim=True) + arch.eps).sqrt()
+    if kind == "RMS1P":
+        weight = 1.0 + params["ln_final.weight"].float()
+    elif kind in ("LN", "RMS"):
+        weight = params["ln_final.weight"].float()
+    if weight is not None:
+        seen = seen * weight
+    if kind in ("LN", "LNPRE"):
+        seen = seen - seen.mean(-1, keepdim=True)
+    return seen
+
+
+def _neurons_at(
+    params: Mapping[str, Tensor], arch: Architecture, read: Callable[..., Tensor],
+    seen: Float[Tensor, "batch d_model"],
+) -> Float[Tensor, "batch layer neuron"]:
+    """Each neuron's activation times its output row dotted with the readout direction
+    `seen` from before the final norm (`_through_final_norm`)."""
     per_layer = []
     for layer in range(arch.n_layers):
         post = read(f"blocks.{layer}.mlp.hook_post").float()  # [b, d_mlp]
         w_out = params[f"blocks.{layer}.mlp.out.weight"].float()  # [d_model, d_mlp]
         per_layer.append(post * (seen @ w_out))
+    return torch.stack(per_layer, dim=1)
+
+
+def _head_sources_at(
+    params: Mapping[str, Tensor], arch: Architecture, read: Callable[..., Tensor],
+    seen: Float[Tensor, "batch d_model"],
+) -> Float[Tensor, "batch layer head pos"]:
+    """Each head's output at the read position split by key: its attention weight on key
+    k times k's value through `W_O` (under a norm after the attention, each piece's share
+    of the normalised block output), dotted with the readout direction `seen`."""
+    per_layer = []
+    for layer in range(arch.n_layers):
+        block = f"blocks.{layer}"
+        pattern = read(f"{block}.attn.hook_pattern").float()  # [b, head, key]
+        values = read(f"{block}.attn.hook_v", every_position=True).float()  # [b, key, kv, e]
+        if values.shape[2] != arch.n_heads:  # grouped keys and values
+            values = values.repeat_interleave(arch.n_heads // values.shape[2], dim=2)
+        w_out = params[f"{block}.attn.o.weight"].float().view(
+            arch.d_model, arch.n_heads, arch.d_head)
+        per_key = torch.einsum("bhk,bkhe,dhe->bhkd", pattern, values, w_out)
+        if arch.post_norms:
+            bias = params.get(f"{block}.attn.o.bias")
+            rest = per_key.new_zeros(per_key.shape[0], arch.d_model)
+            if bias is not None:
+                rest = rest + bias.float()
+            shares, _ = functional.normalized_parts(
+                params, f"{block}.ln1_post", per_key.flatten(1, 2), rest,
+                arch.normalization, arch.eps,
+            )
+            per_key = shares.float().unflatten(1, per_key.shape[1:3])
+        per_layer.append(torch.einsum("bhkd,bd->bhk", per_key, seen))
     return torch.stack(per_layer, dim=1)
 
 

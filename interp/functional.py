@@ -194,25 +194,37 @@ def activations_at(
     tokens: Int[Tensor, "batch pos"],
     arch: Architecture,
     positions: Int[Tensor, " batch"],
-) -> Callable[[str], Tensor]:
+    *,
+    patterns: bool = False,
+) -> Callable[..., Tensor]:
     """One forward pass that computes the last layer and the unembedding only at the
     positions some example reads (`last_layer_positions`), and a reader: `read(name)` is
     the activation `name` (a `forward` cache name) of each example at its own position,
-    `[batch, ...]`. For analyses that read one position per example, such as direct logit
-    attribution and the logit lens: the logits of every other position (for a large
-    vocabulary, a third of a small model's work) are never computed. One host sync (the
-    distinct positions); attention runs fused (`patterns=False`)."""
+    `[batch, ...]` (an attention pattern: that query's row, `[batch, head, key]`);
+    `read(name, every_position=True)` is the whole entry (every key's `hook_k` /
+    `hook_v`, any layer's entries but the last's queries). For analyses that read one
+    position per example, such as direct logit attribution and the logit lens: the logits
+    of every other position (for a large vocabulary, a third of a small model's work) are
+    never computed. One host sync (the distinct positions); attention runs fused unless
+    `patterns` (then the patterns are cached)."""
     cache: dict[str, Tensor] = {}
     read_at = positions.unique(sorted=True)
-    forward(params, tokens, arch, cache=cache, patterns=False, last_layer_positions=read_at)
+    forward(params, tokens, arch, cache=cache, patterns=patterns, last_layer_positions=read_at)
     rows = torch.arange(len(tokens), device=tokens.device)
     narrowed = torch.searchsorted(read_at, positions)
     last = f"blocks.{arch.n_layers - 1}."
     full_in_last = ("hook_resid_pre", "attn.hook_k", "attn.hook_v")
 
-    def read(name: str) -> Tensor:
+    def read(name: str, every_position: bool = False) -> Tensor:
         only_read = name.startswith(last) and not name.endswith(full_in_last)
-        return cache[name][rows, narrowed if only_read else positions]
+        if every_position:
+            if only_read:
+                raise ValueError(f"{name} is computed at the read positions only")
+            return cache[name]
+        at = narrowed if only_read else positions
+        if name.endswith("hook_pattern"):  # [batch, head, query, key]
+            return cache[name][rows, :, at]
+        return cache[name][rows, at]
 
     return read
 

@@ -42,12 +42,14 @@ def read_chunks(
     max_batch: int,
     desc: str,
     progress: bool,
-) -> Iterator[tuple[slice, Callable[[str], Tensor]]]:
+    patterns: bool = False,
+) -> Iterator[tuple[slice, Callable[..., Tensor]]]:
     """Per chunk of `max_batch` examples of `batch` (on the parameters' device): its rows
-    and a reader of its activations at each example's `batch.position`, under
+    and a reader of its activations at each example's `batch.position`
+    (`functional.activations_at`, with the attention patterns when `patterns`), under
     `torch.inference_mode()`."""
     with torch.inference_mode():
         for start in tqdm(range(0, len(batch), max_batch), desc=desc, disable=not progress):
             rows = slice(start, start + max_batch)
             yield rows, functional.activations_at(params, batch.clean[rows], arch,
-                                                  batch.position[rows])
+                                                  batch.position[rows], patterns=patterns)

@@ -105,7 +105,8 @@ def test_gemma2_sums_to_the_logits_before_the_soft_cap(gemma2, batch) -> None:
 
 
 def test_heads_grid_top_frame_and_run_store_round_trip(biased, batch, tmp_path) -> None:
-    result = direct_logit_attribution(biased, batch, readout="answer")
+    result = direct_logit_attribution(biased, batch, readout="answer", neurons=True,
+                                      by_source=True)
     grid = result.heads()
     assert grid.shape == (2, 4)
     assert float(grid[1, 2]) == pytest.approx(float(result.mean()[result.components.index("L1H2")]))
@@ -119,6 +120,8 @@ def test_heads_grid_top_frame_and_run_store_round_trip(biased, batch, tmp_path) 
     result.save(run)
     loaded = LogitAttribution.load(run.path)
     torch.testing.assert_close(loaded.values, result.values)
+    torch.testing.assert_close(loaded.neurons, result.neurons)
+    torch.testing.assert_close(loaded.sources, result.sources)
     assert (loaded.components, loaded.readout) == (result.components, "answer")
 
 
@@ -169,3 +172,33 @@ def test_neurons_are_refused_where_they_have_no_direct_effect_of_their_own(
     planted = copy_suppress()
     with pytest.raises(ValueError, match="it has no MLPs"):
         direct_logit_attribution(planted.model, planted.batch, neurons=True)
+
+
+@pytest.mark.parametrize("kind", ["biased", "llama", "bloom", "gemma2", "mistral_windowed"])
+def test_a_heads_sources_add_up_to_its_column(request, batch, kind) -> None:
+    """Split by key position (GQA, ALiBi, Gemma 2's post-attention norm and soft caps,
+    a sliding window), each head's pieces sum to its direct effect, and keys after the
+    read position (causal attention) give nothing."""
+    model = request.getfixturevalue(kind)
+    result = direct_logit_attribution(model, batch, by_source=True, max_batch=2)
+    assert result.sources is not None
+    assert result.sources.shape == (3, 2, result.n_heads, batch.clean.shape[1])
+    heads = [i for i, name in enumerate(result.components) if name.startswith("L")]
+    torch.testing.assert_close(result.sources.sum(-1).flatten(1), result.values[:, heads],
+                               atol=2e-5, rtol=0)
+    for example, position in enumerate(batch.position.tolist()):
+        assert torch.count_nonzero(result.sources[example, :, :, position + 1:]) == 0
+    assert result.sources.abs().max() > 1e-3
+
+
+def test_the_planted_name_mover_draws_its_effect_from_the_indirect_object() -> None:
+    """`copy_suppress`'s name mover L2H0 attends to the name that occurs once (the
+    answer) and copies it: its direct effect comes from that position."""
+    planted = copy_suppress()
+    result = direct_logit_attribution(planted.model, planted.batch, by_source=True)
+    mover = result.sources[:, 2, 0]  # [example, pos]
+    where = mover.argmax(dim=-1)
+    clean = planted.batch.clean
+    assert torch.equal(clean[torch.arange(len(clean)), where], planted.batch.answer)
+    share = mover.max(dim=-1).values / mover.sum(dim=-1)
+    assert share.min() > 0.9, share

@@ -253,6 +253,18 @@ def test_activations_at_reads_every_cached_name_at_each_examples_position(n_laye
     for name in names:
         torch.testing.assert_close(read(name), full_cache[name][torch.arange(4), positions],
                                    rtol=0, atol=1e-5, msg=name)
+    last = f"blocks.{n_layers - 1}.attn"
+    torch.testing.assert_close(read(f"{last}.hook_v", every_position=True),
+                               full_cache[f"{last}.hook_v"], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="computed at the read positions only"):
+        read(f"{last}.hook_z", every_position=True)
+    with_patterns = functional.activations_at(params, tokens, functional.architecture(spec),
+                                              positions, patterns=True)
+    for layer in range(n_layers):  # a pattern reads as the query row of each example
+        name = f"blocks.{layer}.attn.hook_pattern"
+        torch.testing.assert_close(with_patterns(name),
+                                   full_cache[name][torch.arange(4), :, positions],
+                                   rtol=0, atol=1e-6, msg=name)
 
 
 def test_batched_final_position_does_not_broadcast_weights_to_examples() -> None:
