@@ -103,17 +103,18 @@ def run_lens(config: LensConfig, run: Run, context: RunContext) -> dict[str, Any
         "stage": stages, "depth": list(range(len(stages))),
         "logit_lens_kl": logit_kl.tolist(), "tuned_lens_kl": tuned_kl.tolist(),
     }))
+    logit_frame, tuned_frame = logit_read.to_frame(), tuned_read.to_frame()
     logit_read.save(run)
-    run.save_table("logit_lens", logit_read.to_frame())
+    run.save_table("logit_lens", logit_frame)
     tuned_read.save(run, name=TUNED_READOUT)
-    run.save_table(TUNED_READOUT, tuned_read.to_frame())
+    run.save_table(TUNED_READOUT, tuned_frame)
     return {
         "final_train_loss": lens.losses[-1],
         "first_train_loss": lens.losses[0],
         "logit_lens_kl": dict(zip(stages, logit_kl.tolist(), strict=True)),
         "tuned_lens_kl": dict(zip(stages, tuned_kl.tolist(), strict=True)),
-        "tuned_lens_top1": dict(zip(stages, tuned_read.to_frame()["top1"].tolist(), strict=True)),
-        "logit_lens_top1": dict(zip(stages, logit_read.to_frame()["top1"].tolist(), strict=True)),
+        "tuned_lens_top1": dict(zip(stages, tuned_frame["top1"].tolist(), strict=True)),
+        "logit_lens_top1": dict(zip(stages, logit_frame["top1"].tolist(), strict=True)),
     }
 
 

@@ -162,16 +162,16 @@ def _divergences(
     params: functional.Params, arch: Architecture, stream: Tensor, lens: TunedLens | None,
     counted: Float[Tensor, "batch pos"],
 ) -> Iterator[Tensor]:
-    """Summed KL(final || stage) over the counted positions (weights `counted`), per
-    stage, one stage at a time, each from its own graph (a stage's logits are `[batch,
-    pos, vocab]`)."""
+    """Summed KL(final || stage) over the counted positions (weights `counted`) for each
+    block's input (stages 0 .. n_layers - 1; the last block's output is the final
+    distribution itself), one stage at a time, each from its own graph (a stage's logits
+    are `[batch, pos, vocab]`)."""
     target = F.log_softmax(functional.unembed(params, stream[-1], arch).float(), dim=-1)
-    for stage in range(stream.shape[0]):
-        read_in = stream[stage]
-        if lens is not None and stage < arch.n_layers:
-            read_in = lens.translate_stage(stage, read_in)
+    target_probs = target.exp()
+    for stage in range(arch.n_layers):
+        read_in = stream[stage] if lens is None else lens.translate_stage(stage, stream[stage])
         read = F.log_softmax(functional.unembed(params, read_in, arch).float(), dim=-1)
-        per_position = (target.exp() * (target - read)).sum(-1)
+        per_position = (target_probs * (target - read)).sum(-1)
         yield (per_position * counted).sum()
 
 
@@ -201,7 +201,7 @@ def lens_divergence(
             rows = slice(start, start + max_batch)
             stream = residual_streams(params, tokens[rows], arch)
             kl = torch.stack(list(_divergences(params, arch, stream, lens, weights[rows])))
-            total += kl.double().cpu()
+            total[:-1] += kl.double().cpu()  # the last stage is the output: KL 0
     return (total / float(weights.sum())).float()
 
 
@@ -263,9 +263,7 @@ def train_tuned_lens(
         total = 0.0
         counted_here = position_weights[rows]
         n_counted = counted_here.sum().clamp(min=1.0)
-        for stage, kl in enumerate(_divergences(params, arch, stream, lens, counted_here)):
-            if stage == arch.n_layers:  # the model's output: nothing to fit
-                break
+        for kl in _divergences(params, arch, stream, lens, counted_here):
             mean_kl = kl / n_counted
             mean_kl.backward()  # each stage's graph is freed before the next is built
             total += float(mean_kl.detach())
