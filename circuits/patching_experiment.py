@@ -15,7 +15,8 @@ patched (token ids and token strings, clean and corrupted) as `artifacts/prompts
 summary holds the metric on the clean and corrupted prompts and, per target, the index with
 the largest effect. With `direct_effects` (the default) the run also saves, for the clean
 prompts, each component's direct logit attribution (`circuits.logit_attribution`:
-`artifacts/logit_attribution.*`) and the logit lens (`interp.logit_lens`:
+`artifacts/logit_attribution.*`, each head's also split by the key position it attends to,
+tensor `sources` `[example, layer, head, pos]`) and the logit lens (`interp.logit_lens`:
 `artifacts/logit_lens.*`), and the summary names the components with the largest direct
 effect; a model those cannot read (one `interp.functional` does not cover) is noted in the
 summary instead.
@@ -154,7 +155,7 @@ def save_direct_effects(model: Any, batch: TaskBatch, run: Run) -> dict[str, Any
     summary's entries: the five components with the largest mean |direct effect| on the
     logit difference, or why neither could be computed."""
     try:
-        attribution = direct_logit_attribution(model, batch)
+        attribution = direct_logit_attribution(model, batch, by_source=True)
         lens = logit_lens(model, batch)
     except ValueError as error:
         return {"direct_effects": f"not computed: {error}"}

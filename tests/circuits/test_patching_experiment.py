@@ -64,9 +64,10 @@ def test_patching_kind_saves_what_patch_computes_on_the_checkpoint(tmp_path: Pat
 
     # direct effects of the clean prompts, as the library computes them on the checkpoint
     batch = Induction(config.task).batch()
-    attribution = direct_logit_attribution(model, batch)
+    attribution = direct_logit_attribution(model, batch, by_source=True)
     saved_attribution = LogitAttribution.load(run)
     torch.testing.assert_close(saved_attribution.values, attribution.values)
+    torch.testing.assert_close(saved_attribution.sources, attribution.sources)
     assert run.summary["direct_effects"][0] == {
         "component": attribution.top(1)[0][0], "logit_diff": attribution.top(1)[0][1]
     }
