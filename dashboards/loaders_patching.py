@@ -3,7 +3,9 @@ Patching page: per target `artifacts/patching_<target>.safetensors` (the values)
 `.json` (axes, labels, metric on the clean and corrupted runs, ...), written by
 `circuits.patching.PatchingResult.save`, `artifacts/prompts.json` (the prompts), and the
 direct effects of the clean prompts, `artifacts/logit_attribution.*` and
-`artifacts/logit_lens.*` (tables saved by `Run.save_table`: parquet, or csv).
+`artifacts/logit_lens.*` (tables saved by `Run.save_table`: parquet, or csv), and each
+head's direct effect split by key position, the `sources` tensor of
+`artifacts/logit_attribution.safetensors` (`LogitAttribution.save`).
 
 The values are read with `safetensors.numpy` and the tables with pandas, so nothing here
 imports torch.
@@ -31,6 +33,8 @@ ATTRIBUTION_TABLE = "logit_attribution"
 LENS_TABLE = "logit_lens"
 VALUES_KEY = "values"
 """The key of the values tensor in `patching_<target>.safetensors`."""
+SOURCES_KEY = "sources"
+"""The key of the per-position split in `logit_attribution.safetensors`."""
 
 _RESULT_FILE = re.compile(r"patching_(.+)\.json")
 _PROMPT_KEYS = ("clean_tokens", "corrupted_tokens")
@@ -163,7 +167,32 @@ def direct_effects(run_dir: str) -> tuple[pd.DataFrame | None, pd.DataFrame | No
             read_table(folder, LENS_TABLE, LENS_COLUMNS))
 
 
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=16, show_spinner=False)
+def head_sources(run_dir: str) -> np.ndarray | None:
+    """Each head's direct effect split by the key position it attends to, `[example, layer,
+    head, pos]` (float64), from `artifacts/logit_attribution.safetensors`; None when the run
+    saved no such split (no file, or an older run without the `sources` tensor). ValueError
+    when the file is unreadable or the tensor is not 4-D."""
+    path = _artifacts(run_dir) / f"{ATTRIBUTION_TABLE}.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for a bad file
+        raise ValueError(f"{path.name} is unreadable: {one_line(error)}") from None
+    sources = tensors.get(SOURCES_KEY)
+    if sources is None:
+        return None
+    if sources.ndim != 4:
+        raise ValueError(
+            f"{path.name}: {SOURCES_KEY!r} has shape {sources.shape}, not [example, layer, "
+            "head, pos]"
+        )
+    return sources.astype(np.float64)
+
+
 def clear_caches() -> None:
     """Forget every cached read."""
-    for reader in (patching_targets, patching_result, patching_prompts, direct_effects):
+    for reader in (patching_targets, patching_result, patching_prompts, direct_effects,
+                   head_sources):
         reader.clear()

@@ -2,7 +2,9 @@
 logit attribution (`circuits.logit_attribution`, `artifacts/logit_attribution.*`) as a
 layer x head heatmap and as bars per component, and the logit lens (`interp.logit_lens`,
 `artifacts/logit_lens.*`) as curves over depth (`readout_figure`, which the Lens page also
-draws with a tuned lens beside the logit lens).
+draws with a tuned lens beside the logit lens), and one head's direct effect on one example
+split by the key position it attends to (`head_source_bars`, from the attribution's
+`sources` tensor).
 
 The attribution is each component's direct contribution to the logit difference (answer -
 wrong), in logits, averaged over the examples: the direct path only (Elhage et al. 2021,
@@ -24,6 +26,7 @@ from dashboards.figures.patching import patching_heatmap
 __all__ = [
     "component_attribution_bars",
     "head_attribution_heatmap",
+    "head_source_bars",
     "logit_lens_figure",
     "ordered_stages",
     "readout_figure",
@@ -135,6 +138,47 @@ def component_attribution_bars(frame: pd.DataFrame) -> go.Figure:
     figure.update_layout(
         title="Direct effect of each component on the logit difference (heads summed per layer)",
         xaxis={"type": "category", "title": "component (forward order)"},
+        yaxis_title=f"{VALUE_NAME} (logits)",
+        margin={"l": 40, "r": 20, "t": 50, "b": 40},
+    )
+    return figure
+
+
+def head_source_bars(
+    values: Sequence[float] | np.ndarray, tokens: Sequence[str], head_name: str,
+    example: int | None = None,
+) -> go.Figure:
+    """One head's direct effect on one example, split by the key position it attends to:
+    a bar per position (its attention weight times that position's value through `W_O`,
+    read along the answer - wrong unembedding direction through the final norm).
+
+    Args:
+        values: The head's contribution from each position, `sources[example, layer,
+            head, :n]` (in logits).
+        tokens: The example's token strings at those positions (as many as `values`).
+        head_name: The head, e.g. "L1H0", for the title.
+        example: The example's number, for the title.
+
+    Returns:
+        A figure with one `go.Bar` (blue above 0, red below) whose x labels are
+        "i:token" in position order and whose heights are `values`.
+    """
+    heights = np.asarray(values, dtype=np.float64).ravel()
+    if len(heights) != len(tokens):
+        raise ValueError(
+            f"head_source_bars: {len(heights)} values but {len(tokens)} tokens"
+        )
+    labels = [f"{index}:{token}" for index, token in enumerate(tokens)]
+    figure = go.Figure(go.Bar(
+        x=labels, y=heights.tolist(),
+        hovertemplate="position %{x}<br>direct effect %{y:+.4g}<extra></extra>",
+        marker={"color": [POSITIVE if value >= 0 else NEGATIVE for value in heights]},
+    ))
+    where = f" on example {example}" if example is not None else ""
+    figure.update_layout(
+        title=f"Where {head_name} reads from{where}: its direct effect by key position",
+        xaxis={"type": "category", "categoryorder": "array", "categoryarray": labels,
+               "title": "key position (i:token)"},
         yaxis_title=f"{VALUE_NAME} (logits)",
         margin={"l": 40, "r": 20, "t": 50, "b": 40},
     )

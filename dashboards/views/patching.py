@@ -1,6 +1,7 @@
 """The Patching page: the activation-patching results of a `patching` run as heatmaps
 (layer x position, layer x head, ...) with each value on hover, the direct effects of the
-clean prompts (direct logit attribution per head and per component, and the logit lens),
+clean prompts (direct logit attribution per head and per component, where a chosen head
+reads from on a chosen example, and the logit lens),
 and the clean and corrupted prompts the run patched, token by token.
 
 It reads what the run saved (`artifacts/patching_<target>.*`, `artifacts/logit_attribution.*`,
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -20,6 +22,7 @@ from dashboards import loaders_patching as data
 from dashboards.figures.direct_effects import (
     component_attribution_bars,
     head_attribution_heatmap,
+    head_source_bars,
     logit_lens_figure,
 )
 from dashboards.figures.patching import patching_heatmap, prompt_table
@@ -149,6 +152,7 @@ def render_direct_effects(info: RunInfo) -> None:
             except ValueError as error:
                 st.warning(f"`{info.ref}`: the direct logit attribution cannot be drawn: {error}")
         st.caption(DIRECT_CAPTION + top_components_text(summary))
+        render_head_sources(info, attribution)
     if lens is None:
         st.caption(f"`{info.ref}` saved no logit lens (logit_lens).")
         return
@@ -158,6 +162,74 @@ def render_direct_effects(info: RunInfo) -> None:
         st.warning(f"`{info.ref}`: the logit lens cannot be drawn: {error}")
         return
     st.caption(LENS_CAPTION)
+
+
+def head_source_row(
+    sources: np.ndarray, prompts: dict[str, Any], example: int, layer: int, head: int
+) -> tuple[np.ndarray, list[str], int, float]:
+    """From the `[example, layer, head, pos]` split and prompts.json: the head's contribution
+    from each position up to the example's read position, those positions' clean tokens,
+    the read position, and the head's direct effect on the example (its row's sum). A
+    one-line ValueError when the two disagree."""
+    n_examples, n_layers, n_heads, n_pos = sources.shape
+    if not (0 <= layer < n_layers and 0 <= head < n_heads):
+        raise ValueError(f"head L{layer}H{head} is outside the saved {n_layers}x{n_heads} heads")
+    tokens = _item(prompts["clean_tokens"], example)
+    position = _item(prompts.get("position"), example)
+    if not (0 <= example < n_examples) or not isinstance(tokens, list):
+        raise ValueError(f"example {example} is missing from the split or the prompts")
+    if not isinstance(position, int) or not 0 <= position < min(n_pos, len(tokens)):
+        raise ValueError(f"example {example} has no valid read position ({position!r})")
+    row = sources[example, layer, head]
+    return row[: position + 1], [str(t) for t in tokens[: position + 1]], position, float(
+        row.sum()
+    )
+
+
+def render_head_sources(info: RunInfo, attribution: pd.DataFrame) -> None:
+    """Where a chosen head reads from: its direct effect on a chosen example split by the
+    key position it attends to (the attribution's `sources`), when the run saved that."""
+    st.markdown("**Where a head reads from**")
+    try:
+        sources = data.head_sources(str(info.path))
+        prompts = data.patching_prompts(str(info.path)) if sources is not None else None
+    except (ValueError, OSError) as error:
+        st.warning(f"`{info.ref}`: the per-position split cannot be read: {error}")
+        return
+    if sources is None:
+        st.caption(
+            f"`{info.ref}` saved no per-position split of the heads' direct effects (no "
+            "`sources` in logit_attribution.safetensors: an older run)."
+        )
+        return
+    heads = attribution[attribution["kind"] == "head"].sort_values(["layer", "head"])
+    if prompts is None or heads.empty or sources.shape[0] == 0:
+        st.caption(f"`{info.ref}` saved no prompts or no heads to split by position.")
+        return
+    names = heads["component"].astype(str).tolist()
+    largest = int(np.argmax(np.abs(heads["mean"].to_numpy(dtype=np.float64))))
+    name = st.selectbox("Head", names, index=largest, key=f"patching_source_head_{info.ref}")
+    n_examples = sources.shape[0]
+    index = int(st.number_input(
+        f"Example to split (0 to {n_examples - 1})", min_value=0, max_value=n_examples - 1,
+        value=0, key=f"patching_source_example_{info.ref}",
+    ))
+    row = heads.iloc[names.index(str(name))]
+    try:
+        values, tokens, position, total = head_source_row(
+            sources, prompts, index, int(row["layer"]), int(row["head"])
+        )
+        figure = head_source_bars(values, tokens, str(name), example=index)
+    except ValueError as error:
+        st.warning(f"`{info.ref}`: where {name} reads from cannot be drawn: {error}")
+        return
+    st.plotly_chart(figure)
+    st.caption(
+        f"{name}'s direct effect on example {index}, split by the key position it attends "
+        "to (attention weight times that position's value through W_O, read along answer - "
+        f"wrong through the final norm). The bars sum to the head's direct effect on this "
+        f"example, {total:+.4g} logits, read at position {position} (`{tokens[-1]}`)."
+    )
 
 
 def top_components_text(summary: Any) -> str:

@@ -1,7 +1,7 @@
-"""Tests of the direct effects on the Patching page (the direct logit attribution and the
-logit lens a `patching` run saves): the figures and the loader on hand-made tables, and the
-page's section on hand-made run folders. `test_patching_page.py` checks the section on a
-real run."""
+"""Tests of the direct effects on the Patching page (the direct logit attribution, its split
+by key position, and the logit lens a `patching` run saves): the figures and the loaders on
+hand-made tables and tensors, and the page's section on hand-made run folders.
+`test_patching_page.py` checks the section on a real run."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 from page_testing import figures_by_title, open_page
+from safetensors.numpy import save_file
 from streamlit.testing.v1 import AppTest
 
 from dashboards import loaders_patching as data
 from dashboards.figures.direct_effects import (
     component_attribution_bars,
     head_attribution_heatmap,
+    head_source_bars,
     logit_lens_figure,
 )
 from interp.runs import RunStore
@@ -27,6 +29,22 @@ N_LAYERS, N_HEADS = 2, 3
 HEATMAP = "Direct effect of each head on the logit difference"
 BARS = "Direct effect of each component on the logit difference (heads summed per layer)"
 LENS = "Logit lens: the residual stream before each block, read as the output"
+N_EXAMPLES, N_POS = 3, 6
+POSITIONS = [5, 3, 4]
+"""The read position of each hand-made example."""
+TOKENS = [[f"t{example}{pos}" for pos in range(N_POS)] for example in range(N_EXAMPLES)]
+
+
+def sources_tensor() -> np.ndarray:
+    """A `sources` tensor [example, layer, head, pos] (float32), 0 past each read position."""
+    values = np.random.default_rng(0).normal(size=(N_EXAMPLES, N_LAYERS, N_HEADS, N_POS))
+    for example, position in enumerate(POSITIONS):
+        values[example, ..., position + 1:] = 0.0
+    return values.astype(np.float32)
+
+
+def source_title(head: str, example: int) -> str:
+    return f"Where {head} reads from on example {example}: its direct effect by key position"
 
 
 def attribution_frame() -> pd.DataFrame:
@@ -103,6 +121,20 @@ def test_lens_follows_depth_with_top1_on_a_second_axis() -> None:
     np.testing.assert_array_equal(logit_diff.customdata[0], [-2.5, 6.5])  # at depth 0
 
 
+def test_source_bars_are_the_values_at_i_token_labels() -> None:
+    values = np.array([0.5, -1.25, 0.0, 2.0])
+    figure = head_source_bars(values, ["The", " cat", " sat", " on"], "L1H0", example=2)
+    (trace,) = figure.data
+    assert list(trace.x) == ["0:The", "1: cat", "2: sat", "3: on"]
+    assert list(trace.y) == [0.5, -1.25, 0.0, 2.0]
+    assert list(figure.layout.xaxis.categoryarray) == list(trace.x)
+    assert figure.layout.title.text == source_title("L1H0", 2)
+    assert trace.marker.color[0] != trace.marker.color[1]  # positive, negative
+    with pytest.raises(ValueError, match="head_source_bars: 4 values but 3 tokens") as error:
+        head_source_bars(values, ["a", "b", "c"], "L1H0")
+    assert "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize(("draw", "frame", "message"), [
     (head_attribution_heatmap, attribution_frame().drop(columns="mean"),
      r"head_attribution_heatmap lacks the columns \['mean'\]"),
@@ -170,13 +202,51 @@ def test_loader_refuses_a_malformed_table_in_one_line(
     assert "\n" not in str(error.value)
 
 
+def test_sources_loader_reads_the_split_and_none_without_one(tmp_path: Path) -> None:
+    folder = _artifacts(tmp_path)
+    run_dir = str(folder.parent)
+    assert data.head_sources(run_dir) is None  # no file
+    data.clear_caches()
+    values = np.zeros((N_EXAMPLES, N_LAYERS * N_HEADS), dtype=np.float32)
+    save_file({"values": values, "total": values.sum(axis=1)},
+              str(folder / "logit_attribution.safetensors"))
+    assert data.head_sources(run_dir) is None  # an older run: no `sources` tensor
+    data.clear_caches()
+    save_file({"values": values, "sources": sources_tensor()},
+              str(folder / "logit_attribution.safetensors"))
+    loaded = data.head_sources(run_dir)
+    assert loaded is not None and loaded.dtype == np.float64
+    np.testing.assert_array_equal(loaded, sources_tensor())
+
+
+@pytest.mark.parametrize(("tensors", "message"), [
+    (None, "logit_attribution.safetensors is unreadable"),
+    ({"sources": np.zeros((2, 3), dtype=np.float32)},
+     r"'sources' has shape \(2, 3\), not \[example, layer, head, pos\]"),
+])
+def test_sources_loader_refuses_a_malformed_file_in_one_line(
+    tmp_path: Path, tensors: dict[str, np.ndarray] | None, message: str
+) -> None:
+    folder = _artifacts(tmp_path)
+    path = folder / "logit_attribution.safetensors"
+    if tensors is None:
+        path.write_bytes(b"\x00 not safetensors")
+    else:
+        save_file(tensors, str(path))
+    with pytest.raises(ValueError, match=message) as error:
+        data.head_sources(str(folder.parent))
+    assert "\n" not in str(error.value)
+
+
 # -- the page, on hand-made run folders
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
-    """Runs of kind `patching` that saved only direct effects: both tables ("a-with"), none
-    with the reason in the summary ("b-without"), and a broken table ("c-broken")."""
+    """Runs of kind `patching` that saved only direct effects: both tables without the
+    split by position ("a-with"), none with the reason in the summary ("b-without"), a
+    broken table ("c-broken"), and the attribution with its split and the prompts
+    ("d-sources")."""
     store = RunStore(tmp_path_factory.mktemp("direct") / "runs")
     with store.create("direct", "patching", {}, run_id="a-with") as run:
         run.save_table("logit_attribution", attribution_frame())
@@ -189,6 +259,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
     with store.create("direct", "patching", {}, run_id="c-broken") as run:
         run.save_table("logit_lens", lens_frame())
         (run.artifacts_dir / "logit_attribution.parquet").write_bytes(b"\x00 not parquet")
+    with store.create("direct", "patching", {}, run_id="d-sources") as run:
+        run.save_table("logit_attribution", attribution_frame())
+        values = np.zeros((N_EXAMPLES, N_LAYERS * N_HEADS), dtype=np.float32)
+        save_file({"values": values, "total": values.sum(axis=1), "sources": sources_tensor()},
+                  str(run.artifacts_dir / "logit_attribution.safetensors"))
+        run.save_json("prompts", {"clean_tokens": TOKENS, "corrupted_tokens": TOKENS,
+                                  "position": POSITIONS})
     return store
 
 
@@ -221,6 +298,37 @@ def test_page_draws_the_direct_effects_a_run_saved(store: RunStore) -> None:
     assert "direct path only" in captions and "total effects" in captions
     assert "Largest direct effects: L1H2 +5, L1H1 -3." in captions
     assert "nostalgebraist 2020" in captions
+    assert "`direct/a-with` saved no per-position split" in captions
+
+
+def _check_source_bars(app: AppTest, head: str, layer: int, index: int, example: int) -> None:
+    """The split chart shows sources[example, layer, index, :read + 1] at "i:token" labels
+    and the caption prints their sum and the read token."""
+    assert not app.exception and not app.warning
+    charts = figures_by_title(app)
+    assert list(charts) == [HEATMAP, BARS, source_title(head, example)]  # no lens saved
+    (trace,) = charts[source_title(head, example)].data
+    position = POSITIONS[example]
+    expected = sources_tensor()[example, layer, index, : position + 1]
+    np.testing.assert_allclose(np.asarray(trace.y, dtype=float), expected, rtol=1e-6)
+    assert list(trace.x) == [f"{i}:{TOKENS[example][i]}" for i in range(position + 1)]
+    total = float(sources_tensor()[example, layer, index].astype(np.float64).sum())
+    captions = _captions(app)
+    assert (f"The bars sum to the head's direct effect on this example, {total:+.4g} logits, "
+            f"read at position {position} (`{TOKENS[example][position]}`).") in captions
+    assert f"{head}'s direct effect on example {example}, split by the key position" in captions
+
+
+def test_page_splits_a_head_by_the_position_it_reads_from(store: RunStore) -> None:
+    app = _page(store, "d-sources")
+    head_box = app.selectbox(key="patching_source_head_direct/d-sources")
+    assert head_box.options == [f"L{layer}H{head}" for layer in range(N_LAYERS)
+                                for head in range(N_HEADS)]
+    assert head_box.value == "L1H2"  # the largest |mean| (5.0)
+    _check_source_bars(app, "L1H2", 1, 2, 0)
+    head_box.set_value("L0H1").run()
+    app.number_input(key="patching_source_example_direct/d-sources").set_value(1).run()
+    _check_source_bars(app, "L0H1", 0, 1, 1)
 
 
 def test_page_says_a_run_saved_no_direct_effects_and_why(store: RunStore) -> None:

@@ -163,7 +163,8 @@ def test_page_draws_the_direct_effects_the_run_saved(store: RunStore, good_run: 
     app.selectbox(key="patching_run").set_value(good_run.ref).run()
     assert not app.exception
     assert "Direct effects" in [subheader.value for subheader in app.subheader]
-    target, heatmap, bars, lens_figure = figures(app)  # the target's, then the direct effects'
+    # the target's, then the direct effects' (with where the top head reads from)
+    target, heatmap, bars, source_bars, lens_figure = figures(app)
     assert target.layout.title.text.startswith("resid_pre")
     attribution = LogitAttribution.load(good_run)
     np.testing.assert_allclose(
@@ -181,6 +182,21 @@ def test_page_draws_the_direct_effects_the_run_saved(store: RunStore, good_run: 
     top_name, top_value = attribution.top(1)[0]
     captions = " ".join(c.value for c in app.caption)
     assert f"Largest direct effects: {top_name} {top_value:+.3g}," in captions
+    # the head with the largest |mean| on example 0, split by the position it reads from
+    assert app.selectbox(key=f"patching_source_head_{good_run.ref}").value == top_name
+    layer, head = (int(n) for n in top_name.removeprefix("L").split("H"))
+    prompts = good_run.load_json("prompts")
+    position = prompts["position"][0]
+    assert attribution.sources is not None
+    np.testing.assert_allclose(
+        source_bars.data[0].y, attribution.sources[0, layer, head, : position + 1].numpy(),
+        rtol=1e-6,
+    )
+    assert list(source_bars.data[0].x) == [
+        f"{i}:{token}" for i, token in enumerate(prompts["clean_tokens"][0][: position + 1])
+    ]
+    effect = float(attribution.values[0, attribution.components.index(top_name)])
+    assert f"the head's direct effect on this example, {effect:+.4g} logits" in captions
     assert "direct path only" in captions and "nostalgebraist 2020" in captions
 
 
@@ -240,7 +256,7 @@ def test_broken_failed_and_corrupt_runs_show_their_message(
     assert len(app.dataframe) == 1  # the prompts still show
     app.selectbox(key=f"patching_target_{ref}").set_value("resid_pre").run()
     assert not [w for w in app.warning if "zz-corrupt" not in w.value]
-    assert len(app.get("plotly_chart")) == 1 + 3  # the target's, then the direct effects'
+    assert len(app.get("plotly_chart")) == 1 + 4  # the target's, the direct effects' 4
 
     app.selectbox(key="patching_run").set_value("tiny_patch/zz-failed").run()
     assert any("failed: RuntimeError: out of memory" in w.value for w in app.warning)
