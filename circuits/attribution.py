@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from circuits.attribution_qk import attribute_qk_fixed
 from circuits.patching.engine import (
     Direction,
     PatchMetric,
@@ -85,6 +86,7 @@ def attribute(
     direction: Direction = "denoise",
     normalise: bool = False,
     tokenizer: Any | None = None,
+    qk_fix: bool = False,
 ) -> PatchingResult:
     """Estimate activation patching of every index of `target` from two forwards and a backward.
 
@@ -104,11 +106,19 @@ def attribute(
             `"noise"`: base = clean run, source = corrupted activations.
         normalise: Rescale to `(value - corrupted) / (clean - corrupted)`.
         tokenizer: Labels positions with token strings of the first clean prompt.
+        qk_fix: For the query and key targets (`q`, `k`, `q_by_pos`, `k_by_pos`):
+            compute the patched attention pattern exactly and linearise from there
+            (AtP*, Kramár et al. 2024: `circuits.attribution_qk`), which plain
+            attribution misses where attention saturates. A ValueError for other targets.
 
     Returns:
         A `PatchingResult` laid out as `patch` lays it out for `target` (`values`
-        `[n_layers, ...]`), with `method="attribution"`.
+        `[n_layers, ...]`), with `method="attribution"` (`"attribution_qk_fix"` with
+        `qk_fix`).
     """
+    if qk_fix:
+        return attribute_qk_fixed(model, batch, target, metric, direction=direction,
+                                  normalise=normalise, tokenizer=tokenizer)
     space = index_space(target)
     check_patchable(space, model)
     if direction not in ("denoise", "noise"):

@@ -12,8 +12,9 @@ says which models are covered and why others are not). It composes with `torch.f
 axis (`stack_params`, `batched_forward`), so S seeds of one model train as one batched
 computation. After training, `load_params(model, params)` puts the weights back into a
 bridge, which then gives the same logits. The pieces of a block live in `interp.layers`
-(rotary embeddings in `interp.rotary`); the public ones (`embed`, `normalize`,
-`normalized_parts`, `linear`, `head_projection`, `mix_heads`, `causal_bias`, `alibi_bias`,
+(rotary embeddings in `interp.rotary`, score arithmetic and bias tables in
+`interp.attention_scores`); the public ones (`embed`, `normalize`, `normalized_parts`,
+`linear`, `head_projection`, `mix_heads`, `attention_scores`, `causal_bias`, `alibi_bias`,
 `rotary_tables`, `rope_of`, `apply_rotary`, `attention_output`, `mlp`, `block_mlp`,
 `unembed`) are re-exported here, so that other engines, such as incremental activation
 patching, can rerun part of a forward pass with exactly the same arithmetic.
@@ -48,6 +49,7 @@ from interp.layers import (
     attention,
     attention_of,
     attention_output,
+    attention_scores,
     block_mlp,
     causal_bias,
     embed,
@@ -89,6 +91,7 @@ __all__ = [
     "architecture_of",
     "apply_rotary",
     "attention_output",
+    "attention_scores",
     "activations_at",
     "batched_forward",
     "block_mlp",

@@ -11,7 +11,6 @@ multi-head attention, Vaswani et al. 2017, then an MLP).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping
 
@@ -20,12 +19,14 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.attention_scores import alibi_bias, causal_bias, per_query_head, scores_of
 from interp.param_layout import NORMS_WITH_BIAS, NORMS_WITH_WEIGHT, Architecture
 from interp.rotary import apply_rotary
 
 __all__ = [
     "attention",
     "attention_of",
+    "attention_scores",
     "attention_output",
     "alibi_bias",
     "block_mlp",
@@ -38,6 +39,7 @@ __all__ = [
     "normalize",
     "qk_norm_of",
     "recorder",
+    "rotated_queries_keys",
     "unembed",
 ]
 
@@ -250,16 +252,7 @@ def mix_heads(
         causal = arch.causal if causal is None else causal
         if query_positions is None and (causal or rope is not None):
             raise ValueError("mix_heads needs query_positions for the causal mask or rotary")
-        queries, keys = q.transpose(1, 2), k.transpose(1, 2)  # keys rotated per key head
-        if qk_norm is not None:
-            norm_params, prefix = qk_norm
-            kind = arch.normalization  # RMS (Qwen3), or 1 + weight (Gemma 3)
-            queries = normalize(norm_params, f"{prefix}.q_norm", queries, kind, arch.eps)
-            keys = normalize(norm_params, f"{prefix}.k_norm", keys, kind, arch.eps)
-        if rope is not None and query_positions is not None:
-            query_rope = (rope[0][query_positions], rope[1][query_positions])
-            queries = apply_rotary(queries, query_rope, arch)
-            keys = apply_rotary(keys, rope, arch)
+        queries, keys = rotated_queries_keys(q, k, query_positions, arch, rope, qk_norm)
         masked = causal and query_positions is not None
         alibi = (None if arch.alibi_slopes is None  # (no hash of `arch` per call without)
                  else alibi_bias(arch, keys.shape[2], keys.device, queries.dtype))
@@ -278,22 +271,57 @@ def mix_heads(
                 enable_gqa=keys.shape[1] != n_heads,
             )
             return z.transpose(1, 2), None
-        keys = _per_query_head(keys, n_heads)
-        scores = torch.matmul(queries, keys.transpose(-2, -1)) / arch.attn_scale
-        if arch.attn_softcap is not None:
-            scores = torch.tanh(scores / arch.attn_softcap) * arch.attn_softcap
-        if alibi is not None:
-            scores = scores + alibi
-        if masked:
-            key_positions = torch.arange(keys.shape[2], device=keys.device)
-            mask = key_positions[None, :] > query_positions[:, None]
-            if window is not None:
-                mask = mask | (key_positions[None, :] <= query_positions[:, None] - window)
-            # Every query sees key 0, so no row is all -inf: masked weights come out 0.
-            pattern = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
-        else:
-            pattern = F.softmax(scores, dim=-1)
-    return torch.matmul(pattern, _per_query_head(values, n_heads)).transpose(1, 2), pattern
+        scores = scores_of(queries, keys, arch, alibi,
+                           query_positions if masked else None, window)
+        pattern = F.softmax(scores, dim=-1)
+    return torch.matmul(pattern, per_query_head(values, n_heads)).transpose(1, 2), pattern
+
+
+def rotated_queries_keys(
+    q: Float[Tensor, "batch query head d_head"],
+    k: Float[Tensor, "batch key kv_head d_head"],
+    query_positions: Int[Tensor, " query"] | None,
+    arch: Architecture,
+    rope: tuple[Tensor, Tensor] | None,
+    qk_norm: tuple[Mapping[str, Tensor], str] | None,
+) -> tuple[Float[Tensor, "batch head query d_head"], Float[Tensor, "batch kv_head key d_head"]]:
+    """Queries and keys as the scores read them, heads first: normalised per head
+    (`qk_norm`: the parameters and attention prefix, or None) and rotated (`rope`: the
+    cos/sin tables of every key position; the queries' rows picked by `query_positions`)."""
+    queries, keys = q.transpose(1, 2), k.transpose(1, 2)  # keys rotated per key head
+    if qk_norm is not None:
+        norm_params, prefix = qk_norm
+        kind = arch.normalization  # RMS (Qwen3), or 1 + weight (Gemma 3)
+        queries = normalize(norm_params, f"{prefix}.q_norm", queries, kind, arch.eps)
+        keys = normalize(norm_params, f"{prefix}.k_norm", keys, kind, arch.eps)
+    if rope is not None and query_positions is not None:
+        query_rope = (rope[0][query_positions], rope[1][query_positions])
+        queries = apply_rotary(queries, query_rope, arch)
+        keys = apply_rotary(keys, rope, arch)
+    return queries, keys
+
+
+def attention_scores(
+    q: Float[Tensor, "batch query head d_head"],
+    k: Float[Tensor, "batch key kv_head d_head"],
+    query_positions: Int[Tensor, " query"],
+    arch: Architecture,
+    rope: tuple[Tensor, Tensor] | None = None,
+    *,
+    qk_norm: tuple[Mapping[str, Tensor], str] | None = None,
+    window: int | None = None,
+) -> Float[Tensor, "batch head query key"]:
+    """The scores `interp.layers.mix_heads` forms from queries `q` (at `query_positions`)
+    and keys `k` of every position (both in TransformerLens's hook layout, before rotary):
+    the softmax of the result over the last axis is the attention pattern, -inf where the
+    model masks (causal unless it attends both ways; `window`: the layer's sliding
+    window). Under grouped-query attention each key head serves the query heads of its
+    group."""
+    queries, keys = rotated_queries_keys(q, k, query_positions, arch, rope, qk_norm)
+    alibi = (None if arch.alibi_slopes is None
+             else alibi_bias(arch, keys.shape[2], keys.device, queries.dtype))
+    return scores_of(queries, keys, arch, alibi,
+                     query_positions if arch.causal else None, window)
 
 
 def qk_norm_of(
@@ -302,51 +330,6 @@ def qk_norm_of(
     """`mix_heads`'s `qk_norm` for the attention at `prefix`: None unless the model
     normalises its queries and keys (`arch.qk_norm`)."""
     return (params, prefix) if arch.qk_norm else None
-
-
-def _per_query_head(
-    x: Float[Tensor, "batch kv_head pos d_head"], n_heads: int
-) -> Float[Tensor, "batch head pos d_head"]:
-    """Keys or values of grouped-query attention repeated for each head of their group
-    (`x` itself without grouping)."""
-    if x.shape[1] == n_heads:
-        return x
-    return x.repeat_interleave(n_heads // x.shape[1], dim=1)
-
-
-@functools.lru_cache(maxsize=32)
-def causal_bias(
-    n_keys: int, device: torch.device, dtype: torch.dtype, window: int | None = None
-) -> Float[Tensor, "query key"]:
-    """The additive causal mask of `n_keys` positions: 0 where query i may see key j
-    (j <= i, and i - j < `window` when there is one), -inf elsewhere; kept per size,
-    device, dtype and window (rows are picked by index, so a sweep builds it once). Made
-    outside inference mode, so that autograd may save it."""
-    with torch.inference_mode(False), torch.no_grad():
-        positions = torch.arange(n_keys, device=device)
-        hidden = positions[None, :] > positions[:, None]
-        if window is not None:
-            hidden |= positions[None, :] <= positions[:, None] - window
-        return torch.zeros(n_keys, n_keys, device=device, dtype=dtype).masked_fill_(
-            hidden, float("-inf")
-        )
-
-
-@functools.lru_cache(maxsize=32)
-def alibi_bias(
-    arch: Architecture, n_keys: int, device: torch.device, dtype: torch.dtype
-) -> Float[Tensor, "head 1 key"] | None:
-    """ALiBi's additive bias of keys 0 .. `n_keys` - 1, `slope_h * j` per head h
-    (`arch.alibi_slopes`), the same for every query (a per-query offset would not change
-    a softmax), made as Hugging Face's BLOOM makes it (float32 products, then the model's
-    dtype); None without ALiBi. Kept per size, device and dtype, made outside inference
-    mode, so that autograd may save it."""
-    if arch.alibi_slopes is None:
-        return None
-    with torch.inference_mode(False), torch.no_grad():
-        slopes = torch.tensor(arch.alibi_slopes, dtype=torch.float32)
-        bias = slopes[:, None, None] * torch.arange(n_keys)
-        return bias.to(device=device, dtype=dtype)
 
 
 def attention_output(
