@@ -8,6 +8,7 @@
     metric: logit_diff
     normalise: true
     direct_effects: true                # also the direct logit attribution and logit lens
+    attribution: true                   # also attribution patching of each target
 
 Each target's result is saved as `artifacts/patching_<target>.safetensors` (+ `.json`) and
 as a long table `artifacts/patching_<target>.parquet` for the dashboard, and the prompts
@@ -19,7 +20,11 @@ prompts, each component's direct logit attribution (`circuits.logit_attribution`
 tensor `sources` `[example, layer, head, pos]`) and the logit lens (`interp.logit_lens`:
 `artifacts/logit_lens.*`), and the summary names the components with the largest direct
 effect; a model those cannot read (one `interp.functional` does not cover) is noted in the
-summary instead.
+summary instead. With `attribution` (off by default) each target is also estimated by
+attribution patching (`circuits.attribution.attribute`; the query and key targets with
+AtP*'s fix, `circuits.attribution_qk`, where the model allows it), saved as
+`artifacts/attribution_<target>.*` in the same layout, and the summary's
+`attribution_correlation` holds each target's Pearson correlation with the exact result.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from circuits.attribution import attribute, correlation
+from circuits.attribution_qk import QK_TARGETS
 from circuits.logit_attribution import direct_logit_attribution
 from circuits.patching import TARGETS, PatchingResult, patch
 from circuits.patching.targets import ATTENTION_ONLY_MISSING, check_patchable
-from interp import models
+from interp import functional, models
 from interp.experiments import ExperimentConfig, ExperimentKind, RunContext, saves_no_model
 from interp.logit_lens import logit_lens
 from interp.metrics import mean_metric
@@ -57,6 +64,7 @@ class PatchingConfig(ExperimentConfig):
     normalise: bool = True
     max_batch: int = Field(default=256, ge=1)
     direct_effects: bool = True
+    attribution: bool = False
 
     @field_validator("targets")
     @classmethod
@@ -145,9 +153,41 @@ def run_patching(config: PatchingConfig, run: Run, context: RunContext) -> dict[
         summary["metric_clean"] = result.metric_clean
         summary["metric_corrupted"] = result.metric_corrupted
         summary[f"strongest_{target}"] = strongest_index(result)
+        if config.attribution:
+            correlations = summary.setdefault("attribution_correlation", {})
+            correlations[target] = save_attribution(model, batch, target, metric, result,
+                                                    config, run, tokenizer)
     if config.direct_effects:
         summary.update(save_direct_effects(model, batch, run))
     return summary
+
+
+def save_attribution(
+    model: Any, batch: TaskBatch, target: str, metric: Any, exact: PatchingResult,
+    config: PatchingConfig, run: Run, tokenizer: Any | None,
+) -> float | str:
+    """Attribution patching of `target` (with AtP*'s query-key fix on a query or key target
+    where `interp.functional` covers the model, plain otherwise), saved as
+    `attribution_<target>`; returns its correlation with the `exact` result (or why there
+    is none: a constant grid)."""
+    qk_fix = target in QK_TARGETS and functional_covers(model)
+    result = attribute(model, batch, target, metric, direction=config.direction,
+                       normalise=config.normalise, tokenizer=tokenizer, qk_fix=qk_fix)
+    result.save(run, name=f"attribution_{target}")
+    run.save_table(f"attribution_{target}", result.to_frame())
+    try:
+        return correlation(result, exact)
+    except ValueError as error:
+        return f"undefined: {error}"
+
+
+def functional_covers(model: Any) -> bool:
+    """Whether `interp.functional`'s forward pass covers `model` (AtP*'s fix runs on it)."""
+    try:
+        functional.architecture_of(model)
+    except ValueError:
+        return False
+    return True
 
 
 def save_direct_effects(model: Any, batch: TaskBatch, run: Run) -> dict[str, Any]:

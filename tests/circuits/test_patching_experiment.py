@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from circuits.attribution import attribute, correlation
 from circuits.logit_attribution import LogitAttribution, direct_logit_attribution
 from circuits.patching import PatchingResult, patch
 from circuits.patching_experiment import save_direct_effects, strongest_index
@@ -181,3 +182,31 @@ def test_direct_effects_of_a_model_they_cannot_read_are_noted_not_written(
     assert note["direct_effects"].startswith("not computed: ")
     assert "BERT-style encoder" in note["direct_effects"]
     assert not list(run.artifacts_dir.glob("logit_*"))
+
+
+def test_attribution_is_saved_beside_each_target_with_its_correlation(tmp_path: Path) -> None:
+    """`attribution: true`: each target's attribution patching (the key target with AtP*'s
+    fix) is saved as `attribution_<target>` and equals the library's on the checkpoint."""
+    (tmp_path / "tiny_train.yaml").write_text(textwrap.dedent(TRAIN))
+    config_text = textwrap.dedent(PATCHING).replace(
+        "targets: [resid_pre, z]", "targets: [resid_pre, k_by_pos]\nattribution: true")
+    (tmp_path / "tiny_patch.yaml").write_text(config_text)
+    runs = tmp_path / "runs"
+    for name in ("tiny_train", "tiny_patch"):
+        assert main(["run", str(tmp_path / f"{name}.yaml"), "--runs-dir", str(runs),
+                     "--no-progress"]) == 0
+    store = RunStore(runs)
+    run = store.latest("tiny_patch")
+    model = models.load_checkpoint(store.latest("tiny_train").artifacts_dir / "model", "cpu")
+    _, config = load_config(tmp_path / "tiny_patch.yaml")
+    batch = Induction(config.task).batch()
+    metric = mean_metric(logit_diff)
+    for target, method in (("resid_pre", "attribution"), ("k_by_pos", "attribution_qk_fix")):
+        saved = PatchingResult.load(run, name=f"attribution_{target}")
+        expected = attribute(model, batch, target, metric, qk_fix=target == "k_by_pos")
+        assert saved.method == method and saved.axes == expected.axes
+        torch.testing.assert_close(saved.values, expected.values)
+        exact = PatchingResult.load(run, name=f"patching_{target}")
+        assert run.summary["attribution_correlation"][target] == pytest.approx(
+            correlation(expected, exact))
+        assert len(run.load_table(f"attribution_{target}")) == expected.values.numel()
