@@ -15,12 +15,12 @@ its base value. For one key s patched, only score column s changes, by delta[t] 
 query t, and the softmax has a closed form: key s's share of query t's attention goes
 from p_s to p_s e^delta / (1 - p_s + p_s e^delta), the other keys keep their proportions
 (`_pattern_change_of_one_key`), so every key of every query costs a few elementwise
-operations. For one query t patched, row t is recomputed whole. A head's queries or keys at every
-position at once form the whole patched pattern. All of it costs one attention-score
-computation per layer beyond attribution patching's passes (one on the source run, one
-with gradients on the base run, one backward pass, here through `interp.functional`'s
-forward pass, which forms the scores the model forms: rotary, per-head norms, soft caps,
-ALiBi, sliding windows, grouped-query keys).
+operations. For one query t patched, row t is recomputed whole. A head's queries or keys
+at every position at once form the whole patched pattern. All of it costs two
+attention-score computations per layer (base and patched) beyond attribution patching's
+passes (one on the source run, one with gradients on the base run, one backward pass),
+here through `interp.functional`'s forward pass, which forms the scores the model forms:
+rotary, per-head norms, soft caps, ALiBi, sliding windows, grouped-query keys.
 
 Where the metric is linear in the pattern (one attention layer without norms) the
 estimate equals activation patching exactly; elsewhere it is first order in what the
