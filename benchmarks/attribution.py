@@ -1,4 +1,4 @@
-"""Side by side: attribution patching, plain and with AtP*'s query-key fix, against exact patching.
+"""Side by side: attribution patching (plain, AtP*'s query-key fix, integrated gradients), exact.
 
     python benchmarks/attribution.py [--quick] [--device cpu|cuda|auto]
 
@@ -13,11 +13,13 @@ the mean logit difference (not normalised), 16 induction prompts of 40 tokens:
   against exact activation patching (`circuits.patching.patch`) as the reference: time of
   each, and max |diff| (the estimate's error, not a bug); the line names its correlation
   with exact patching and that of plain attribution patching;
+- integrated gradients (`attribute(..., ig_steps=16)`: the gradient averaged along the
+  line from each layer's corrupted to its clean activation) against the same reference;
 - plain attribution patching (`attribute(...)`) against the same reference.
 
-After each target a line starting with `#` gives both estimates' correlation and
+After each target a line starting with `#` gives the three estimates' correlation and
 root-mean-square error against exact patching on three task seeds (0, 1, 2): one batch
-can flatter either. A final line gives the load average.
+can flatter any of them. A final line gives the load average.
 `--quick`: 20 training steps, 4 prompts, one seed (CI runs it in seconds).
 """
 
@@ -45,6 +47,11 @@ CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "induction_2l.yam
 FULL = dict(steps=300, n_examples=16, seeds=(0, 1, 2), repeats=5)
 QUICK = dict(steps=20, n_examples=4, seeds=(0,), repeats=1)
 METRIC = mean_metric(logit_diff)
+IG_STEPS = 16
+ESTIMATES = {"fix": ("AtP* query-key fix", dict(qk_fix=True)),
+             "ig": (f"integrated gradients ({IG_STEPS} steps)", dict(ig_steps=IG_STEPS)),
+             "plain": ("plain attribution", {})}
+"""Each estimate's name in the lines and its `attribute` options."""
 
 
 def trained_model(steps: int, device: torch.device) -> tuple[TransformerBridge, object]:
@@ -69,25 +76,31 @@ def rmse(estimate: PatchingResult, exact: PatchingResult) -> float:
 
 def accuracy_line(model: TransformerBridge, task_config: object, target: str,
                   n_examples: int, seeds: Sequence[int], device: torch.device) -> str:
-    """`# <target> over task seeds ...: correlation fix ... vs plain ..., rmse ...`."""
-    stats: dict[str, list[str]] = {"corr_fix": [], "corr_plain": [], "rmse_fix": [],
-                                   "rmse_plain": []}
+    """`# <target> over task seeds ...: correlation with exact patching AtP* fix ..., IG
+    ..., plain ...; rmse fix ..., IG ..., plain ...`."""
+    correlations: dict[str, list[str]] = {name: [] for name in ESTIMATES}
+    errors: dict[str, list[str]] = {name: [] for name in ESTIMATES}
     for seed in seeds:
         batch = task_batch(task_config, n_examples, seed, device)
         exact = patch(model, batch, target, METRIC, progress=False)
-        for name, qk_fix in (("fix", True), ("plain", False)):
-            estimate = attribute(model, batch, target, METRIC, qk_fix=qk_fix)
-            stats[f"corr_{name}"].append(f"{correlation(estimate, exact):.2f}")
-            stats[f"rmse_{name}"].append(f"{rmse(estimate, exact):.3f}")
-    return (
-        f"# {target} over task seeds {', '.join(map(str, seeds))}: correlation with exact "
-        f"patching AtP* fix {' '.join(stats['corr_fix'])}, plain {' '.join(stats['corr_plain'])};"
-        f" rmse fix {' '.join(stats['rmse_fix'])}, plain {' '.join(stats['rmse_plain'])}"
-    )
+        for name, (_, options) in ESTIMATES.items():
+            estimate = attribute(model, batch, target, METRIC, **options)
+            correlations[name].append(f"{correlation(estimate, exact):.2f}")
+            errors[name].append(f"{rmse(estimate, exact):.3f}")
+
+    def listed(values: dict[str, list[str]]) -> str:
+        return ", ".join(f"{LABELS[name]} {' '.join(values[name])}" for name in ESTIMATES)
+
+    return (f"# {target} over task seeds {', '.join(map(str, seeds))}: correlation with "
+            f"exact patching {listed(correlations)}; rmse {listed(errors)}")
+
+
+LABELS = {"fix": "AtP* fix", "ig": "IG", "plain": "plain"}
+"""Each estimate's short name in the accuracy lines."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print two comparisons and one accuracy line per target, then the load average."""
+    """Print three comparisons and one accuracy line per target, then the load average."""
     args = parse_args(__doc__.splitlines()[0], argv)
     sizes = QUICK if args.quick else FULL
     device = args.device
@@ -96,15 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     shape = f"induction_2l ({sizes['steps']} steps), {len(batch)}x{batch.clean.shape[1]} tokens"
     for target in QK_TARGETS:
         exact = patch(model, batch, target, METRIC, progress=False)
-        estimates = {name: attribute(model, batch, target, METRIC, qk_fix=name == "fix")
-                     for name in ("fix", "plain")}
-        r = {name: correlation(estimate, exact) for name, estimate in estimates.items()}
-        for name, label in (("fix", "AtP* query-key fix"), ("plain", "plain attribution")):
+        r = {name: correlation(attribute(model, batch, target, METRIC, **options), exact)
+             for name, (_, options) in ESTIMATES.items()}
+        for name, (label, options) in ESTIMATES.items():
             comparison = compare(
                 f"{shape}, {target}, {label} vs exact patching (reference), correlation "
-                f"{r[name]:.2f}" + (f" (plain {r['plain']:.2f})" if name == "fix" else ""),
-                lambda target=target, name=name: attribute(
-                    model, batch, target, METRIC, qk_fix=name == "fix").values,
+                f"{r[name]:.2f}" + (f" (plain {r['plain']:.2f})" if name != "plain" else ""),
+                lambda target=target, options=options: attribute(
+                    model, batch, target, METRIC, **options).values,
                 lambda target=target: patch(model, batch, target, METRIC,
                                             progress=False).values,
                 device=device,

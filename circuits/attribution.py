@@ -39,12 +39,16 @@ from circuits.patching.engine import (
 from circuits.patching.result import PatchingResult
 from circuits.patching.targets import IndexSpace, check_patchable, index_space
 from interp.tasks.base import TaskBatch
+from interp.validation import check_positive_int
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 METHOD = "attribution"
 """The `PatchingResult.method` of attribution-patching results."""
+
+IG_METHOD = "attribution_ig"
+"""The `PatchingResult.method` of attribution patching with integrated gradients."""
 
 
 def _capture_hook(store: dict[int, Tensor], layer: int) -> Callable[..., Tensor]:
@@ -87,6 +91,8 @@ def attribute(
     normalise: bool = False,
     tokenizer: Any | None = None,
     qk_fix: bool = False,
+    ig_steps: int | None = None,
+    max_batch: int = 256,
 ) -> PatchingResult:
     """Estimate activation patching of every index of `target` from two forwards and a backward.
 
@@ -110,15 +116,29 @@ def attribute(
             compute the patched attention pattern exactly and linearise from there
             (AtP*, Kramár et al. 2024: `circuits.attribution_qk`), which plain
             attribution misses where attention saturates. A ValueError for other targets.
+        ig_steps: Integrated gradients (Sundararajan et al. 2017) along the straight line
+            from the base to the source activation of each layer in turn, `ig_steps`
+            midpoints: the gradient is averaged over the line instead of read at its
+            start. Complete per layer: the estimates of all a layer's indices sum to the
+            metric change of patching the whole layer (to the midpoint rule's error).
+            Costs one forward and backward pass over `ig_steps` copies of the batch per
+            layer (module docstring). None: plain attribution patching.
+        max_batch: With `ig_steps`, the most examples in one pass: `max_batch //
+            len(batch)` steps at a time (at least one).
 
     Returns:
         A `PatchingResult` laid out as `patch` lays it out for `target` (`values`
         `[n_layers, ...]`), with `method="attribution"` (`"attribution_qk_fix"` with
-        `qk_fix`).
+        `qk_fix`, `"attribution_ig"` with `ig_steps`).
     """
+    if qk_fix and ig_steps is not None:
+        raise ValueError("choose qk_fix or ig_steps, not both")
     if qk_fix:
         return attribute_qk_fixed(model, batch, target, metric, direction=direction,
                                   normalise=normalise, tokenizer=tokenizer)
+    if ig_steps is not None:
+        check_positive_int("ig_steps", ig_steps)
+    check_positive_int("max_batch", max_batch)
     space = index_space(target)
     check_patchable(space, model)
     if direction not in ("denoise", "noise"):
@@ -156,8 +176,16 @@ def attribute(
             missing = sorted(set(range(n_layers)) - set(layers))
             if missing:
                 raise ValueError(f"target {target!r}: the hooks of layers {missing} never ran")
-            grads = torch.autograd.grad(
-                base_value, [captured[layer] for layer in layers], allow_unused=True
+            if ig_steps is None:
+                grads = torch.autograd.grad(
+                    base_value, [captured[layer] for layer in layers], allow_unused=True
+                )
+        if ig_steps is not None:  # (the capture hooks are gone: each layer in turn)
+            grads = tuple(
+                _integrated_gradient(model, space.hook_name(layer), captured[layer].detach(),
+                                     sources[layer], grad_tokens, grad_batch, metric,
+                                     ig_steps, max_batch)
+                for layer in layers
             )
         rows = []
         with torch.no_grad():
@@ -179,8 +207,51 @@ def attribute(
         )
     return build_result(
         grid, space, batch, tokenizer, target, direction,
-        base_value=base_value, source_value=source_value, normalise=normalise, method=METHOD,
+        base_value=base_value, source_value=source_value, normalise=normalise,
+        method=METHOD if ig_steps is None else IG_METHOD,
     )
+
+
+def _integrated_gradient(
+    model: TransformerBridge,
+    hook_name: str,
+    base: Tensor,
+    source: Tensor,
+    tokens: Tensor,
+    batch: TaskBatch,
+    metric: PatchMetric,
+    steps: int,
+    max_batch: int,
+) -> Tensor:
+    """The gradient of the metric at `hook_name`, averaged over the activations
+    `base + alpha (source - base)` written there for alpha at the midpoints of `steps`
+    equal parts of [0, 1], `[batch, ...]` like `base`. Each pass runs several alphas as
+    copies of the batch (at most `max_batch` examples); the metric is read on each copy's
+    own examples and the copies' values summed, so each copy's gradient is its own."""
+    n_examples = len(tokens)
+    per_pass = max(1, max_batch // n_examples)
+    alphas = (torch.arange(steps, device=base.device, dtype=torch.float64) + 0.5) / steps
+    difference = source.to(base.dtype) - base
+    total = torch.zeros_like(base)
+    for chunk in alphas.split(per_pass):
+        with torch.inference_mode(False), torch.enable_grad():
+            shape = (len(chunk),) + (1,) * base.ndim
+            points = (base + chunk.to(base.dtype).view(shape) * difference).flatten(0, 1)
+            points.requires_grad_(True)
+
+            def interpolate(activation: Tensor, *, hook: Any, points: Tensor = points) -> Tensor:
+                # in place, as patching writes: a bridge's skip connection may read the
+                # tensor the hook saw (`hook_resid_mid`), not the one it returns
+                return activation.copy_(points)
+
+            with model.hooks(fwd_hooks=[(hook_name, interpolate)]):
+                logits = model(tokens.repeat(len(chunk), 1))
+            value = sum(scalar_metric(metric, copy, batch)
+                        for copy in logits.split(n_examples))
+            (grad,) = torch.autograd.grad(value, points, allow_unused=True)
+        if grad is not None:  # (None: the metric does not read this activation)
+            total += grad.unflatten(0, (len(chunk), n_examples)).sum(0)
+    return total / steps
 
 
 def correlation(approx: PatchingResult, exact: PatchingResult) -> float:

@@ -5,7 +5,10 @@ Patching page: per target `artifacts/patching_<target>.safetensors` (the values)
 direct effects of the clean prompts, `artifacts/logit_attribution.*` and
 `artifacts/logit_lens.*` (tables saved by `Run.save_table`: parquet, or csv), and each
 head's direct effect split by key position, the `sources` tensor of
-`artifacts/logit_attribution.safetensors` (`LogitAttribution.save`).
+`artifacts/logit_attribution.safetensors` (`LogitAttribution.save`). A run made with
+`attribution: true` also saves, per target, the attribution-patching estimate in the same
+layout, `artifacts/attribution_<target>.*` (its `method` "attribution" or
+"attribution_qk_fix").
 
 The values are read with `safetensors.numpy` and the tables with pandas, so nothing here
 imports torch.
@@ -36,6 +39,9 @@ VALUES_KEY = "values"
 SOURCES_KEY = "sources"
 """The key of the per-position split in `logit_attribution.safetensors`."""
 
+ATTRIBUTION_PREFIX = "attribution_"
+"""The attribution estimate of a target is saved as `attribution_<target>.*`."""
+
 _RESULT_FILE = re.compile(r"patching_(.+)\.json")
 _PROMPT_KEYS = ("clean_tokens", "corrupted_tokens")
 
@@ -53,7 +59,8 @@ class SavedPatching:
         metric_corrupted: The metric on the corrupted run.
         direction: "denoise" or "noise".
         normalised: Whether the values are normalised (1 clean, 0 corrupted).
-        method: "activation" or "attribution".
+        method: "activation" (exact patching), "attribution" or "attribution_qk_fix"
+            (attribution patching, plain or with AtP*'s query-key fix).
     """
 
     target: str
@@ -112,11 +119,10 @@ def _read_values(path: Path) -> np.ndarray:
     return tensors[VALUES_KEY].astype(np.float64)
 
 
-@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
-def patching_result(run_dir: str, target: str) -> SavedPatching:
-    """The result saved for `target`. Raises FileNotFoundError when a file is missing and
-    ValueError when one is unreadable or the values disagree with the labels."""
-    stem = _artifacts(run_dir) / f"patching_{target}"
+def _read_result(run_dir: str, name: str, target: str) -> SavedPatching:
+    """The `PatchingResult` saved as `artifacts/<name>.*` (FileNotFoundError, ValueError as
+    `patching_result`)."""
+    stem = _artifacts(run_dir) / name
     meta = _read_json(stem.with_name(stem.name + ".json"))
     values = _read_values(stem.with_name(stem.name + ".safetensors"))
     try:
@@ -130,13 +136,30 @@ def patching_result(run_dir: str, target: str) -> SavedPatching:
             method=str(meta.get("method", "activation")),
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"patching_{target}.json is malformed: {one_line(error)}") from None
+        raise ValueError(f"{name}.json is malformed: {one_line(error)}") from None
     shape = tuple(len(names) for names in labels)
     if values.shape != shape:
-        raise ValueError(
-            f"patching_{target}: values {values.shape} disagree with the labels {shape}"
-        )
+        raise ValueError(f"{name}: values {values.shape} disagree with the labels {shape}")
     return result
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
+def patching_result(run_dir: str, target: str) -> SavedPatching:
+    """The result saved for `target`. Raises FileNotFoundError when a file is missing and
+    ValueError when one is unreadable or the values disagree with the labels."""
+    return _read_result(run_dir, f"patching_{target}", target)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
+def attribution_result(run_dir: str, target: str) -> SavedPatching | None:
+    """The attribution-patching estimate saved for `target`
+    (`circuits.patching_experiment.save_attribution`), or None when the run saved none
+    (no `attribution_<target>.json`: made without `attribution: true`, or older).
+    FileNotFoundError when only its values are missing, ValueError as `patching_result`."""
+    name = f"{ATTRIBUTION_PREFIX}{target}"
+    if not (_artifacts(run_dir) / f"{name}.json").exists():
+        return None
+    return _read_result(run_dir, name, target)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=16, show_spinner=False)
@@ -193,6 +216,6 @@ def head_sources(run_dir: str) -> np.ndarray | None:
 
 def clear_caches() -> None:
     """Forget every cached read."""
-    for reader in (patching_targets, patching_result, patching_prompts, direct_effects,
-                   head_sources):
+    for reader in (patching_targets, patching_result, attribution_result, patching_prompts,
+                   direct_effects, head_sources):
         reader.clear()

@@ -1,11 +1,13 @@
 """The Patching page: the activation-patching results of a `patching` run as heatmaps
-(layer x position, layer x head, ...) with each value on hover, the direct effects of the
-clean prompts (direct logit attribution per head and per component, where a chosen head
-reads from on a chosen example, and the logit lens),
-and the clean and corrupted prompts the run patched, token by token.
+(layer x position, layer x head, ...) with each value on hover, where the run saved one
+the attribution-patching estimate of the target against the exact values, the direct
+effects of the clean prompts (direct logit attribution per head and per component, where
+a chosen head reads from on a chosen example, and the logit lens), and the clean and
+corrupted prompts the run patched, token by token.
 
-It reads what the run saved (`artifacts/patching_<target>.*`, `artifacts/logit_attribution.*`,
-`artifacts/logit_lens.*`, `artifacts/prompts.json`, summary.json) and never runs a model.
+It reads what the run saved (`artifacts/patching_<target>.*`, `artifacts/attribution_<target>.*`,
+`artifacts/logit_attribution.*`, `artifacts/logit_lens.*`, `artifacts/prompts.json`,
+summary.json) and never runs a model.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dashboards.figures.direct_effects import (
     head_source_bars,
     logit_lens_figure,
 )
-from dashboards.figures.patching import patching_heatmap, prompt_table
+from dashboards.figures.patching import attribution_scatter, patching_heatmap, prompt_table
 from dashboards.run_picker import pick_run
 from interp.runs import RunInfo
 
@@ -82,6 +84,7 @@ def render_result(info: RunInfo) -> None:
         zmid=result.baseline,
     ))
     st.caption(result_caption(result, metric, info.summary.get(f"strongest_{target}")))
+    render_attribution(info, target, result, value_name)
 
 
 def result_caption(
@@ -109,6 +112,76 @@ def result_caption(
             text += f", a change of {float(strongest['effect']):+.4g}"
         text += "."
     return text
+
+
+ESTIMATE_CAPTIONS = {
+    "attribution": (
+        "Attribution patching (Nanda 2023; Syed, Rager and Conmy 2023): the first-order "
+        "estimate of every index's patch from one forward pass on each run and one backward "
+        "pass"
+    ),
+    "attribution_qk_fix": (
+        "AtP* (Kramár, Lieberum, Shah and Nanda 2024): attribution patching with the "
+        "query-key fix, the patched attention pattern computed exactly and linearised only "
+        "from the pattern on"
+    ),
+    "attribution_ig": (
+        "Attribution patching with integrated gradients (Sundararajan et al. 2017): the "
+        "gradient averaged along the line from each layer's base to its source activation"
+    ),
+}
+
+
+def render_attribution(
+    info: RunInfo, target: str, exact: data.SavedPatching, value_name: str
+) -> None:
+    """The attribution-patching estimate of `target` against its exact result, one point per
+    index, when the run saved one (`attribution: true`); nothing when it did not."""
+    try:
+        estimate = data.attribution_result(str(info.path), target)
+    except (ValueError, OSError) as error:
+        st.warning(
+            f"`{info.ref}`: the attribution estimate of target {target!r} cannot be read: "
+            f"{error}"
+        )
+        return
+    if estimate is None:
+        return
+    correlations = info.summary.get("attribution_correlation")
+    correlation = correlations.get(target) if isinstance(correlations, dict) else None
+    try:
+        if (estimate.direction, estimate.normalised) != (exact.direction, exact.normalised):
+            raise ValueError("it was computed on another scale than the exact result")
+        figure = attribution_scatter(
+            exact.values, estimate.values, exact.axes, exact.labels, estimate.method,
+            correlation, target=target, value_name=value_name,
+        )
+    except ValueError as error:
+        st.warning(
+            f"`{info.ref}`: the attribution estimate of target {target!r} cannot be drawn: "
+            f"{error}"
+        )
+        return
+    st.plotly_chart(figure)
+    st.caption(attribution_caption(estimate.method, correlation, exact.values.size))
+
+
+def attribution_caption(method: str, correlation: Any, n_indices: int) -> str:
+    """What the attribution scatter shows and how well the estimate agrees."""
+    what = ESTIMATE_CAPTIONS.get(method, f"The estimate ({method})")
+    text = (
+        f"{what}, against the exact value above, one point per index. On the dashed line "
+        "y = x the estimate is exact."
+    )
+    if isinstance(correlation, int | float) and not isinstance(correlation, bool):
+        return text + (
+            f" Pearson correlation with the exact values over the {n_indices} indices: "
+            f"{float(correlation):.3f}."
+        )
+    if isinstance(correlation, str) and correlation.startswith("undefined"):
+        reason = correlation.removeprefix("undefined").lstrip(": ")
+        return text + f" The correlation is undefined: {reason}."
+    return text + " The run's summary records no correlation for this target."
 
 
 DIRECT_CAPTION = (

@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/attribution.py: the quick run prints, per query and key target,
-the AtP* and plain attribution lines against exact patching and an accuracy line."""
+the AtP*, integrated-gradients and plain attribution lines against exact patching and an
+accuracy line."""
 
 from __future__ import annotations
 
@@ -10,21 +11,24 @@ from quick_run import LINE, run_quick
 
 ACCURACY = re.compile(
     r"^# (?P<target>\w+) over task seeds 0: correlation with exact patching AtP\* fix "
-    r"(?P<fix>-?\d\.\d\d), plain (?P<plain>-?\d\.\d\d); rmse fix \d\.\d{3}, plain \d\.\d{3}$"
+    r"(?P<fix>-?\d\.\d\d), IG (?P<ig>-?\d\.\d\d), plain (?P<plain>-?\d\.\d\d); "
+    r"rmse AtP\* fix \d\.\d{3}, IG \d\.\d{3}, plain \d\.\d{3}$"
 )
 
 
 @pytest.mark.slow
 def test_quick_attribution_benchmark_prints_both_estimates_per_target() -> None:
     lines = run_quick("attribution.py")
-    assert len(lines) == 4 * 3 + 1, lines
-    for block, target in zip(range(0, 12, 3), ("q", "k", "q_by_pos", "k_by_pos"), strict=True):
-        fix, plain, accuracy = (LINE.match(lines[block]), LINE.match(lines[block + 1]),
-                                ACCURACY.match(lines[block + 2]))
-        assert fix and plain and accuracy, lines[block:block + 3]
+    assert len(lines) == 4 * 4 + 1, lines
+    for block, target in zip(range(0, 16, 4), ("q", "k", "q_by_pos", "k_by_pos"), strict=True):
+        fix, integrated, plain = (LINE.match(line) for line in lines[block:block + 3])
+        accuracy = ACCURACY.match(lines[block + 3])
+        assert fix and integrated and plain and accuracy, lines[block:block + 4]
         assert f", {target}, AtP* query-key fix vs exact patching" in fix["what"]
+        assert f", {target}, integrated gradients (16 steps) vs exact patching" in integrated[
+            "what"]
         assert f", {target}, plain attribution vs exact patching" in plain["what"]
         assert accuracy["target"] == target
         # the quick model's attention barely saturates: the fix is all but exact there
-        assert float(accuracy["fix"]) > 0.95, lines[block + 2]
+        assert float(accuracy["fix"]) > 0.95, lines[block + 3]
     assert lines[-1].startswith("# load average "), lines

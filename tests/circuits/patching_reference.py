@@ -78,3 +78,25 @@ def hook_counts(model: TransformerBridge) -> dict[str, tuple[int, int, int]]:
         name: (len(point.fwd_hooks), len(point.bwd_hooks), len(point._forward_hooks))
         for name, point in model.hook_dict.items()
     }
+
+
+def assert_leaves_model_as_it_was(
+    model: TransformerBridge, batch: TaskBatch, call: Callable[[], object]
+) -> None:
+    """`call()` (an analysis of `model` on `batch`), run with the model in training mode,
+    restores that mode and leaves the batch's tokens, the weights, their gradients and the
+    hooks as they were."""
+    weights = {name: weight.clone() for name, weight in model.state_dict().items()}
+    tokens = batch.clean.clone(), batch.corrupted.clone()
+    was_training = model.training
+    model.train()
+    try:
+        call()
+        assert model.training
+    finally:
+        model.train(was_training)
+    assert torch.equal(batch.clean, tokens[0]) and torch.equal(batch.corrupted, tokens[1])
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, weights[name]), name
+    assert all(weight.grad is None for weight in model.parameters())
+    assert_no_hooks(model)

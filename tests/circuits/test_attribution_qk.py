@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from patching_reference import assert_leaves_model_as_it_was
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -185,15 +186,5 @@ def test_refusals_and_nothing_left_behind(model, batch, minilm) -> None:
     with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x)]), \
             pytest.raises(ValueError, match="hooks"):
         attribute(model, batch, "k", METRIC, qk_fix=True)
-    before = {name: weight.clone() for name, weight in model.state_dict().items()}
-    tokens = batch.clean.clone()
-    model.train()
-    attribute(model, batch, "q_by_pos", METRIC, qk_fix=True)
-    assert model.training
-    model.eval()
-    assert torch.equal(batch.clean, tokens)
-    for name, weight in model.state_dict().items():
-        assert torch.equal(weight, before[name]), name
-    assert all(weight.grad is None for weight in model.parameters())
-    for point in model.hook_dict.values():
-        assert point.fwd_hooks == [] and point.bwd_hooks == []
+    assert_leaves_model_as_it_was(
+        model, batch, lambda: attribute(model, batch, "q_by_pos", METRIC, qk_fix=True))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_patching_configs import TINY_PATCHING, TINY_TRAIN
 
 from circuits.attribution import attribute, correlation
 from circuits.logit_attribution import LogitAttribution, direct_logit_attribution
@@ -19,23 +20,9 @@ from interp.runs import RunStore
 from interp.tasks import Induction
 from interp.tasks.induction import InductionConfig
 
-TRAIN = """
-kind: train
-device: cpu
-model: {n_layers: 2, d_model: 16, n_heads: 2, d_vocab: 12, n_ctx: 8, attn_only: true}
-task: {name: induction, d_vocab: 12, half_len: 4, n_examples: 64}
-train: {steps: 10, batch_size: 16, eval_every: 10}
-"""
+TRAIN = TINY_TRAIN
 
-PATCHING = """
-kind: patching
-device: cpu
-model: {run: tiny_train}
-task: {name: induction, d_vocab: 12, half_len: 4, n_examples: 6, seed: 3}
-targets: [resid_pre, z]
-normalise: false
-max_batch: 12
-"""
+PATCHING = TINY_PATCHING
 
 
 def test_patching_kind_saves_what_patch_computes_on_the_checkpoint(tmp_path: Path) -> None:
