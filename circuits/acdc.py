@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.evaluate import circuit_damages
 from circuits.graph import ComputationalGraph, Node
-from circuits.patching.engine import PatchMetric
+from circuits.patching.metric import PatchMetric
 from circuits.pruning_state import PruningState, not_covered
 from circuits.pruning_trials import Trial, chain_of_trials, one_stage
 from interp.runs import Run

@@ -29,13 +29,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuits.attribution_qk import attribute_qk_fixed
-from circuits.patching.engine import (
-    Direction,
-    PatchMetric,
-    build_result,
-    model_device,
-    scalar_metric,
-)
+from circuits.patching.engine import Direction, build_result, model_device
+from circuits.patching.metric import PatchMetric, scalar_metric
 from circuits.patching.result import PatchingResult
 from circuits.patching.targets import IndexSpace, check_patchable, index_space
 from interp.tasks.base import TaskBatch

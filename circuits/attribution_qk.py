@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from circuits.patching.engine import Direction, PatchMetric, build_result, scalar_metric
+from circuits.patching.engine import Direction, build_result
+from circuits.patching.metric import PatchMetric, scalar_metric
 from circuits.patching.result import PatchingResult
 from circuits.patching.targets import check_patchable, index_space
 from interp import functional

@@ -42,7 +42,7 @@ from circuits.eap import edge_attribution
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.evaluate import faithfulness, masks_of, roc, top_k_masks
 from circuits.graph import ComputationalGraph
-from circuits.patching.engine import PatchMetric
+from circuits.patching.metric import PatchMetric
 from circuits.planted import PLANTED, planted
 from circuits.tracr_models import PROGRAMS, load_tracr, tracr_program
 from interp import models

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import ComputationalGraph
-from circuits.patching.engine import PatchMetric, scalar_metric
+from circuits.patching.metric import PatchMetric, scalar_metric
 from interp.runs import Run
 from interp.tasks.base import TaskBatch
 from interp.validation import check_positive_int

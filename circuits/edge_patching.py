@@ -52,7 +52,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuits.graph import ComputationalGraph, Node
-from circuits.patching.engine import CopyMetric, PatchMetric
+from circuits.patching.metric import CopyMetric, PatchMetric
 from interp import functional, models
 from interp.functional import Architecture
 from interp.tasks.base import TaskBatch

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import ComputationalGraph
-from circuits.patching.engine import CopyMetric, PatchMetric
+from circuits.patching.metric import CopyMetric, PatchMetric
 from interp.metrics import KLReference
 from interp.tasks.base import TaskBatch
 

@@ -62,14 +62,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.graph import parallel_blocks
-from circuits.patching.engine import (
-    CopyMetric,
-    Direction,
-    PatchMetric,
-    build_result,
-    model_device,
-    scalar_metric,
-)
+from circuits.patching.engine import Direction, build_result, model_device
+from circuits.patching.metric import CopyMetric, PatchMetric, scalar_metric
 from circuits.patching.result import PatchingResult
 from circuits.patching.targets import index_space
 from circuits.path_nodes import (

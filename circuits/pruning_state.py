@@ -70,7 +70,7 @@ from torch import Tensor
 
 from circuits.edge_patching import Ablation, EdgePatcher
 from circuits.graph import HEAD_INPUTS, Node
-from circuits.patching.engine import (
+from circuits.patching.metric import (
     CopyMetric,
     PatchMetric,
     nan_metric_error,

@@ -10,7 +10,8 @@ result.to_frame()      # one row per (layer, pos)
 ```
 """
 
-from circuits.patching.engine import Direction, PatchMetric, patch
+from circuits.patching.engine import Direction, patch
+from circuits.patching.metric import PatchMetric
 from circuits.patching.result import PatchingResult
 from circuits.patching.targets import TARGETS, IndexSpace, index_space
 

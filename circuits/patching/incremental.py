@@ -29,7 +29,7 @@ attached to the bridge are not run here.
 The metric sees full `[batch, pos, vocab]` logits holding the patched logits at the read
 positions and NaN everywhere else, so that a metric reading other positions gives NaN,
 which `patch` reports instead of returning wrong numbers. `patch` reads it on many copies
-at once (`engine.CopyMetric`), from one `[copy, batch, pos, vocab]` buffer.
+at once (`metric.CopyMetric`), from one `[copy, batch, pos, vocab]` buffer.
 
 On a GPU a small model's sweep is bound by host-side work, one dispatch per op, and by
 host syncs, which stall that pipeline: so chunks are answered from Python-side bookkeeping
