@@ -17,6 +17,13 @@ Returned values are `metric(base) + estimate`, so they sit on the same scale as 
 of `circuits.patching.patch` for the same target and can be compared index by index. The
 estimate is exact where the metric is linear in the activation (e.g. a logit difference
 read from the last residual stream of a model without a final norm).
+
+Two refinements: `qk_fix=True` (AtP*, Kramár et al. 2024; `circuits.attribution_qk`)
+computes the attention pattern under a query or key patch exactly and linearises only from
+the pattern on; `ig_steps=m` (integrated gradients, Sundararajan et al. 2017, on one layer's
+activation at a time) averages the gradient over m points of the line from the base to the
+source activation instead of reading it at the base, at the cost of one forward and backward
+pass over m copies of the batch per layer.
 """
 
 from __future__ import annotations

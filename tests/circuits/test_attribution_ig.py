@@ -106,3 +106,24 @@ def test_bad_settings_raise_one_line(model, batch, kwargs, message) -> None:
 def test_nothing_left_behind(model, batch) -> None:
     assert_leaves_model_as_it_was(
         model, batch, lambda: attribute(model, batch, "resid_mid", METRIC, ig_steps=4))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "neox", "llama", "gemma2"])
+def test_complete_per_layer_on_pretrained_bridges(request, batch, kind) -> None:
+    """The interpolation is written where the bridge reads it (a hook whose returned tensor
+    a skip connection ignores would break this): on GPT-2, GPT-NeoX (parallel blocks),
+    Llama (grouped keys) and Gemma 2 (norms after attention and MLP), a layer's estimates
+    sum to patching the whole layer (float32, 64 steps: within 3% of the change)."""
+    model = request.getfixturevalue(kind)
+    model.eval()
+    targets = ["resid_pre", "resid_mid", "attn_out", "z", "k", "v"]
+    if kind == "neox":
+        targets.remove("resid_mid")  # (no such hook: attention and MLP read the same input)
+    for target in targets:
+        result = attribute(model, batch, target, METRIC, ig_steps=64)
+        for layer in range(2):
+            whole = whole_layer_patch(model, batch, TARGETS[target].hook_name(layer))
+            change = whole - result.metric_corrupted
+            summed = float((result.values[layer] - result.baseline).sum())
+            assert abs(change) > 1e-3, (target, layer)  # the layer matters
+            assert abs(summed - change) <= 0.03 * abs(change), (target, layer)
