@@ -257,10 +257,11 @@ def _integrated_gradient(
 
 
 def correlation(approx: PatchingResult, exact: PatchingResult) -> float:
-    """Pearson correlation of two results over every index (e.g. attribution vs `patch`).
+    """Pearson correlation of two results over every index both have a value for (e.g.
+    attribution vs `patch`; NaN marks an index `patch(indices=...)` did not patch).
 
     Raises ValueError where the two cover different targets or shapes, or where either is
-    constant (the correlation is then undefined).
+    constant or fewer than two indices remain (the correlation is then undefined).
     """
     if approx.target != exact.target or approx.values.shape != exact.values.shape:
         raise ValueError(
@@ -269,8 +270,26 @@ def correlation(approx: PatchingResult, exact: PatchingResult) -> float:
         )
     x = approx.values.detach().double().reshape(-1).cpu()
     y = exact.values.detach().double().reshape(-1).cpu()
+    both = x.isfinite() & y.isfinite()  # (NaN: an index `patch(indices=...)` left out)
+    x, y = x[both], y[both]
+    if len(x) < 2:
+        raise ValueError("cannot correlate: fewer than two indices have both values")
     x, y = x - x.mean(), y - y.mean()
     scale = x.norm() * y.norm()
     if float(scale) == 0.0:
         raise ValueError("cannot correlate: one of the results is constant over its indices")
     return float((x * y).sum() / scale)
+
+
+def top_indices(result: PatchingResult, k: int) -> list[tuple[int, ...]]:
+    """The `k` indices of `result` whose values move the metric most (largest |value -
+    baseline|, NaN last), strongest first: the candidates to verify exactly with
+    `circuits.patching.patch(..., indices=top_indices(estimate, k))`, AtP*'s workflow
+    (Kramár et al. 2024: a cheap estimate of every index, exact patching of the few that
+    matter)."""
+    check_positive_int("k", k)
+    effects = (result.values.detach().double() - result.baseline).abs().reshape(-1)
+    effects = torch.nan_to_num(effects, nan=-1.0)
+    order = torch.argsort(effects, descending=True, stable=True)[:k]
+    shape = tuple(result.values.shape)
+    return [tuple(int(i) for i in torch.unravel_index(flat, shape)) for flat in order]

@@ -19,7 +19,8 @@ the one the metric reads.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -272,6 +273,7 @@ def patch(
     tokenizer: Any | None = None,
     progress: bool = True,
     engine: str = "auto",
+    indices: Iterable[Sequence[int]] | None = None,
 ) -> PatchingResult:
     """Patch every index of `target` and read `metric` after each patch.
 
@@ -297,6 +299,10 @@ def patch(
             `"hooks"` runs the whole bridge with hooks (any model, any metric, and the
             user's own hooks on the model run too); `"auto"` picks incremental where it
             applies. Both give the same values (see `circuits.patching.incremental`).
+        indices: Patch only these indices (each one entry per axis of the target, e.g.
+            `(layer, pos, head)` for `z_by_pos`); every other value is NaN. For verifying
+            the strongest candidates of an estimate exactly (`circuits.attribution.
+            top_indices`), as AtP* does (Kramár et al. 2024). None: every index.
 
     Returns:
         A `PatchingResult` with `values` shaped `[n_layers, ...]` over the target's axes.
@@ -319,7 +325,9 @@ def patch(
     source_tokens, base_tokens = (
         (batch.clean, batch.corrupted) if direction == "denoise" else (batch.corrupted, batch.clean)
     )
-    indices = list(itertools.product(*(range(n) for n in sizes)))
+    every = indices is None
+    indices = (list(itertools.product(*(range(n) for n in sizes))) if indices is None
+               else chosen_indices(indices, space, sizes))
     per_pass = max(1, max_batch // n_examples)
     sweep = _Sweep(
         space=space,
@@ -342,10 +350,48 @@ def patch(
             finally:
                 model.train(was_training)
 
+    grid = values if every else _scattered(values, indices, sizes)
     return build_result(
-        values.reshape(sizes), space, batch, tokenizer, target, direction,
+        grid.reshape(sizes), space, batch, tokenizer, target, direction,
         base_value=base_value, source_value=source_value, normalise=normalise,
     )
+
+
+def chosen_indices(
+    indices: Iterable[Sequence[int]], space: IndexSpace, sizes: Sequence[int]
+) -> list[tuple[int, ...]]:
+    """`indices` as sorted distinct tuples, or a one-line ValueError naming the first one
+    that does not index the target's grid `sizes` (wrong length, not ints, out of range)."""
+    chosen = set()
+    for index in indices:
+        entries = tuple(index) if isinstance(index, Sequence) else (index,)
+        if len(entries) != len(sizes) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in entries
+        ):
+            raise ValueError(
+                f"index {index!r} of target {space.name!r} must be {len(sizes)} ints "
+                f"({', '.join(space.axes)})"
+            )
+        if not all(0 <= i < n for i, n in zip(entries, sizes, strict=True)):
+            raise ValueError(
+                f"index {entries} is outside the grid {tuple(sizes)} "
+                f"({', '.join(space.axes)}) of target {space.name!r}"
+            )
+        chosen.add(entries)
+    if not chosen:
+        raise ValueError(f"no index of target {space.name!r} was given to patch")
+    return sorted(chosen)
+
+
+def _scattered(
+    values: Tensor, indices: Sequence[tuple[int, ...]], sizes: Sequence[int]
+) -> Tensor:
+    """The values of `indices` in a flat grid of `sizes`, NaN everywhere else."""
+    strides = torch.tensor([math.prod(sizes[d + 1:]) for d in range(len(sizes))])
+    flat = torch.tensor(indices) @ strides
+    grid = torch.full((math.prod(sizes),), float("nan"), dtype=values.dtype)
+    grid[flat] = values
+    return grid
 
 
 def build_result(
