@@ -9,6 +9,7 @@
     normalise: true
     direct_effects: true                # also the direct logit attribution and logit lens
     attribution: true                   # also attribution patching of each target
+    attribution_ig_steps: 16            # ... with integrated gradients (not q / k targets)
 
 Each target's result is saved as `artifacts/patching_<target>.safetensors` (+ `.json`) and
 as a long table `artifacts/patching_<target>.parquet` for the dashboard, and the prompts
@@ -22,7 +23,8 @@ tensor `sources` `[example, layer, head, pos]`) and the logit lens (`interp.logi
 effect; a model those cannot read (one `interp.functional` does not cover) is noted in the
 summary instead. With `attribution` (off by default) each target is also estimated by
 attribution patching (`circuits.attribution.attribute`; the query and key targets with
-AtP*'s fix, `circuits.attribution_qk`, where the model allows it), saved as
+AtP*'s fix, `circuits.attribution_qk`, where the model allows it; the others with
+integrated gradients when `attribution_ig_steps` is set), saved as
 `artifacts/attribution_<target>.*` in the same layout, and the summary's
 `attribution_correlation` holds each target's Pearson correlation with the exact result.
 """
@@ -65,6 +67,7 @@ class PatchingConfig(ExperimentConfig):
     max_batch: int = Field(default=256, ge=1)
     direct_effects: bool = True
     attribution: bool = False
+    attribution_ig_steps: int | None = Field(default=None, ge=1)
 
     @field_validator("targets")
     @classmethod
@@ -73,6 +76,12 @@ class PatchingConfig(ExperimentConfig):
         if unknown:
             raise ValueError(f"unknown target(s) {unknown}; choose from {sorted(TARGETS)}")
         return targets
+
+    @model_validator(mode="after")
+    def _ig_steps_need_attribution(self) -> PatchingConfig:
+        if self.attribution_ig_steps is not None and not self.attribution:
+            raise ValueError("attribution_ig_steps is set but attribution is false")
+        return self
 
     @model_validator(mode="after")
     def _model_fits_task(self, info: ValidationInfo) -> PatchingConfig:
@@ -167,12 +176,15 @@ def save_attribution(
     config: PatchingConfig, run: Run, tokenizer: Any | None,
 ) -> float | str:
     """Attribution patching of `target` (with AtP*'s query-key fix on a query or key target
-    where `interp.functional` covers the model, plain otherwise), saved as
-    `attribution_<target>`; returns its correlation with the `exact` result (or why there
-    is none: a constant grid)."""
+    where `interp.functional` covers the model; otherwise with integrated gradients when
+    `config.attribution_ig_steps` is set, plain when not), saved as `attribution_<target>`;
+    returns its correlation with the `exact` result (or why there is none: a constant
+    grid)."""
     qk_fix = target in QK_TARGETS and functional_covers(model)
     result = attribute(model, batch, target, metric, direction=config.direction,
-                       normalise=config.normalise, tokenizer=tokenizer, qk_fix=qk_fix)
+                       normalise=config.normalise, tokenizer=tokenizer, qk_fix=qk_fix,
+                       ig_steps=None if qk_fix else config.attribution_ig_steps,
+                       max_batch=config.max_batch)
     result.save(run, name=f"attribution_{target}")
     run.save_table(f"attribution_{target}", result.to_frame())
     try:

@@ -126,6 +126,8 @@ def test_a_spec_too_small_for_the_task_or_an_unknown_metric_is_refused_at_valida
         ("metric=logit_dif", "metric: unknown metric 'logit_dif' of task 'induction'"),
         ("targets=[resid_pre, mlp_out, resid_mid]",
          "targets ['mlp_out', 'resid_mid'] do not exist in an attention-only model"),
+        ("attribution_ig_steps=8", "attribution_ig_steps is set but attribution is false"),
+        ("attribution_ig_steps=0", "attribution_ig_steps: Input should be greater than"),
     ]
     for override, expected in cases:
         with pytest.raises(ConfigError) as error:
@@ -173,10 +175,12 @@ def test_direct_effects_of_a_model_they_cannot_read_are_noted_not_written(
 
 def test_attribution_is_saved_beside_each_target_with_its_correlation(tmp_path: Path) -> None:
     """`attribution: true`: each target's attribution patching (the key target with AtP*'s
-    fix) is saved as `attribution_<target>` and equals the library's on the checkpoint."""
+    fix, the other with integrated gradients: `attribution_ig_steps`) is saved as
+    `attribution_<target>` and equals the library's on the checkpoint."""
     (tmp_path / "tiny_train.yaml").write_text(textwrap.dedent(TRAIN))
     config_text = textwrap.dedent(PATCHING).replace(
-        "targets: [resid_pre, z]", "targets: [resid_pre, k_by_pos]\nattribution: true")
+        "targets: [resid_pre, z]",
+        "targets: [resid_pre, k_by_pos]\nattribution: true\nattribution_ig_steps: 4")
     (tmp_path / "tiny_patch.yaml").write_text(config_text)
     runs = tmp_path / "runs"
     for name in ("tiny_train", "tiny_patch"):
@@ -188,9 +192,10 @@ def test_attribution_is_saved_beside_each_target_with_its_correlation(tmp_path: 
     _, config = load_config(tmp_path / "tiny_patch.yaml")
     batch = Induction(config.task).batch()
     metric = mean_metric(logit_diff)
-    for target, method in (("resid_pre", "attribution"), ("k_by_pos", "attribution_qk_fix")):
+    for target, method, options in (("resid_pre", "attribution_ig", dict(ig_steps=4)),
+                                    ("k_by_pos", "attribution_qk_fix", dict(qk_fix=True))):
         saved = PatchingResult.load(run, name=f"attribution_{target}")
-        expected = attribute(model, batch, target, metric, qk_fix=target == "k_by_pos")
+        expected = attribute(model, batch, target, metric, **options)
         assert saved.method == method and saved.axes == expected.axes
         torch.testing.assert_close(saved.values, expected.values)
         exact = PatchingResult.load(run, name=f"patching_{target}")
