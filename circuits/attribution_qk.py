@@ -83,15 +83,12 @@ def _pattern_change_of_one_key(
     return torch.where(seen & sees_others, share_change * (grad - rest_mean), 0.0)
 
 
-def _fold_groups(values: Tensor, n_kv_heads: int, head_dim: int) -> Tensor:
-    """Sum query heads into the key head of their group (grouped-query attention) along
-    `head_dim`; heads of group j are j * group ... j * group + group - 1."""
-    n_heads = values.shape[head_dim]
-    if n_heads == n_kv_heads:
+def _fold_groups(values: Tensor, n_kv_heads: int) -> Tensor:
+    """`values` `[head, ...]` with the query heads summed into the key head of their group
+    (grouped-query attention): heads j * group ... j * group + group - 1 into head j."""
+    if len(values) == n_kv_heads:
         return values
-    shape = list(values.shape)
-    shape[head_dim:head_dim + 1] = [n_kv_heads, n_heads // n_kv_heads]
-    return values.reshape(shape).sum(head_dim + 1)
+    return values.unflatten(0, (n_kv_heads, -1)).sum(1)
 
 
 def _layer_estimate(
@@ -102,12 +99,12 @@ def _layer_estimate(
     queries (`q` targets) or keys (`k` targets)."""
     if target == "k_by_pos":
         per_key = _pattern_change_of_one_key(scores, scores_patched, grad).sum((0, 2))
-        return _fold_groups(per_key, n_kv_heads, 0).T  # [key pos, kv head]
+        return _fold_groups(per_key, n_kv_heads).T  # [key pos, kv head]
     change = (torch.softmax(scores_patched, -1) - torch.softmax(scores, -1)) * grad
     if target == "q_by_pos":
         return change.sum((0, 3)).T  # [query pos, head]
     per_head = change.sum((0, 2, 3))
-    return _fold_groups(per_head, n_kv_heads, 0) if target == "k" else per_head
+    return _fold_groups(per_head, n_kv_heads) if target == "k" else per_head
 
 
 def attribute_qk_fixed(
@@ -126,7 +123,8 @@ def attribute_qk_fixed(
 
     Args:
         model: A `TransformerBridge` that `interp.functional` covers, with no hooks
-            attached; run in eval mode. Its weights and their gradients are untouched.
+            attached (its forward pass computed by `interp.functional`, which has no dropout
+            to switch off). Its weights, their gradients and its mode are untouched.
         batch: Clean and corrupted prompts `[batch, pos]` with the fields the metric reads.
         target: One of `QK_TARGETS`.
         metric: `(logits [batch, pos, vocab], batch) -> scalar` (or `[batch]`, averaged),
@@ -159,47 +157,42 @@ def attribute_qk_fixed(
     n_layers, seq = arch.n_layers, batch.clean.shape[1]
     prefixes = [f"blocks.{layer}.attn" for layer in range(n_layers)]
 
-    was_training = model.training
-    model.eval()
-    try:
-        source: dict[str, Tensor] = {}
-        with torch.inference_mode():
-            source_logits = functional.forward(params, source_tokens, arch, cache=source)
-            source_value = scalar_metric(metric, source_logits, batch).detach().float()
-        base: dict[str, Tensor] = {}
-        with torch.inference_mode(False), torch.enable_grad():
-            tracked = {name: weight.detach().requires_grad_(weight.is_floating_point())
-                       for name, weight in params.items()}  # (fresh leaves: a graph to the
-            logits = functional.forward(tracked, base_tokens, arch, cache=base)  # patterns)
-            base_value = scalar_metric(metric, logits, grad_batch)
-            if not base_value.requires_grad:
-                raise ValueError("the metric is not differentiable in the model's logits")
-            grads = torch.autograd.grad(
-                base_value, [base[f"{prefix}.hook_pattern"] for prefix in prefixes],
-                allow_unused=True,
-            )
-        rows = []
-        with torch.no_grad():
-            positions = torch.arange(seq, device=source_tokens.device)
-            for layer, (prefix, grad) in enumerate(zip(prefixes, grads, strict=True)):
-                q, k = (base[f"{prefix}.hook_{name}"].detach() for name in "qk")
-                q_source, k_source = (source[f"{prefix}.hook_{name}"] for name in "qk")
-                patched_qk = (q_source, k) if target.startswith("q") else (q, k_source)
-                settings = dict(rope=functional.rope_of(arch, layer, seq, positions.device),
-                                qk_norm=functional.qk_norm_of(params, prefix, arch),
-                                window=arch.window(layer))
-                scores = functional.attention_scores(q, k, positions, arch, **settings)
-                scores_patched = functional.attention_scores(*patched_qk, positions, arch,
-                                                              **settings)
-                if grad is None:  # a layer whose pattern the metric does not read
-                    grad = torch.zeros_like(scores)
-                rows.append(_layer_estimate(
-                    target, scores.double(), scores_patched.double(), grad.double(),
-                    arch.kv_heads,
-                ).float().cpu())
-        base_value = base_value.detach().float()
-    finally:
-        model.train(was_training)
+    source: dict[str, Tensor] = {}  # (the functional pass runs no module: no mode to set)
+    with torch.inference_mode():
+        source_logits = functional.forward(params, source_tokens, arch, cache=source)
+        source_value = scalar_metric(metric, source_logits, batch).detach().float()
+    base: dict[str, Tensor] = {}
+    with torch.inference_mode(False), torch.enable_grad():
+        tracked = {name: weight.detach().requires_grad_(weight.is_floating_point())
+                   for name, weight in params.items()}  # (fresh leaves: a graph to the
+        logits = functional.forward(tracked, base_tokens, arch, cache=base)  # patterns)
+        base_value = scalar_metric(metric, logits, grad_batch)
+        if not base_value.requires_grad:
+            raise ValueError("the metric is not differentiable in the model's logits")
+        grads = torch.autograd.grad(
+            base_value, [base[f"{prefix}.hook_pattern"] for prefix in prefixes],
+            allow_unused=True,
+        )
+    rows = []
+    with torch.no_grad():
+        positions = torch.arange(seq, device=source_tokens.device)
+        for layer, (prefix, grad) in enumerate(zip(prefixes, grads, strict=True)):
+            q, k = (base[f"{prefix}.hook_{name}"].detach() for name in "qk")
+            q_source, k_source = (source[f"{prefix}.hook_{name}"] for name in "qk")
+            patched_qk = (q_source, k) if target.startswith("q") else (q, k_source)
+            settings = dict(rope=functional.rope_of(arch, layer, seq, positions.device),
+                            qk_norm=functional.qk_norm_of(params, prefix, arch),
+                            window=arch.window(layer))
+            scores = functional.attention_scores(q, k, positions, arch, **settings)
+            scores_patched = functional.attention_scores(*patched_qk, positions, arch,
+                                                          **settings)
+            if grad is None:  # a layer whose pattern the metric does not read
+                grad = torch.zeros_like(scores)
+            rows.append(_layer_estimate(
+                target, scores.double(), scores_patched.double(), grad.double(),
+                arch.kv_heads,
+            ).float().cpu())
+    base_value = base_value.detach().float()
 
     grid = torch.stack(rows) + base_value.cpu()
     return build_result(
