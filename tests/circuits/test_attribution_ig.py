@@ -12,7 +12,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from circuits.attribution import attribute, correlation
 from circuits.patching import TARGETS, patch
-from interp import models
+from interp import functional, models
 from interp.metrics import logit_diff, mean_metric
 from interp.tasks.base import TaskBatch
 
@@ -63,14 +63,19 @@ def test_a_layers_estimates_sum_to_patching_the_whole_layer(model64, batch, targ
             assert errors[128, layer] < errors[32, layer] / 4, errors
 
 
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
 @pytest.mark.parametrize("target", ["resid_post", "attn_out", "z", "z_by_pos", "v", "pattern"])
-def test_exact_where_the_metric_is_linear_in_the_activation(batch, target) -> None:
-    """One attention layer, no norms: the gradient is constant along the line."""
+def test_exact_where_the_metric_is_linear_in_the_activation(batch, target, direction) -> None:
+    """One attention layer, no norms: the gradient is constant along the line (token
+    embeddings scaled 8x so that the patches move the metric by tenths)."""
     spec = dict(n_layers=1, d_model=32, n_heads=4, d_vocab=20, n_ctx=8,
                 attn_only=True, normalization=None, seed=0)
     linear = models.build(spec, device="cpu")
-    exact = patch(linear, batch, target, METRIC, progress=False)
-    estimate = attribute(linear, batch, target, METRIC, ig_steps=3)
+    with torch.no_grad():
+        functional.live_params(linear)["embed.weight"].mul_(8.0)
+    exact = patch(linear, batch, target, METRIC, progress=False, direction=direction)
+    estimate = attribute(linear, batch, target, METRIC, ig_steps=3, direction=direction)
+    assert (exact.values - exact.baseline).abs().max() > 0.05  # the patches do something
     torch.testing.assert_close(estimate.values, exact.values, atol=1e-5, rtol=0)
 
 
