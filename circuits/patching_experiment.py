@@ -10,6 +10,7 @@
     direct_effects: true                # also the direct logit attribution and logit lens
     attribution: true                   # also attribution patching of each target
     attribution_ig_steps: 16            # ... with integrated gradients (not q / k targets)
+    verify_top: 40                      # patch exactly only each estimate's 40 strongest
 
 Each target's result is saved as `artifacts/patching_<target>.safetensors` (+ `.json`) and
 as a long table `artifacts/patching_<target>.parquet` for the dashboard, and the prompts
@@ -27,6 +28,10 @@ AtP*'s fix, `circuits.attribution_qk`, where the model allows it; the others wit
 integrated gradients when `attribution_ig_steps` is set), saved as
 `artifacts/attribution_<target>.*` in the same layout, and the summary's
 `attribution_correlation` holds each target's Pearson correlation with the exact result.
+With `verify_top: k` as well, exact patching runs on each estimate's k strongest indices
+only (AtP*'s workflow, Kramár et al. 2024: `circuits.attribution.top_indices`), the others
+NaN in the saved result, the correlation taken over those k, and `verified_indices` in the
+summary counts them: for a model or prompt too large to patch every index exactly.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from circuits.attribution import attribute, correlation
+from circuits.attribution import attribute, correlation, top_indices
 from circuits.attribution_qk import QK_TARGETS
 from circuits.logit_attribution import direct_logit_attribution
 from circuits.patching import TARGETS, PatchingResult, patch
@@ -68,6 +73,7 @@ class PatchingConfig(ExperimentConfig):
     direct_effects: bool = True
     attribution: bool = False
     attribution_ig_steps: int | None = Field(default=None, ge=1)
+    verify_top: int | None = Field(default=None, ge=1)
 
     @field_validator("targets")
     @classmethod
@@ -79,8 +85,9 @@ class PatchingConfig(ExperimentConfig):
 
     @model_validator(mode="after")
     def _ig_steps_need_attribution(self) -> PatchingConfig:
-        if self.attribution_ig_steps is not None and not self.attribution:
-            raise ValueError("attribution_ig_steps is set but attribution is false")
+        for name in ("attribution_ig_steps", "verify_top"):
+            if getattr(self, name) is not None and not self.attribution:
+                raise ValueError(f"{name} is set but attribution is false")
         return self
 
     @model_validator(mode="after")
@@ -99,16 +106,15 @@ class PatchingConfig(ExperimentConfig):
 
 def strongest_index(result: PatchingResult) -> dict[str, Any]:
     """The index whose patch moves the metric most (largest |value - baseline|: the value
-    itself only for normalised denoising), with its axis labels, value and effect."""
-    effects = (result.values - result.baseline).flatten()
-    flat = int(effects.abs().argmax())
-    index = torch.unravel_index(torch.tensor(flat), result.values.shape)
+    itself only for normalised denoising; indices not patched, NaN, never), with its axis
+    labels, value and effect."""
+    index = top_indices(result, 1)[0]
     labels = {
-        axis: result.labels[dim][int(i)]
+        axis: result.labels[dim][i]
         for dim, (axis, i) in enumerate(zip(result.axes, index, strict=True))
     }
-    return {**labels, "value": float(result.values.flatten()[flat]),
-            "effect": float(effects[flat])}
+    value = float(result.values[index])
+    return {**labels, "value": value, "effect": value - result.baseline}
 
 
 def token_strings(ids: list[int], tokenizer: Any | None) -> list[str]:
@@ -152,43 +158,52 @@ def run_patching(config: PatchingConfig, run: Run, context: RunContext) -> dict[
         check_patchable(TARGETS[target], model)
     run.save_json(PROMPTS_ARTIFACT, prompts_record(batch.to("cpu"), tokenizer))
     for target in config.targets:
+        estimate = (estimate_attribution(model, batch, target, metric, config, tokenizer)
+                    if config.attribution else None)
+        verified = (top_indices(estimate, config.verify_top)
+                    if estimate is not None and config.verify_top is not None else None)
         result = patch(
             model, batch, target, metric,
             direction=config.direction, max_batch=config.max_batch,
             normalise=config.normalise, tokenizer=tokenizer, progress=context.progress,
+            indices=verified,
         )
         result.save(run, name=f"patching_{target}")
         run.save_table(f"patching_{target}", result.to_frame())
         summary["metric_clean"] = result.metric_clean
         summary["metric_corrupted"] = result.metric_corrupted
         summary[f"strongest_{target}"] = strongest_index(result)
-        if config.attribution:
+        if estimate is not None:
+            estimate.save(run, name=f"attribution_{target}")
+            run.save_table(f"attribution_{target}", estimate.to_frame())
             correlations = summary.setdefault("attribution_correlation", {})
-            correlations[target] = save_attribution(model, batch, target, metric, result,
-                                                    config, run, tokenizer)
+            correlations[target] = correlation_or_why(estimate, result)
+        if verified is not None:
+            summary.setdefault("verified_indices", {})[target] = len(verified)
     if config.direct_effects:
         summary.update(save_direct_effects(model, batch, run))
     return summary
 
 
-def save_attribution(
-    model: Any, batch: TaskBatch, target: str, metric: Any, exact: PatchingResult,
-    config: PatchingConfig, run: Run, tokenizer: Any | None,
-) -> float | str:
-    """Attribution patching of `target` (with AtP*'s query-key fix on a query or key target
+def estimate_attribution(
+    model: Any, batch: TaskBatch, target: str, metric: Any, config: PatchingConfig,
+    tokenizer: Any | None,
+) -> PatchingResult:
+    """Attribution patching of `target`: with AtP*'s query-key fix on a query or key target
     where `interp.functional` covers the model; otherwise with integrated gradients when
-    `config.attribution_ig_steps` is set, plain when not), saved as `attribution_<target>`;
-    returns its correlation with the `exact` result (or why there is none: a constant
-    grid)."""
+    `config.attribution_ig_steps` is set, plain when not."""
     qk_fix = target in QK_TARGETS and functional_covers(model)
-    result = attribute(model, batch, target, metric, direction=config.direction,
-                       normalise=config.normalise, tokenizer=tokenizer, qk_fix=qk_fix,
-                       ig_steps=None if qk_fix else config.attribution_ig_steps,
-                       max_batch=config.max_batch)
-    result.save(run, name=f"attribution_{target}")
-    run.save_table(f"attribution_{target}", result.to_frame())
+    return attribute(model, batch, target, metric, direction=config.direction,
+                     normalise=config.normalise, tokenizer=tokenizer, qk_fix=qk_fix,
+                     ig_steps=None if qk_fix else config.attribution_ig_steps,
+                     max_batch=config.max_batch)
+
+
+def correlation_or_why(estimate: PatchingResult, exact: PatchingResult) -> float | str:
+    """The estimate's Pearson correlation with the exact result over the indices both
+    have, or why there is none (a constant grid, fewer than two indices)."""
     try:
-        return correlation(result, exact)
+        return correlation(estimate, exact)
     except ValueError as error:
         return f"undefined: {error}"
 

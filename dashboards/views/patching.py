@@ -163,16 +163,25 @@ def render_attribution(
         )
         return
     st.plotly_chart(figure)
-    st.caption(attribution_caption(estimate.method, correlation, exact.values.size))
+    patched = int(np.isfinite(exact.values).sum())
+    st.caption(attribution_caption(estimate.method, correlation, patched, exact.values.size))
 
 
-def attribution_caption(method: str, correlation: Any, n_indices: int) -> str:
-    """What the attribution scatter shows and how well the estimate agrees."""
+def attribution_caption(
+    method: str, correlation: Any, n_indices: int, n_all: int | None = None
+) -> str:
+    """What the attribution scatter shows and how well the estimate agrees; `n_indices` of
+    the `n_all` indices were patched exactly (fewer under `verify_top`)."""
     what = ESTIMATE_CAPTIONS.get(method, f"The estimate ({method})")
     text = (
         f"{what}, against the exact value above, one point per index. On the dashed line "
         "y = x the estimate is exact."
     )
+    if n_all is not None and n_indices < n_all:
+        text += (
+            f" Exact patching ran on the estimate's {n_indices} strongest of the {n_all} "
+            "indices only (`verify_top`); the others are blank above and absent here."
+        )
     if isinstance(correlation, int | float) and not isinstance(correlation, bool):
         return text + (
             f" Pearson correlation with the exact values over the {n_indices} indices: "

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_patching_configs import TINY_PATCHING, TINY_TRAIN
 
-from circuits.attribution import attribute, correlation
+from circuits.attribution import attribute, correlation, top_indices
 from circuits.logit_attribution import LogitAttribution, direct_logit_attribution
 from circuits.patching import PatchingResult, patch
 from circuits.patching_experiment import save_direct_effects, strongest_index
@@ -128,6 +128,7 @@ def test_a_spec_too_small_for_the_task_or_an_unknown_metric_is_refused_at_valida
          "targets ['mlp_out', 'resid_mid'] do not exist in an attention-only model"),
         ("attribution_ig_steps=8", "attribution_ig_steps is set but attribution is false"),
         ("attribution_ig_steps=0", "attribution_ig_steps: Input should be greater than"),
+        ("verify_top=10", "verify_top is set but attribution is false"),
     ]
     for override, expected in cases:
         with pytest.raises(ConfigError) as error:
@@ -202,3 +203,37 @@ def test_attribution_is_saved_beside_each_target_with_its_correlation(tmp_path: 
         assert run.summary["attribution_correlation"][target] == pytest.approx(
             correlation(expected, exact))
         assert len(run.load_table(f"attribution_{target}")) == expected.values.numel()
+
+
+def test_verify_top_patches_only_each_estimates_strongest_indices(tmp_path: Path) -> None:
+    """`verify_top: k`: exact patching of the k indices the attribution estimate ranks
+    strongest, equal there to patching every index, NaN elsewhere."""
+    (tmp_path / "tiny_train.yaml").write_text(textwrap.dedent(TRAIN))
+    config_text = textwrap.dedent(PATCHING).replace(
+        "targets: [resid_pre, z]",
+        "targets: [resid_pre, k_by_pos]\nattribution: true\nverify_top: 5")
+    (tmp_path / "tiny_patch.yaml").write_text(config_text)
+    runs = tmp_path / "runs"
+    for name in ("tiny_train", "tiny_patch"):
+        assert main(["run", str(tmp_path / f"{name}.yaml"), "--runs-dir", str(runs),
+                     "--no-progress"]) == 0
+    store = RunStore(runs)
+    run = store.latest("tiny_patch")
+    model = models.load_checkpoint(store.latest("tiny_train").artifacts_dir / "model", "cpu")
+    _, config = load_config(tmp_path / "tiny_patch.yaml")
+    batch = Induction(config.task).batch()
+    metric = mean_metric(logit_diff)
+    assert run.summary["verified_indices"] == {"resid_pre": 5, "k_by_pos": 5}
+    for target in ("resid_pre", "k_by_pos"):
+        saved = PatchingResult.load(run, name=f"patching_{target}")
+        estimate = PatchingResult.load(run, name=f"attribution_{target}")
+        chosen = top_indices(estimate, 5)
+        full = patch(model, batch, target, metric, progress=False)
+        assert int(saved.values.isfinite().sum()) == 5
+        for index in chosen:
+            torch.testing.assert_close(saved.values[index], full.values[index], atol=1e-6,
+                                       rtol=0)
+        strongest = run.summary[f"strongest_{target}"]
+        assert tuple(int(strongest[axis]) for axis in saved.axes) in chosen
+        assert run.summary["attribution_correlation"][target] == pytest.approx(
+            correlation(estimate, saved))

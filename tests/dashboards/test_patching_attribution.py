@@ -239,3 +239,30 @@ def test_page_warns_of_an_unreadable_estimate_and_draws_the_rest(store: RunStore
 
 def test_drawing_the_estimate_never_imports_torch(store: RunStore) -> None:
     assert_renders_without_torch("patching", store.root)
+
+
+def test_page_draws_a_run_that_verified_only_the_strongest_indices(
+    tmp_path: Path, one_torch_thread: Any
+) -> None:
+    """`verify_top: 4`: the heatmap's other cells are NaN, the scatter holds the 4 points
+    exact patching ran on, and the caption says so."""
+    verified = PATCHING.replace("attribution: true", "attribution: true\nverify_top: 4")
+    runs = tmp_path / "runs"
+    with one_torch_thread():
+        for name, text in (("tiny_train", TRAIN), ("tiny_verified", verified)):
+            (tmp_path / f"{name}.yaml").write_text(textwrap.dedent(text))
+            assert main(["run", str(tmp_path / f"{name}.yaml"), "--runs-dir", str(runs),
+                         "--no-progress"]) == 0
+    store = RunStore(runs)
+    run = store.latest("tiny_verified")
+    app = _page(store, run, "k_by_pos")
+    assert not app.warning
+    heatmap = figures(app)[0]
+    assert int(np.isfinite(np.asarray(heatmap.data[0].z, dtype=float)).sum()) == 4
+    (scatter,) = _scatters(app)
+    x = np.asarray(scatter.data[0].x, dtype=float)
+    assert int(np.isfinite(x).sum()) == 4
+    captions = " ".join(c.value for c in app.caption)
+    assert "over the 4 indices" in captions
+    n_all = PatchingResult.load(run, name="patching_k_by_pos").values.numel()
+    assert f"Exact patching ran on the estimate's 4 strongest of the {n_all} indices" in captions
