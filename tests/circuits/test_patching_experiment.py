@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,8 +17,9 @@ from interp.cli import main
 from interp.config import load_config
 from interp.logit_lens import LogitLens, logit_lens
 from interp.metrics import logit_diff, mean_metric
-from interp.runs import RunStore
+from interp.runs import Run, RunStore
 from interp.tasks import Induction
+from interp.tasks.base import TaskBatch
 from interp.tasks.induction import InductionConfig
 
 TRAIN = TINY_TRAIN
@@ -174,24 +176,29 @@ def test_direct_effects_of_a_model_they_cannot_read_are_noted_not_written(
     assert not list(run.artifacts_dir.glob("logit_*"))
 
 
-def test_attribution_is_saved_beside_each_target_with_its_correlation(tmp_path: Path) -> None:
-    """`attribution: true`: each target's attribution patching (the key target with AtP*'s
-    fix, the other with integrated gradients: `attribution_ig_steps`) is saved as
-    `attribution_<target>` and equals the library's on the checkpoint."""
+def run_with_attribution(tmp_path: Path, setting: str) -> tuple[Run, Any, TaskBatch]:
+    """`tiny_train`, then `tiny_patch` of resid_pre and k_by_pos with `attribution: true`
+    and `setting` (one more line of config); the patching run, the trained model and the
+    batch patched."""
     (tmp_path / "tiny_train.yaml").write_text(textwrap.dedent(TRAIN))
     config_text = textwrap.dedent(PATCHING).replace(
-        "targets: [resid_pre, z]",
-        "targets: [resid_pre, k_by_pos]\nattribution: true\nattribution_ig_steps: 4")
+        "targets: [resid_pre, z]", f"targets: [resid_pre, k_by_pos]\nattribution: true\n{setting}")
     (tmp_path / "tiny_patch.yaml").write_text(config_text)
     runs = tmp_path / "runs"
     for name in ("tiny_train", "tiny_patch"):
         assert main(["run", str(tmp_path / f"{name}.yaml"), "--runs-dir", str(runs),
                      "--no-progress"]) == 0
     store = RunStore(runs)
-    run = store.latest("tiny_patch")
     model = models.load_checkpoint(store.latest("tiny_train").artifacts_dir / "model", "cpu")
     _, config = load_config(tmp_path / "tiny_patch.yaml")
-    batch = Induction(config.task).batch()
+    return store.latest("tiny_patch"), model, Induction(config.task).batch()
+
+
+def test_attribution_is_saved_beside_each_target_with_its_correlation(tmp_path: Path) -> None:
+    """`attribution: true`: each target's attribution patching (the key target with AtP*'s
+    fix, the other with integrated gradients: `attribution_ig_steps`) is saved as
+    `attribution_<target>` and equals the library's on the checkpoint."""
+    run, model, batch = run_with_attribution(tmp_path, "attribution_ig_steps: 4")
     metric = mean_metric(logit_diff)
     for target, method, options in (("resid_pre", "attribution_ig", dict(ig_steps=4)),
                                     ("k_by_pos", "attribution_qk_fix", dict(qk_fix=True))):
@@ -208,20 +215,7 @@ def test_attribution_is_saved_beside_each_target_with_its_correlation(tmp_path: 
 def test_verify_top_patches_only_each_estimates_strongest_indices(tmp_path: Path) -> None:
     """`verify_top: k`: exact patching of the k indices the attribution estimate ranks
     strongest, equal there to patching every index, NaN elsewhere."""
-    (tmp_path / "tiny_train.yaml").write_text(textwrap.dedent(TRAIN))
-    config_text = textwrap.dedent(PATCHING).replace(
-        "targets: [resid_pre, z]",
-        "targets: [resid_pre, k_by_pos]\nattribution: true\nverify_top: 5")
-    (tmp_path / "tiny_patch.yaml").write_text(config_text)
-    runs = tmp_path / "runs"
-    for name in ("tiny_train", "tiny_patch"):
-        assert main(["run", str(tmp_path / f"{name}.yaml"), "--runs-dir", str(runs),
-                     "--no-progress"]) == 0
-    store = RunStore(runs)
-    run = store.latest("tiny_patch")
-    model = models.load_checkpoint(store.latest("tiny_train").artifacts_dir / "model", "cpu")
-    _, config = load_config(tmp_path / "tiny_patch.yaml")
-    batch = Induction(config.task).batch()
+    run, model, batch = run_with_attribution(tmp_path, "verify_top: 5")
     metric = mean_metric(logit_diff)
     assert run.summary["verified_indices"] == {"resid_pre": 5, "k_by_pos": 5}
     for target in ("resid_pre", "k_by_pos"):
