@@ -91,6 +91,20 @@ METRICS: dict[str, MetricFn] = {
 }
 """The metrics every task supports, by name (tasks may add their own)."""
 
+_POSITION_ONLY = "_interp_reads_position_only"
+
+
+def reads_position_only(metric: object) -> bool:
+    """Whether `metric` is known to read the logits at `batch.position` only: the metrics
+    of `METRICS` (through `logits_at`) and their batch means (`mean_metric`). Engines that
+    compute the logits at the read positions alone probe any other metric for reads
+    elsewhere (`circuits.patching.metric.refuse_metric_reading_elsewhere`); these skip it."""
+    return bool(getattr(metric, _POSITION_ONLY, False))
+
+
+for _metric in METRICS.values():
+    setattr(_metric, _POSITION_ONLY, True)
+
 
 def kl_divergence(
     logits: Float[Tensor, "batch pos vocab"],
@@ -186,4 +200,5 @@ def mean_metric(
 
     averaged.__name__ = f"mean_{getattr(metric, '__name__', 'metric')}"
     averaged.__doc__ = f"Batch mean of {averaged.__name__[5:]}."
+    setattr(averaged, _POSITION_ONLY, reads_position_only(metric))
     return averaged

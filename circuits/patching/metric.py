@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.metrics import reads_position_only
 from interp.tasks.base import TaskBatch
 
 PatchMetric = Callable[[Float[Tensor, "batch pos vocab"], TaskBatch], Tensor]
@@ -138,7 +139,10 @@ def refuse_metric_reading_elsewhere(
     (+10 on it, -10 on the wrong token), once the wrong token. A metric that reads only
     what was computed gives the same value twice; NaN, which the engines check for too,
     slips past comparisons and argmax (`argmax(...) == answer` at another position), this
-    does not. A NaN value here is left to that check."""
+    does not. A NaN value here is left to that check. The library's own metrics, known to
+    read `batch.position` only (`interp.metrics.reads_position_only`), are not probed."""
+    if reads_position_only(metric):
+        return
     unknown = known.isnan().all(dim=-1, keepdim=True)
     if not bool(unknown.any()):
         return

@@ -17,6 +17,7 @@ from interp.metrics import (
     logits_at,
     mean_metric,
     normalise,
+    reads_position_only,
 )
 from interp.tasks import make_task
 from interp.tasks.base import TaskBatch
@@ -172,3 +173,16 @@ def test_normalise_refuses_non_finite_ends() -> None:
         normalise(1.0, float("nan"), 0.0)
     with pytest.raises(ValueError, match="must be finite"):
         normalise(1.0, float("inf"), 0.0)
+
+
+def test_only_the_librarys_metrics_are_known_to_read_the_position_alone() -> None:
+    """The patching engines skip their probe for reads elsewhere on these, and only these."""
+
+    def last_position(logits, batch):  # a user's metric: reads the last position
+        return logits[:, -1, 0]
+
+    for metric in METRICS.values():
+        assert reads_position_only(metric) and reads_position_only(mean_metric(metric))
+    assert not reads_position_only(last_position)
+    assert not reads_position_only(mean_metric(last_position))
+    assert not reads_position_only(lambda logits, batch: logits.sum())
