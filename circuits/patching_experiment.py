@@ -84,7 +84,7 @@ class PatchingConfig(ExperimentConfig):
         return targets
 
     @model_validator(mode="after")
-    def _ig_steps_need_attribution(self) -> PatchingConfig:
+    def _attribution_options_need_attribution(self) -> PatchingConfig:
         for name in ("attribution_ig_steps", "verify_top"):
             if getattr(self, name) is not None and not self.attribution:
                 raise ValueError(f"{name} is set but attribution is false")
