@@ -192,7 +192,7 @@ def estimate_attribution(
     """Attribution patching of `target`: with AtP*'s query-key fix on a query or key target
     where `interp.functional` covers the model; otherwise with integrated gradients when
     `config.attribution_ig_steps` is set, plain when not."""
-    qk_fix = target in QK_TARGETS and functional_covers(model)
+    qk_fix = target in QK_TARGETS and functional.covers(model)
     return attribute(model, batch, target, metric, direction=config.direction,
                      normalise=config.normalise, tokenizer=tokenizer, qk_fix=qk_fix,
                      ig_steps=None if qk_fix else config.attribution_ig_steps,
@@ -206,15 +206,6 @@ def correlation_or_why(estimate: PatchingResult, exact: PatchingResult) -> float
         return correlation(estimate, exact)
     except ValueError as error:
         return f"undefined: {error}"
-
-
-def functional_covers(model: Any) -> bool:
-    """Whether `interp.functional`'s forward pass covers `model` (AtP*'s fix runs on it)."""
-    try:
-        functional.architecture_of(model)
-    except ValueError:
-        return False
-    return True
 
 
 def save_direct_effects(model: Any, batch: TaskBatch, run: Run) -> dict[str, Any]:
