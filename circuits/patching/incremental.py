@@ -13,7 +13,11 @@ engine reruns:
   come from the base run's cache;
 - the last layer and the unembedding at the read positions only; for targets without a
   position axis (each head's z, q, k, v or pattern over every position) the base and
-  source runs do the same, since no patch then needs their last layer elsewhere.
+  source runs do the same, since no patch then needs their last layer elsewhere;
+- for a patch of one row of the residual stream (`resid_pre`, `attn_out`, ... by layer x
+  position), that row alone up to the next attention, and there the norm and the query,
+  key and value projections of that row alone (`incremental_rows`): the other positions'
+  are the base run's.
 
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
 those of the hook engine (and of TransformerLens) to float rounding. It covers the causal

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from circuits.patching import incremental_rows
 from circuits.patching.targets import IndexSpace
 from interp import functional
 
@@ -146,6 +147,8 @@ class Step:
         name, layer = _activation_name(space), chunk[0][0]
         if name == "z" and not self.arch.post_norms:  # heads add up in the residual stream
             return self.after_head_outputs_patched(space, chunk)
+        if name in incremental_rows.ONE_ROW_ACTIVATIONS and space.axes == ("layer", "pos"):
+            return incremental_rows.run(self, name, layer, chunk)
         return self.enter(name, layer, self.patched(space, chunk))
 
     def after_head_outputs_patched(
