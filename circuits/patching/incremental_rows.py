@@ -1,20 +1,20 @@
-"""Incremental patching of one position of the residual stream: `resid_pre`, `attn_out`,
-`resid_mid`, `mlp_out` and `resid_post` by layer x position.
+"""Incremental patching where a patch changes one row of the residual stream: `resid_pre`,
+`attn_out`, `resid_mid`, `mlp_out` and `resid_post` by layer x position, and one head's `z`
+or `q` at one position (`z_by_pos`, `q_by_pos`), which change the attention's output at
+that position only.
 
-Such a patch changes one row of the residual stream, at its position p. What follows it in
-its own block works on rows, so only row p is recomputed up to the next attention (an
-`attn_out` patch reruns the MLP at p alone, not at every position from p on). At that
-attention, the block's input differs from the base run's at row p only, so the queries,
-keys and values of every other position are the base run's, from its cache: only row p goes
-through the norm and the three projections, and the attention of each query from p on
-(whose keys include row p) is recomputed, then everything after it, as in
-`incremental_step.Step.layers`. Each copy of a chunk has its own p: the rows are merged
-with one `where` over the copies.
+What follows such a patch in its own block works on rows, so only row p is recomputed up
+to the next attention (an `attn_out` or `z_by_pos` patch reruns the MLP at p alone, not at
+every position from p on). At that attention the block's input differs from the base run's
+at row p only, so the queries, keys and values of every other position are the base run's,
+from its cache: only row p goes through the norm and the three projections, and the
+attention of each query from p on (whose keys include row p) is recomputed, then everything
+after it, as in `incremental_step.Step.layers`. Each copy of a chunk has its own p: the rows
+are merged with one `where` over the copies.
 
-What this skips, per copy, is the norm and the query, key and value projections of the
-positions after p in the first block the patch reaches (and in a parallel block, its MLP
-there too): on the 2-layer benchmark model about a quarter of the arithmetic of a
-`resid_pre` sweep.
+On the 2-layer benchmark model this skips about a quarter of the arithmetic of a
+`resid_pre` sweep, and most of a `z_by_pos` sweep's (whose patches reran every position
+after p through the MLP and the next block's projections).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from interp import functional
 
 if TYPE_CHECKING:
     from circuits.patching.incremental_step import Step
+    from circuits.patching.targets import IndexSpace
 
 ONE_ROW_ACTIVATIONS = frozenset({"resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"})
 """The targets whose patch changes one row of the residual stream (layer x position)."""
@@ -37,25 +38,21 @@ ONE_ROW_ACTIVATIONS = frozenset({"resid_pre", "attn_out", "resid_mid", "mlp_out"
 class _Rows:
     """Each copy's patched position and merges of its one new row into base tensors."""
 
-    def __init__(self, step: Step, positions: Sequence[int]) -> None:
+    def __init__(self, step: Step, along: slice | Tensor, first: int) -> None:
+        """`along`: copy k's position as an index of a position axis (a slice, or a view of
+        the patcher's index grid, as `Step.indices_along` gives it); `first`: the smallest."""
         self.step = step
-        patcher = step.patcher
-        self.along = step.along(positions)
-        """The chunk's positions as an index of a position axis (a slice where consecutive)."""
-        at = (
-            patcher.arange(self.along.stop)[self.along]
-            if isinstance(self.along, slice)
-            else self.along
-        )
-        if min(positions) < step.p0:  # the tokens agree up to p0: such a patch changes nothing
+        self.along = along
+        at = step.patcher.arange(along.stop)[along] if isinstance(along, slice) else along
+        if first < step.p0:  # the tokens agree up to p0: such a patch changes nothing
             at = at.masked_fill(at < step.p0, -1)
         self.at = at
         """`[K]`: copy k's patched position (-1 where the patch changes nothing)."""
 
     def of(self, cache: Mapping[str, Tensor], name: str) -> Tensor:
-        """Row `positions[k]` of the cached activation `name` for copy k, `[K * batch, 1, d]`
-        (`cache`: the patcher's base or source run)."""
-        rows = cache[name][:, self.along]  # [batch, K, d]
+        """Row `positions[k]` of the cached activation `name` for copy k, `[K * batch, 1,
+        ...]` (`cache`: the patcher's base or source run)."""
+        rows = cache[name][:, self.along]  # [batch, K, ...]
         return rows.transpose(0, 1).flatten(0, 1).unsqueeze(1)
 
     def merge(self, new: Tensor, base: Tensor, positions: Tensor) -> Tensor:
@@ -67,12 +64,36 @@ class _Rows:
         mask = mask.reshape(n_copies, 1, len(positions), *([1] * (base.ndim - 2)))
         return torch.where(mask, new.unflatten(0, (n_copies, -1)), base).flatten(0, 1)
 
+    def pick(self, full: Tensor, positions: Tensor) -> Tensor:
+        """Copy k's row at its patched position from `full` (`[K * batch, n, ...]`, at
+        `positions`, which run consecutively), `[K * batch, 1, ...]`; any row where the
+        patch changes nothing (`merge` ignores it)."""
+        n_copies = self.step.n_copies
+        offset = (self.at - positions[0]).clamp(0, len(positions) - 1)
+        copies = self.step.patcher.arange(n_copies)
+        return full.unflatten(0, (n_copies, -1))[copies, :, offset].flatten(0, 1).unsqueeze(1)
 
-def run(step: Step, name: str, layer: int, chunk: Sequence[tuple[int, ...]]) -> Tensor:
-    """The chunk's pass when copy k patches activation `name` (one of
-    `ONE_ROW_ACTIVATIONS`) of `layer` at position `chunk[k][1]` from the source run;
-    returns the final residual stream at the read positions, `[K * batch, n_read, d]`."""
-    rows = _Rows(step, [index[1] for index in chunk])
+
+def run(step: Step, space: IndexSpace, chunk: Sequence[tuple[int, ...]]) -> Tensor | None:
+    """The chunk's pass when copy k patches `chunk[k]` of `space` from the source run, if
+    that patch changes one row of the residual stream (a target of
+    `ONE_ROW_ACTIVATIONS`, or one head's `z` or `q` at one position), else None; returns
+    the final residual stream at the read positions, `[K * batch, n_read, d]`."""
+    name, layer = space.hook.rsplit("hook_", 1)[1], chunk[0][0]
+    if name in ONE_ROW_ACTIVATIONS and space.axes == ("layer", "pos"):
+        positions = [index[1] for index in chunk]
+        rows = _Rows(step, step.along(positions), min(positions))
+        return _after_residual_row(step, rows, name, layer)
+    heads_at_position = space.axes == ("layer", "pos", "head") and (
+        name == "z" or (name == "q" and layer < step.arch.n_layers - 1)
+    )
+    if heads_at_position:
+        return _after_heads_at_position(step, space, chunk)
+    return None
+
+
+def _after_residual_row(step: Step, rows: _Rows, name: str, layer: int) -> Tensor:
+    """The pass when copy k's activation `name` of `layer` is the source run's at its row."""
     patcher, arch = step.patcher, step.arch
     block = f"blocks.{layer}"
     source = rows.of(patcher.source, f"{block}.hook_{name}")
@@ -80,21 +101,70 @@ def run(step: Step, name: str, layer: int, chunk: Sequence[tuple[int, ...]]) -> 
         return _from_block(step, rows, layer, source)
     if name == "resid_post":
         return _from_block(step, rows, layer + 1, source)
-
-    def base(activation: str) -> Tensor:
-        return rows.of(patcher.base, f"{block}.hook_{activation}")
-
     if name == "mlp_out":
-        before = base("resid_pre") + base("attn_out") if arch.parallel_attn_mlp else base(
-            "resid_mid"
+        before = (
+            rows.of(patcher.base, f"{block}.hook_resid_pre")
+            + rows.of(patcher.base, f"{block}.hook_attn_out")
+            if arch.parallel_attn_mlp
+            else rows.of(patcher.base, f"{block}.hook_resid_mid")
         )
         return _from_block(step, rows, layer + 1, before + source)
-    resid_mid = base("resid_pre") + source if name == "attn_out" else source
+    if name == "attn_out":
+        return _after_attention_row(step, rows, layer, source)
+    return _after_attention_row(step, rows, layer, source, resid_mid=True)
+
+
+def _after_attention_row(
+    step: Step, rows: _Rows, layer: int, row: Tensor, resid_mid: bool = False
+) -> Tensor:
+    """The pass from copy k's attention output of `layer` at its row, `row` (or, with
+    `resid_mid`, the residual stream after it), through the block's MLP at that row."""
+    patcher, arch = step.patcher, step.arch
+    block = f"blocks.{layer}"
+    if not resid_mid:
+        row = rows.of(patcher.base, f"{block}.hook_resid_pre") + row
     if arch.parallel_attn_mlp:  # the MLP read the block's input: its output is the base's
-        resid_post = resid_mid + base("mlp_out")
+        resid_post = row + rows.of(patcher.base, f"{block}.hook_mlp_out")
     else:
-        resid_post = step.with_mlp(layer, resid_mid)
+        resid_post = step.with_mlp(layer, row)
     return _from_block(step, rows, layer + 1, resid_post)
+
+
+def _after_heads_at_position(
+    step: Step, space: IndexSpace, chunk: Sequence[tuple[int, ...]]
+) -> Tensor:
+    """The pass when copy k patches the `z` or `q` of head `chunk[k][2]` at position
+    `chunk[k][1]`: the attention's output changes at that row only. A patched `q` changes
+    that query's attention, computed with every query of the block (one fused kernel)."""
+    patcher, arch, params = step.patcher, step.arch, step.params
+    layer = chunk[0][0]
+    name = space.hook_name(layer)
+    base = patcher.base[name]
+    along, head_along = step.indices_along(chunk, [base.shape[dim] for dim in space.dims])
+    rows = _Rows(step, along, min(index[1] for index in chunk))
+    heads = patcher.arange(head_along.stop)[head_along] if isinstance(
+        head_along, slice
+    ) else head_along
+    n_copies = step.n_copies
+    is_head = patcher.arange(base.shape[2])[None, :] == heads[:, None]  # [K, head]
+    is_head = is_head.reshape(n_copies, 1, 1, -1, 1)
+    patched = torch.where(
+        is_head,
+        rows.of(patcher.source, name).unflatten(0, (n_copies, -1)),
+        rows.of(patcher.base, name).unflatten(0, (n_copies, -1)),
+    ).flatten(0, 1)  # [K * batch, 1, head, d_head]
+    attn = f"blocks.{layer}.attn"
+    if name.endswith("hook_q"):
+        queries = step.queries(layer)
+        q = rows.merge(patched, base[:, step.cache_rows(layer)], queries)
+        k, v = (step.base(f"{attn}.hook_{part}") for part in ("k", "v"))
+        z, _ = functional.mix_heads(
+            q, k, v, queries, arch, patcher.rope(layer), fused=True,
+            qk_norm=functional.qk_norm_of(params, attn, arch), window=arch.window(layer),
+        )
+        patched = rows.pick(z, queries)
+    attn_out = functional.attention_output(params, attn, patched, arch)
+    return _after_attention_row(step, rows, layer, attn_out)
 
 
 def _from_block(step: Step, rows: _Rows, layer: int, new: Tensor) -> Tensor:

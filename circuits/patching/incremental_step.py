@@ -145,17 +145,19 @@ class Step:
         """The chunk's forward pass from its patched activation on; returns the final
         residual stream at the read positions, `[K * batch, n_read, d_model]`."""
         name, layer = _activation_name(space), chunk[0][0]
+        one_row = incremental_rows.run(self, space, chunk)  # one row of the residual changed
+        if one_row is not None:
+            return one_row
         if name == "z" and not self.arch.post_norms:  # heads add up in the residual stream
             return self.after_head_outputs_patched(space, chunk)
-        if name in incremental_rows.ONE_ROW_ACTIVATIONS and space.axes == ("layer", "pos"):
-            return incremental_rows.run(self, name, layer, chunk)
         return self.enter(name, layer, self.patched(space, chunk))
 
     def after_head_outputs_patched(
         self, space: IndexSpace, chunk: Sequence[tuple[int, ...]]
     ) -> Tensor:
-        """The chunk's pass when copy k patches the `z` of the head (and position, for
-        `z_by_pos`) of `chunk[k]`; returns the final residual stream at the read positions.
+        """The chunk's pass when copy k patches the `z` of the head of `chunk[k]` at every
+        position (`z`; `z_by_pos` is `incremental_rows`'s); returns the final residual
+        stream at the read positions.
 
         The attention output is linear in each head's `z`, so patching head h adds
         `(z_source - z_base)[h] @ W_O[h]` to the base run's `resid_mid`: one
@@ -174,12 +176,6 @@ class Step:
         # [K, b * q, d] @ [K, d, m]: one batched product
         added = torch.matmul(change.permute(2, 0, 1, 3).flatten(1, 2), w_o)
         added = added.unflatten(1, change.shape[:2])  # [K, b, q, m]
-        if "pos" in space.axes:
-            at_pos = along[space.axes.index("pos") - 1]
-            if isinstance(at_pos, slice):
-                at_pos = self.patcher.arange(at_pos.stop)[at_pos]
-            at = self.queries(layer)[None, :] == at_pos[:, None]
-            added = added * at[:, None, :, None]
         added = added.flatten(0, 1)  # [K * b, q, m]
         block = f"blocks.{layer}"
         if self.arch.d_mlp is None or self.arch.parallel_attn_mlp:

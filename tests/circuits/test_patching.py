@@ -42,8 +42,11 @@ def test_matches_transformer_lens(model, batch, target, direction, engine) -> No
 
 
 @pytest.mark.parametrize("engine", ["incremental", "hooks"])
-@pytest.mark.parametrize("target", ["resid_pre", "z_by_pos"])
+@pytest.mark.parametrize("target", ["resid_pre", "attn_out", "z_by_pos", "q_by_pos"])
 def test_max_batch_does_not_change_values(model, batch, target, engine) -> None:
+    """Chunks of several indices (for the incremental engine, copies patched at different
+    positions of one pass) give each index the values of a pass of its own."""
+
     def run(max_batch: int) -> Tensor:
         return patch(
             model, batch, target, METRIC, max_batch=max_batch, progress=False, engine=engine
