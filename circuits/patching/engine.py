@@ -18,6 +18,7 @@ the one the metric reads.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -46,6 +47,7 @@ from circuits.patching.targets import (
 from interp import models
 from interp.functional import Architecture
 from interp.metrics import normalise as normalise_metric
+from interp.metrics import reads_position_only
 from interp.tasks.base import TaskBatch
 from interp.validation import check_positive_int
 
@@ -186,6 +188,8 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep, arch: Architectu
     until they fill a pass of the hook engine (`per_pass` copies), so that the full
     `[copy, batch, pos, vocab]` logits the metric sees never outgrow that pass's logits.
     A metric reading logits this engine does not compute (NaN) is caught once, at the end.
+    The library's metrics, which read `batch.position` only, see the logits at the read
+    positions alone (`_compact_batch`): no NaN buffer to fill and no probe.
     """
     batch = sweep.batch
     patcher = IncrementalPatcher(
@@ -198,14 +202,19 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep, arch: Architectu
         arch=arch,
         validate=False,
     )
-    refuse_metric_reading_elsewhere(
-        sweep.metric, batch, patcher.full_logits(patcher.base_logits[None])[0],
-        "the incremental engine", "pass engine='hooks'",
-    )
-    per_copy = CopyMetric(sweep.metric, batch)
+    if reads_position_only(sweep.metric):  # the logits at the read positions suffice
+        as_read = _compact_batch(batch, patcher.read)
+        metric_logits, per_copy_logits = _unchanged, patcher.base_logits.numel()
+    else:
+        refuse_metric_reading_elsewhere(
+            sweep.metric, batch, patcher.full_logits(patcher.base_logits[None])[0],
+            "the incremental engine", "pass engine='hooks'",
+        )
+        as_read, metric_logits = batch, patcher.full_logits
+        per_copy_logits = sweep.base_tokens.numel() * patcher.base_logits.shape[-1]
+    per_copy = CopyMetric(sweep.metric, as_read)
     per_pass = sweep.per_pass
     if sweep.base_tokens.device.type == "cpu":  # see CPU_METRIC_BUFFER
-        per_copy_logits = sweep.base_tokens.numel() * patcher.base_logits.shape[-1]
         per_pass = max(1, min(per_pass, CPU_METRIC_BUFFER // per_copy_logits))
     values: list[Tensor] = []
     pending: list[Tensor] = []  # [copy, batch, n_read, vocab] each, not yet read
@@ -213,7 +222,7 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep, arch: Architectu
     def flush() -> None:
         if pending:
             at_read = pending[0] if len(pending) == 1 else torch.cat(pending)
-            values.append(per_copy(patcher.full_logits(at_read)))
+            values.append(per_copy(metric_logits(at_read)))
             pending.clear()
 
     def read(at_read: Tensor) -> None:
@@ -239,6 +248,18 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep, arch: Architectu
         raise nan_metric_error(sweep.metric, batch, vocab, "the incremental engine",
                                "pass engine='hooks'")
     return every[2:], every[0], every[1]
+
+
+def _compact_batch(batch: TaskBatch, read: Tensor) -> TaskBatch:
+    """`batch` with each `position` replaced by its index among the sorted read positions
+    `read`: for a metric of `interp.metrics` (which reads `batch.position` only) on logits
+    `[batch, n_read, vocab]` of the read positions alone, the values it reads on the full
+    logits, with no `[batch, pos, vocab]` buffer to fill."""
+    return dataclasses.replace(batch, position=torch.searchsorted(read, batch.position))
+
+
+def _unchanged(logits: Tensor) -> Tensor:
+    return logits
 
 
 def _resolve_engine(engine: str, model: TransformerBridge) -> tuple[Engine, Architecture | None]:
