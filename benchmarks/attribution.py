@@ -19,7 +19,10 @@ the mean logit difference (not normalised), 16 induction prompts of 40 tokens:
 
 After each target a line starting with `#` gives the three estimates' correlation and
 root-mean-square error against exact patching on three task seeds (0, 1, 2): one batch
-can flatter any of them. A final line gives the load average.
+can flatter any of them; then one gives, on the same seeds, how many of exact patching's
+10 strongest indices (`top_indices`) lie among each method's 40 strongest, AtP*'s
+GradDrop scores (`attribute(..., grad_drop=True)`, a ranking, not an estimate) included.
+A final line gives the load average.
 `--quick`: 20 training steps, 4 prompts, one seed (CI runs it in seconds).
 """
 
@@ -33,7 +36,7 @@ import torch
 from _common import compare, load_line, parse_args
 from transformer_lens.model_bridge import TransformerBridge
 
-from circuits.attribution import attribute, correlation
+from circuits.attribution import attribute, correlation, top_indices
 from circuits.attribution_qk import QK_TARGETS
 from circuits.patching import PatchingResult, patch
 from interp import models
@@ -52,6 +55,11 @@ ESTIMATES = {"fix": ("AtP* query-key fix", dict(qk_fix=True)),
              "ig": (f"integrated gradients ({IG_STEPS} steps)", dict(ig_steps=IG_STEPS)),
              "plain": ("plain attribution", {})}
 """Each estimate's name in the lines and its `attribute` options."""
+RANKINGS = {**{name: options for name, (_, options) in ESTIMATES.items()},
+            "graddrop": dict(grad_drop=True)}
+"""The `attribute` options of each method whose ranking the recall line checks."""
+TRUE_TOP, CANDIDATES = 10, 40
+"""The recall line: exact patching's `TRUE_TOP` strongest among a method's `CANDIDATES`."""
 
 
 def trained_model(steps: int, device: torch.device) -> tuple[TransformerBridge, object]:
@@ -74,28 +82,36 @@ def rmse(estimate: PatchingResult, exact: PatchingResult) -> float:
     return float((estimate.values - exact.values).square().mean().sqrt())
 
 
-def accuracy_line(model: TransformerBridge, task_config: object, target: str,
-                  n_examples: int, seeds: Sequence[int], device: torch.device) -> str:
+def accuracy_lines(model: TransformerBridge, task_config: object, target: str,
+                   n_examples: int, seeds: Sequence[int], device: torch.device) -> list[str]:
     """`# <target> over task seeds ...: correlation with exact patching AtP* fix ..., IG
-    ..., plain ...; rmse fix ..., IG ..., plain ...`."""
+    ..., plain ...; rmse fix ..., IG ..., plain ...` and `# <target> over task seeds ...:
+    of exact patching's 10 strongest, among each method's 40 strongest: ...`."""
     correlations: dict[str, list[str]] = {name: [] for name in ESTIMATES}
     errors: dict[str, list[str]] = {name: [] for name in ESTIMATES}
+    recalls: dict[str, list[str]] = {name: [] for name in RANKINGS}
     for seed in seeds:
         batch = task_batch(task_config, n_examples, seed, device)
         exact = patch(model, batch, target, METRIC, progress=False)
-        for name, (_, options) in ESTIMATES.items():
+        strongest = set(top_indices(exact, TRUE_TOP))
+        for name, options in RANKINGS.items():
             estimate = attribute(model, batch, target, METRIC, **options)
-            correlations[name].append(f"{correlation(estimate, exact):.2f}")
-            errors[name].append(f"{rmse(estimate, exact):.3f}")
+            recalls[name].append(str(len(strongest & set(top_indices(estimate, CANDIDATES)))))
+            if name in ESTIMATES:
+                correlations[name].append(f"{correlation(estimate, exact):.2f}")
+                errors[name].append(f"{rmse(estimate, exact):.3f}")
 
     def listed(values: dict[str, list[str]]) -> str:
-        return ", ".join(f"{LABELS[name]} {' '.join(values[name])}" for name in ESTIMATES)
+        return ", ".join(f"{LABELS[name]} {' '.join(values[name])}" for name in values)
 
-    return (f"# {target} over task seeds {', '.join(map(str, seeds))}: correlation with "
-            f"exact patching {listed(correlations)}; rmse {listed(errors)}")
+    seeds_named = f"# {target} over task seeds {', '.join(map(str, seeds))}: "
+    return [f"{seeds_named}correlation with exact patching {listed(correlations)}; "
+            f"rmse {listed(errors)}",
+            f"{seeds_named}of exact patching's {TRUE_TOP} strongest, among each method's "
+            f"{CANDIDATES} strongest: {listed(recalls)}"]
 
 
-LABELS = {"fix": "AtP* fix", "ig": "IG", "plain": "plain"}
+LABELS = {"fix": "AtP* fix", "ig": "IG", "plain": "plain", "graddrop": "GradDrop"}
 """Each estimate's short name in the accuracy lines."""
 
 
@@ -123,8 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repeats=int(sizes["repeats"]),
             )
             print(comparison.line(), flush=True)
-        print(accuracy_line(model, task_config, target, int(sizes["n_examples"]),
-                            sizes["seeds"], device), flush=True)  # type: ignore[arg-type]
+        for line in accuracy_lines(model, task_config, target, int(sizes["n_examples"]),
+                                   sizes["seeds"], device):  # type: ignore[arg-type]
+            print(line, flush=True)
     print(load_line(), flush=True)
     return 0
 

@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from circuits.attribution_graddrop import LayerGradientGates, grad_drop_scores
 from circuits.attribution_qk import attribute_qk_fixed
 from circuits.patching.engine import Direction, build_result, model_device
 from circuits.patching.metric import PatchMetric, scalar_metric
@@ -51,6 +52,9 @@ METHOD = "attribution"
 
 IG_METHOD = "attribution_ig"
 """The `PatchingResult.method` of attribution patching with integrated gradients."""
+
+GRAD_DROP_METHOD = "attribution_graddrop"
+"""The `PatchingResult.method` of GradDrop scores (`circuits.attribution_graddrop`)."""
 
 
 def _capture_hook(store: dict[int, Tensor], layer: int) -> Callable[..., Tensor]:
@@ -95,6 +99,7 @@ def attribute(
     qk_fix: bool = False,
     ig_steps: int | None = None,
     max_batch: int = 256,
+    grad_drop: bool = False,
 ) -> PatchingResult:
     """Estimate activation patching of every index of `target` from two forwards and a backward.
 
@@ -127,14 +132,26 @@ def attribute(
             layer (module docstring). None: plain attribution patching.
         max_batch: With `ig_steps`, the most examples in one pass: `max_batch //
             len(batch)` steps at a time (at least one).
+        grad_drop: AtP*'s GradDrop (Kramár et al. 2024; `circuits.attribution_graddrop`):
+            instead of the estimate, a score for ranking indices that plain attribution
+            misses where effects along different paths cancel: the mean magnitude of the
+            estimates under the gradient with each layer's writes to the residual stream
+            dropped in turn (one backward pass per layer). Values are `metric(base) +
+            score`, the score >= 0 whatever the effect's sign, so `top_indices` ranks by
+            it; compare it with `|exact - baseline|`, not with the signed values.
 
     Returns:
         A `PatchingResult` laid out as `patch` lays it out for `target` (`values`
         `[n_layers, ...]`), with `method="attribution"` (`"attribution_qk_fix"` with
-        `qk_fix`, `"attribution_ig"` with `ig_steps`).
+        `qk_fix`, `"attribution_ig"` with `ig_steps`, `"attribution_graddrop"` with
+        `grad_drop`).
     """
-    if qk_fix and ig_steps is not None:
-        raise ValueError("choose qk_fix or ig_steps, not both")
+    chosen = [name for name, on in (("qk_fix", qk_fix), ("ig_steps", ig_steps is not None),
+                                    ("grad_drop", grad_drop)) if on]
+    if len(chosen) > 1:
+        raise ValueError(
+            f"choose one of qk_fix, ig_steps and grad_drop, not {' and '.join(chosen)}"
+        )
     if qk_fix:
         return attribute_qk_fixed(model, batch, target, metric, direction=direction,
                                   normalise=normalise, tokenizer=tokenizer)
@@ -151,6 +168,7 @@ def attribute(
     n_layers = sizes[0]
     source_tokens = batch.clean if direction == "denoise" else batch.corrupted
     hook_names = {space.hook_name(layer): layer for layer in range(n_layers)}
+    gates = LayerGradientGates(model, n_layers) if grad_drop else None
 
     was_training = model.training
     model.eval()
@@ -164,6 +182,8 @@ def attribute(
         del cache
         captured: dict[int, Tensor] = {}
         hooks = [(name, _capture_hook(captured, layer)) for name, layer in hook_names.items()]
+        if gates is not None:
+            hooks += gates.hooks()
         grad_batch = batch.for_autograd()
         grad_tokens = grad_batch.corrupted if direction == "denoise" else grad_batch.clean
         with (
@@ -178,7 +198,9 @@ def attribute(
             missing = sorted(set(range(n_layers)) - set(layers))
             if missing:
                 raise ValueError(f"target {target!r}: the hooks of layers {missing} never ran")
-            if ig_steps is None:
+            if gates is not None:
+                dropped_grads = gates.gradients(base_value, [captured[layer] for layer in layers])
+            elif ig_steps is None:
                 grads = torch.autograd.grad(
                     base_value, [captured[layer] for layer in layers], allow_unused=True
                 )
@@ -191,12 +213,21 @@ def attribute(
             )
         rows = []
         with torch.no_grad():
-            for layer, grad in zip(layers, grads, strict=True):
+            for at, layer in enumerate(layers):
                 base_activation = captured[layer].detach()
-                if grad is None:
-                    grad = torch.zeros_like(base_activation)
                 difference = sources[layer].to(base_activation.dtype) - base_activation
-                rows.append(_reduce((difference * grad).float(), space).cpu())
+
+                def estimate(grad: Tensor | None, difference: Tensor = difference) -> Tensor:
+                    if grad is None:  # the metric does not depend on this activation
+                        return torch.zeros(sizes[1:])
+                    return _reduce((difference * grad).float(), space).cpu()
+
+                if gates is None:
+                    rows.append(estimate(grads[at]))
+                else:
+                    rows.append(grad_drop_scores(
+                        [estimate(by_layer[at]) for by_layer in dropped_grads], n_layers
+                    ))
         base_value = base_value.detach().float()
     finally:
         model.train(was_training)
@@ -210,7 +241,7 @@ def attribute(
     return build_result(
         grid, space, batch, tokenizer, target, direction,
         base_value=base_value, source_value=source_value, normalise=normalise,
-        method=METHOD if ig_steps is None else IG_METHOD,
+        method=GRAD_DROP_METHOD if grad_drop else METHOD if ig_steps is None else IG_METHOD,
     )
 
 

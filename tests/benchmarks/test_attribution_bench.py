@@ -1,6 +1,6 @@
 """Smoke test of benchmarks/attribution.py: the quick run prints, per query and key target,
-the AtP*, integrated-gradients and plain attribution lines against exact patching and an
-accuracy line."""
+the AtP*, integrated-gradients and plain attribution lines against exact patching, an
+accuracy line and a line of each ranking's recall of exact patching's strongest indices."""
 
 from __future__ import annotations
 
@@ -14,16 +14,24 @@ ACCURACY = re.compile(
     r"(?P<fix>-?\d\.\d\d), IG (?P<ig>-?\d\.\d\d), plain (?P<plain>-?\d\.\d\d); "
     r"rmse AtP\* fix \d\.\d{3}, IG \d\.\d{3}, plain \d\.\d{3}$"
 )
+RECALL = re.compile(
+    r"^# (?P<target>\w+) over task seeds 0: of exact patching's 10 strongest, among each "
+    r"method's 40 strongest: AtP\* fix (?P<fix>\d+), IG \d+, plain \d+, GradDrop \d+$"
+)
 
 
 @pytest.mark.slow
 def test_quick_attribution_benchmark_prints_both_estimates_per_target() -> None:
     lines = run_quick("attribution.py")
-    assert len(lines) == 4 * 4 + 1, lines
-    for block, target in zip(range(0, 16, 4), ("q", "k", "q_by_pos", "k_by_pos"), strict=True):
+    assert len(lines) == 4 * 5 + 1, lines
+    for block, target in zip(range(0, 20, 5), ("q", "k", "q_by_pos", "k_by_pos"), strict=True):
         fix, integrated, plain = (LINE.match(line) for line in lines[block:block + 3])
         accuracy = ACCURACY.match(lines[block + 3])
-        assert fix and integrated and plain and accuracy, lines[block:block + 4]
+        recall = RECALL.match(lines[block + 4])
+        assert fix and integrated and plain and accuracy and recall, lines[block:block + 5]
+        assert recall["target"] == target
+        # every index, or exact patching's 10 strongest, among the fix's 40 strongest
+        assert int(recall["fix"]) >= 8, lines[block + 4]
         assert f", {target}, AtP* query-key fix vs exact patching" in fix["what"]
         assert f", {target}, integrated gradients (16 steps) vs exact patching" in integrated[
             "what"]
