@@ -23,15 +23,16 @@ RECALL = re.compile(
 @pytest.mark.slow
 def test_quick_attribution_benchmark_prints_both_estimates_per_target() -> None:
     lines = run_quick("attribution.py")
-    assert len(lines) == 4 * 5 + 1, lines
-    for block, target in zip(range(0, 20, 5), ("q", "k", "q_by_pos", "k_by_pos"), strict=True):
+    assert len(lines) == 4 * 4 + 2 + 1, lines  # recall lines for the by-position targets
+    block = 0
+    for target in ("q", "k", "q_by_pos", "k_by_pos"):
         fix, integrated, plain = (LINE.match(line) for line in lines[block:block + 3])
         accuracy = ACCURACY.match(lines[block + 3])
-        recall = RECALL.match(lines[block + 4])
-        assert fix and integrated and plain and accuracy and recall, lines[block:block + 5]
-        assert recall["target"] == target
-        # every index, or exact patching's 10 strongest, among the fix's 40 strongest
-        assert int(recall["fix"]) >= 8, lines[block + 4]
+        assert fix and integrated and plain and accuracy, lines[block:block + 4]
+        if target.endswith("_by_pos"):  # 320 indices (only 8 by head)
+            recall = RECALL.match(lines[block + 4])
+            assert recall and recall["target"] == target, lines[block + 4]
+            assert int(recall["fix"]) >= 8, lines[block + 4]
         assert f", {target}, AtP* query-key fix vs exact patching" in fix["what"]
         assert f", {target}, integrated gradients (16 steps) vs exact patching" in integrated[
             "what"]
@@ -39,4 +40,5 @@ def test_quick_attribution_benchmark_prints_both_estimates_per_target() -> None:
         assert accuracy["target"] == target
         # the quick model's attention barely saturates: the fix is all but exact there
         assert float(accuracy["fix"]) > 0.95, lines[block + 3]
+        block += 5 if target.endswith("_by_pos") else 4
     assert lines[-1].startswith("# load average "), lines
