@@ -28,8 +28,7 @@ pass over m copies of the batch per layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -37,10 +36,12 @@ from torch import Tensor
 
 from circuits.attribution_graddrop import LayerGradientGates, grad_drop_scores
 from circuits.attribution_qk import attribute_qk_fixed
+from circuits.attribution_runs import functional_runs, hook_runs
 from circuits.patching.engine import Direction, build_result, model_device
 from circuits.patching.metric import PatchMetric, scalar_metric
 from circuits.patching.result import PatchingResult
 from circuits.patching.targets import IndexSpace, check_patchable, index_space
+from interp import functional, models
 from interp.tasks.base import TaskBatch
 from interp.validation import check_positive_int
 
@@ -57,21 +58,35 @@ GRAD_DROP_METHOD = "attribution_graddrop"
 """The `PatchingResult.method` of GradDrop scores (`circuits.attribution_graddrop`)."""
 
 
-def _capture_hook(store: dict[int, Tensor], layer: int) -> Callable[..., Tensor]:
-    """A forward hook that records the activation of `layer` and passes it on unchanged.
+AttributionEngine = Literal["auto", "functional", "hooks"]
 
-    The tensor itself (not a copy) is recorded and returned, so that gradients taken with
-    respect to it cover every use of it, including a skip connection that reads the same
-    tensor (as `hook_resid_mid` does in the bridge).
-    """
 
-    def capture(activation: Tensor, *, hook: Any) -> Tensor:
-        if not activation.requires_grad:
-            activation.requires_grad_(True)  # a leaf: the model's weights are frozen
-        store[layer] = activation
-        return activation
-
-    return capture
+def _attribution_engine(
+    engine: str, model: TransformerBridge, space: IndexSpace, ig_steps: int | None
+) -> functional.Architecture | Literal["hooks"]:
+    """The model's architecture where the runs go through `interp.functional`, else
+    "hooks"; `engine="functional"` where it cannot is a one-line ValueError."""
+    if engine not in ("auto", "functional", "hooks"):
+        raise ValueError(f"engine must be 'auto', 'functional' or 'hooks', got {engine!r}")
+    if engine == "hooks":
+        return "hooks"
+    try:
+        arch, reason = functional.architecture_of(model), None
+    except ValueError as error:
+        arch, reason = None, str(error)
+    if arch is not None and ig_steps is not None:
+        arch, reason = None, "ig_steps writes through the bridge's hooks"
+    if arch is not None and space.hook.endswith("hook_pattern"):
+        # (interp.functional records the pattern after mixing the values with it)
+        arch, reason = None, "the pattern target needs the bridge's hooks"
+    if arch is not None and models.attached_hooks(model):
+        arch, reason = None, "hooks are attached to the model, which it would not run"
+    if arch is None:
+        if engine == "functional":
+            raise ValueError(f"engine='functional' cannot run here: {reason}; use 'hooks' or "
+                             "'auto'")
+        return "hooks"
+    return arch
 
 
 def _reduce(product: Float[Tensor, "batch ..."], space: IndexSpace) -> Float[Tensor, "..."]:
@@ -100,6 +115,7 @@ def attribute(
     ig_steps: int | None = None,
     max_batch: int = 256,
     grad_drop: bool = False,
+    engine: AttributionEngine = "auto",
 ) -> PatchingResult:
     """Estimate activation patching of every index of `target` from two forwards and a backward.
 
@@ -139,6 +155,12 @@ def attribute(
             dropped in turn (one backward pass per layer). Values are `metric(base) +
             score`, the score >= 0 whatever the effect's sign, so `top_indices` ranks by
             it; compare it with `|exact - baseline|`, not with the signed values.
+        engine: How the two runs are made (`circuits.attribution_runs`): `"functional"`
+            through `interp.functional` (the incremental patching engine's arithmetic; no
+            hook bookkeeping, and no graph before the first target layer), `"hooks"`
+            through the bridge's hooks, on any bridge; `"auto"` takes the first where the
+            model allows it (a covered architecture, no hooks of the user's attached) and
+            neither `ig_steps` nor the `pattern` target asks for the hooks.
 
     Returns:
         A `PatchingResult` laid out as `patch` lays it out for `target` (`values`
@@ -166,48 +188,36 @@ def attribute(
     n_pos = batch.clean.shape[1]
     sizes = space.sizes(model, n_pos)
     n_layers = sizes[0]
-    source_tokens = batch.clean if direction == "denoise" else batch.corrupted
     hook_names = {space.hook_name(layer): layer for layer in range(n_layers)}
     gates = LayerGradientGates(model, n_layers) if grad_drop else None
 
+    engine = _attribution_engine(engine, model, space, ig_steps)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            source_logits, cache = model.run_with_cache(
-                source_tokens, names_filter=lambda name: name in hook_names
-            )
-            sources = {layer: cache[name].clone() for name, layer in hook_names.items()}
-            source_value = scalar_metric(metric, source_logits, batch).detach().float()
-        del cache
-        captured: dict[int, Tensor] = {}
-        hooks = [(name, _capture_hook(captured, layer)) for name, layer in hook_names.items()]
-        if gates is not None:
-            hooks += gates.hooks()
         grad_batch = batch.for_autograd()
-        grad_tokens = grad_batch.corrupted if direction == "denoise" else grad_batch.clean
-        with (
-            torch.inference_mode(False),
-            torch.enable_grad(),
-            model.hooks(fwd_hooks=hooks),
-        ):
-            base_value = scalar_metric(metric, model(grad_tokens), grad_batch)
-            if not base_value.requires_grad:
-                raise ValueError("the metric is not differentiable in the model's logits")
-            layers = sorted(captured)
-            missing = sorted(set(range(n_layers)) - set(layers))
-            if missing:
-                raise ValueError(f"target {target!r}: the hooks of layers {missing} never ran")
-            if gates is not None:
-                dropped_grads = gates.gradients(base_value, [captured[layer] for layer in layers])
-            elif ig_steps is None:
-                grads = torch.autograd.grad(
-                    base_value, [captured[layer] for layer in layers], allow_unused=True
-                )
-        if ig_steps is not None:  # (the capture hooks are gone: each layer in turn)
+        base_tokens, source_tokens = (
+            (grad_batch.corrupted, grad_batch.clean) if direction == "denoise"
+            else (grad_batch.clean, grad_batch.corrupted)
+        )
+        if isinstance(engine, functional.Architecture):
+            runs = functional_runs(model, engine, hook_names, base_tokens, source_tokens,
+                                   grad_batch, metric, gates)
+        else:
+            runs = hook_runs(model, hook_names, base_tokens, source_tokens, grad_batch,
+                             metric, gates)
+        sources, captured, base_value = runs.sources, runs.bases, runs.base_value
+        layers = sorted(captured)
+        if gates is not None:
+            dropped_grads = gates.gradients(base_value, [captured[layer] for layer in layers])
+        elif ig_steps is None:
+            grads = torch.autograd.grad(
+                base_value, [captured[layer] for layer in layers], allow_unused=True
+            )
+        else:  # through the bridge's hooks, each layer in turn
             grads = tuple(
                 _integrated_gradient(model, space.hook_name(layer), captured[layer].detach(),
-                                     sources[layer], grad_tokens, grad_batch, metric,
+                                     sources[layer], base_tokens, grad_batch, metric,
                                      ig_steps, max_batch)
                 for layer in layers
             )
@@ -240,7 +250,7 @@ def attribute(
         )
     return build_result(
         grid, space, batch, tokenizer, target, direction,
-        base_value=base_value, source_value=source_value, normalise=normalise,
+        base_value=base_value, source_value=runs.source_value, normalise=normalise,
         method=GRAD_DROP_METHOD if grad_drop else METHOD if ig_steps is None else IG_METHOD,
     )
 

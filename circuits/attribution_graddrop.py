@@ -21,7 +21,7 @@ Costs one forward pass with gradients and L backward passes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -64,13 +64,28 @@ class LayerGradientGates:
         return [(name, self._gate(layer)) for layer, names in self.names.items()
                 for name in names]
 
+    def gate_cache(self, cache: Mapping[str, Tensor]) -> None:
+        """Gate the writes recorded in `cache` by a forward pass already run (through
+        `interp.functional`, whose cached tensors are the ones the pass went on with).
+        Writes that do not require grad come before every input of the gradients: dropping
+        them changes nothing."""
+        for layer, names in self.names.items():
+            for name in names:
+                if name not in cache:
+                    raise ValueError(f"grad_drop: the forward pass recorded no {name}")
+                self._gate_tensor(layer, cache[name])
+            self.seen.add(layer)
+
+    def _gate_tensor(self, layer: int, activation: Tensor) -> None:
+        if activation.requires_grad:
+            activation.register_hook(
+                lambda grad: torch.zeros_like(grad) if self.dropped == layer else None
+            )
+
     def _gate(self, layer: int) -> Callable[..., Tensor]:
         def gate(activation: Tensor, *, hook: Any) -> Tensor:
-            if activation.requires_grad:
-                activation.register_hook(
-                    lambda grad: torch.zeros_like(grad) if self.dropped == layer else None
-                )
-                self.seen.add(layer)
+            self._gate_tensor(layer, activation)  # (a write before every input: no grad)
+            self.seen.add(layer)
             return activation
 
         return gate

@@ -18,7 +18,6 @@ the one the metric reads.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +33,7 @@ from circuits.patching.incremental import IncrementalPatcher
 from circuits.patching.metric import (
     CopyMetric,
     PatchMetric,
+    at_read_positions,
     nan_metric_error,
     refuse_metric_reading_elsewhere,
 )
@@ -189,7 +189,7 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep, arch: Architectu
     `[copy, batch, pos, vocab]` logits the metric sees never outgrow that pass's logits.
     A metric reading logits this engine does not compute (NaN) is caught once, at the end.
     The library's metrics, which read `batch.position` only, see the logits at the read
-    positions alone (`_compact_batch`): no NaN buffer to fill and no probe.
+    positions alone (`metric.at_read_positions`): no NaN buffer to fill and no probe.
     """
     batch = sweep.batch
     patcher = IncrementalPatcher(
@@ -203,7 +203,7 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep, arch: Architectu
         validate=False,
     )
     if reads_position_only(sweep.metric):  # the logits at the read positions suffice
-        as_read = _compact_batch(batch, patcher.read)
+        as_read = at_read_positions(batch, patcher.read)
         metric_logits, per_copy_logits = _unchanged, patcher.base_logits.numel()
     else:
         refuse_metric_reading_elsewhere(
@@ -248,14 +248,6 @@ def _incremental_sweep(model: TransformerBridge, sweep: _Sweep, arch: Architectu
         raise nan_metric_error(sweep.metric, batch, vocab, "the incremental engine",
                                "pass engine='hooks'")
     return every[2:], every[0], every[1]
-
-
-def _compact_batch(batch: TaskBatch, read: Tensor) -> TaskBatch:
-    """`batch` with each `position` replaced by its index among the sorted read positions
-    `read`: for a metric of `interp.metrics` (which reads `batch.position` only) on logits
-    `[batch, n_read, vocab]` of the read positions alone, the values it reads on the full
-    logits, with no `[batch, pos, vocab]` buffer to fill."""
-    return dataclasses.replace(batch, position=torch.searchsorted(read, batch.position))
 
 
 def _unchanged(logits: Tensor) -> Tensor:

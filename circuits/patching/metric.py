@@ -9,6 +9,7 @@ reads other positions.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 
@@ -105,6 +106,14 @@ class CopyMetric:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def at_read_positions(batch: TaskBatch, read: Tensor) -> TaskBatch:
+    """`batch` with each `position` replaced by its index among the sorted read positions
+    `read`: for a metric of `interp.metrics` (which reads `batch.position` only, see
+    `interp.metrics.reads_position_only`) on logits `[batch, n_read, vocab]` of the read
+    positions alone, the values it reads on the full logits."""
+    return dataclasses.replace(batch, position=torch.searchsorted(read, batch.position))
 
 
 def nan_metric_error(

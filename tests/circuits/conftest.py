@@ -1,5 +1,6 @@
 """Fixtures shared by the patching and attribution tests: a tiny LayerNorm model and a
-batch whose clean and corrupted prompts differ at positions 2 and 4 only."""
+batch whose clean and corrupted prompts differ at positions 2 and 4 only; a batch for the
+MiniLM package model (cat / dog)."""
 
 from __future__ import annotations
 
@@ -38,4 +39,22 @@ def batch() -> TaskBatch:
         answer=torch.tensor([1, 2, 3]),
         wrong=torch.tensor([4, 5, 6]),
         position=torch.tensor([5, 5, 4]),
+    )
+
+
+@pytest.fixture(scope="module")
+def minilm_batch(minilm) -> TaskBatch:
+    tokenizer = minilm.tokenizer
+    clean = tokenizer("the cat sat on the mat", return_tensors="pt")["input_ids"]
+    corrupted = tokenizer("the dog sat on the mat", return_tensors="pt")["input_ids"]
+    clean2 = tokenizer("a cat ran to the door", return_tensors="pt")["input_ids"]
+    corrupted2 = tokenizer("a dog ran to the door", return_tensors="pt")["input_ids"]
+    assert clean.shape == corrupted.shape == clean2.shape == corrupted2.shape
+    cat, dog = tokenizer.convert_tokens_to_ids(["cat", "dog"])
+    return TaskBatch(
+        clean=torch.cat([clean, clean2]),
+        corrupted=torch.cat([corrupted, corrupted2]),
+        answer=torch.tensor([cat, cat]),
+        wrong=torch.tensor([dog, dog]),
+        position=torch.tensor([3, 3]),
     )

@@ -11,6 +11,7 @@ import transformer_lens.patching as tl_patching
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from circuits.patching import TARGETS
 from interp.metrics import logit_diff, mean_metric
 from interp.tasks.base import TaskBatch
 
@@ -100,3 +101,21 @@ def assert_leaves_model_as_it_was(
         assert torch.equal(weight, weights[name]), name
     assert all(weight.grad is None for weight in model.parameters())
     assert_no_hooks(model)
+
+
+def metric_with_scaled_patch(
+    model: TransformerBridge, batch: TaskBatch, target: str, index: tuple[int, ...], eps: float
+) -> float:
+    """Denoising metric with `a_base + eps * (a_clean - a_base)` written at one index."""
+    space = TARGETS[target]  # (in place, as patching writes: every alias of it sees it)
+    layer, *rest = index
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch.clean)
+        source = cache[space.hook_name(layer)].clone()
+
+    def write(activation: Tensor, *, hook) -> Tensor:
+        space.setter(activation, tuple(rest), activation + eps * (source - activation))
+        return activation
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(space.hook_name(layer), write)]):
+        return float(METRIC(model(batch.corrupted), batch))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from patching_reference import metric_with_scaled_patch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -72,24 +73,6 @@ def test_correlates_with_exact_patching_under_layer_norm(model, batch, target, f
     approx = attribute(model, batch, target, METRIC)
     reference = exact(model, batch, target)
     assert correlation(approx, reference) > floor
-
-
-def metric_with_scaled_patch(
-    model: TransformerBridge, batch: TaskBatch, target: str, index: tuple[int, ...], eps: float
-) -> float:
-    """Denoising metric with `a_base + eps * (a_clean - a_base)` written at one index."""
-    space = TARGETS[target]
-    layer, *rest = index
-    with torch.no_grad():
-        _, cache = model.run_with_cache(batch.clean)
-        source = cache[space.hook_name(layer)].clone()
-
-    def write(activation: Tensor, *, hook) -> Tensor:
-        space.setter(activation, tuple(rest), activation + eps * (source - activation))
-        return activation
-
-    with torch.no_grad(), model.hooks(fwd_hooks=[(space.hook_name(layer), write)]):
-        return float(METRIC(model(batch.corrupted), batch))
 
 
 @pytest.mark.parametrize(

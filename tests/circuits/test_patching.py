@@ -393,24 +393,6 @@ def test_frame_and_save_load_round_trip(model, batch, tmp_path: Path) -> None:
     assert loaded.metric_clean == result.metric_clean and loaded.target == "z_by_pos"
 
 
-@pytest.fixture(scope="module")
-def minilm_batch(minilm) -> TaskBatch:
-    tokenizer = minilm.tokenizer
-    clean = tokenizer("the cat sat on the mat", return_tensors="pt")["input_ids"]
-    corrupted = tokenizer("the dog sat on the mat", return_tensors="pt")["input_ids"]
-    clean2 = tokenizer("a cat ran to the door", return_tensors="pt")["input_ids"]
-    corrupted2 = tokenizer("a dog ran to the door", return_tensors="pt")["input_ids"]
-    assert clean.shape == corrupted.shape == clean2.shape == corrupted2.shape
-    cat, dog = tokenizer.convert_tokens_to_ids(["cat", "dog"])
-    return TaskBatch(
-        clean=torch.cat([clean, clean2]),
-        corrupted=torch.cat([corrupted, corrupted2]),
-        answer=torch.tensor([cat, cat]),
-        wrong=torch.tensor([dog, dog]),
-        position=torch.tensor([3, 3]),
-    )
-
-
 @pytest.mark.parametrize(
     "target, direction",
     [(target, "denoise") for target in sorted(REFERENCES) if target != "pattern"]

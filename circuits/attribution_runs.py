@@ -1,0 +1,152 @@
+"""The two runs attribution patching reads (`circuits.attribution.attribute`): the source
+run's activations of a target, and the base run's with the graph from them to the metric.
+
+Two ways to make them, with the same values (tests/circuits/test_attribution_engines.py):
+
+- `functional_runs`, through `interp.functional` (the arithmetic of the incremental
+  patching engine, equal to the bridge's): no hook bookkeeping, the graph starts at the
+  earliest target activation (the weights are detached: nothing before the first patched
+  layer is kept for the backward pass), and for the metrics of `interp.metrics` only the
+  read positions are unembedded. For the models `interp.functional` covers.
+- `hook_runs`, through the bridge's hooks, on any `TransformerBridge` (BERT-style models,
+  or a model with hooks of the user's attached, which the functional runs would skip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from circuits.attribution_graddrop import LayerGradientGates
+from circuits.patching.metric import PatchMetric, at_read_positions, scalar_metric
+from interp import functional
+from interp.metrics import reads_position_only
+from interp.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+
+@dataclass
+class AttributionRuns:
+    """The source and base activations of the target at each layer and the two metrics."""
+
+    sources: dict[int, Tensor]
+    """Layer -> the source run's activation, no graph."""
+    bases: dict[int, Tensor]
+    """Layer -> the base run's activation, which `base_value`'s graph reads."""
+    base_value: Tensor
+    """The metric on the base run, 0-d, with its graph."""
+    source_value: Tensor
+    """The metric on the source run, 0-d float, detached."""
+
+
+def _not_differentiable() -> ValueError:
+    return ValueError("the metric is not differentiable in the model's logits")
+
+
+def _capture_hook(store: dict[int, Tensor], layer: int) -> Callable[..., Tensor]:
+    """A forward hook that records the activation of `layer` and passes it on unchanged.
+
+    The tensor itself (not a copy) is recorded and returned, so that gradients taken with
+    respect to it cover every use of it, including a skip connection that reads the same
+    tensor (as `hook_resid_mid` does in the bridge).
+    """
+
+    def capture(activation: Tensor, *, hook: Any) -> Tensor:
+        if not activation.requires_grad:
+            activation.requires_grad_(True)  # a leaf: the model's weights are frozen
+        store[layer] = activation
+        return activation
+
+    return capture
+
+
+def hook_runs(
+    model: TransformerBridge,
+    hook_names: Mapping[str, int],
+    base_tokens: Tensor,
+    source_tokens: Tensor,
+    batch: TaskBatch,
+    metric: PatchMetric,
+    gates: LayerGradientGates | None,
+) -> AttributionRuns:
+    """Both runs through the bridge and its hooks (`hook_names`: hook name -> layer);
+    `gates` (GradDrop) sit on the base run's writes. `batch` must be `for_autograd`."""
+    with torch.inference_mode():
+        source_logits, cache = model.run_with_cache(
+            source_tokens, names_filter=lambda name: name in hook_names
+        )
+        sources = {layer: cache[name].clone() for name, layer in hook_names.items()}
+        source_value = scalar_metric(metric, source_logits, batch).detach().float()
+    del cache
+    captured: dict[int, Tensor] = {}
+    hooks = [(name, _capture_hook(captured, layer)) for name, layer in hook_names.items()]
+    if gates is not None:
+        hooks += gates.hooks()
+    with torch.inference_mode(False), torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+        base_value = scalar_metric(metric, model(base_tokens), batch)
+    if not base_value.requires_grad:
+        raise _not_differentiable()
+    missing = sorted(set(hook_names.values()) - set(captured))
+    if missing:
+        raise ValueError(f"the hooks of layers {missing} never ran")
+    return AttributionRuns(sources, captured, base_value, source_value)
+
+
+class _GradientCache(dict[str, Tensor]):
+    """A cache for `interp.functional.forward` that makes each activation it is given under
+    a name of `wanted` require grad as it is recorded: the forward pass goes on from that
+    same tensor, so that the graph starts there (the weights being detached)."""
+
+    def __init__(self, wanted: set[str]) -> None:
+        super().__init__()
+        self.wanted = wanted
+
+    def __setitem__(self, name: str, value: Tensor) -> None:
+        if name in self.wanted and not value.requires_grad:
+            value.requires_grad_(True)
+        super().__setitem__(name, value)
+
+
+def functional_runs(
+    model: TransformerBridge,
+    arch: functional.Architecture,
+    hook_names: Mapping[str, int],
+    base_tokens: Tensor,
+    source_tokens: Tensor,
+    batch: TaskBatch,
+    metric: PatchMetric,
+    gates: LayerGradientGates | None,
+) -> AttributionRuns:
+    """Both runs through `interp.functional` on `model`'s weights (`arch`: its
+    architecture); `gates` (GradDrop) are put on the base run's writes. `batch` must be
+    `for_autograd`; the tokens were checked against the model."""
+    read: dict[str, Tensor] = {}
+    with torch.inference_mode(False):  # (normal tensors, which autograd may save)
+        params = {name: tensor.detach() for name, tensor in functional.live_params(model).items()}
+        if reads_position_only(metric):  # unembed the read positions alone
+            read["logit_positions"] = torch.unique(batch.position)
+            batch = at_read_positions(batch, read["logit_positions"])
+    with torch.inference_mode():
+        cache: dict[str, Tensor] = {}
+        source_logits = functional.forward(params, source_tokens, arch, cache=cache,
+                                           validate=False, **read)
+        sources = {layer: cache[name].clone() for name, layer in hook_names.items()}
+        source_value = scalar_metric(metric, source_logits, batch).detach().float()
+    del cache
+    with torch.inference_mode(False), torch.enable_grad():
+        base = _GradientCache(set(hook_names))
+        logits = functional.forward(params, base_tokens, arch, cache=base, validate=False,
+                                    **read)
+        base_value = scalar_metric(metric, logits, batch)
+    if not base_value.requires_grad:
+        raise _not_differentiable()
+    if gates is not None:
+        gates.gate_cache(base)
+    bases = {layer: base[name] for name, layer in hook_names.items()}
+    return AttributionRuns(sources, bases, base_value, source_value)
