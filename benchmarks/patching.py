@@ -44,6 +44,9 @@ patching (`circuits.attribution.attribute`: two forward passes and one backward 
 set against our exact patching as the reference, with the Pearson correlation of the two
 grids in the line; its max |diff| is the first-order approximation's error, not a bug.
 Otherwise max |diff| is between the two value tensors (`[layer, pos]` and `[layer, head]`).
+A third line per target times attribution patching's runs through `interp.functional`
+(`attribute`'s default where it covers the model) against its runs through the bridge's
+hooks (`engine="hooks"`); max |diff| is between their estimates.
 After each comparison a line starting with `# ` counts the aten ops and host syncs one
 more call of each side dispatches (`interp.dispatch_count`; "not views" are about the
 kernel launches): where a GPU is bound by launches, as with small models, the speedup
@@ -223,9 +226,12 @@ def ours(model: TransformerBridge, batch: TaskBatch, target: str, max_batch: int
     return exact(model, batch, target, max_batch).values
 
 
-def attribution(model: TransformerBridge, batch: TaskBatch, target: str) -> PatchingResult:
-    """Attribution patching of `target` (denoising): two forward passes and one backward."""
-    return attribute(model, batch, target, mean_metric(logit_diff))
+def attribution(
+    model: TransformerBridge, batch: TaskBatch, target: str, engine: str = "auto"
+) -> PatchingResult:
+    """Attribution patching of `target` (denoising): two forward passes and one backward
+    (`engine`: through `interp.functional` where it covers the model, or the hooks)."""
+    return attribute(model, batch, target, mean_metric(logit_diff), engine=engine)  # type: ignore[arg-type]
 
 
 def reference(model: TransformerBridge, batch: TaskBatch, target: str) -> Tensor:
@@ -285,6 +291,14 @@ def compare_model(
             device=device,
             repeats=sizes.repeats,
             count_ops=True,
+        )
+        yield compare(
+            f"{shape.label()}, {sizes.n_examples}x{sizes.n_pos} tokens, {target} "
+            "attribution, runs through interp.functional (ours) vs through the bridge's hooks",
+            lambda target=target: attribution(model, batch, target).values,
+            lambda target=target: attribution(model, batch, target, "hooks").values,
+            device=device,
+            repeats=sizes.repeats,
         )
 
 
