@@ -64,15 +64,6 @@ class _Rows:
         mask = mask.reshape(n_copies, 1, len(positions), *([1] * (base.ndim - 2)))
         return torch.where(mask, new.unflatten(0, (n_copies, -1)), base).flatten(0, 1)
 
-    def pick(self, full: Tensor, positions: Tensor) -> Tensor:
-        """Copy k's row at its patched position from `full` (`[K * batch, n, ...]`, at
-        `positions`, which run consecutively), `[K * batch, 1, ...]`; any row where the
-        patch changes nothing (`merge` ignores it)."""
-        n_copies = self.step.n_copies
-        offset = (self.at - positions[0]).clamp(0, len(positions) - 1)
-        copies = self.step.patcher.arange(n_copies)
-        return full.unflatten(0, (n_copies, -1))[copies, :, offset].flatten(0, 1).unsqueeze(1)
-
 
 def run(step: Step, space: IndexSpace, chunk: Sequence[tuple[int, ...]]) -> Tensor | None:
     """The chunk's pass when copy k patches `chunk[k]` of `space` from the source run, if
@@ -84,10 +75,7 @@ def run(step: Step, space: IndexSpace, chunk: Sequence[tuple[int, ...]]) -> Tens
         positions = [index[1] for index in chunk]
         rows = _Rows(step, step.along(positions), min(positions))
         return _after_residual_row(step, rows, name, layer)
-    heads_at_position = space.axes == ("layer", "pos", "head") and (
-        name == "z" or (name == "q" and layer < step.arch.n_layers - 1)
-    )
-    if heads_at_position:
+    if space.axes == ("layer", "pos", "head") and name in ("z", "q"):
         return _after_heads_at_position(step, space, chunk)
     return None
 
@@ -135,7 +123,8 @@ def _after_heads_at_position(
 ) -> Tensor:
     """The pass when copy k patches the `z` or `q` of head `chunk[k][2]` at position
     `chunk[k][1]`: the attention's output changes at that row only. A patched `q` changes
-    that query's attention, computed with every query of the block (one fused kernel)."""
+    that query's attention: the copies' queries, each at its own position, attend to the
+    base run's keys and values as the queries of one attention (no copy of the keys)."""
     patcher, arch, params = step.patcher, step.arch, step.params
     layer = chunk[0][0]
     name = space.hook_name(layer)
@@ -154,15 +143,14 @@ def _after_heads_at_position(
         rows.of(patcher.base, name).unflatten(0, (n_copies, -1)),
     ).flatten(0, 1)  # [K * batch, 1, head, d_head]
     attn = f"blocks.{layer}.attn"
-    if name.endswith("hook_q"):
-        queries = step.queries(layer)
-        q = rows.merge(patched, base[:, step.cache_rows(layer)], queries)
-        k, v = (step.base(f"{attn}.hook_{part}") for part in ("k", "v"))
+    if name.endswith("hook_q"):  # each copy's query is one query of the base run's keys
+        q = patched.unflatten(0, (n_copies, -1)).squeeze(2).transpose(0, 1)  # [b, K, h, d]
+        k, v = (patcher.base[f"{attn}.hook_{part}"] for part in ("k", "v"))
         z, _ = functional.mix_heads(
-            q, k, v, queries, arch, patcher.rope(layer), fused=True,
+            q, k, v, rows.at.clamp(min=0), arch, patcher.rope(layer), fused=True,
             qk_norm=functional.qk_norm_of(params, attn, arch), window=arch.window(layer),
-        )
-        patched = rows.pick(z, queries)
+        )  # (a copy at -1 changes nothing: `merge` ignores its row)
+        patched = z.transpose(0, 1).flatten(0, 1).unsqueeze(1)
     attn_out = functional.attention_output(params, attn, patched, arch)
     return _after_attention_row(step, rows, layer, attn_out)
 
