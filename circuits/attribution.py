@@ -36,9 +36,15 @@ from torch import Tensor
 
 from circuits.attribution_graddrop import LayerGradientGates, grad_drop_scores
 from circuits.attribution_qk import attribute_qk_fixed
-from circuits.attribution_runs import functional_runs, hook_runs
+from circuits.attribution_runs import (
+    functional_passes,
+    functional_runs,
+    hook_runs,
+    hooked_passes,
+    integrated_gradient,
+)
 from circuits.patching.engine import Direction, build_result, model_device
-from circuits.patching.metric import PatchMetric, scalar_metric
+from circuits.patching.metric import PatchMetric
 from circuits.patching.result import PatchingResult
 from circuits.patching.targets import IndexSpace, check_patchable, index_space
 from interp import functional, models
@@ -62,7 +68,7 @@ AttributionEngine = Literal["auto", "functional", "hooks"]
 
 
 def _attribution_engine(
-    engine: str, model: TransformerBridge, space: IndexSpace, ig_steps: int | None
+    engine: str, model: TransformerBridge, space: IndexSpace
 ) -> functional.Architecture | Literal["hooks"]:
     """The model's architecture where the runs go through `interp.functional`, else
     "hooks"; `engine="functional"` where it cannot is a one-line ValueError."""
@@ -74,8 +80,6 @@ def _attribution_engine(
         arch, reason = functional.architecture_of(model), None
     except ValueError as error:
         arch, reason = None, str(error)
-    if arch is not None and ig_steps is not None:
-        arch, reason = None, "ig_steps writes through the bridge's hooks"
     if arch is not None and space.hook.endswith("hook_pattern"):
         # (interp.functional records the pattern after mixing the values with it)
         arch, reason = None, "the pattern target needs the bridge's hooks"
@@ -155,12 +159,12 @@ def attribute(
             dropped in turn (one backward pass per layer). Values are `metric(base) +
             score`, the score >= 0 whatever the effect's sign, so `top_indices` ranks by
             it; compare it with `|exact - baseline|`, not with the signed values.
-        engine: How the two runs are made (`circuits.attribution_runs`): `"functional"`
-            through `interp.functional` (the incremental patching engine's arithmetic; no
-            hook bookkeeping, and no graph before the first target layer), `"hooks"`
-            through the bridge's hooks, on any bridge; `"auto"` takes the first where the
-            model allows it (a covered architecture, no hooks of the user's attached) and
-            neither `ig_steps` nor the `pattern` target asks for the hooks.
+        engine: How the runs are made (`circuits.attribution_runs`), those of
+            `ig_steps` too: `"functional"` through `interp.functional` (the incremental
+            patching engine's arithmetic; no hook bookkeeping, and no graph before the
+            first target layer), `"hooks"` through the bridge's hooks, on any bridge;
+            `"auto"` takes the first where the model allows it (a covered architecture, no
+            hooks of the user's attached) and the target is not `pattern`.
 
     Returns:
         A `PatchingResult` laid out as `patch` lays it out for `target` (`values`
@@ -191,7 +195,7 @@ def attribute(
     hook_names = {space.hook_name(layer): layer for layer in range(n_layers)}
     gates = LayerGradientGates(model, n_layers) if grad_drop else None
 
-    engine = _attribution_engine(engine, model, space, ig_steps)
+    engine = _attribution_engine(engine, model, space)
     was_training = model.training
     model.eval()
     try:
@@ -214,11 +218,12 @@ def attribute(
             grads = torch.autograd.grad(
                 base_value, [captured[layer] for layer in layers], allow_unused=True
             )
-        else:  # through the bridge's hooks, each layer in turn
+        else:  # each layer in turn
+            passes = (hooked_passes(model, grad_batch) if engine == "hooks"
+                      else functional_passes(model, engine, metric, grad_batch))
             grads = tuple(
-                _integrated_gradient(model, space.hook_name(layer), captured[layer].detach(),
-                                     sources[layer], base_tokens, grad_batch, metric,
-                                     ig_steps, max_batch)
+                integrated_gradient(passes, space.hook_name(layer), captured[layer].detach(),
+                                    sources[layer], base_tokens, metric, ig_steps, max_batch)
                 for layer in layers
             )
         rows = []
@@ -253,48 +258,6 @@ def attribute(
         base_value=base_value, source_value=runs.source_value, normalise=normalise,
         method=GRAD_DROP_METHOD if grad_drop else METHOD if ig_steps is None else IG_METHOD,
     )
-
-
-def _integrated_gradient(
-    model: TransformerBridge,
-    hook_name: str,
-    base: Tensor,
-    source: Tensor,
-    tokens: Tensor,
-    batch: TaskBatch,
-    metric: PatchMetric,
-    steps: int,
-    max_batch: int,
-) -> Tensor:
-    """The gradient of the metric at `hook_name`, averaged over the activations
-    `base + alpha (source - base)` written there for alpha at the midpoints of `steps`
-    equal parts of [0, 1], `[batch, ...]` like `base`. Each pass runs several alphas as
-    copies of the batch (at most `max_batch` examples); the metric is read on each copy's
-    own examples and the copies' values summed, so each copy's gradient is its own."""
-    n_examples = len(tokens)
-    per_pass = max(1, max_batch // n_examples)
-    alphas = (torch.arange(steps, device=base.device, dtype=torch.float64) + 0.5) / steps
-    difference = source.to(base.dtype) - base
-    total = torch.zeros_like(base)
-    for chunk in alphas.split(per_pass):
-        with torch.inference_mode(False), torch.enable_grad():
-            shape = (len(chunk),) + (1,) * base.ndim
-            points = (base + chunk.to(base.dtype).view(shape) * difference).flatten(0, 1)
-            points.requires_grad_(True)
-
-            def interpolate(activation: Tensor, *, hook: Any, points: Tensor = points) -> Tensor:
-                # in place, as patching writes: a bridge's skip connection may read the
-                # tensor the hook saw (`hook_resid_mid`), not the one it returns
-                return activation.copy_(points)
-
-            with model.hooks(fwd_hooks=[(hook_name, interpolate)]):
-                logits = model(tokens.repeat(len(chunk), 1))
-            value = sum(scalar_metric(metric, copy, batch)
-                        for copy in logits.split(n_examples))
-            (grad,) = torch.autograd.grad(value, points, allow_unused=True)
-        if grad is not None:  # (None: the metric does not read this activation)
-            total += grad.unflatten(0, (len(chunk), n_examples)).sum(0)
-    return total / steps
 
 
 def correlation(approx: PatchingResult, exact: PatchingResult) -> float:

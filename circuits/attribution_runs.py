@@ -126,12 +126,7 @@ def functional_runs(
     """Both runs through `interp.functional` on `model`'s weights (`arch`: its
     architecture); `gates` (GradDrop) are put on the base run's writes. `batch` must be
     `for_autograd`; the tokens were checked against the model."""
-    read: dict[str, Tensor] = {}
-    with torch.inference_mode(False):  # (normal tensors, which autograd may save)
-        params = {name: tensor.detach() for name, tensor in functional.live_params(model).items()}
-        if reads_position_only(metric):  # unembed the read positions alone
-            read["logit_positions"] = torch.unique(batch.position)
-            batch = at_read_positions(batch, read["logit_positions"])
+    params, read, batch = _functional_inputs(model, metric, batch)
     with torch.inference_mode():
         cache: dict[str, Tensor] = {}
         source_logits = functional.forward(params, source_tokens, arch, cache=cache,
@@ -150,3 +145,111 @@ def functional_runs(
         gates.gate_cache(base)
     bases = {layer: base[name] for name, layer in hook_names.items()}
     return AttributionRuns(sources, bases, base_value, source_value)
+
+
+def _functional_inputs(
+    model: TransformerBridge, metric: PatchMetric, batch: TaskBatch
+) -> tuple[dict[str, Tensor], dict[str, Tensor], TaskBatch]:
+    """`model`'s weights, detached; `functional.forward`'s `logit_positions` (the read
+    positions alone, for the metrics of `interp.metrics`) and the batch the metric then
+    reads (positions remapped to them), all normal tensors, which autograd may save."""
+    read: dict[str, Tensor] = {}
+    with torch.inference_mode(False):
+        params = {name: tensor.detach() for name, tensor in functional.live_params(model).items()}
+        if reads_position_only(metric):  # unembed the read positions alone
+            read["logit_positions"] = torch.unique(batch.position)
+            batch = at_read_positions(batch, read["logit_positions"])
+    return params, read, batch
+
+
+PatchedPass = Callable[[Tensor, str, Tensor], Tensor]
+"""`(tokens, hook name, activation)` -> the logits of a pass with that activation written
+at the hook, with the graph from it."""
+
+
+@dataclass
+class Passes:
+    """How integrated gradients run a pass with one activation written, and the batch the
+    metric reads on its logits."""
+
+    run: PatchedPass
+    batch: TaskBatch
+
+
+def hooked_passes(model: TransformerBridge, batch: TaskBatch) -> Passes:
+    """Passes through the bridge, the activation written by a hook, in place (as patching
+    writes: a bridge's skip connection may read the tensor the hook saw, `hook_resid_mid`,
+    not the one it returns)."""
+
+    def run(tokens: Tensor, name: str, activation: Tensor) -> Tensor:
+        def write(seen: Tensor, *, hook: Any) -> Tensor:
+            return seen.copy_(activation)
+
+        with model.hooks(fwd_hooks=[(name, write)]):
+            return model(tokens)
+
+    return Passes(run, batch)
+
+
+class _WritingCache(dict[str, Tensor]):
+    """A cache for `interp.functional.forward` that overwrites, in place, the activation
+    recorded under `name` with `activation` before the pass goes on from it."""
+
+    def __init__(self, name: str, activation: Tensor) -> None:
+        super().__init__()
+        self.name, self.activation = name, activation
+
+    def __setitem__(self, name: str, value: Tensor) -> None:
+        if name == self.name:
+            value.copy_(self.activation)  # (no graph before it: the weights are detached)
+        super().__setitem__(name, value)
+
+
+def functional_passes(
+    model: TransformerBridge, arch: functional.Architecture, metric: PatchMetric,
+    batch: TaskBatch,
+) -> Passes:
+    """Passes through `interp.functional` on `model`'s weights (detached), the activation
+    written as it is recorded; for the metrics of `interp.metrics` only the read positions
+    are unembedded."""
+    params, read, batch = _functional_inputs(model, metric, batch)
+
+    def run(tokens: Tensor, name: str, activation: Tensor) -> Tensor:
+        return functional.forward(params, tokens, arch, cache=_WritingCache(name, activation),
+                                  validate=False, **read)
+
+    return Passes(run, batch)
+
+
+def integrated_gradient(
+    passes: Passes,
+    hook_name: str,
+    base: Tensor,
+    source: Tensor,
+    tokens: Tensor,
+    metric: PatchMetric,
+    steps: int,
+    max_batch: int,
+) -> Tensor:
+    """The gradient of the metric at `hook_name`, averaged over the activations
+    `base + alpha (source - base)` written there for alpha at the midpoints of `steps`
+    equal parts of [0, 1], `[batch, ...]` like `base`. Each pass runs several alphas as
+    copies of the batch (at most `max_batch` examples); the metric is read on each copy's
+    own examples and the copies' values summed, so each copy's gradient is its own."""
+    n_examples = len(tokens)
+    per_pass = max(1, max_batch // n_examples)
+    alphas = (torch.arange(steps, device=base.device, dtype=torch.float64) + 0.5) / steps
+    difference = source.to(base.dtype) - base
+    total = torch.zeros_like(base)
+    for chunk in alphas.split(per_pass):
+        with torch.inference_mode(False), torch.enable_grad():
+            shape = (len(chunk),) + (1,) * base.ndim
+            points = (base + chunk.to(base.dtype).view(shape) * difference).flatten(0, 1)
+            points.requires_grad_(True)
+            logits = passes.run(tokens.repeat(len(chunk), 1), hook_name, points)
+            value = sum(scalar_metric(metric, copy, passes.batch)
+                        for copy in logits.split(n_examples))
+            (grad,) = torch.autograd.grad(value, points, allow_unused=True)
+        if grad is not None:  # (None: the metric does not read this activation)
+            total += grad.unflatten(0, (len(chunk), n_examples)).sum(0)
+    return total / steps

@@ -1,7 +1,8 @@
 """The two ways `attribute` makes its runs (`circuits.attribution_runs`) give the same
 estimates: through `interp.functional` (the default where it covers the model) and through
 the bridge's hooks, on native models and on every pretrained family, both directions, with
-GradDrop too; and the functional runs are refused, in one line, where they cannot run."""
+GradDrop and integrated gradients too; and the functional runs are refused, in one line,
+where they cannot run."""
 
 from __future__ import annotations
 
@@ -75,6 +76,17 @@ def test_grad_drop(request, batch, kind) -> None:
     assert_engines_agree(request.getfixturevalue(kind), batch, "z", grad_drop=True)
 
 
+@pytest.mark.parametrize(("kind", "target"), [
+    ("model", "resid_mid"), ("model", "z_by_pos"), ("rotary", "k"), ("gpt2", "resid_pre"),
+    ("neox", "attn_out"), ("llama", "v_by_pos"),
+])
+def test_integrated_gradients(request, batch, kind, target) -> None:
+    """The interpolated activation is written as it is recorded, in place, as the hook
+    writes it (`hook_resid_mid`: the skip connection reads the same tensor)."""
+    assert_engines_agree(request.getfixturevalue(kind), batch, target, ig_steps=3,
+                         max_batch=6)
+
+
 def test_frozen_weights(model, batch) -> None:
     """The functional runs detach the weights anyway; frozen ones change nothing."""
     expected = attribute(model, batch, "resid_mid", METRIC)
@@ -106,7 +118,6 @@ def test_auto_takes_the_hooks_where_it_must(model, batch) -> None:
 
 @pytest.mark.parametrize(("make", "options", "message"), [
     ("minilm", {}, "engine='functional' cannot run here"),
-    ("model", dict(ig_steps=2), "ig_steps writes through the bridge's hooks"),
     ("model", dict(target="pattern"), "the pattern target needs the bridge's hooks"),
     ("model", dict(engine="fast"), "engine must be 'auto', 'functional' or 'hooks'"),
 ])
