@@ -37,6 +37,7 @@ from torch import Tensor
 from circuits.attribution_graddrop import LayerGradientGates, grad_drop_scores
 from circuits.attribution_qk import attribute_qk_fixed
 from circuits.attribution_runs import (
+    RunsWanted,
     functional_passes,
     functional_runs,
     hook_runs,
@@ -204,12 +205,9 @@ def attribute(
             (grad_batch.corrupted, grad_batch.clean) if direction == "denoise"
             else (grad_batch.clean, grad_batch.corrupted)
         )
-        if isinstance(engine, functional.Architecture):
-            runs = functional_runs(model, engine, hook_names, base_tokens, source_tokens,
-                                   grad_batch, metric, gates)
-        else:
-            runs = hook_runs(model, hook_names, base_tokens, source_tokens, grad_batch,
-                             metric, gates)
+        wanted = RunsWanted(hook_names, base_tokens, source_tokens, grad_batch, metric, gates)
+        runs = (functional_runs(model, engine, wanted)
+                if isinstance(engine, functional.Architecture) else hook_runs(model, wanted))
         sources, captured, base_value = runs.sources, runs.bases, runs.base_value
         layers = sorted(captured)
         if gates is not None:

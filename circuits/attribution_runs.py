@@ -66,17 +66,26 @@ def _capture_hook(store: dict[int, Tensor], layer: int) -> Callable[..., Tensor]
     return capture
 
 
-def hook_runs(
-    model: TransformerBridge,
-    hook_names: Mapping[str, int],
-    base_tokens: Tensor,
-    source_tokens: Tensor,
-    batch: TaskBatch,
-    metric: PatchMetric,
-    gates: LayerGradientGates | None,
-) -> AttributionRuns:
-    """Both runs through the bridge and its hooks (`hook_names`: hook name -> layer);
-    `gates` (GradDrop) sit on the base run's writes. `batch` must be `for_autograd`."""
+@dataclass(frozen=True)
+class RunsWanted:
+    """What both ways of making the runs are asked for."""
+
+    hook_names: Mapping[str, int]
+    """The target's hook name at each layer -> the layer."""
+    base_tokens: Tensor
+    source_tokens: Tensor
+    batch: TaskBatch
+    """The batch the metric reads, `for_autograd`."""
+    metric: PatchMetric
+    gates: LayerGradientGates | None
+    """GradDrop's gates, put on the base run's writes, or None."""
+
+
+def hook_runs(model: TransformerBridge, wanted: RunsWanted) -> AttributionRuns:
+    """Both runs through the bridge and its hooks."""
+    hook_names, batch, metric, gates = (wanted.hook_names, wanted.batch, wanted.metric,
+                                        wanted.gates)
+    base_tokens, source_tokens = wanted.base_tokens, wanted.source_tokens
     with torch.inference_mode():
         source_logits, cache = model.run_with_cache(
             source_tokens, names_filter=lambda name: name in hook_names
@@ -114,19 +123,13 @@ class _GradientCache(dict[str, Tensor]):
 
 
 def functional_runs(
-    model: TransformerBridge,
-    arch: functional.Architecture,
-    hook_names: Mapping[str, int],
-    base_tokens: Tensor,
-    source_tokens: Tensor,
-    batch: TaskBatch,
-    metric: PatchMetric,
-    gates: LayerGradientGates | None,
+    model: TransformerBridge, arch: functional.Architecture, wanted: RunsWanted
 ) -> AttributionRuns:
     """Both runs through `interp.functional` on `model`'s weights (`arch`: its
-    architecture); `gates` (GradDrop) are put on the base run's writes. `batch` must be
-    `for_autograd`; the tokens were checked against the model."""
-    params, read, batch = _functional_inputs(model, metric, batch)
+    architecture); the tokens were checked against the model."""
+    hook_names, metric, gates = wanted.hook_names, wanted.metric, wanted.gates
+    base_tokens, source_tokens = wanted.base_tokens, wanted.source_tokens
+    params, read, batch = _functional_inputs(model, metric, wanted.batch)
     with torch.inference_mode():
         cache: dict[str, Tensor] = {}
         source_logits = functional.forward(params, source_tokens, arch, cache=cache,
