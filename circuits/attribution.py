@@ -218,7 +218,7 @@ def attribute(
             )
         else:  # each layer in turn
             passes = (hooked_passes(model, grad_batch) if engine == "hooks"
-                      else functional_passes(model, engine, metric, grad_batch))
+                      else functional_passes(model, engine, wanted))
             grads = tuple(
                 integrated_gradient(passes, space.hook_name(layer), captured[layer].detach(),
                                     sources[layer], base_tokens, metric, ig_steps, max_batch)

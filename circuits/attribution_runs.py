@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 
 from circuits.attribution_graddrop import LayerGradientGates
+from circuits.patching.incremental import IncrementalPatcher
+from circuits.patching.incremental_step import Step
 from circuits.patching.metric import PatchMetric, at_read_positions, scalar_metric
 from interp import functional
 from interp.metrics import reads_position_only
@@ -209,17 +211,42 @@ class _WritingCache(dict[str, Tensor]):
 
 
 def functional_passes(
-    model: TransformerBridge, arch: functional.Architecture, metric: PatchMetric,
-    batch: TaskBatch,
+    model: TransformerBridge, arch: functional.Architecture, wanted: RunsWanted
 ) -> Passes:
-    """Passes through `interp.functional` on `model`'s weights (detached), the activation
-    written as it is recorded; for the metrics of `interp.metrics` only the read positions
-    are unembedded."""
-    params, read, batch = _functional_inputs(model, metric, batch)
+    """Passes through `interp.functional` on `model`'s weights (detached). For the metrics
+    of `interp.metrics` (which read `batch.position` only) on a causal model, from the
+    written activation on (`incremental_passes`); else whole passes with the activation
+    written as it is recorded."""
+    if reads_position_only(wanted.metric) and arch.causal:
+        return incremental_passes(model, arch, wanted)
+    params, read, batch = _functional_inputs(model, wanted.metric, wanted.batch)
 
     def run(tokens: Tensor, name: str, activation: Tensor) -> Tensor:
         return functional.forward(params, tokens, arch, cache=_WritingCache(name, activation),
                                   validate=False, **read)
+
+    return Passes(run, batch)
+
+
+def incremental_passes(
+    model: TransformerBridge, arch: functional.Architecture, wanted: RunsWanted
+) -> Passes:
+    """Passes that start at the written activation: the incremental patching engine's
+    step (`circuits.patching.incremental_step.Step`) from the base run's caches, so the
+    layers before it are not rerun for every copy, and the last layer and the unembedding
+    run at the read positions alone. Only for metrics that read `batch.position` alone."""
+    with torch.inference_mode(False), torch.no_grad():  # (normal tensors: autograd saves some)
+        patcher = IncrementalPatcher(
+            model, wanted.base_tokens, wanted.source_tokens, wanted.batch.position.tolist(),
+            arch=arch, validate=False,
+        )
+        batch = at_read_positions(wanted.batch, patcher.read)
+    n_examples = len(wanted.base_tokens)
+
+    def run(tokens: Tensor, name: str, activation: Tensor) -> Tensor:
+        step = Step(patcher, len(activation) // n_examples, 0, 0)
+        layer, short = int(name.split(".")[1]), name.rsplit("hook_", 1)[1]
+        return functional.unembed(patcher.params, step.enter(short, layer, activation), arch)
 
     return Passes(run, batch)
 

@@ -87,6 +87,21 @@ def test_integrated_gradients(request, batch, kind, target) -> None:
                          max_batch=6)
 
 
+def test_integrated_gradients_of_any_metric(model, batch) -> None:
+    """A metric not known to read `batch.position` alone gets whole passes, the activation
+    written as it is recorded (the library's metrics start at the written layer)."""
+
+    def metric(logits, batch):  # (a plain function: not marked as reading one position)
+        return METRIC(logits, batch)
+
+    for target in ("resid_mid", "z"):
+        hooked = attribute(model, batch, target, metric, ig_steps=3, engine="hooks")
+        ours = attribute(model, batch, target, metric, ig_steps=3, engine="functional")
+        torch.testing.assert_close(ours.values, hooked.values, atol=2e-5, rtol=1e-4)
+        library = attribute(model, batch, target, METRIC, ig_steps=3, engine="functional")
+        torch.testing.assert_close(library.values, hooked.values, atol=2e-5, rtol=1e-4)
+
+
 def test_frozen_weights(model, batch) -> None:
     """The functional runs detach the weights anyway; frozen ones change nothing."""
     expected = attribute(model, batch, "resid_mid", METRIC)
