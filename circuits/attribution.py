@@ -23,7 +23,8 @@ computes the attention pattern under a query or key patch exactly and linearises
 the pattern on; `ig_steps=m` (integrated gradients, Sundararajan et al. 2017, on one layer's
 activation at a time) averages the gradient over m points of the line from the base to the
 source activation instead of reading it at the base, at the cost of one forward and backward
-pass over m copies of the batch per layer.
+pass over m copies of the batch per layer (from that layer on, with a metric of
+`interp.metrics` on a model `interp.functional` covers: `circuits.attribution_runs`).
 """
 
 from __future__ import annotations
