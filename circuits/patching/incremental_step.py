@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from circuits.patching import incremental_rows
+from circuits.patching import incremental_rows, incremental_values
 from circuits.patching.targets import IndexSpace
 from interp import functional
 
@@ -150,6 +150,8 @@ class Step:
             return one_row
         if name == "z" and not self.arch.post_norms:  # heads add up in the residual stream
             return self.after_head_outputs_patched(space, chunk)
+        if name == "v" and not self.arch.post_norms:  # z is linear in v, the pattern fixed
+            return incremental_values.after_values_patched(self, space, chunk)
         return self.enter(name, layer, self.patched(space, chunk))
 
     def after_head_outputs_patched(
@@ -162,8 +164,7 @@ class Step:
         The attention output is linear in each head's `z`, so patching head h adds
         `(z_source - z_base)[h] @ W_O[h]` to the base run's `resid_mid`: one
         `d_head x d_model` product per copy instead of the whole `W_O` on a patched copy.
-        Where the MLP does not read the attention's output (attention-only, or parallel
-        attention and MLP), it is added to `resid_post` instead and the MLP not rerun."""
+        (`after_attention_added`)."""
         layer = chunk[0][0]
         rows = self.cache_rows(layer)
         name = space.hook_name(layer)
@@ -176,7 +177,14 @@ class Step:
         # [K, b * q, d] @ [K, d, m]: one batched product
         added = torch.matmul(change.permute(2, 0, 1, 3).flatten(1, 2), w_o)
         added = added.unflatten(1, change.shape[:2])  # [K, b, q, m]
-        added = added.flatten(0, 1)  # [K * b, q, m]
+        return self.after_attention_added(layer, added.flatten(0, 1))
+
+    def after_attention_added(self, layer: int, added: Tensor) -> Tensor:
+        """The pass when `added` (`[K * batch, rows, d_model]` at `queries(layer)`) is
+        added to the base run's attention output of `layer`, which (no norm after the
+        attention) adds it to the residual stream: to `resid_mid`, or, where the MLP does
+        not read the attention's output (attention-only, or parallel attention and MLP),
+        to `resid_post`, the MLP not rerun."""
         block = f"blocks.{layer}"
         if self.arch.d_mlp is None or self.arch.parallel_attn_mlp:
             return self.after_post(layer, self.plus_base(f"{block}.hook_resid_post", added))
