@@ -15,9 +15,12 @@ engine reruns:
   position axis (each head's z, q, k, v or pattern over every position) the base and
   source runs do the same, since no patch then needs their last layer elsewhere;
 - for a patch of one row of the residual stream (`resid_pre`, `attn_out`, ... by layer x
-  position), that row alone up to the next attention, and there the norm and the query,
-  key and value projections of that row alone (`incremental_rows`): the other positions'
-  are the base run's.
+  position, and one head's `z` or `q` at one position), that row alone up to the next
+  attention, and there the norm and the query, key and value projections of that row
+  alone (`incremental_rows`): the other positions' are the base run's;
+- for a head's output or values (`z`, `v`, `v_by_pos`), no attention at all: the change
+  of the head's output (for values, through the base run's pattern) times its `W_O` is
+  added to the residual stream (`Step.after_head_outputs_patched`, `incremental_values`).
 
 The arithmetic is `interp.functional`'s, which equals the bridge's, so the values equal
 those of the hook engine (and of TransformerLens) to float rounding. It covers the causal
