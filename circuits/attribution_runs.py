@@ -10,6 +10,11 @@ Two ways to make them, with the same values (tests/circuits/test_attribution_eng
   read positions are unembedded. For the models `interp.functional` covers.
 - `hook_runs`, through the bridge's hooks, on any `TransformerBridge` (BERT-style models,
   or a model with hooks of the user's attached, which the functional runs would skip).
+
+Integrated gradients (`integrated_gradient`) run passes with one activation overwritten,
+made the same two ways: `hooked_passes`, and `functional_passes`, which with a metric of
+`interp.metrics` start at the overwritten layer from the base run's caches
+(`incremental_passes`, the incremental patching engine's step).
 """
 
 from __future__ import annotations
