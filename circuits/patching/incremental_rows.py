@@ -43,7 +43,7 @@ class _Rows:
         the patcher's index grid, as `Step.indices_along` gives it); `first`: the smallest."""
         self.step = step
         self.along = along
-        at = step.patcher.arange(along.stop)[along] if isinstance(along, slice) else along
+        at = step.values_of(along)
         if first < step.p0:  # the tokens agree up to p0: such a patch changes nothing
             at = at.masked_fill(at < step.p0, -1)
         self.at = at
@@ -131,9 +131,7 @@ def _after_heads_at_position(
     base = patcher.base[name]
     along, head_along = step.indices_along(chunk, [base.shape[dim] for dim in space.dims])
     rows = _Rows(step, along, min(index[1] for index in chunk))
-    heads = patcher.arange(head_along.stop)[head_along] if isinstance(
-        head_along, slice
-    ) else head_along
+    heads = step.values_of(head_along)
     n_copies = step.n_copies
     is_head = patcher.arange(base.shape[2])[None, :] == heads[:, None]  # [K, head]
     is_head = is_head.reshape(n_copies, 1, 1, -1, 1)

@@ -94,6 +94,11 @@ class Step:
         last layer, the read positions."""
         return self.read if layer == self.arch.n_layers - 1 else self.live
 
+    def values_of(self, index: slice | Tensor) -> Tensor:
+        """An index along one axis of the copies (`along`, `indices_along`) as a tensor of
+        its values, `[K]` (a view of the patcher's `arange` where it is a slice)."""
+        return self.patcher.arange(index.stop)[index] if isinstance(index, slice) else index
+
     def along(self, values: Sequence[int]) -> slice | Tensor:
         """`values` as an index: a slice where they run consecutively (a view, and no
         copy from the host), else a tensor made from them (a copy from the host)."""

@@ -30,12 +30,12 @@ def after_values_patched(step: Step, space: IndexSpace, chunk: Sequence[tuple[in
     name = space.hook_name(layer)
     source, base = patcher.source[name], patcher.base[name]  # [b, pos, kv_head, d_head]
     along = step.indices_along(chunk, [base.shape[dim] for dim in space.dims])
-    kv = _as_tensor(step, along[space.axes.index("head") - 1])  # [K]
+    kv = step.values_of(along[space.axes.index("head") - 1])  # [K]
     group = arch.n_heads // base.shape[2]
     heads = kv[:, None] * group + patcher.arange(group)[None, :]  # [K, g] query heads
     change = source[:, :, kv] - base[:, :, kv]  # [b, key, K, d]
     if "pos" in space.axes:  # only the patched position's value changes
-        at = _as_tensor(step, along[space.axes.index("pos") - 1])
+        at = step.values_of(along[space.axes.index("pos") - 1])
         change = change * (patcher.positions[:, None] == at[None, :])[None, :, :, None]
     pattern = patcher.base[f"blocks.{layer}.attn.hook_pattern"][:, :, step.cache_rows(layer)]
     pattern = pattern[:, heads]  # [b, K, g, query, key]
@@ -45,7 +45,3 @@ def after_values_patched(step: Step, space: IndexSpace, chunk: Sequence[tuple[in
     added = torch.einsum("kgbqd,kgdm->kbqm", z_change.to(w_o.dtype), w_o)
     return step.after_attention_added(layer, added.flatten(0, 1))
 
-
-def _as_tensor(step: Step, index: slice | Tensor) -> Tensor:
-    """An index along one axis of the chunk's copies as a tensor of its values."""
-    return step.patcher.arange(index.stop)[index] if isinstance(index, slice) else index
